@@ -1,0 +1,39 @@
+"""Offsets: where a consumer is in an events-by-slices stream.
+
+An offset is a timestamp plus the `(persistence id -> seq nr)` pairs already seen *at* that
+timestamp, because several events may share a timestamp (PostgreSQL) and a consumer must resume
+after exactly the ones it has seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from fluvial.core.records import EventRecord
+
+
+@attrs.frozen
+class TimestampOffset:
+    timestamp: int
+    seen: Mapping[str, int] = attrs.field(factory=dict)
+
+    @classmethod
+    def start(cls) -> TimestampOffset:
+        """Before every event."""
+        return cls(0)
+
+    def is_behind(self, record: EventRecord) -> bool:
+        """Whether `record` comes after this offset (has not been seen)."""
+        if record.timestamp != self.timestamp:
+            return record.timestamp > self.timestamp
+        return self.seen.get(record.persistence_id, 0) < record.seq_nr
+
+    def advanced_to(self, record: EventRecord) -> TimestampOffset:
+        """This offset after seeing `record` (records come in timestamp order)."""
+        if record.timestamp == self.timestamp:
+            return TimestampOffset(
+                self.timestamp, {**self.seen, record.persistence_id: record.seq_nr}
+            )
+        return TimestampOffset(record.timestamp, {record.persistence_id: record.seq_nr})

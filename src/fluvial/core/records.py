@@ -1,0 +1,87 @@
+"""What journals store and return: serialized events and snapshots, and typed envelopes.
+
+Journals never see user classes: they move `EventRecord`s and `SnapshotRecord`s, whose payloads
+the serializer registry encodes and decodes in the shell. `EventEnvelope` is the decoded form
+that projections and replication handlers receive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+import attrs
+
+from fluvial.core.errors import UsageError
+from fluvial.core.serialization import SerializedPayload
+
+E_co = TypeVar("E_co", covariant=True)
+
+
+@attrs.frozen
+class EventRecord:
+    """One stored event of one entity.
+
+    `timestamp` (microseconds since the epoch) is assigned by the journal when it commits the
+    event; records built for `Journal.append` leave it 0. `metadata` is opaque bytes reserved for
+    replication (origin replica, version vector); `payload` is None only for a placeholder of an
+    event filtered out of a stream.
+    """
+
+    persistence_id: str
+    seq_nr: int
+    entity_type: str
+    slice: int
+    payload: SerializedPayload | None
+    tags: frozenset[str] = frozenset()
+    timestamp: int = 0
+    metadata: bytes = b""
+
+
+@attrs.frozen
+class SnapshotRecord:
+    """A stored state of one entity after its event `seq_nr`."""
+
+    persistence_id: str
+    seq_nr: int
+    entity_type: str
+    slice: int
+    payload: SerializedPayload
+    timestamp: int = 0
+
+
+@attrs.frozen
+class EventEnvelope(Generic[E_co]):
+    """A decoded event with its place in the journal, as handlers receive it."""
+
+    persistence_id: str
+    seq_nr: int
+    entity_type: str
+    slice: int
+    timestamp: int
+    event: E_co
+    tags: frozenset[str] = frozenset()
+
+
+class InvalidAppend(UsageError):
+    """An append whose events are not one entity's consecutive sequence numbers."""
+
+
+def check_append_batch(events: Sequence[EventRecord]) -> None:
+    """Raise InvalidAppend unless `events` are one entity's consecutive seq nrs from >= 1."""
+    if not events:
+        return
+    first = events[0]
+    if first.seq_nr < 1:
+        raise InvalidAppend(f"seq nrs start at 1: {first.persistence_id} seq nr {first.seq_nr}")
+    for offset, event in enumerate(events):
+        if event.persistence_id != first.persistence_id:
+            raise InvalidAppend(
+                "one append holds one entity's events: "
+                f"{first.persistence_id} and {event.persistence_id}"
+            )
+        if event.seq_nr != first.seq_nr + offset:
+            raise InvalidAppend(
+                f"seq nrs of {first.persistence_id} must be consecutive: "
+                f"{[e.seq_nr for e in events]}"
+            )

@@ -1,0 +1,425 @@
+"""The entity runtime: one trio task per live entity, fed by a bounded mailbox.
+
+An entity task recovers its state (latest snapshot, then later events), then handles commands.
+It takes every command waiting in its mailbox at once, decides them one after the other against
+the state the previous ones produced, persists all their events in one append and then replies
+to all: one journal round trip per batch, not per command. Each command's state change is
+computed as a new value before anything is persisted, so a failing handler leaves no trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Generic, TypeVar
+
+import attrs
+import trio
+
+from fluvial.core.behavior import (
+    Command,
+    CommandRejected,
+    EffectKind,
+    EventSourcedBehavior,
+    ReplyAction,
+)
+from fluvial.core.ids import PersistenceId
+from fluvial.core.records import EventRecord, SnapshotRecord
+from fluvial.core.serialization import SerializerRegistry
+from fluvial.entity.errors import (
+    CommandFailed,
+    CommandTypeError,
+    EntityStopped,
+    MissingReply,
+    UnhandledCommand,
+    UnknownEntityType,
+)
+from fluvial.journal.api import Journal, SnapshotStore
+from fluvial.journal.queries import events_by_persistence_id
+
+log = logging.getLogger("fluvial.entity")
+
+R = TypeVar("R")
+C = TypeVar("C")
+
+
+@attrs.define(eq=False)
+class _Ask:
+    """One command on its way to an entity, and the slot its answer goes to."""
+
+    command: object
+    done: trio.Event = attrs.field(factory=trio.Event)
+    value: object = None
+    error: BaseException | None = None
+
+    def answer(self, value: object) -> None:
+        self.value = value
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+@attrs.define(eq=False)
+class _Decided:
+    ask: _Ask
+    reply: ReplyAction | None
+    state_after: object
+    events: bool
+
+
+class EntityRef(Generic[C]):
+    """A handle to one entity; cheap to create, valid across passivation and restarts."""
+
+    def __init__(self, entities: Entities, behavior: EventSourcedBehavior[C, Any, Any],
+                 entity_id: str) -> None:
+        self._entities = entities
+        self.behavior = behavior
+        self.persistence_id = PersistenceId(behavior.entity_type, entity_id)
+
+    async def ask(self, command: Command[R]) -> R:
+        """Send `command` and wait for its reply.
+
+        Raises the handler's `CommandRejected` error, `CommandTypeError`, `UnhandledCommand`,
+        `MissingReply`, `CommandFailed`, or a journal error (the command was not persisted).
+        Waits while the entity's mailbox is full. If the caller is cancelled after sending, the
+        command may still be carried out.
+        """
+        if not isinstance(command, self.behavior.command_types):
+            raise CommandTypeError(
+                f"{type(command).__name__} is not a command of entity type "
+                f"{self.behavior.entity_type!r} (accepts "
+                f"{', '.join(t.__name__ for t in self.behavior.command_types)})"
+            )
+        ask = _Ask(command)
+        await self._entities._deliver(self.behavior, self.persistence_id, ask)
+        await ask.done.wait()
+        if ask.error is not None:
+            raise ask.error
+        return ask.value  # type: ignore[return-value]
+
+
+class _LiveEntity:
+    def __init__(self, mailbox_size: int) -> None:
+        self.send, self.receive = trio.open_memory_channel[_Ask](mailbox_size)
+
+
+class Entities:
+    """The live entities of one process. Create it with `open_entities`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        journal: Journal,
+        snapshots: SnapshotStore | None,
+        serializers: SerializerRegistry,
+        behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]],
+        *,
+        mailbox_size: int,
+        passivate_after: float,
+    ) -> None:
+        self._nursery = nursery
+        self._journal = journal
+        self._snapshots = snapshots
+        self._serializers = serializers
+        self._behaviors = {b.entity_type: b for b in behaviors}
+        self._mailbox_size = mailbox_size
+        self._passivate_after = passivate_after
+        self._live: dict[PersistenceId, _LiveEntity] = {}
+        self._closed = False
+
+    def ref(self, behavior: EventSourcedBehavior[C, Any, Any], entity_id: str) -> EntityRef[C]:
+        """A typed reference to entity `entity_id` of `behavior`'s type."""
+        if self._behaviors.get(behavior.entity_type) is not behavior:
+            raise UnknownEntityType(
+                f"entity type {behavior.entity_type!r} was not given to open_entities "
+                f"(known: {sorted(self._behaviors)})"
+            )
+        return EntityRef(self, behavior, entity_id)
+
+    def ref_by_type(self, entity_type: str, entity_id: str) -> EntityRef[Any]:
+        """An untyped reference by entity type name (for routers, CLIs and wire adapters)."""
+        behavior = self._behaviors.get(entity_type)
+        if behavior is None:
+            raise UnknownEntityType(
+                f"unknown entity type {entity_type!r} (known: {sorted(self._behaviors)})"
+            )
+        return EntityRef(self, behavior, entity_id)
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    async def _deliver(
+        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId, ask: _Ask
+    ) -> None:
+        while True:
+            if self._closed:
+                raise EntityStopped(f"{pid}: the entity runtime is closed")
+            live = self._live.get(pid)
+            if live is None:
+                live = self._live[pid] = _LiveEntity(self._mailbox_size)
+                self._nursery.start_soon(self._run_entity, behavior, pid, live, name=str(pid))
+            try:
+                await live.send.send(ask)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue  # it stopped while we waited for room: start it again
+
+    def _retire(self, pid: PersistenceId, live: _LiveEntity) -> None:
+        """Take `live` out of service; commands still in its mailbox go to a new incarnation."""
+        if self._live.get(pid) is live:
+            del self._live[pid]
+        leftovers: list[_Ask] = []
+        while True:
+            try:
+                leftovers.append(live.receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        live.receive.close()
+        if leftovers:
+            self._redeliver(pid, leftovers)
+
+    def _redeliver(self, pid: PersistenceId, asks: list[_Ask]) -> None:
+        behavior = self._behaviors[pid.entity_type]
+        live = self._live.get(pid)
+        if live is None:
+            live = self._live[pid] = _LiveEntity(max(self._mailbox_size, len(asks)))
+            self._nursery.start_soon(self._run_entity, behavior, pid, live, name=str(pid))
+        for ask in asks:
+            try:
+                live.send.send_nowait(ask)
+            except trio.WouldBlock:
+                self._nursery.start_soon(live.send.send, ask)
+
+    # -- the entity task --------------------------------------------------------------------
+    async def _run_entity(
+        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId,
+        live: _LiveEntity,
+    ) -> None:
+        batch: list[_Ask] = []
+        try:
+            await self._serve_entity(behavior, pid, live, batch)
+        except BaseException:
+            # Cancelled because the runtime closes: nobody else will answer these.
+            stopped = EntityStopped(f"{pid}: the entity runtime closed")
+            for ask in batch:
+                if not ask.done.is_set():
+                    ask.fail(stopped)
+            self._fail_waiting(pid, live, stopped)
+            raise
+
+    async def _serve_entity(
+        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId,
+        live: _LiveEntity, batch: list[_Ask],
+    ) -> None:
+        try:
+            state, seq_nr = await self._recover(behavior, pid)
+        except Exception as exc:
+            # Waiting commands share the error (a corrupt row, say); the next command
+            # tries recovery again, and nothing stored is touched.
+            log.error("%s: recovery failed: %s", pid, exc)
+            self._fail_waiting(pid, live, exc)
+            return
+        while True:
+            first: _Ask | None = None
+            with trio.move_on_after(self._passivate_after):
+                first = await live.receive.receive()
+            if first is None:
+                self._retire(pid, live)
+                return
+            batch[:] = [first]
+            while True:
+                try:
+                    batch.append(live.receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            state, seq_nr, leftovers = await self._handle_batch(
+                behavior, pid, state, seq_nr, batch
+            )
+            if leftovers is not None:
+                self._retire(pid, live)
+                if leftovers:
+                    self._redeliver(pid, leftovers)
+                return
+
+    async def _recover(
+        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId
+    ) -> tuple[Any, int]:
+        key = str(pid)
+        state, seq_nr = behavior.empty_state, 0
+        if self._snapshots is not None:
+            snapshot = await self._snapshots.load_snapshot(key)
+            if snapshot is not None:
+                state = self._serializers.decode(
+                    snapshot.payload, persistence_id=key, seq_nr=snapshot.seq_nr
+                )
+                seq_nr = snapshot.seq_nr
+        async for record in events_by_persistence_id(self._journal, key, seq_nr + 1):
+            assert record.payload is not None, "a journal holds no placeholders"
+            event = self._serializers.decode(
+                record.payload, persistence_id=key, seq_nr=record.seq_nr
+            )
+            state = behavior.event_handler(state, event)
+            seq_nr = record.seq_nr
+        return state, seq_nr
+
+    async def _handle_batch(
+        self,
+        behavior: EventSourcedBehavior[Any, Any, Any],
+        pid: PersistenceId,
+        state: Any,
+        seq_nr: int,
+        batch: list[_Ask],
+    ) -> tuple[Any, int, list[_Ask] | None]:
+        """Decide, persist and answer `batch`; return the new state, seq nr, and, if the
+        entity stops, the commands it leaves for its next incarnation."""
+        key = str(pid)
+        decided: list[_Decided] = []
+        records: list[EventRecord] = []
+        events: list[Any] = []
+        speculative = state
+        stop_leftovers: list[_Ask] | None = None
+        for index, ask in enumerate(batch):
+            try:
+                effect = behavior.command_handler(speculative, ask.command)
+                after = behavior.apply_events(speculative, effect.events)
+                new_records = [
+                    EventRecord(
+                        persistence_id=key,
+                        seq_nr=seq_nr + len(records) + offset + 1,
+                        entity_type=pid.entity_type,
+                        slice=pid.slice,
+                        payload=self._serializers.encode(event),
+                        tags=behavior.tagger(event),
+                    )
+                    for offset, event in enumerate(effect.events)
+                ]
+            except Exception as exc:
+                failure = CommandFailed(key, ask.command, persisted=False)
+                failure.__cause__ = exc
+                ask.fail(failure)
+                continue
+            if effect.kind is EffectKind.UNHANDLED:
+                ask.fail(UnhandledCommand(
+                    f"{key}: {type(ask.command).__name__} is not handled in this state"
+                ))
+                continue
+            speculative = after
+            records.extend(new_records)
+            events.extend(effect.events)
+            decided.append(_Decided(ask, effect.reply_action, after, bool(effect.events)))
+            if effect.stop_after:
+                stop_leftovers = batch[index + 1:]
+                break
+
+        if records:
+            try:
+                await self._journal.append(records)
+            except Exception as exc:
+                # Nothing of the batch is stored; the state stays as it was.
+                for item in decided:
+                    if item.events:
+                        item.ask.fail(exc)
+                    else:
+                        self._reply(key, item)
+                # A conflict means another writer: reload before deciding anything else.
+                state, seq_nr = await self._recover(behavior, pid)
+                return state, seq_nr, stop_leftovers
+        for item in decided:
+            self._reply(key, item)
+        first_seq_nr, seq_nr = seq_nr + 1, seq_nr + len(records)
+        if records and behavior.snapshot_policy.should_snapshot(first_seq_nr, events):
+            await self._save_snapshot(behavior, pid, speculative, seq_nr)
+        return speculative, seq_nr, stop_leftovers
+
+    def _reply(self, persistence_id: str, item: _Decided) -> None:
+        action = item.reply
+        if action is None:
+            item.ask.fail(MissingReply(
+                f"{persistence_id}: the effect for {type(item.ask.command).__name__} "
+                "has no reply (use then_reply, Effect.reply or Effect.reject)"
+            ))
+        elif action.error is not None:
+            item.ask.fail(action.error)
+        else:
+            assert action.compute is not None
+            try:
+                item.ask.answer(action.compute(item.state_after))
+            except Exception as exc:
+                failure = CommandFailed(persistence_id, item.ask.command, persisted=item.events)
+                failure.__cause__ = exc
+                item.ask.fail(failure)
+
+    async def _save_snapshot(
+        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId, state: Any,
+        seq_nr: int,
+    ) -> None:
+        if self._snapshots is None:
+            return
+        try:
+            await self._snapshots.save_snapshot(
+                SnapshotRecord(
+                    persistence_id=str(pid),
+                    seq_nr=seq_nr,
+                    entity_type=pid.entity_type,
+                    slice=pid.slice,
+                    payload=self._serializers.encode(state),
+                ),
+                keep=behavior.snapshot_policy.keep,
+            )
+        except Exception:
+            # Snapshots only speed up recovery; the events are stored, so carry on.
+            log.warning("%s: saving the snapshot at seq nr %d failed", pid, seq_nr,
+                        exc_info=True)
+
+    def _fail_waiting(
+        self, pid: PersistenceId, live: _LiveEntity, error: BaseException
+    ) -> None:
+        """Take `live` out of service and fail every command in its mailbox with `error`."""
+        if self._live.get(pid) is live:
+            del self._live[pid]
+        while True:
+            try:
+                live.receive.receive_nowait().fail(error)
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        live.receive.close()
+
+    def _close(self) -> None:
+        self._closed = True
+
+
+@contextlib.asynccontextmanager
+async def open_entities(
+    journal: Journal,
+    serializers: SerializerRegistry,
+    behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]],
+    *,
+    snapshots: SnapshotStore | None = None,
+    mailbox_size: int = 64,
+    passivate_after: float = 120.0,
+) -> AsyncIterator[Entities]:
+    """Run entities of the given behaviors on `journal` while the context is open.
+
+    `snapshots` defaults to no snapshots. `mailbox_size` bounds each entity's waiting commands
+    (callers wait when it is full); an entity idle for `passivate_after` seconds leaves memory.
+    On exit every entity task is cancelled; commands still waiting raise `EntityStopped`.
+    """
+    if mailbox_size < 1:
+        raise ValueError("mailbox_size must be >= 1")
+    if passivate_after <= 0 or math.isnan(passivate_after):
+        raise ValueError("passivate_after must be positive")
+    async with trio.open_nursery() as nursery:
+        entities = Entities(
+            nursery, journal, snapshots, serializers, behaviors,
+            mailbox_size=mailbox_size, passivate_after=passivate_after,
+        )
+        try:
+            yield entities
+        finally:
+            entities._close()
+            nursery.cancel_scope.cancel()

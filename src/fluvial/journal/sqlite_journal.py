@@ -1,0 +1,195 @@
+"""The SQLite journal and snapshot store, on a `SqliteDatabase`."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgspec
+
+from fluvial.core.ids import SliceRange
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
+from fluvial.core.serialization import SerializedPayload
+from fluvial.journal.api import JournalConflict
+from fluvial.journal.sqlite_database import (
+    Durability,
+    SqliteDatabase,
+    WriteTransaction,
+    open_sqlite_database,
+)
+
+_EVENT_COLUMNS = (
+    "persistence_id, seq_nr, entity_type, slice, db_timestamp, tags, manifest, ser_version, "
+    "payload, metadata"
+)
+_INSERT_EVENT = f"INSERT INTO event_journal ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_json_encode = msgspec.json.Encoder().encode
+_json_decode_tags = msgspec.json.Decoder(list[str]).decode
+
+
+def _event_row(record: EventRecord) -> tuple[Any, ...]:
+    payload = record.payload
+    return (
+        record.persistence_id,
+        record.seq_nr,
+        record.entity_type,
+        record.slice,
+        record.timestamp,
+        _json_encode(sorted(record.tags)).decode() if record.tags else None,
+        payload.manifest if payload else None,
+        payload.version if payload else None,
+        payload.data if payload else None,
+        record.metadata,
+    )
+
+
+def _event_from_row(row: tuple[Any, ...]) -> EventRecord:
+    pid, seq_nr, entity_type, slice_, timestamp, tags, manifest, version, data, metadata = row
+    return EventRecord(
+        persistence_id=pid,
+        seq_nr=seq_nr,
+        entity_type=entity_type,
+        slice=slice_,
+        timestamp=timestamp,
+        tags=frozenset(_json_decode_tags(tags)) if tags else frozenset(),
+        payload=SerializedPayload(manifest, version, data) if manifest is not None else None,
+        metadata=metadata or b"",
+    )
+
+
+class SqliteJournal:
+    """Journal and SnapshotStore on one SQLite file; see `open_sqlite_journal`."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self.database = database
+
+    # -- Journal ----------------------------------------------------------------------------
+    async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        check_append_batch(events)
+        if not events:
+            return []
+
+        def insert(txn: WriteTransaction) -> list[EventRecord]:
+            stamped = [attrs.evolve(e, timestamp=txn.next_timestamp()) for e in events]
+            try:
+                txn.connection.executemany(_INSERT_EVENT, [_event_row(e) for e in stamped])
+            except sqlite3.IntegrityError as exc:
+                raise JournalConflict(events[0].persistence_id, events[0].seq_nr) from exc
+            return stamped
+
+        return await self.database.write(insert)
+
+    async def read_events(
+        self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
+    ) -> list[EventRecord]:
+        def query(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE persistence_id = ? "
+                "AND seq_nr BETWEEN ? AND ? ORDER BY seq_nr LIMIT ?",
+                (persistence_id, from_seq_nr, to_seq_nr, limit),
+            )
+            return [_event_from_row(row) for row in rows]
+
+        return await self.database.read(query)
+
+    async def highest_seq_nr(self, persistence_id: str) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            (highest,) = conn.execute(
+                "SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE persistence_id = ?",
+                (persistence_id,),
+            ).fetchone()
+            return int(highest)
+
+        return await self.database.read(query)
+
+    async def read_events_by_slices(
+        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+    ) -> list[EventRecord]:
+        # Records seen at exactly `after.timestamp` are re-read and dropped here, so ask for
+        # that many more to still return up to `limit` new ones.
+        def query(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE entity_type = ? "
+                "AND db_timestamp >= ? AND slice BETWEEN ? AND ? "
+                "ORDER BY db_timestamp, persistence_id, seq_nr LIMIT ?",
+                (entity_type, after.timestamp, slices.min, slices.max, limit + len(after.seen)),
+            )
+            records = (_event_from_row(row) for row in rows)
+            return [r for r in records if after.is_behind(r)][:limit]
+
+        return await self.database.read(query)
+
+    def append_count(self) -> int:
+        return self.database.commit_count()
+
+    async def wait_for_new_events(self, seen_append_count: int) -> None:
+        await self.database.wait_for_commit(seen_append_count)
+
+    # -- SnapshotStore ----------------------------------------------------------------------
+    async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
+        def save(txn: WriteTransaction) -> None:
+            txn.connection.execute(
+                "INSERT OR REPLACE INTO snapshot (persistence_id, seq_nr, entity_type, slice, "
+                "db_timestamp, manifest, ser_version, payload) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    snapshot.persistence_id,
+                    snapshot.seq_nr,
+                    snapshot.entity_type,
+                    snapshot.slice,
+                    txn.next_timestamp(),
+                    snapshot.payload.manifest,
+                    snapshot.payload.version,
+                    snapshot.payload.data,
+                ),
+            )
+            txn.connection.execute(
+                "DELETE FROM snapshot WHERE persistence_id = ? AND seq_nr NOT IN "
+                "(SELECT seq_nr FROM snapshot WHERE persistence_id = ? "
+                "ORDER BY seq_nr DESC LIMIT ?)",
+                (snapshot.persistence_id, snapshot.persistence_id, keep),
+            )
+
+        await self.database.write(save)
+
+    async def load_snapshot(
+        self, persistence_id: str, max_seq_nr: int = 2**63 - 1
+    ) -> SnapshotRecord | None:
+        def query(conn: sqlite3.Connection) -> SnapshotRecord | None:
+            row = conn.execute(
+                "SELECT persistence_id, seq_nr, entity_type, slice, db_timestamp, manifest, "
+                "ser_version, payload FROM snapshot WHERE persistence_id = ? AND seq_nr <= ? "
+                "ORDER BY seq_nr DESC LIMIT 1",
+                (persistence_id, max_seq_nr),
+            ).fetchone()
+            if row is None:
+                return None
+            pid, seq_nr, entity_type, slice_, timestamp, manifest, version, data = row
+            return SnapshotRecord(
+                persistence_id=pid,
+                seq_nr=seq_nr,
+                entity_type=entity_type,
+                slice=slice_,
+                timestamp=timestamp,
+                payload=SerializedPayload(manifest, version, data),
+            )
+
+        return await self.database.read(query)
+
+
+@contextlib.asynccontextmanager
+async def open_sqlite_journal(
+    path: str | Path, *, durability: Durability = "process", poll_interval: float = 0.5
+) -> AsyncIterator[SqliteJournal]:
+    """Open the SQLite journal (and snapshot store) in the file at `path`.
+
+    See `open_sqlite_database` for `durability` and `poll_interval`.
+    """
+    async with open_sqlite_database(
+        path, durability=durability, poll_interval=poll_interval
+    ) as database:
+        yield SqliteJournal(database)

@@ -1,0 +1,103 @@
+"""An in-memory Journal and SnapshotStore for tests: the same contract, no file."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from fluvial.core.ids import SliceRange
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
+from fluvial.journal.api import MAX_SEQ_NR, JournalConflict
+
+
+class MemoryJournal:
+    """Journal and SnapshotStore in memory. Timestamps are a counter, not a clock, so tests
+    are deterministic."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[str, list[EventRecord]] = {}
+        self._by_time: list[EventRecord] = []
+        self._snapshots: dict[str, list[SnapshotRecord]] = {}
+        self._clock = 0
+        self._appends = 0
+        self._appended = trio.Event()
+
+    def _next_timestamp(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        check_append_batch(events)
+        await trio.lowlevel.checkpoint()
+        if not events:
+            return []
+        pid = events[0].persistence_id
+        history = self._by_pid.setdefault(pid, [])
+        if history and history[-1].seq_nr >= events[0].seq_nr:
+            raise JournalConflict(pid, events[0].seq_nr)
+        stamped = [attrs.evolve(e, timestamp=self._next_timestamp()) for e in events]
+        history.extend(stamped)
+        self._by_time.extend(stamped)
+        self._appends += 1
+        self._appended.set()
+        self._appended = trio.Event()
+        return stamped
+
+    async def read_events(
+        self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
+    ) -> list[EventRecord]:
+        await trio.lowlevel.checkpoint()
+        history = self._by_pid.get(persistence_id, [])
+        return [e for e in history if from_seq_nr <= e.seq_nr <= to_seq_nr][:limit]
+
+    async def highest_seq_nr(self, persistence_id: str) -> int:
+        await trio.lowlevel.checkpoint()
+        history = self._by_pid.get(persistence_id)
+        return history[-1].seq_nr if history else 0
+
+    async def read_events_by_slices(
+        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+    ) -> list[EventRecord]:
+        await trio.lowlevel.checkpoint()
+        start = bisect.bisect_left(self._by_time, after.timestamp, key=lambda e: e.timestamp)
+        found: list[EventRecord] = []
+        for record in self._by_time[start:]:
+            if len(found) == limit:
+                break
+            if (
+                record.entity_type == entity_type
+                and record.slice in slices
+                and after.is_behind(record)
+            ):
+                found.append(record)
+        return found
+
+    def append_count(self) -> int:
+        return self._appends
+
+    async def wait_for_new_events(self, seen_append_count: int) -> None:
+        if self._appends == seen_append_count:
+            await self._appended.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
+        await trio.lowlevel.checkpoint()
+        stored = [s for s in self._snapshots.get(snapshot.persistence_id, []) if
+                  s.seq_nr != snapshot.seq_nr]
+        stored.append(attrs.evolve(snapshot, timestamp=self._next_timestamp()))
+        stored.sort(key=lambda s: s.seq_nr)
+        self._snapshots[snapshot.persistence_id] = stored[-keep:]
+
+    async def load_snapshot(
+        self, persistence_id: str, max_seq_nr: int = MAX_SEQ_NR
+    ) -> SnapshotRecord | None:
+        await trio.lowlevel.checkpoint()
+        candidates = [
+            s for s in self._snapshots.get(persistence_id, []) if s.seq_nr <= max_seq_nr
+        ]
+        return candidates[-1] if candidates else None
