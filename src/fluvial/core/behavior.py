@@ -136,12 +136,10 @@ class SnapshotPolicy(Generic[E]):
 
     def should_snapshot(self, first_seq_nr: int, events: Iterable[E]) -> bool:
         """Whether a persist of `events`, the first with `first_seq_nr`, triggers a snapshot."""
-        count = 0
-        for event in events:
-            count += 1
+        for seq_nr, event in enumerate(events, start=first_seq_nr):
             if self.when is not None and self.when(event):
                 return True
-            if self.every is not None and (first_seq_nr + count - 1) % self.every == 0:
+            if self.every is not None and seq_nr % self.every == 0:
                 return True
         return False
 

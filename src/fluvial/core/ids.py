@@ -45,8 +45,7 @@ class PersistenceId:
     def __attrs_post_init__(self) -> None:
         if not self.entity_type or _SEPARATOR in self.entity_type:
             raise InvalidPersistenceId(
-                f"entity type must be non-empty and contain no {_SEPARATOR!r}: "
-                f"{self.entity_type!r}"
+                f"entity type must be non-empty and contain no {_SEPARATOR!r}: {self.entity_type!r}"
             )
         if not self.entity_id:
             raise InvalidPersistenceId(f"entity id of {self.entity_type!r} must be non-empty")

@@ -113,9 +113,7 @@ class SerializerRegistry:
             registration.manifest, registration.version, self._encoder.encode(obj)
         )
 
-    def decode(
-        self, payload: SerializedPayload, *, persistence_id: str, seq_nr: int
-    ) -> Any:
+    def decode(self, payload: SerializedPayload, *, persistence_id: str, seq_nr: int) -> Any:
         """The object in `payload`, upcast to the current schema version."""
         registration = self._by_manifest.get(payload.manifest)
         if registration is None:

@@ -20,12 +20,11 @@ import trio
 
 from fluvial.core.behavior import (
     Command,
-    CommandRejected,
     EffectKind,
     EventSourcedBehavior,
     ReplyAction,
 )
-from fluvial.core.ids import PersistenceId
+from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.records import EventRecord, SnapshotRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.entity.errors import (
@@ -36,6 +35,7 @@ from fluvial.entity.errors import (
     UnhandledCommand,
     UnknownEntityType,
 )
+from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
 from fluvial.journal.api import Journal, SnapshotStore
 from fluvial.journal.queries import events_by_persistence_id
 
@@ -46,26 +46,8 @@ C = TypeVar("C")
 
 
 @attrs.define(eq=False)
-class _Ask:
-    """One command on its way to an entity, and the slot its answer goes to."""
-
-    command: object
-    done: trio.Event = attrs.field(factory=trio.Event)
-    value: object = None
-    error: BaseException | None = None
-
-    def answer(self, value: object) -> None:
-        self.value = value
-        self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
-
-
-@attrs.define(eq=False)
 class _Decided:
-    ask: _Ask
+    ask: Ask
     reply: ReplyAction | None
     state_after: object
     events: bool
@@ -74,8 +56,9 @@ class _Decided:
 class EntityRef(Generic[C]):
     """A handle to one entity; cheap to create, valid across passivation and restarts."""
 
-    def __init__(self, entities: Entities, behavior: EventSourcedBehavior[C, Any, Any],
-                 entity_id: str) -> None:
+    def __init__(
+        self, entities: Entities, behavior: EventSourcedBehavior[C, Any, Any], entity_id: str
+    ) -> None:
         self._entities = entities
         self.behavior = behavior
         self.persistence_id = PersistenceId(behavior.entity_type, entity_id)
@@ -94,17 +77,22 @@ class EntityRef(Generic[C]):
                 f"{self.behavior.entity_type!r} (accepts "
                 f"{', '.join(t.__name__ for t in self.behavior.command_types)})"
             )
-        ask = _Ask(command)
+        ask = Ask(command)
         await self._entities._deliver(self.behavior, self.persistence_id, ask)
-        await ask.done.wait()
-        if ask.error is not None:
-            raise ask.error
-        return ask.value  # type: ignore[return-value]
+        reply: R = await ask.wait()
+        return reply
 
 
+@attrs.define(eq=False)
 class _LiveEntity:
-    def __init__(self, mailbox_size: int) -> None:
-        self.send, self.receive = trio.open_memory_channel[_Ask](mailbox_size)
+    """One incarnation of an entity: its mailbox and when it last had work."""
+
+    behavior: EventSourcedBehavior[Any, Any, Any]
+    pid: PersistenceId
+    key: str
+    slice: int
+    mailbox: Mailbox
+    last_active: float
 
 
 class Entities:
@@ -154,102 +142,85 @@ class Entities:
         return len(self._live)
 
     async def _deliver(
-        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId, ask: _Ask
+        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId, ask: Ask
     ) -> None:
         while True:
             if self._closed:
                 raise EntityStopped(f"{pid}: the entity runtime is closed")
-            live = self._live.get(pid)
-            if live is None:
-                live = self._live[pid] = _LiveEntity(self._mailbox_size)
-                self._nursery.start_soon(self._run_entity, behavior, pid, live, name=str(pid))
+            live = self._live.get(pid) or self._spawn(behavior, pid)
             try:
-                await live.send.send(ask)
+                await live.mailbox.put(ask)
                 return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except MailboxClosed:
                 continue  # it stopped while we waited for room: start it again
 
-    def _retire(self, pid: PersistenceId, live: _LiveEntity) -> None:
-        """Take `live` out of service; commands still in its mailbox go to a new incarnation."""
-        if self._live.get(pid) is live:
-            del self._live[pid]
-        leftovers: list[_Ask] = []
-        while True:
-            try:
-                leftovers.append(live.receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-        live.receive.close()
-        if leftovers:
-            self._redeliver(pid, leftovers)
+    def _spawn(
+        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId
+    ) -> _LiveEntity:
+        key = str(pid)
+        live = _LiveEntity(
+            behavior, pid, key, slice_for(key), Mailbox(self._mailbox_size), trio.current_time()
+        )
+        self._live[pid] = live
+        self._nursery.start_soon(self._run_entity, live, name=key)
+        return live
 
-    def _redeliver(self, pid: PersistenceId, asks: list[_Ask]) -> None:
-        behavior = self._behaviors[pid.entity_type]
-        live = self._live.get(pid)
-        if live is None:
-            live = self._live[pid] = _LiveEntity(max(self._mailbox_size, len(asks)))
-            self._nursery.start_soon(self._run_entity, behavior, pid, live, name=str(pid))
-        for ask in asks:
-            try:
-                live.send.send_nowait(ask)
-            except trio.WouldBlock:
-                self._nursery.start_soon(live.send.send, ask)
+    def _retire(self, live: _LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
+        """Take `live` out of service; its unhandled commands go to a new incarnation."""
+        if self._live.get(live.pid) is live:
+            del self._live[live.pid]
+        waiting = [*leftovers, *live.mailbox.close()]
+        if waiting and not self._closed:
+            successor = self._spawn(live.behavior, live.pid)
+            for ask in waiting:
+                successor.mailbox.put_nowait(ask)
+
+    async def _passivate_idle(self, task_status: trio.TaskStatus[None]) -> None:
+        """Retire entities idle for `passivate_after`; checks at a quarter of that period."""
+        task_status.started()
+        while True:
+            await trio.sleep(self._passivate_after / 4)
+            horizon = trio.current_time() - self._passivate_after
+            for live in list(self._live.values()):
+                if live.mailbox.idle and live.last_active <= horizon:
+                    self._retire(live)
 
     # -- the entity task --------------------------------------------------------------------
-    async def _run_entity(
-        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId,
-        live: _LiveEntity,
-    ) -> None:
-        batch: list[_Ask] = []
+    async def _run_entity(self, live: _LiveEntity) -> None:
+        batch: list[Ask] = []
         try:
-            await self._serve_entity(behavior, pid, live, batch)
+            await self._serve_entity(live, batch)
         except BaseException:
             # Cancelled because the runtime closes: nobody else will answer these.
-            stopped = EntityStopped(f"{pid}: the entity runtime closed")
-            for ask in batch:
-                if not ask.done.is_set():
-                    ask.fail(stopped)
-            self._fail_waiting(pid, live, stopped)
+            stopped = EntityStopped(f"{live.pid}: the entity runtime closed")
+            for ask in [*batch, *live.mailbox.close()]:
+                ask.fail(stopped)
             raise
 
-    async def _serve_entity(
-        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId,
-        live: _LiveEntity, batch: list[_Ask],
-    ) -> None:
+    async def _serve_entity(self, live: _LiveEntity, batch: list[Ask]) -> None:
         try:
-            state, seq_nr = await self._recover(behavior, pid)
+            state, seq_nr = await self._recover(live)
         except Exception as exc:
             # Waiting commands share the error (a corrupt row, say); the next command
             # tries recovery again, and nothing stored is touched.
-            log.error("%s: recovery failed: %s", pid, exc)
-            self._fail_waiting(pid, live, exc)
+            log.error("%s: recovery failed: %s", live.key, exc)
+            if self._live.get(live.pid) is live:
+                del self._live[live.pid]
+            for ask in live.mailbox.close():
+                ask.fail(exc)
             return
         while True:
-            first: _Ask | None = None
-            with trio.move_on_after(self._passivate_after):
-                first = await live.receive.receive()
-            if first is None:
-                self._retire(pid, live)
-                return
-            batch[:] = [first]
-            while True:
-                try:
-                    batch.append(live.receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            state, seq_nr, leftovers = await self._handle_batch(
-                behavior, pid, state, seq_nr, batch
-            )
+            batch[:] = await live.mailbox.take_all()
+            if not batch:
+                return  # retired: the mailbox was closed
+            live.last_active = trio.current_time()
+            state, seq_nr, leftovers = await self._handle_batch(live, state, seq_nr, batch)
             if leftovers is not None:
-                self._retire(pid, live)
-                if leftovers:
-                    self._redeliver(pid, leftovers)
+                self._retire(live, leftovers)
                 return
 
-    async def _recover(
-        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId
-    ) -> tuple[Any, int]:
-        key = str(pid)
+    async def _recover(self, live: _LiveEntity) -> tuple[Any, int]:
+        behavior, key = live.behavior, live.key
         state, seq_nr = behavior.empty_state, 0
         if self._snapshots is not None:
             snapshot = await self._snapshots.load_snapshot(key)
@@ -268,21 +239,16 @@ class Entities:
         return state, seq_nr
 
     async def _handle_batch(
-        self,
-        behavior: EventSourcedBehavior[Any, Any, Any],
-        pid: PersistenceId,
-        state: Any,
-        seq_nr: int,
-        batch: list[_Ask],
-    ) -> tuple[Any, int, list[_Ask] | None]:
+        self, live: _LiveEntity, state: Any, seq_nr: int, batch: list[Ask]
+    ) -> tuple[Any, int, list[Ask] | None]:
         """Decide, persist and answer `batch`; return the new state, seq nr, and, if the
         entity stops, the commands it leaves for its next incarnation."""
-        key = str(pid)
+        behavior, key = live.behavior, live.key
         decided: list[_Decided] = []
         records: list[EventRecord] = []
         events: list[Any] = []
         speculative = state
-        stop_leftovers: list[_Ask] | None = None
+        stop_leftovers: list[Ask] | None = None
         for index, ask in enumerate(batch):
             try:
                 effect = behavior.command_handler(speculative, ask.command)
@@ -291,8 +257,8 @@ class Entities:
                     EventRecord(
                         persistence_id=key,
                         seq_nr=seq_nr + len(records) + offset + 1,
-                        entity_type=pid.entity_type,
-                        slice=pid.slice,
+                        entity_type=behavior.entity_type,
+                        slice=live.slice,
                         payload=self._serializers.encode(event),
                         tags=behavior.tagger(event),
                     )
@@ -304,16 +270,18 @@ class Entities:
                 ask.fail(failure)
                 continue
             if effect.kind is EffectKind.UNHANDLED:
-                ask.fail(UnhandledCommand(
-                    f"{key}: {type(ask.command).__name__} is not handled in this state"
-                ))
+                ask.fail(
+                    UnhandledCommand(
+                        f"{key}: {type(ask.command).__name__} is not handled in this state"
+                    )
+                )
                 continue
             speculative = after
             records.extend(new_records)
             events.extend(effect.events)
             decided.append(_Decided(ask, effect.reply_action, after, bool(effect.events)))
             if effect.stop_after:
-                stop_leftovers = batch[index + 1:]
+                stop_leftovers = batch[index + 1 :]
                 break
 
         if records:
@@ -327,22 +295,26 @@ class Entities:
                     else:
                         self._reply(key, item)
                 # A conflict means another writer: reload before deciding anything else.
-                state, seq_nr = await self._recover(behavior, pid)
+                state, seq_nr = await self._recover(live)
                 return state, seq_nr, stop_leftovers
+        else:
+            await trio.lowlevel.checkpoint()  # a stream of read-only commands must yield
         for item in decided:
             self._reply(key, item)
         first_seq_nr, seq_nr = seq_nr + 1, seq_nr + len(records)
         if records and behavior.snapshot_policy.should_snapshot(first_seq_nr, events):
-            await self._save_snapshot(behavior, pid, speculative, seq_nr)
+            await self._save_snapshot(live, speculative, seq_nr)
         return speculative, seq_nr, stop_leftovers
 
     def _reply(self, persistence_id: str, item: _Decided) -> None:
         action = item.reply
         if action is None:
-            item.ask.fail(MissingReply(
-                f"{persistence_id}: the effect for {type(item.ask.command).__name__} "
-                "has no reply (use then_reply, Effect.reply or Effect.reject)"
-            ))
+            item.ask.fail(
+                MissingReply(
+                    f"{persistence_id}: the effect for {type(item.ask.command).__name__} "
+                    "has no reply (use then_reply, Effect.reply or Effect.reject)"
+                )
+            )
         elif action.error is not None:
             item.ask.fail(action.error)
         else:
@@ -354,40 +326,25 @@ class Entities:
                 failure.__cause__ = exc
                 item.ask.fail(failure)
 
-    async def _save_snapshot(
-        self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId, state: Any,
-        seq_nr: int,
-    ) -> None:
+    async def _save_snapshot(self, live: _LiveEntity, state: Any, seq_nr: int) -> None:
         if self._snapshots is None:
             return
         try:
             await self._snapshots.save_snapshot(
                 SnapshotRecord(
-                    persistence_id=str(pid),
+                    persistence_id=live.key,
                     seq_nr=seq_nr,
-                    entity_type=pid.entity_type,
-                    slice=pid.slice,
+                    entity_type=live.behavior.entity_type,
+                    slice=live.slice,
                     payload=self._serializers.encode(state),
                 ),
-                keep=behavior.snapshot_policy.keep,
+                keep=live.behavior.snapshot_policy.keep,
             )
         except Exception:
             # Snapshots only speed up recovery; the events are stored, so carry on.
-            log.warning("%s: saving the snapshot at seq nr %d failed", pid, seq_nr,
-                        exc_info=True)
-
-    def _fail_waiting(
-        self, pid: PersistenceId, live: _LiveEntity, error: BaseException
-    ) -> None:
-        """Take `live` out of service and fail every command in its mailbox with `error`."""
-        if self._live.get(pid) is live:
-            del self._live[pid]
-        while True:
-            try:
-                live.receive.receive_nowait().fail(error)
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-        live.receive.close()
+            log.warning(
+                "%s: saving the snapshot at seq nr %d failed", live.key, seq_nr, exc_info=True
+            )
 
     def _close(self) -> None:
         self._closed = True
@@ -415,9 +372,15 @@ async def open_entities(
         raise ValueError("passivate_after must be positive")
     async with trio.open_nursery() as nursery:
         entities = Entities(
-            nursery, journal, snapshots, serializers, behaviors,
-            mailbox_size=mailbox_size, passivate_after=passivate_after,
+            nursery,
+            journal,
+            snapshots,
+            serializers,
+            behaviors,
+            mailbox_size=mailbox_size,
+            passivate_after=passivate_after,
         )
+        await nursery.start(entities._passivate_idle)
         try:
             yield entities
         finally:

@@ -18,8 +18,8 @@ from fluvial.core.behavior import (
     EventSourcedBehavior,
     SnapshotPolicy,
 )
-from fluvial.core.serialization import SerializerRegistry
 from fluvial.core.errors import UsageError
+from fluvial.core.serialization import SerializerRegistry
 
 ENTITY_TYPE = "ShoppingCart"
 
@@ -110,18 +110,24 @@ def handle_command(state: CartState, command: CartCommand) -> Effect[CartEvent, 
         case _ if state.checked_out:
             return Effect.reject(command, CartClosed(f"cart is checked out: {command!r}"))
         case AddItem(item_id, quantity):
-            return Effect[CartEvent, CartState].persist(ItemUpdated(item_id, quantity)).then_reply(
-                command, CartState.summary
+            return (
+                Effect[CartEvent, CartState]
+                .persist(ItemUpdated(item_id, quantity))
+                .then_reply(command, CartState.summary)
             )
         case RemoveItem(item_id, quantity):
-            return Effect[CartEvent, CartState].persist(
-                ItemUpdated(item_id, -quantity)
-            ).then_reply(command, CartState.summary)
+            return (
+                Effect[CartEvent, CartState]
+                .persist(ItemUpdated(item_id, -quantity))
+                .then_reply(command, CartState.summary)
+            )
         case Checkout():
             if not state.items:
                 return Effect.reject(command, EmptyCart("cannot check out an empty cart"))
-            return Effect[CartEvent, CartState].persist(CheckedOut()).then_reply(
-                command, CartState.summary
+            return (
+                Effect[CartEvent, CartState]
+                .persist(CheckedOut())
+                .then_reply(command, CartState.summary)
             )
         case _:
             assert_never(command)

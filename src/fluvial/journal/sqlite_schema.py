@@ -64,7 +64,6 @@ def _v1_journal_and_snapshots(db: sqlite_utils.Database) -> None:
         not_null={"persistence_id", "seq_nr", "entity_type", "slice", "db_timestamp"},
     )
 
-
     # The last timestamp handed out by any writer of this file. Writers take it inside their
     # (serialized) write transaction, so timestamps increase across processes too.
     db["journal_clock"].insert({"id": 0, "last_timestamp": 0}, pk="id")  # type: ignore[union-attr]

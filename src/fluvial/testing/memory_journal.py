@@ -87,8 +87,11 @@ class MemoryJournal:
 
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
         await trio.lowlevel.checkpoint()
-        stored = [s for s in self._snapshots.get(snapshot.persistence_id, []) if
-                  s.seq_nr != snapshot.seq_nr]
+        stored = [
+            s
+            for s in self._snapshots.get(snapshot.persistence_id, [])
+            if s.seq_nr != snapshot.seq_nr
+        ]
         stored.append(attrs.evolve(snapshot, timestamp=self._next_timestamp()))
         stored.sort(key=lambda s: s.seq_nr)
         self._snapshots[snapshot.persistence_id] = stored[-keep:]
@@ -97,7 +100,5 @@ class MemoryJournal:
         self, persistence_id: str, max_seq_nr: int = MAX_SEQ_NR
     ) -> SnapshotRecord | None:
         await trio.lowlevel.checkpoint()
-        candidates = [
-            s for s in self._snapshots.get(persistence_id, []) if s.seq_nr <= max_seq_nr
-        ]
+        candidates = [s for s in self._snapshots.get(persistence_id, []) if s.seq_nr <= max_seq_nr]
         return candidates[-1] if candidates else None

@@ -1,0 +1,37 @@
+# fluvial's tasks. `just --list` shows them. Every recipe works from a fresh clone: `setup`
+# creates .venv and installs fluvial with its dev tools into it.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+python := venv / "bin/python"
+
+# Create the virtual environment and install fluvial (editable) with its dev tools.
+setup:
+    test -x {{python}} || python3 -m venv {{venv}}
+    {{python}} -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# Lint, type-check, check the core's import contract, then run the tests.
+test: setup lint
+    {{python}} -m pytest
+
+# ruff, mypy --strict on src/tests/benchmarks, and the import-linter contract.
+lint: setup
+    {{venv}}/bin/ruff check src tests benchmarks
+    {{venv}}/bin/ruff format --check src tests benchmarks
+    {{venv}}/bin/mypy
+    {{venv}}/bin/lint-imports
+
+# Format the code in place.
+fmt: setup
+    {{venv}}/bin/ruff check --fix src tests benchmarks
+    {{venv}}/bin/ruff format src tests benchmarks
+
+# Benchmarks (print tables with raw baselines; they are not tests).
+bench: setup
+    {{python}} benchmarks/bench_entities.py
+    {{python}} benchmarks/bench_projection.py
+
+# The demo: shopping carts on an embedded SQLite journal, with a projection following them.
+demo: setup
+    {{python}} -m fluvial demo
