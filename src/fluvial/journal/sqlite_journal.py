@@ -15,6 +15,7 @@ from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import JournalConflict
+from fluvial.journal.live import LivePublisher
 from fluvial.journal.sqlite_database import (
     Durability,
     SqliteDatabase,
@@ -80,6 +81,7 @@ class SqliteJournal:
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
+        self.live = LivePublisher()
 
     # -- Journal ----------------------------------------------------------------------------
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
@@ -95,7 +97,9 @@ class SqliteJournal:
                 raise JournalConflict(events[0].persistence_id, events[0].seq_nr) from exc
             return stamped
 
-        return await self.database.write(insert)
+        stamped = await self.database.write(insert)
+        self.live.publish(stamped)
+        return stamped
 
     async def read_events(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int

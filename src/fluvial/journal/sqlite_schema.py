@@ -69,7 +69,34 @@ def _v1_journal_and_snapshots(db: sqlite_utils.Database) -> None:
     db["journal_clock"].insert({"id": 0, "last_timestamp": 0}, pk="id")  # type: ignore[union-attr]
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_journal_and_snapshots]
+def _v2_projection_offsets(db: sqlite_utils.Database) -> None:
+    # Keyed by slice, not by slice range, so that instances with other ranges (after a
+    # rescale) resume from exactly what their slices had reached.
+    db["projection_offset"].create(  # type: ignore[union-attr]
+        {"projection_name": str, "slice": int, "timestamp": int, "seen": str},
+        pk=("projection_name", "slice"),
+        not_null={"projection_name", "slice", "timestamp", "seen"},
+    )
+    db["projection_entity"].create(  # type: ignore[union-attr]
+        {
+            "projection_name": str,
+            "persistence_id": str,
+            "slice": int,
+            "seq_nr": int,
+            "timestamp": int,
+        },
+        pk=("projection_name", "persistence_id"),
+        not_null={"projection_name", "persistence_id", "slice", "seq_nr", "timestamp"},
+    )
+    db["projection_entity"].create_index(  # type: ignore[union-attr]
+        ["projection_name", "slice", "timestamp"], index_name="projection_entity_by_time"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_journal_and_snapshots,
+    _v2_projection_offsets,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -12,6 +12,7 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
 from fluvial.journal.api import MAX_SEQ_NR, JournalConflict
+from fluvial.journal.live import LivePublisher
 
 
 class MemoryJournal:
@@ -25,6 +26,7 @@ class MemoryJournal:
         self._clock = 0
         self._appends = 0
         self._appended = trio.Event()
+        self.live = LivePublisher()
 
     def _next_timestamp(self) -> int:
         self._clock += 1
@@ -45,6 +47,7 @@ class MemoryJournal:
         self._appends += 1
         self._appended.set()
         self._appended = trio.Event()
+        self.live.publish(stamped)
         return stamped
 
     async def read_events(

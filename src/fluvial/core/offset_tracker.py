@@ -1,0 +1,212 @@
+"""Exactly-once by sequence numbers: what a projection has seen, and what to do with the next
+envelope.
+
+Everything that decides whether an envelope is new, a duplicate or a sign of a gap lives here,
+in one object that does no I/O. The shell asks `validate`, does what the verdict says (run the
+handler, drop the envelope, replay the missing events, or look up an entity that has left
+memory), reports back with `accept` / `passed`, and persists `take_changes()` with the handler's
+own writes.
+
+Two kinds of position are kept:
+- per slice, the timestamp offset of the timestamp-ordered query (where to resume), advanced
+  only by envelopes from the query, since live and replayed envelopes arrive out of that order;
+- per entity, the highest seq nr handled, which decides duplicates and gaps whatever path an
+  envelope took. Entities not seen for `window` microseconds of event time leave memory; the
+  store keeps them, and the verdict `NeedsStoredSeqNr` asks the shell to look one up.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from fluvial.core.ids import SliceRange
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord
+
+
+class EnvelopeSource(enum.Enum):
+    QUERY = "query"  # the timestamp-ordered events-by-slices query
+    BACKTRACKING = "backtracking"  # a second query behind the first, for late commits
+    LIVE = "live"  # published in-process right after commit
+    REPLAY = "replay"  # read by persistence id to fill a gap
+
+
+@attrs.frozen
+class Accepted:
+    """The next seq nr of the entity (or the first one a query shows): handle it."""
+
+
+@attrs.frozen
+class Duplicate:
+    """Already handled: drop it."""
+
+
+@attrs.frozen
+class RejectedSeqNr:
+    """A gap: events `expected_seq_nr` .. before this one must be replayed first."""
+
+    expected_seq_nr: int
+
+
+@attrs.frozen
+class RejectedBacktracking:
+    """The backtracking query found a gap: replay from `expected_seq_nr`."""
+
+    expected_seq_nr: int
+
+
+@attrs.frozen
+class NeedsStoredSeqNr:
+    """The entity is not in memory: look up its stored seq nr, `learn` it, validate again."""
+
+    persistence_id: str
+
+
+Verdict = Accepted | Duplicate | RejectedSeqNr | RejectedBacktracking | NeedsStoredSeqNr
+
+ACCEPTED = Accepted()
+DUPLICATE = Duplicate()
+
+
+@attrs.frozen
+class SeenEntity:
+    """The highest seq nr handled for one entity, and that event's timestamp and slice."""
+
+    persistence_id: str
+    seq_nr: int
+    timestamp: int
+    slice: int
+
+
+@attrs.frozen
+class OffsetChanges:
+    """What changed since the last `take_changes`: to be persisted with the handler's writes."""
+
+    entities: tuple[SeenEntity, ...]
+    slice_offsets: Mapping[int, TimestampOffset]
+
+    @property
+    def empty(self) -> bool:
+        return not self.entities and not self.slice_offsets
+
+
+class OffsetTracker:
+    """The offsets of one projection instance over one slice range."""
+
+    def __init__(
+        self,
+        slices: SliceRange,
+        *,
+        slice_offsets: Mapping[int, TimestampOffset] | None = None,
+        entities: Iterable[SeenEntity] = (),
+        window: int = 5 * 60 * 1_000_000,
+        complete: bool = False,
+    ) -> None:
+        """`complete` says that `entities` holds every entity this projection has ever seen
+        (a fresh projection), so an entity not in memory needs no store lookup."""
+        self.slices = slices
+        self.window = window
+        self._slice_offsets: dict[int, TimestampOffset] = dict(slice_offsets or {})
+        self._entities: dict[str, SeenEntity] = {e.persistence_id: e for e in entities}
+        self._complete = complete
+        self._latest = max((e.timestamp for e in self._entities.values()), default=0)
+        self._evicted_up_to = 0
+        self._dirty_entities: dict[str, SeenEntity] = {}
+        self._dirty_slices: set[int] = set()
+
+    # -- questions --------------------------------------------------------------------------
+    def resume_offset(self) -> TimestampOffset:
+        """Where the query resumes: the earliest of the range's slice offsets, so no slice
+        misses an event (events of later slices seen again are duplicates by seq nr)."""
+        offsets = [self._slice_offsets.get(s) for s in self.slices]
+        if any(o is None for o in offsets):
+            return TimestampOffset.start()
+        present = [o for o in offsets if o is not None]
+        earliest = min(o.timestamp for o in present)
+        seen: dict[str, int] = {}
+        for offset in present:
+            if offset.timestamp == earliest:
+                seen.update(offset.seen)
+        return TimestampOffset(earliest, seen)
+
+    def slice_offset(self, slice_: int) -> TimestampOffset | None:
+        return self._slice_offsets.get(slice_)
+
+    def seq_nr_of(self, persistence_id: str) -> int | None:
+        seen = self._entities.get(persistence_id)
+        return seen.seq_nr if seen else None
+
+    def validate(self, record: EventRecord, source: EnvelopeSource) -> Verdict:
+        """What to do with `record`, which arrived by `source`."""
+        seen = self._entities.get(record.persistence_id)
+        if seen is None and not self._complete:
+            return NeedsStoredSeqNr(record.persistence_id)
+        previous = seen.seq_nr if seen else 0
+        if record.seq_nr <= previous:
+            return DUPLICATE
+        if record.seq_nr == previous + 1:
+            return ACCEPTED
+        if previous == 0 and source is EnvelopeSource.QUERY:
+            # The ordered query shows an entity's events in seq nr order, so a first sight
+            # above 1 means its earlier events precede where this projection started.
+            return ACCEPTED
+        if source is EnvelopeSource.BACKTRACKING:
+            return RejectedBacktracking(previous + 1)
+        return RejectedSeqNr(previous + 1)
+
+    # -- reports ----------------------------------------------------------------------------
+    def learn(self, persistence_id: str, stored: SeenEntity | None) -> None:
+        """The store's answer to `NeedsStoredSeqNr` (None: never seen)."""
+        if stored is not None:
+            self._entities[persistence_id] = stored
+        else:
+            self._entities[persistence_id] = SeenEntity(persistence_id, 0, 0, 0)
+
+    def accept(self, record: EventRecord) -> None:
+        """`record` was handled."""
+        seen = SeenEntity(record.persistence_id, record.seq_nr, record.timestamp, record.slice)
+        self._entities[record.persistence_id] = seen
+        self._dirty_entities[record.persistence_id] = seen
+        if record.timestamp > self._latest:
+            self._latest = record.timestamp
+            self._evict()
+
+    def passed(self, record: EventRecord) -> None:
+        """The ordered query delivered `record` (handled or a duplicate): move its slice on."""
+        current = self._slice_offsets.get(record.slice)
+        if current is None or current.is_behind(record):
+            base = current or TimestampOffset.start()
+            self._slice_offsets[record.slice] = base.advanced_to(record)
+            self._dirty_slices.add(record.slice)
+
+    def take_changes(self) -> OffsetChanges:
+        changes = OffsetChanges(
+            tuple(self._dirty_entities.values()),
+            {s: self._slice_offsets[s] for s in sorted(self._dirty_slices)},
+        )
+        self._dirty_entities.clear()
+        self._dirty_slices.clear()
+        return changes
+
+    @property
+    def entities_in_memory(self) -> int:
+        return len(self._entities)
+
+    def _evict(self) -> None:
+        # Amortized: sweep when event time has moved on by half a window since the last sweep.
+        if self._latest - self._evicted_up_to < self.window // 2:
+            return
+        horizon = self._latest - self.window
+        stale = [
+            pid
+            for pid, seen in self._entities.items()
+            if seen.timestamp < horizon and pid not in self._dirty_entities
+        ]
+        for pid in stale:
+            del self._entities[pid]
+        if stale:
+            self._complete = False
+        self._evicted_up_to = self._latest
