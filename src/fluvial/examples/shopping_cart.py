@@ -103,32 +103,27 @@ class CartState:
 
 
 # -- behavior ---------------------------------------------------------------------------------
-def handle_command(state: CartState, command: CartCommand) -> Effect[CartEvent, CartState]:
+CartEffect = Effect[CartEvent, CartState]  # built once: subscripting a generic costs per call
+
+
+def handle_command(state: CartState, command: CartCommand) -> CartEffect:
     match command:
         case Get():
             return Effect.reply(command, state.summary())
         case _ if state.checked_out:
             return Effect.reject(command, CartClosed(f"cart is checked out: {command!r}"))
         case AddItem(item_id, quantity):
-            return (
-                Effect[CartEvent, CartState]
-                .persist(ItemUpdated(item_id, quantity))
-                .then_reply(command, CartState.summary)
+            return CartEffect.persist(ItemUpdated(item_id, quantity)).then_reply(
+                command, CartState.summary
             )
         case RemoveItem(item_id, quantity):
-            return (
-                Effect[CartEvent, CartState]
-                .persist(ItemUpdated(item_id, -quantity))
-                .then_reply(command, CartState.summary)
+            return CartEffect.persist(ItemUpdated(item_id, -quantity)).then_reply(
+                command, CartState.summary
             )
         case Checkout():
             if not state.items:
                 return Effect.reject(command, EmptyCart("cannot check out an empty cart"))
-            return (
-                Effect[CartEvent, CartState]
-                .persist(CheckedOut())
-                .then_reply(command, CartState.summary)
-            )
+            return CartEffect.persist(CheckedOut()).then_reply(command, CartState.summary)
         case _:
             assert_never(command)
 

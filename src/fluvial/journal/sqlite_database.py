@@ -4,8 +4,9 @@ sqlite3 blocks, so no SQLite call runs on the trio thread. All writes go through
 connection owned by a dedicated writer thread: it takes every write waiting in its queue, runs
 them in one transaction (each in its own savepoint, so one failing write undoes only itself) and
 wakes all their callers with one call into trio once the transaction is committed. A dedicated
-thread, rather than `trio.to_thread` per transaction, because the hand-off measured ~100 us
-instead of ~150 us here, and it needs no trio task in between.
+thread, rather than `trio.to_thread` per transaction, and a socket pair back to a trio task
+that wakes the callers, rather than `run_sync_soon`: a round trip measured ~50 us that way,
+against ~100 us and ~150 us (benchmarks/bench_entities.py shows what it buys).
 
 Because there is one writer per file at a time (SQLite serializes write transactions, across
 processes too), the writer hands out strictly increasing timestamps taken from the file itself,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import sqlite3
 import threading
 import time
@@ -132,7 +134,9 @@ class SqliteDatabase:
         self._reader_limiter = trio.CapacityLimiter(readers)
         self._poll_interval = poll_interval
         self._queue: queue.SimpleQueue[_PendingWrite[Any] | None] = queue.SimpleQueue()
-        self._token = trio.lowlevel.current_trio_token()
+        self._committed_batches: queue.SimpleQueue[list[_PendingWrite[Any]]] = queue.SimpleQueue()
+        self._wake_receive, self._wake_send = socket.socketpair()
+        self._wake_receive.setblocking(False)
         self._thread = threading.Thread(
             target=self._writer_thread, name=f"fluvial-writer:{path}", daemon=True
         )
@@ -184,13 +188,30 @@ class SqliteDatabase:
                     break
                 batch.append(more)
             _commit_batch(self._writer, batch)
-            self._token.run_sync_soon(self._wake, batch)
+            self._committed_batches.put(batch)
+            self._wake_send.send(b"\0")
 
-    def _wake(self, batch: list[_PendingWrite[Any]]) -> None:
-        for pending in batch:
-            assert pending.result is not None
-            trio.lowlevel.reschedule(pending.task, pending.result)
-        self._commit_count += 1
+    async def _wake_writers(self, task_status: trio.TaskStatus[None]) -> None:
+        """Wake the callers of every committed batch, as the writer thread signals them."""
+        task_status.started()
+        while True:
+            await trio.lowlevel.wait_readable(self._wake_receive)
+            try:
+                self._wake_receive.recv(4096)
+            except BlockingIOError:
+                continue
+            self._dispatch_committed()
+
+    def _dispatch_committed(self) -> None:
+        while True:
+            try:
+                batch = self._committed_batches.get_nowait()
+            except queue.Empty:
+                break
+            for pending in batch:
+                assert pending.result is not None
+                trio.lowlevel.reschedule(pending.task, pending.result)
+            self._commit_count += 1
         self._committed.set()
         self._committed = trio.Event()
 
@@ -211,6 +232,8 @@ class SqliteDatabase:
                 self._reader_pool.append(conn)
 
     def _close_connections(self) -> None:
+        self._wake_send.close()
+        self._wake_receive.close()
         for conn in self._reader_pool:
             conn.close()
         self._reader_pool.clear()
@@ -248,8 +271,14 @@ async def open_sqlite_database(
         path, writer, durability=durability, readers=readers, poll_interval=poll_interval
     )
     try:
-        yield database
+        async with trio.open_nursery() as nursery:
+            await nursery.start(database._wake_writers)
+            try:
+                yield database
+            finally:
+                with trio.CancelScope(shield=True):
+                    await database._stop_writer()
+                database._dispatch_committed()  # the callers of the last batches
+                nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            await database._stop_writer()
         database._close_connections()

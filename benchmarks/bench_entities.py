@@ -1,0 +1,138 @@
+"""Commands/s of the entity runtime on a SQLite file, against raw sqlite3 in the same run.
+
+Each command persists one event durably (WAL, synchronous=NORMAL: kept across a killed
+process; `--durability power-loss` adds an fsync per transaction). Baselines write the same
+rows with raw sqlite3: one transaction per row (what a sequential entity needs) and one
+executemany in one transaction (the ceiling of group commit).
+
+Run: .venv/bin/python benchmarks/bench_entities.py [--entities 1000] [--commands 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+from _table import print_table
+
+from fluvial.core.serialization import SerializerRegistry
+from fluvial.entity.runtime import Entities, open_entities
+from fluvial.examples.shopping_cart import AddItem, ItemUpdated, ShoppingCart, register_cart
+from fluvial.journal.sqlite_database import Durability, connect
+from fluvial.journal.sqlite_journal import _INSERT_EVENT, open_sqlite_journal
+from fluvial.journal.sqlite_schema import migrate
+
+
+async def _sequential(entities: Entities, commands: int) -> float:
+    cart = entities.ref(ShoppingCart, "sequential")
+    started = time.perf_counter()
+    for _ in range(commands):
+        await cart.ask(AddItem("apple", 1))
+    return commands / (time.perf_counter() - started)
+
+
+async def _concurrent(entities: Entities, entity_count: int, commands: int) -> float:
+    per_entity = commands // entity_count
+
+    async def shop(index: int) -> None:
+        cart = entities.ref(ShoppingCart, f"cart-{index}")
+        for _ in range(per_entity):
+            await cart.ask(AddItem("apple", 1))
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for index in range(entity_count):
+            nursery.start_soon(shop, index)
+    return per_entity * entity_count / (time.perf_counter() - started)
+
+
+async def _fluvial(
+    path: Path, durability: Durability, entity_count: int, commands: int
+) -> tuple[float, float]:
+    registry = register_cart(SerializerRegistry())
+    async with (
+        open_sqlite_journal(path, durability=durability) as journal,
+        open_entities(journal, registry, [ShoppingCart], snapshots=journal) as entities,
+    ):
+        await _sequential(entities, 200)  # warm up
+        sequential = await _sequential(entities, commands // 4)
+        concurrent = await _concurrent(entities, entity_count, commands)
+    return sequential, concurrent
+
+
+def _raw(path: Path, durability: Durability, rows: int) -> tuple[float, float]:
+    conn = connect(str(path), durability)
+    migrate(conn, str(path))
+    payload = register_cart(SerializerRegistry()).encode(ItemUpdated("apple", 1)).data
+
+    def row(pid: str, seq_nr: int, timestamp: int) -> tuple[object, ...]:
+        return (
+            pid,
+            seq_nr,
+            "ShoppingCart",
+            1,
+            timestamp,
+            None,
+            "cart.ItemUpdated",
+            1,
+            payload,
+            b"",
+        )
+
+    started = time.perf_counter()
+    for seq_nr in range(1, rows // 4 + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_INSERT_EVENT, row("raw|one", seq_nr, seq_nr))
+        conn.execute("COMMIT")
+    one_per_transaction = (rows // 4) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(_INSERT_EVENT, [row(f"raw|{i}", 1, 10**9 + i) for i in range(rows)])
+    conn.execute("COMMIT")
+    batched = rows / (time.perf_counter() - started)
+    conn.close()
+    return one_per_transaction, batched
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entities", type=int, default=1000)
+    parser.add_argument("--commands", type=int, default=20_000)
+    parser.add_argument("--durability", choices=["process", "power-loss"], default="process")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_one, raw_batched = _raw(Path(tmp) / "raw.db", args.durability, args.commands)
+        sequential, concurrent = trio.run(
+            _fluvial, Path(tmp) / "fluvial.db", args.durability, args.entities, args.commands
+        )
+    print_table(
+        f"entity commands/s, each persisting one event (SQLite file, durability="
+        f"{args.durability}, {args.commands:,} commands)",
+        ["workload", "fluvial/s", "raw sqlite3/s", "baseline", "ratio", "target"],
+        [
+            [
+                "1 entity, sequential",
+                sequential,
+                raw_one,
+                "1 row per transaction",
+                f"{sequential / raw_one:.2f}",
+                "5,000",
+            ],
+            [
+                f"{args.entities:,} entities, concurrent",
+                concurrent,
+                raw_batched,
+                "executemany, 1 transaction",
+                f"{concurrent / raw_batched:.2f}",
+                "20,000",
+            ],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from fluvial.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""A read model of the shopping carts: how many of each item sit in open carts and how many
+were checked out, kept by an exactly-once projection in the journal's own SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from fluvial.core.records import EventEnvelope
+from fluvial.examples.shopping_cart import ENTITY_TYPE, CartEvent, CheckedOut, ItemUpdated
+from fluvial.projection.handlers import ExactlyOnce
+from fluvial.projection.runner import Projection
+
+CREATE_TABLES = (
+    "CREATE TABLE IF NOT EXISTS cart_items (cart_id TEXT NOT NULL, item_id TEXT NOT NULL, "
+    "quantity INTEGER NOT NULL, PRIMARY KEY (cart_id, item_id))",
+    "CREATE TABLE IF NOT EXISTS checked_out_carts (cart_id TEXT PRIMARY KEY, "
+    "checked_out_at INTEGER)",
+)
+
+
+def create_tables(conn: sqlite3.Connection) -> None:
+    # Not executescript: it commits, and this runs inside the writer's transaction.
+    for statement in CREATE_TABLES:
+        conn.execute(statement)
+
+
+def handle_cart_event(conn: sqlite3.Connection, envelope: EventEnvelope[CartEvent]) -> None:
+    cart_id = envelope.persistence_id.partition("|")[2]
+    match envelope.event:
+        case ItemUpdated(item_id, quantity):
+            conn.execute(
+                "INSERT INTO cart_items VALUES (?, ?, ?) ON CONFLICT (cart_id, item_id) "
+                "DO UPDATE SET quantity = quantity + excluded.quantity",
+                (cart_id, item_id, quantity),
+            )
+        case CheckedOut():
+            conn.execute(
+                "INSERT INTO checked_out_carts VALUES (?, ?)", (cart_id, envelope.timestamp)
+            )
+
+
+def popular_items(conn: sqlite3.Connection, limit: int = 5) -> list[tuple[str, int]]:
+    """Items by quantity in checked-out carts, most popular first."""
+    rows = conn.execute(
+        "SELECT item_id, sum(quantity) AS total FROM cart_items "
+        "JOIN checked_out_carts USING (cart_id) GROUP BY item_id "
+        "ORDER BY total DESC, item_id LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [(str(item), int(total)) for item, total in rows]
+
+
+CartTotals = Projection[CartEvent](
+    name="cart-totals", entity_type=ENTITY_TYPE, handler=ExactlyOnce(handle_cart_event)
+)
