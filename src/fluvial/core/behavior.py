@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Never, TypeVar
 
 import attrs
 
@@ -22,6 +22,8 @@ ReplyT_co = TypeVar("ReplyT_co", covariant=True)
 C = TypeVar("C")
 E = TypeVar("E")
 S = TypeVar("S")
+E_co = TypeVar("E_co", covariant=True)
+S_co = TypeVar("S_co", covariant=True)
 
 
 class Command(Generic[ReplyT_co]):
@@ -55,61 +57,67 @@ class ReplyAction:
 
 
 @attrs.frozen
-class Effect(Generic[E, S]):
+class Effect(Generic[E_co, S_co]):
     """What a command handler decided: events to persist, a reply, whether to stop.
 
-    Build it with the named constructors; an effect is a plain value, easy to assert on.
+    Build it with the named constructors; an effect is a plain value, easy to assert on. The
+    constructors need no type arguments: `Effect.persist(ItemUpdated(...))` is an
+    `Effect[ItemUpdated, Any]`, which (being covariant) fits a handler declared to return
+    `Effect[CartEvent, CartState]`, and `then_reply` is checked against the command's reply type.
     """
 
     kind: EffectKind
-    events: tuple[E, ...] = ()
+    events: tuple[E_co, ...] = ()
     reply_action: ReplyAction | None = None
     stop_after: bool = False
 
     # -- constructors ---------------------------------------------------------------------
-    @classmethod
-    def persist(cls, *events: E) -> Effect[E, S]:
+    @staticmethod
+    def persist(*events: E) -> Effect[E, Any]:
         """Persist these events (atomically, in order); then `then_reply` / `then_stop`."""
         if not events:
             raise UsageError("Effect.persist needs at least one event; use Effect.none()")
-        return cls(EffectKind.PERSIST, tuple(events))
+        return Effect(EffectKind.PERSIST, events)
 
-    @classmethod
-    def persist_all(cls, events: Iterable[E]) -> Effect[E, S]:
+    @staticmethod
+    def persist_all(events: Iterable[E]) -> Effect[E, Any]:
         """Persist a sequence of events atomically; an empty sequence persists nothing."""
-        return cls(EffectKind.PERSIST, tuple(events))
+        return Effect(EffectKind.PERSIST, tuple(events))
 
-    @classmethod
-    def none(cls) -> Effect[E, S]:
-        return cls(EffectKind.NONE)
+    @staticmethod
+    def none() -> Effect[Never, Any]:
+        return Effect(EffectKind.NONE)
 
-    @classmethod
-    def unhandled(cls) -> Effect[E, S]:
+    @staticmethod
+    def unhandled() -> Effect[Never, Any]:
         """The command is not handled in this state; `ask` raises `UnhandledCommand`."""
-        return cls(EffectKind.UNHANDLED)
+        return Effect(EffectKind.UNHANDLED)
 
-    @classmethod
-    def stop(cls) -> Effect[E, S]:
+    @staticmethod
+    def stop() -> Effect[Never, Any]:
         """Stop (passivate) the entity; the next command starts it again from the journal."""
-        return cls(EffectKind.STOP, stop_after=True)
+        return Effect(EffectKind.STOP, stop_after=True)
 
-    @classmethod
-    def reply(cls, command: Command[ReplyT], value: ReplyT) -> Effect[E, S]:
-        """Reply without persisting anything."""
-        return cls(EffectKind.NONE, reply_action=ReplyAction(command, lambda _s: value))
+    @staticmethod
+    def reply(command: Command[ReplyT], value: ReplyT) -> Effect[Never, Any]:
+        """Reply without persisting anything. (mypy checks `then_reply` functions strictly;
+        here it accepts any value, since `Command` is covariant so that `ask` types well.)"""
+        return Effect(EffectKind.NONE, reply_action=ReplyAction(command, lambda _s: value))
 
-    @classmethod
-    def reject(cls, command: Command[Any], error: CommandRejected) -> Effect[E, S]:
+    @staticmethod
+    def reject(command: Command[Any], error: CommandRejected) -> Effect[Never, Any]:
         """Refuse the command with a typed error; nothing is persisted."""
-        return cls(EffectKind.NONE, reply_action=ReplyAction(command, error=error))
+        return Effect(EffectKind.NONE, reply_action=ReplyAction(command, error=error))
 
     # -- combinators ----------------------------------------------------------------------
-    def then_reply(self, command: Command[ReplyT], reply: Callable[[S], ReplyT]) -> Effect[E, S]:
+    def then_reply(
+        self, command: Command[ReplyT], reply: Callable[[S_co], ReplyT]
+    ) -> Effect[E_co, S_co]:
         """After the events are persisted, reply with `reply(new_state)`."""
-        return attrs.evolve(self, reply_action=ReplyAction(command, reply))
+        return Effect(self.kind, self.events, ReplyAction(command, reply), self.stop_after)
 
-    def then_stop(self) -> Effect[E, S]:
-        return attrs.evolve(self, stop_after=True)
+    def then_stop(self) -> Effect[E_co, S_co]:
+        return Effect(self.kind, self.events, self.reply_action, stop_after=True)
 
 
 @attrs.frozen

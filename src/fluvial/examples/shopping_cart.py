@@ -92,38 +92,35 @@ class CartState:
     checked_out: bool = False
 
     def updated(self, item_id: str, quantity: int) -> CartState:
-        total = self.items.get(item_id, 0) + quantity
-        items = {k: v for k, v in self.items.items() if k != item_id}
+        items = dict(self.items)
+        total = items.pop(item_id, 0) + quantity
         if total != 0:
             items[item_id] = total
-        return attrs.evolve(self, items=items)
+        return CartState(items, self.checked_out)
 
     def summary(self) -> Summary:
         return Summary(items=dict(self.items), checked_out=self.checked_out)
 
 
 # -- behavior ---------------------------------------------------------------------------------
-CartEffect = Effect[CartEvent, CartState]  # built once: subscripting a generic costs per call
-
-
-def handle_command(state: CartState, command: CartCommand) -> CartEffect:
+def handle_command(state: CartState, command: CartCommand) -> Effect[CartEvent, CartState]:
     match command:
         case Get():
             return Effect.reply(command, state.summary())
         case _ if state.checked_out:
             return Effect.reject(command, CartClosed(f"cart is checked out: {command!r}"))
         case AddItem(item_id, quantity):
-            return CartEffect.persist(ItemUpdated(item_id, quantity)).then_reply(
+            return Effect.persist(ItemUpdated(item_id, quantity)).then_reply(
                 command, CartState.summary
             )
         case RemoveItem(item_id, quantity):
-            return CartEffect.persist(ItemUpdated(item_id, -quantity)).then_reply(
+            return Effect.persist(ItemUpdated(item_id, -quantity)).then_reply(
                 command, CartState.summary
             )
         case Checkout():
             if not state.items:
                 return Effect.reject(command, EmptyCart("cannot check out an empty cart"))
-            return CartEffect.persist(CheckedOut()).then_reply(command, CartState.summary)
+            return Effect.persist(CheckedOut()).then_reply(command, CartState.summary)
         case _:
             assert_never(command)
 

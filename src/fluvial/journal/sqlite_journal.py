@@ -18,6 +18,7 @@ from fluvial.journal.api import JournalConflict
 from fluvial.journal.live import LivePublisher
 from fluvial.journal.sqlite_database import (
     Durability,
+    RowInsert,
     SqliteDatabase,
     WriteTransaction,
     open_sqlite_database,
@@ -32,9 +33,12 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode_tags = msgspec.json.Decoder(list[str]).decode
 
 
-def _event_row(record: EventRecord) -> tuple[Any, ...]:
+_TIMESTAMP_COLUMN = 4
+
+
+def _event_row(record: EventRecord) -> list[Any]:
     payload = record.payload
-    return (
+    return [
         record.persistence_id,
         record.seq_nr,
         record.entity_type,
@@ -45,7 +49,7 @@ def _event_row(record: EventRecord) -> tuple[Any, ...]:
         payload.version if payload else None,
         payload.data if payload else None,
         record.metadata,
-    )
+    ]
 
 
 def _event_from_row(row: tuple[Any, ...]) -> EventRecord:
@@ -89,15 +93,13 @@ class SqliteJournal:
         if not events:
             return []
 
-        def insert(txn: WriteTransaction) -> list[EventRecord]:
-            stamped = [_stamped(e, txn.next_timestamp()) for e in events]
-            try:
-                txn.connection.executemany(_INSERT_EVENT, [_event_row(e) for e in stamped])
-            except sqlite3.IntegrityError as exc:
-                raise JournalConflict(events[0].persistence_id, events[0].seq_nr) from exc
-            return stamped
+        def conflict(error: sqlite3.IntegrityError) -> Exception:
+            return JournalConflict(events[0].persistence_id, events[0].seq_nr)
 
-        stamped = await self.database.write(insert)
+        timestamps = await self.database.write(
+            RowInsert(_INSERT_EVENT, [_event_row(e) for e in events], _TIMESTAMP_COLUMN, conflict)
+        )
+        stamped = [_stamped(e, t) for e, t in zip(events, timestamps, strict=True)]
         self.live.publish(stamped)
         return stamped
 
