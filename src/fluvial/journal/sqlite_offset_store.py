@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from fluvial.core.ids import SliceRange
+from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
 from fluvial.journal.sqlite_database import SqliteDatabase, WriteTransaction
@@ -85,11 +85,13 @@ class SqliteOffsetStore:
         return await self.database.read(query)
 
     async def load_entity(self, projection: str, persistence_id: str) -> SeenEntity | None:
+        slice_ = slice_for(persistence_id)
+
         def query(conn: sqlite3.Connection) -> SeenEntity | None:
             row = conn.execute(
                 "SELECT persistence_id, seq_nr, timestamp, slice FROM projection_entity "
-                "WHERE projection_name = ? AND persistence_id = ?",
-                (projection, persistence_id),
+                "WHERE projection_name = ? AND slice = ? AND persistence_id = ?",
+                (projection, slice_, persistence_id),
             ).fetchone()
             return SeenEntity(*row) if row else None
 
@@ -172,7 +174,7 @@ class SqliteOffsetStore:
             slice_, timestamp = row
             txn.connection.execute(
                 "INSERT INTO projection_entity (projection_name, persistence_id, slice, seq_nr,"
-                " timestamp) VALUES (?,?,?,?,?) ON CONFLICT (projection_name, persistence_id)"
+                " timestamp) VALUES (?,?,?,?,?) ON CONFLICT (projection_name, slice, persistence_id)"
                 " DO UPDATE SET seq_nr = max(seq_nr, excluded.seq_nr),"
                 " timestamp = max(timestamp, excluded.timestamp)",
                 (projection, persistence_id, slice_, seq_nr, timestamp),
