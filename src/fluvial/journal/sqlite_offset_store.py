@@ -174,7 +174,8 @@ class SqliteOffsetStore:
             slice_, timestamp = row
             txn.connection.execute(
                 "INSERT INTO projection_entity (projection_name, persistence_id, slice, seq_nr,"
-                " timestamp) VALUES (?,?,?,?,?) ON CONFLICT (projection_name, slice, persistence_id)"
+                " timestamp) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (projection_name, slice, persistence_id)"
                 " DO UPDATE SET seq_nr = max(seq_nr, excluded.seq_nr),"
                 " timestamp = max(timestamp, excluded.timestamp)",
                 (projection, persistence_id, slice_, seq_nr, timestamp),
