@@ -31,6 +31,7 @@ fmt: setup
 bench: setup
     {{python}} benchmarks/bench_entities.py
     {{python}} benchmarks/bench_projection.py
+    {{python}} benchmarks/bench_serializers.py
 
 # The demo: shopping carts on an embedded SQLite journal, with a projection following them.
 demo: setup
