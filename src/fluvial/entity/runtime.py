@@ -24,6 +24,7 @@ from fluvial.core.behavior import (
     EventSourcedBehavior,
     ReplyAction,
 )
+from fluvial.core.errors import DataError
 from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.records import EventRecord, SnapshotRecord
 from fluvial.core.serialization import SerializerRegistry
@@ -165,10 +166,13 @@ class Entities:
         self._nursery.start_soon(self._run_entity, live, name=key)
         return live
 
-    def _retire(self, live: _LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
-        """Take `live` out of service; its unhandled commands go to a new incarnation."""
+    def _forget(self, live: _LiveEntity) -> None:
         if self._live.get(live.pid) is live:
             del self._live[live.pid]
+
+    def _retire(self, live: _LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
+        """Take `live` out of service; its unhandled commands go to a new incarnation."""
+        self._forget(live)
         waiting = [*leftovers, *live.mailbox.close()]
         if waiting and not self._closed:
             successor = self._spawn(live.behavior, live.pid)
@@ -190,6 +194,13 @@ class Entities:
         batch: list[Ask] = []
         try:
             await self._serve_entity(live, batch)
+        except Exception as exc:
+            # The journal failed while reloading after a failed append: this incarnation ends
+            # and its commands share the error; the next command starts a new one.
+            log.error("%s: stopped after a journal failure: %s", live.key, exc)
+            self._forget(live)
+            for ask in [*batch, *live.mailbox.close()]:
+                ask.fail(exc)
         except BaseException:
             # Cancelled because the runtime closes: nobody else will answer these.
             stopped = EntityStopped(f"{live.pid}: the entity runtime closed")
@@ -204,8 +215,7 @@ class Entities:
             # Waiting commands share the error (a corrupt row, say); the next command
             # tries recovery again, and nothing stored is touched.
             log.error("%s: recovery failed: %s", live.key, exc)
-            if self._live.get(live.pid) is live:
-                del self._live[live.pid]
+            self._forget(live)
             for ask in live.mailbox.close():
                 ask.fail(exc)
             return
@@ -225,10 +235,14 @@ class Entities:
         if self._snapshots is not None:
             snapshot = await self._snapshots.load_snapshot(key)
             if snapshot is not None:
-                state = self._serializers.decode(
-                    snapshot.payload, persistence_id=key, seq_nr=snapshot.seq_nr
-                )
-                seq_nr = snapshot.seq_nr
+                try:
+                    state = self._serializers.decode(
+                        snapshot.payload, persistence_id=key, seq_nr=snapshot.seq_nr
+                    )
+                    seq_nr = snapshot.seq_nr
+                except DataError as exc:
+                    # The events are the source of truth: recover from all of them instead.
+                    log.warning("%s: ignoring an unreadable snapshot: %s", key, exc)
         async for record in events_by_persistence_id(self._journal, key, seq_nr + 1):
             assert record.payload is not None, "a journal holds no placeholders"
             event = self._serializers.decode(
