@@ -1,0 +1,270 @@
+"""The offset tracker: which envelope is new, a duplicate or a sign of a gap, and what it
+remembers (per slice, per entity) and forgets (entities older than the window)."""
+
+from __future__ import annotations
+
+from fluvial.core.ids import SliceRange
+from fluvial.core.offset_tracker import (
+    Accepted,
+    Duplicate,
+    EnvelopeSource,
+    NeedsStoredSeqNr,
+    OffsetChanges,
+    OffsetTracker,
+    RejectedBacktracking,
+    RejectedSeqNr,
+    SeenEntity,
+)
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord
+
+QUERY = EnvelopeSource.QUERY
+LIVE = EnvelopeSource.LIVE
+REPLAY = EnvelopeSource.REPLAY
+BACKTRACKING = EnvelopeSource.BACKTRACKING
+
+SLICES = SliceRange(10, 12)
+
+
+def record(pid: str, seq_nr: int, timestamp: int, slice_: int = 10) -> EventRecord:
+    return EventRecord(
+        persistence_id=pid,
+        seq_nr=seq_nr,
+        entity_type="T",
+        slice=slice_,
+        payload=None,
+        timestamp=timestamp,
+    )
+
+
+def fresh(window: int = 1_000_000) -> OffsetTracker:
+    """A tracker of a projection that has never run: it knows every entity it has seen."""
+    return OffsetTracker(SLICES, window=window, complete=True)
+
+
+def handle(tracker: OffsetTracker, r: EventRecord, source: EnvelopeSource = QUERY) -> None:
+    """Admit `r` as the runner does, for an entity the store has not seen either."""
+    if tracker.validate(r, source) == NeedsStoredSeqNr(r.persistence_id):
+        tracker.learn(r.persistence_id, None)
+    assert tracker.validate(r, source) == Accepted()
+    tracker.accept(r)
+    if source is QUERY:
+        tracker.passed(r)
+
+
+# -- verdicts ---------------------------------------------------------------------------------
+def test_seq_nr_1_of_an_unknown_entity_is_accepted_from_every_source() -> None:
+    tracker = fresh()
+    for source in EnvelopeSource:
+        assert tracker.validate(record("T|a", 1, 100), source) == Accepted()
+
+
+def test_the_next_seq_nr_is_accepted_and_what_was_handled_is_a_duplicate() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100))
+    handle(tracker, record("T|a", 2, 200))
+    assert tracker.seq_nr_of("T|a") == 2
+    for source in EnvelopeSource:
+        assert tracker.validate(record("T|a", 3, 300), source) == Accepted()
+        assert tracker.validate(record("T|a", 2, 200), source) == Duplicate()
+        assert tracker.validate(record("T|a", 1, 100), source) == Duplicate()
+
+
+def test_a_gap_asks_for_a_replay_from_the_first_missing_seq_nr() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100))
+    handle(tracker, record("T|a", 2, 200))
+    ahead = record("T|a", 5, 500)
+    assert tracker.validate(ahead, LIVE) == RejectedSeqNr(expected_seq_nr=3)
+    assert tracker.validate(ahead, REPLAY) == RejectedSeqNr(expected_seq_nr=3)
+    assert tracker.validate(ahead, QUERY) == RejectedSeqNr(expected_seq_nr=3)
+    assert tracker.validate(ahead, BACKTRACKING) == RejectedBacktracking(expected_seq_nr=3)
+    # Asking changes nothing: the entity is still at 2.
+    assert tracker.seq_nr_of("T|a") == 2
+    assert tracker.validate(record("T|a", 3, 300), LIVE) == Accepted()
+
+
+def test_the_query_may_show_an_entity_first_above_seq_nr_1() -> None:
+    # Its earlier events precede where the projection started.
+    tracker = fresh()
+    assert tracker.validate(record("T|a", 7, 100), QUERY) == Accepted()
+    # The other paths do not see events in order, so for them it is a gap from 1.
+    assert tracker.validate(record("T|a", 7, 100), LIVE) == RejectedSeqNr(1)
+    assert tracker.validate(record("T|a", 7, 100), REPLAY) == RejectedSeqNr(1)
+    assert tracker.validate(record("T|a", 7, 100), BACKTRACKING) == RejectedBacktracking(1)
+
+
+def test_an_incomplete_tracker_asks_the_store_about_an_entity_it_does_not_hold() -> None:
+    tracker = OffsetTracker(SLICES)  # loaded from a store that may know more
+    r = record("T|a", 6, 100)
+    for source in EnvelopeSource:
+        assert tracker.validate(r, source) == NeedsStoredSeqNr("T|a")
+    tracker.learn("T|a", SeenEntity("T|a", 5, 50, 10))
+    assert tracker.validate(r, LIVE) == Accepted()
+    assert tracker.validate(record("T|a", 5, 50), LIVE) == Duplicate()
+    assert tracker.validate(record("T|a", 8, 300), LIVE) == RejectedSeqNr(6)
+    # Learning is not handling: nothing to persist.
+    assert tracker.take_changes().empty
+
+
+def test_an_entity_the_store_never_saw_starts_at_seq_nr_1() -> None:
+    tracker = OffsetTracker(SLICES)
+    assert tracker.validate(record("T|b", 1, 100), LIVE) == NeedsStoredSeqNr("T|b")
+    tracker.learn("T|b", None)
+    assert tracker.validate(record("T|b", 1, 100), LIVE) == Accepted()
+    assert tracker.validate(record("T|b", 2, 100), LIVE) == RejectedSeqNr(1)
+
+
+def test_a_complete_tracker_never_asks_the_store() -> None:
+    tracker = fresh()
+    for seq_nr in range(1, 4):
+        r = record(f"T|{seq_nr}", 1, seq_nr)
+        assert not isinstance(tracker.validate(r, LIVE), NeedsStoredSeqNr)
+
+
+# -- slice offsets ----------------------------------------------------------------------------
+def test_resume_offset_is_the_start_while_any_slice_of_the_range_has_none() -> None:
+    assert fresh().resume_offset() == TimestampOffset.start()
+    tracker = OffsetTracker(
+        SLICES, slice_offsets={10: TimestampOffset(500), 11: TimestampOffset(600)}
+    )
+    assert tracker.resume_offset() == TimestampOffset.start()
+
+
+def test_resume_offset_is_the_earliest_slice_offset_with_what_was_seen_at_it() -> None:
+    tracker = OffsetTracker(
+        SLICES,
+        slice_offsets={
+            10: TimestampOffset(500, {"T|a": 3}),
+            11: TimestampOffset(400, {"T|b": 2}),
+            12: TimestampOffset(400, {"T|c": 9}),
+        },
+    )
+    assert tracker.resume_offset() == TimestampOffset(400, {"T|b": 2, "T|c": 9})
+
+
+def test_passed_moves_a_slice_offset_forward_only() -> None:
+    tracker = fresh()
+    tracker.passed(record("T|a", 1, 100, slice_=11))
+    assert tracker.slice_offset(11) == TimestampOffset(100, {"T|a": 1})
+    tracker.passed(record("T|b", 4, 100, slice_=11))  # same timestamp: both seen
+    assert tracker.slice_offset(11) == TimestampOffset(100, {"T|a": 1, "T|b": 4})
+    tracker.passed(record("T|c", 1, 50, slice_=11))  # behind: ignored
+    tracker.passed(record("T|a", 1, 100, slice_=11))  # already seen: ignored
+    assert tracker.slice_offset(11) == TimestampOffset(100, {"T|a": 1, "T|b": 4})
+    tracker.passed(record("T|a", 2, 300, slice_=11))
+    assert tracker.slice_offset(11) == TimestampOffset(300, {"T|a": 2})
+    assert tracker.slice_offset(10) is None
+    assert tracker.slice_offset(12) is None
+
+
+def test_handling_does_not_move_the_slice_offset() -> None:
+    # Live and replayed envelopes arrive out of timestamp order: only the query moves it.
+    tracker = fresh()
+    r = record("T|a", 1, 100)
+    tracker.accept(r)
+    assert tracker.slice_offset(10) is None
+    assert tracker.take_changes().slice_offsets == {}
+
+
+# -- changes ----------------------------------------------------------------------------------
+def test_take_changes_returns_what_changed_since_the_last_call() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    handle(tracker, record("T|a", 2, 200, slice_=10))
+    handle(tracker, record("T|b", 1, 300, slice_=12))
+    changes = tracker.take_changes()
+    assert not changes.empty
+    assert sorted(changes.entities, key=lambda e: e.persistence_id) == [
+        SeenEntity("T|a", 2, 200, 10),
+        SeenEntity("T|b", 1, 300, 12),
+    ]
+    assert changes.slice_offsets == {
+        10: TimestampOffset(200, {"T|a": 2}),
+        12: TimestampOffset(300, {"T|b": 1}),
+    }
+    assert tracker.take_changes() == OffsetChanges((), {})
+    assert tracker.take_changes().empty
+    # A duplicate from the query changes nothing either.
+    tracker.validate(record("T|a", 2, 200), QUERY)
+    tracker.passed(record("T|a", 2, 200, slice_=10))
+    assert tracker.take_changes().empty
+
+
+def test_a_tracker_rebuilt_from_its_changes_decides_the_same() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    handle(tracker, record("T|b", 1, 150, slice_=11))
+    handle(tracker, record("T|c", 1, 160, slice_=12))
+    handle(tracker, record("T|a", 2, 200, slice_=10))
+    changes = tracker.take_changes()
+    rebuilt = OffsetTracker(
+        SLICES, slice_offsets=changes.slice_offsets, entities=changes.entities, complete=True
+    )
+    assert rebuilt.resume_offset() == TimestampOffset(150, {"T|b": 1})
+    for r in [record("T|a", 2, 200), record("T|a", 3, 300), record("T|b", 3, 300)]:
+        assert rebuilt.validate(r, LIVE) == tracker.validate(r, LIVE)
+
+
+# -- memory -----------------------------------------------------------------------------------
+def test_entities_older_than_the_window_leave_memory_and_are_then_looked_up() -> None:
+    tracker = fresh(window=1000)
+    handle(tracker, record("T|a", 1, 100))
+    handle(tracker, record("T|b", 1, 200))
+    tracker.take_changes()  # saved: nothing pins them in memory
+    handle(tracker, record("T|c", 1, 5000))
+    assert tracker.entities_in_memory == 1
+    assert tracker.seq_nr_of("T|a") is None
+    # The tracker no longer knows every entity: even a never-seen one is asked about.
+    assert tracker.validate(record("T|a", 2, 5100), LIVE) == NeedsStoredSeqNr("T|a")
+    assert tracker.validate(record("T|z", 1, 5100), LIVE) == NeedsStoredSeqNr("T|z")
+    tracker.learn("T|a", SeenEntity("T|a", 1, 100, 10))
+    assert tracker.validate(record("T|a", 2, 5100), LIVE) == Accepted()
+    assert tracker.validate(record("T|a", 1, 100), LIVE) == Duplicate()
+
+
+def test_entities_within_the_window_stay() -> None:
+    tracker = fresh(window=1000)
+    handle(tracker, record("T|a", 1, 4500))
+    tracker.take_changes()
+    handle(tracker, record("T|c", 1, 5000))
+    assert tracker.seq_nr_of("T|a") == 1
+    assert tracker.validate(record("T|z", 1, 5100), LIVE) == Accepted()  # still complete
+
+
+def test_unsaved_entities_never_leave_memory() -> None:
+    tracker = fresh(window=1000)
+    handle(tracker, record("T|a", 1, 100))
+    handle(tracker, record("T|b", 1, 200))
+    tracker.take_changes()
+    handle(tracker, record("T|a", 2, 300))  # dirty: not yet persisted
+    handle(tracker, record("T|c", 1, 10_000))
+    assert tracker.seq_nr_of("T|a") == 2
+    assert tracker.seq_nr_of("T|b") is None
+    changes = tracker.take_changes()
+    assert SeenEntity("T|a", 2, 300, 10) in changes.entities
+    # Saved now, so the next sweep may take it.
+    handle(tracker, record("T|d", 1, 20_000))
+    assert tracker.seq_nr_of("T|a") is None
+
+
+def test_memory_stays_bounded_by_the_window() -> None:
+    window, step = 10_000, 100
+    tracker = fresh(window=window)
+    most = 0
+    for i in range(2000):
+        handle(tracker, record(f"T|{i}", 1, (i + 1) * step))
+        tracker.take_changes()
+        most = max(most, tracker.entities_in_memory)
+    # At most a window and a half of event time (sweeps are amortized over half a window).
+    assert most <= 1.5 * window / step + 2
+    assert tracker.entities_in_memory <= 1.5 * window / step + 2
+
+
+def test_a_tracker_loaded_with_old_entities_evicts_them_once_time_moves_on() -> None:
+    old = [SeenEntity(f"T|{i}", 3, i, 10) for i in range(100)]
+    tracker = OffsetTracker(SLICES, entities=old, window=1000, complete=True)
+    assert tracker.entities_in_memory == 100
+    handle(tracker, record("T|new", 1, 50_000))
+    assert tracker.entities_in_memory == 1
+    assert tracker.validate(record("T|5", 4, 50_001), LIVE) == NeedsStoredSeqNr("T|5")
