@@ -109,31 +109,38 @@ class OffsetTracker:
         (a fresh projection), so an entity not in memory needs no store lookup."""
         self.slices = slices
         self.window = window
-        self._slice_offsets: dict[int, TimestampOffset] = dict(slice_offsets or {})
-        self._entities: dict[str, SeenEntity] = {e.persistence_id: e for e in entities}
+        # Per slice: the timestamp and the (pid -> seq nr) seen at it. Kept as mutable pairs,
+        # and entities as the records themselves, because these change for every envelope.
+        self._slice_tips: dict[int, tuple[int, dict[str, int]]] = {
+            s: (o.timestamp, dict(o.seen)) for s, o in (slice_offsets or {}).items()
+        }
+        self._entities: dict[str, SeenEntity | EventRecord] = {
+            e.persistence_id: e for e in entities
+        }
         self._complete = complete
         self._latest = max((e.timestamp for e in self._entities.values()), default=0)
         self._evicted_up_to = 0
-        self._dirty_entities: dict[str, SeenEntity] = {}
+        self._dirty_entities: dict[str, EventRecord] = {}
         self._dirty_slices: set[int] = set()
 
     # -- questions --------------------------------------------------------------------------
     def resume_offset(self) -> TimestampOffset:
         """Where the query resumes: the earliest of the range's slice offsets, so no slice
         misses an event (events of later slices seen again are duplicates by seq nr)."""
-        offsets = [self._slice_offsets.get(s) for s in self.slices]
-        if any(o is None for o in offsets):
+        tips = [self._slice_tips.get(s) for s in self.slices]
+        if any(tip is None for tip in tips):
             return TimestampOffset.start()
-        present = [o for o in offsets if o is not None]
-        earliest = min(o.timestamp for o in present)
+        present = [tip for tip in tips if tip is not None]
+        earliest = min(timestamp for timestamp, _ in present)
         seen: dict[str, int] = {}
-        for offset in present:
-            if offset.timestamp == earliest:
-                seen.update(offset.seen)
+        for timestamp, seen_at in present:
+            if timestamp == earliest:
+                seen.update(seen_at)
         return TimestampOffset(earliest, seen)
 
     def slice_offset(self, slice_: int) -> TimestampOffset | None:
-        return self._slice_offsets.get(slice_)
+        tip = self._slice_tips.get(slice_)
+        return _offset_of(tip) if tip else None
 
     def seq_nr_of(self, persistence_id: str) -> int | None:
         seen = self._entities.get(persistence_id)
@@ -167,25 +174,33 @@ class OffsetTracker:
 
     def accept(self, record: EventRecord) -> None:
         """`record` was handled."""
-        seen = SeenEntity(record.persistence_id, record.seq_nr, record.timestamp, record.slice)
-        self._entities[record.persistence_id] = seen
-        self._dirty_entities[record.persistence_id] = seen
+        self._entities[record.persistence_id] = record
+        self._dirty_entities[record.persistence_id] = record
         if record.timestamp > self._latest:
             self._latest = record.timestamp
             self._evict()
 
     def passed(self, record: EventRecord) -> None:
         """The ordered query delivered `record` (handled or a duplicate): move its slice on."""
-        current = self._slice_offsets.get(record.slice)
-        if current is None or current.is_behind(record):
-            base = current or TimestampOffset.start()
-            self._slice_offsets[record.slice] = base.advanced_to(record)
-            self._dirty_slices.add(record.slice)
+        tip = self._slice_tips.get(record.slice)
+        if tip is None or record.timestamp > tip[0]:
+            self._slice_tips[record.slice] = (
+                record.timestamp,
+                {record.persistence_id: record.seq_nr},
+            )
+        elif record.timestamp == tip[0] and tip[1].get(record.persistence_id, 0) < record.seq_nr:
+            tip[1][record.persistence_id] = record.seq_nr
+        else:
+            return
+        self._dirty_slices.add(record.slice)
 
     def take_changes(self) -> OffsetChanges:
         changes = OffsetChanges(
-            tuple(self._dirty_entities.values()),
-            {s: self._slice_offsets[s] for s in sorted(self._dirty_slices)},
+            tuple(
+                SeenEntity(r.persistence_id, r.seq_nr, r.timestamp, r.slice)
+                for r in self._dirty_entities.values()
+            ),
+            {s: _offset_of(self._slice_tips[s]) for s in sorted(self._dirty_slices)},
         )
         self._dirty_entities.clear()
         self._dirty_slices.clear()
@@ -210,3 +225,7 @@ class OffsetTracker:
         if stale:
             self._complete = False
         self._evicted_up_to = self._latest
+
+
+def _offset_of(tip: tuple[int, dict[str, int]]) -> TimestampOffset:
+    return TimestampOffset(tip[0], dict(tip[1]))  # a copy: the tip changes in place

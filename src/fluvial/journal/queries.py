@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
@@ -19,7 +19,7 @@ async def events_by_persistence_id(
     to_seq_nr: int = MAX_SEQ_NR,
     *,
     page_size: int = PAGE_SIZE,
-) -> AsyncIterator[EventRecord]:
+) -> AsyncGenerator[EventRecord, None]:
     """The stored events of one entity in seq nr order, read a page at a time."""
     next_seq_nr = from_seq_nr
     while next_seq_nr <= to_seq_nr:
@@ -38,7 +38,7 @@ async def current_events_by_slices(
     offset: TimestampOffset | None = None,
     *,
     page_size: int = PAGE_SIZE,
-) -> AsyncIterator[EventRecord]:
+) -> AsyncGenerator[EventRecord, None]:
     """The events stored now, after `offset`, in timestamp order; ends when caught up."""
     offset = offset or TimestampOffset.start()
     while True:
@@ -57,7 +57,7 @@ async def events_by_slices(
     offset: TimestampOffset | None = None,
     *,
     page_size: int = PAGE_SIZE,
-) -> AsyncIterator[EventRecord]:
+) -> AsyncGenerator[EventRecord, None]:
     """Catch up from `offset`, then follow new events forever, in timestamp order.
 
     Close the iterator (or cancel its task) to stop following.

@@ -140,8 +140,12 @@ class SqliteJournal:
                 "ORDER BY db_timestamp LIMIT ?",
                 (entity_type, after.timestamp, slices.min, slices.max, limit + len(after.seen)),
             )
-            records = (_event_from_row(row) for row in rows)
-            return [r for r in records if after.is_behind(r)][:limit]
+            records = [_event_from_row(row) for row in rows]
+            # Only the leading records, at the offset's own timestamp, can have been seen.
+            skip = 0
+            while skip < len(records) and not after.is_behind(records[skip]):
+                skip += 1
+            return records[skip : skip + limit]
 
         return await self.database.read(query)
 
