@@ -146,13 +146,20 @@ class _Instance(Generic[E]):
             self.journal, self.projection.entity_type, self.slices, self.projection.source
         )
         send, receive = trio.open_memory_channel[Batch](4)
+        failed: _HandlerFailed | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(source.run, self.tracker.resume_offset(), send)
             ready()
             try:
                 await self._consume(receive)
+            except _HandlerFailed as exc:
+                # Raised from here, not through the nursery, which would wrap it in an
+                # ExceptionGroup that `serve_projection` does not catch.
+                failed = exc
             finally:
                 nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _reload(self) -> None:
         self.tracker = await self.store.load(
@@ -208,12 +215,11 @@ class _Instance(Generic[E]):
         recovery, backoff = self.projection.recovery, self.projection.backoff
         attempt = 0
         while True:
-            transaction = _exactly_once_transaction(
-                handler, list(plan), name, self.tracker.take_changes()
-            )
+            changes = self.tracker.take_changes()
+            transaction = _exactly_once_transaction(handler, list(plan), name, changes)
             try:
                 await self.journal.database.write(transaction)
-                self.made_progress = True
+                self._committed(changes)
                 return
             except Exception as exc:
                 error = exc
@@ -289,7 +295,6 @@ class _Instance(Generic[E]):
         for attempt in range(recovery.retries + 1):
             try:
                 await function(argument)
-                self.made_progress = True
                 return
             except Exception as exc:
                 error = exc
@@ -306,7 +311,15 @@ class _Instance(Generic[E]):
         _log_skipped(self.projection.name, envelopes, error)
 
     async def _save_offsets(self) -> None:
-        await self.store.save(self.projection.name, self.tracker.take_changes())
+        changes = self.tracker.take_changes()
+        await self.store.save(self.projection.name, changes)
+        self._committed(changes)
+
+    def _committed(self, changes: OffsetChanges) -> None:
+        # Progress is an envelope handled for good. One handled again after a restart (its
+        # offset was not saved) or a duplicate passed again is none: the backoff keeps growing.
+        if changes.entities:
+            self.made_progress = True
 
     # -- admission --------------------------------------------------------------------------
     async def _readmit(self, arrivals: list[_Arrival]) -> list[EventEnvelope[E]]:
