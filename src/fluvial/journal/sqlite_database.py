@@ -29,7 +29,7 @@ import attrs
 import outcome
 import trio
 
-from fluvial.journal.sqlite_schema import migrate
+from fluvial.journal.sqlite_schema import SCHEMA_VERSION, SchemaVersionTooNew, migrate
 
 T = TypeVar("T")
 Durability = Literal["process", "power-loss"]
@@ -103,6 +103,15 @@ def connect(path: str, durability: Durability) -> sqlite3.Connection:
     return conn
 
 
+def _refuse_newer_schema(path: str) -> None:
+    """Raise SchemaVersionTooNew before `connect` switches the file to WAL, so that a file of a
+    newer fluvial is not modified at all. (`migrate` checks again, inside its transaction.)"""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (found,) = conn.execute("PRAGMA user_version").fetchone()
+    if found > SCHEMA_VERSION:
+        raise SchemaVersionTooNew(path, found, SCHEMA_VERSION)
+
+
 def _commit_batch(conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
     """Run `batch` in one transaction; each write's outcome lands in its `result`.
 
@@ -111,6 +120,9 @@ def _commit_batch(conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> 
     """
     try:
         if not _try_commit(conn, batch, savepoints=False):
+            # The rollback undid the writes that succeeded too: every write runs again.
+            for pending in batch:
+                pending.result = None
             _try_commit(conn, batch, savepoints=True)
     except sqlite3.Error as exc:
         if conn.in_transaction:
@@ -199,7 +211,7 @@ class SqliteDatabase:
         self._durability: Durability = durability
         self._reader_pool: list[sqlite3.Connection] = []
         self._reader_limiter = trio.CapacityLimiter(readers)
-        self._poll_interval = poll_interval
+        self.poll_interval = poll_interval
         self._queue: queue.SimpleQueue[_PendingWrite[Any] | None] = queue.SimpleQueue()
         self._committed_batches: queue.SimpleQueue[list[_PendingWrite[Any]]] = queue.SimpleQueue()
         self._wake_receive, self._wake_send = socket.socketpair()
@@ -236,7 +248,7 @@ class SqliteDatabase:
         if self._commit_count != seen_commit_count:
             await trio.lowlevel.checkpoint()
             return
-        with trio.move_on_after(self._poll_interval):
+        with trio.move_on_after(self.poll_interval):
             await self._committed.wait()
 
     def _writer_thread(self) -> None:
@@ -325,6 +337,7 @@ async def open_sqlite_database(
     path = str(path)
 
     def connect_and_migrate() -> sqlite3.Connection:
+        _refuse_newer_schema(path)
         conn = connect(path, durability)
         try:
             migrate(conn, path)
