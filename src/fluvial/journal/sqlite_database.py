@@ -142,8 +142,6 @@ def _run_merged(txn: WriteTransaction, batch: list[_PendingWrite[Any]]) -> bool:
             try:
                 txn.connection.executemany(run[0].sql, [row for i in run for row in i.rows])
             except sqlite3.IntegrityError:
-                for pending in batch:
-                    pending.result = None
                 return False
             for pending, timestamps in zip(batch[index:], stamps, strict=False):
                 pending.result = outcome.Value(timestamps)
