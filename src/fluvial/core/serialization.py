@@ -136,7 +136,11 @@ class SerializerRegistry:
             upcaster = registration.upcasters.get(version)
             if upcaster is None:
                 raise ValueError(f"no upcaster from schema version {version}")
-            data = upcaster(data)
+            try:
+                data = upcaster(data)
+            except Exception as exc:
+                # Old data the upcaster cannot read is undecodable data, not a crash.
+                raise ValueError(f"upcaster from schema version {version} failed: {exc!r}") from exc
         return msgspec.convert(data, registration.cls)
 
     def _registration_of(self, cls: type[Any]) -> _Registration:

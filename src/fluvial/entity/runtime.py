@@ -302,9 +302,12 @@ class Entities:
             try:
                 await self._journal.append(records)
             except Exception as exc:
-                # Nothing of the batch is stored; the state stays as it was.
+                # Nothing of the batch is stored; the state stays as it was. A command decided
+                # after one with events saw those unstored events, so it shares their error.
+                saw_unstored = False
                 for item in decided:
-                    if item.events:
+                    saw_unstored = saw_unstored or item.events
+                    if saw_unstored:
                         item.ask.fail(exc)
                     else:
                         self._reply(key, item)

@@ -1,0 +1,161 @@
+"""Run commands against one behavior in memory, synchronously: events, state and reply.
+
+The shape of Akka's `EventSourcedBehaviorTestKit`: `run_command` returns what the command did,
+with the runtime's semantics (`fluvial.entity.runtime`) but no trio, no journal and no tasks, so
+a behavior's unit tests and hypothesis properties stay plain functions. `restart` recovers the
+state from the events persisted so far, as a restarted entity would, and checks it is the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar, cast
+
+import attrs
+
+from fluvial.core.behavior import Command, EffectKind, EventSourcedBehavior, ReplyAction
+from fluvial.core.serialization import SerializedPayload, SerializerRegistry
+from fluvial.entity.errors import CommandFailed, CommandTypeError, MissingReply, UnhandledCommand
+
+C = TypeVar("C")
+E = TypeVar("E")
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+@attrs.frozen
+class CommandResult(Generic[E, S, R]):
+    """What one command did: the events it persisted, the state after it, and its reply or the
+    error `EntityRef.ask` would raise (`error` is None exactly when the command was answered)."""
+
+    command: Command[R]
+    events: tuple[E, ...]
+    state: S
+    reply: R | None = None
+    error: Exception | None = None
+    stopped: bool = False
+
+    def unwrap(self) -> R:
+        """The reply, or raise the error, as `EntityRef.ask` does."""
+        if self.error is not None:
+            raise self.error
+        return cast(R, self.reply)
+
+
+class BehaviorTestKit(Generic[C, E, S]):
+    """One entity of `behavior`, starting from its empty state, with its journal in a list.
+
+    With a `registry`, every persisted event is serialized as the runtime would (a class without
+    a manifest fails the command), and `restart` recovers from the decoded payloads.
+    """
+
+    def __init__(
+        self,
+        behavior: EventSourcedBehavior[C, E, S],
+        registry: SerializerRegistry | None = None,
+        *,
+        entity_id: str = "testkit",
+    ) -> None:
+        self.behavior = behavior
+        self.persistence_id = f"{behavior.entity_type}|{entity_id}"
+        self._registry = registry
+        self._state = behavior.empty_state
+        self._events: list[E] = []
+        self._payloads: list[SerializedPayload] = []
+
+    @property
+    def state(self) -> S:
+        return self._state
+
+    @property
+    def seq_nr(self) -> int:
+        """The seq nr of the last persisted event, 0 before the first."""
+        return len(self._events)
+
+    @property
+    def persisted_events(self) -> tuple[E, ...]:
+        return tuple(self._events)
+
+    def run_command(self, command: Command[R]) -> CommandResult[E, S, R]:
+        """Handle `command`; persist its events and fold them into the state unless it fails.
+
+        Raises CommandTypeError for a command of another entity type, as `ask` does; every
+        other outcome is in the result. A handler (or serializer) that raises leaves the state
+        and the events as they were, and the error is a `CommandFailed` whose cause it is.
+        """
+        behavior = self.behavior
+        if not isinstance(command, behavior.command_types):
+            raise CommandTypeError(
+                f"{type(command).__name__} is not a command of entity type {behavior.entity_type!r}"
+            )
+        before = self._state
+        try:
+            effect = behavior.command_handler(before, cast(C, command))
+            after = behavior.apply_events(before, effect.events)
+            for event in effect.events:
+                behavior.tagger(event)
+            registry = self._registry
+            payloads = [registry.encode(e) for e in effect.events] if registry else []
+        except Exception as exc:
+            failure = CommandFailed(self.persistence_id, command, persisted=False)
+            failure.__cause__ = exc
+            return CommandResult(command, (), before, error=failure)
+        if effect.kind is EffectKind.UNHANDLED:
+            unhandled = UnhandledCommand(
+                f"{self.persistence_id}: {type(command).__name__} is not handled in this state"
+            )
+            return CommandResult(command, (), before, error=unhandled)
+        self._events.extend(effect.events)
+        self._payloads.extend(payloads)
+        self._state = after
+        reply, error = self._answer(command, effect.reply_action, after, bool(effect.events))
+        return CommandResult(command, effect.events, after, reply, error, effect.stop_after)
+
+    def restart(self) -> S:
+        """Recover the state from the persisted events and return it.
+
+        Raises AssertionError if it differs from the state before the restart: the event
+        handler depends on something besides the events, or (with a registry) an event does not
+        survive serialization. With a registry and a snapshot policy, the state must survive
+        serialization too, since the runtime stores it in snapshots.
+        """
+        registry = self._registry
+        events: list[Any] = self._events
+        if registry is not None:
+            events = [
+                registry.decode(payload, persistence_id=self.persistence_id, seq_nr=seq_nr)
+                for seq_nr, payload in enumerate(self._payloads, start=1)
+            ]
+        recovered = self.behavior.apply_events(self.behavior.empty_state, events)
+        if recovered != self._state:
+            raise AssertionError(
+                f"{self.persistence_id}: recovery from {self.seq_nr} events gives "
+                f"{recovered!r}, but the state was {self._state!r}"
+            )
+        if registry is not None and self.behavior.snapshot_policy.enabled:
+            snapshot = registry.decode(
+                registry.encode(recovered), persistence_id=self.persistence_id, seq_nr=self.seq_nr
+            )
+            if snapshot != recovered:
+                raise AssertionError(
+                    f"{self.persistence_id}: the state {recovered!r} reads back from a snapshot "
+                    f"as {snapshot!r}"
+                )
+        self._state = recovered
+        return recovered
+
+    def _answer(
+        self, command: Command[R], action: ReplyAction | None, state: S, persisted: bool
+    ) -> tuple[R | None, Exception | None]:
+        if action is None:
+            return None, MissingReply(
+                f"{self.persistence_id}: the effect for {type(command).__name__} has no reply"
+            )
+        if action.error is not None:
+            return None, action.error
+        assert action.compute is not None
+        try:
+            return action.compute(state), None
+        except Exception as exc:
+            failure = CommandFailed(self.persistence_id, command, persisted=persisted)
+            failure.__cause__ = exc
+            return None, failure

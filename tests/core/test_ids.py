@@ -1,0 +1,139 @@
+"""Persistence ids, the slice function (checked against Java) and slice ranges."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fluvial.core.errors import UsageError
+from fluvial.core.ids import (
+    NUMBER_OF_SLICES,
+    InvalidPersistenceId,
+    InvalidSliceRange,
+    PersistenceId,
+    SliceRange,
+    java_string_hash,
+    slice_for,
+    slice_ranges,
+)
+
+# (string, Java's s.hashCode(), Math.abs(s.hashCode() % 1024)), printed once by a small Java 17
+# program (OpenJDK 17.0.15). Non-ASCII, CJK, astral-plane characters (surrogate pairs in
+# UTF-16), negative hashes (where Python's floored % would differ) and Integer.MIN_VALUE
+# ("polygenelubricants") are all here.
+JAVA_HASHES = [
+    ("", 0, 0),
+    ("a", 97, 97),
+    ("ShoppingCart|cart-1", -1444431240, 392),
+    ("ShoppingCart|cart-2", -1444431239, 391),
+    ("ShoppingCart|abc", -19369170, 210),
+    ("Account|12345", 1040093572, 388),
+    ("polygenelubricants", -2147483648, 0),
+    ("Order|\u00e9t\u00e9-\u00fc\u00df", 260755072, 640),
+    ("Ordre|\u65e5\u672c\u8a9e", 1999570511, 591),
+    ("Cart|\U0001f600", -2074105953, 97),
+    ("Cart|\U0001f6d2-\U0001d11e", 2012113478, 582),
+    ("Device|sensor-\u00f8\u00e6\u00e5-42", -462799167, 319),
+    ("x|" + "y" * 100, -618321596, 700),
+]
+
+
+# -- persistence ids ----------------------------------------------------------------------------
+def test_persistence_id_formats_and_parses_back() -> None:
+    pid = PersistenceId("ShoppingCart", "cart-1")
+    assert str(pid) == "ShoppingCart|cart-1"
+    assert PersistenceId.parse("ShoppingCart|cart-1") == pid
+
+
+def test_only_the_first_separator_splits_type_from_id() -> None:
+    pid = PersistenceId.parse("ShoppingCart|a|b")
+    assert (pid.entity_type, pid.entity_id) == ("ShoppingCart", "a|b")
+    assert str(pid) == "ShoppingCart|a|b"
+    assert PersistenceId.parse(str(pid)) == pid
+
+
+@pytest.mark.parametrize("text", ["", "ShoppingCart", "|cart-1", "ShoppingCart|", "|"])
+def test_parse_rejects_what_is_not_a_persistence_id(text: str) -> None:
+    with pytest.raises(InvalidPersistenceId):
+        PersistenceId.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("entity_type", "entity_id"), [("", "x"), ("Shopping|Cart", "x"), ("ShoppingCart", "")]
+)
+def test_constructor_rejects_invalid_parts(entity_type: str, entity_id: str) -> None:
+    with pytest.raises(InvalidPersistenceId) as raised:
+        PersistenceId(entity_type, entity_id)
+    assert isinstance(raised.value, UsageError)
+
+
+@given(
+    st.text(min_size=1).filter(lambda t: "|" not in t),
+    st.text(min_size=1),
+)
+def test_any_valid_pair_round_trips_through_its_string(entity_type: str, entity_id: str) -> None:
+    pid = PersistenceId(entity_type, entity_id)
+    assert PersistenceId.parse(str(pid)) == pid
+    assert pid.slice == slice_for(str(pid))
+
+
+# -- the slice function -------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "java_hash", "java_slice"), JAVA_HASHES)
+def test_string_hash_and_slice_match_java(text: str, java_hash: int, java_slice: int) -> None:
+    assert java_string_hash(text) == java_hash
+    assert slice_for(text) == java_slice
+
+
+def test_slice_of_a_persistence_id_is_the_slice_of_its_string() -> None:
+    assert PersistenceId("ShoppingCart", "cart-1").slice == 392
+    assert PersistenceId.parse("Cart|\U0001f600").slice == 97
+
+
+@given(st.text())
+def test_hash_is_signed_32_bit_and_slice_in_range(text: str) -> None:
+    assert -(2**31) <= java_string_hash(text) < 2**31
+    assert 0 <= slice_for(text) < NUMBER_OF_SLICES
+
+
+# -- slice ranges -------------------------------------------------------------------------------
+@pytest.mark.parametrize("count", [2**k for k in range(11)])
+def test_slice_ranges_cover_every_slice_once_in_order(count: int) -> None:
+    ranges = slice_ranges(count)
+    assert len(ranges) == count
+    assert [s for r in ranges for s in r] == list(range(NUMBER_OF_SLICES))
+    assert {r.max - r.min + 1 for r in ranges} == {NUMBER_OF_SLICES // count}
+
+
+def test_one_range_is_all_slices() -> None:
+    assert slice_ranges(1) == [SliceRange.all()] == [SliceRange(0, 1023)]
+    assert slice_ranges(4) == [
+        SliceRange(0, 255),
+        SliceRange(256, 511),
+        SliceRange(512, 767),
+        SliceRange(768, 1023),
+    ]
+
+
+@pytest.mark.parametrize("count", [0, -1, -4, 3, 5, 6, 1000, 1023, 2048])
+def test_slice_ranges_refuses_counts_that_do_not_divide_1024(count: int) -> None:
+    with pytest.raises(InvalidSliceRange):
+        slice_ranges(count)
+
+
+@pytest.mark.parametrize(("low", "high"), [(-1, 5), (5, 4), (0, 1024), (1024, 1024), (-3, -1)])
+def test_slice_range_refuses_bounds_outside_0_1023_or_inverted(low: int, high: int) -> None:
+    with pytest.raises(InvalidSliceRange) as raised:
+        SliceRange(low, high)
+    assert isinstance(raised.value, UsageError)
+
+
+def test_slice_range_is_inclusive() -> None:
+    r = SliceRange(256, 511)
+    assert 256 in r
+    assert 511 in r
+    assert 255 not in r
+    assert 512 not in r
+    assert "300" not in r
+    assert list(SliceRange(7, 7)) == [7]
+    assert str(r) == "256-511"
