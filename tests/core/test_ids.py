@@ -36,6 +36,7 @@ JAVA_HASHES = [
     ("Cart|\U0001f6d2-\U0001d11e", 2012113478, 582),
     ("Device|sensor-\u00f8\u00e6\u00e5-42", -462799167, 319),
     ("x|" + "y" * 100, -618321596, 700),
+    ("x|\ud800", 174460, 380),  # a lone surrogate is one UTF-16 code unit, as in Java
 ]
 
 

@@ -24,6 +24,7 @@ from fluvial.core.behavior import (
     EventSourcedBehavior,
     SnapshotPolicy,
 )
+from fluvial.core.errors import UsageError
 from fluvial.core.ids import slice_for
 from fluvial.core.records import EventRecord, SnapshotRecord
 from fluvial.core.serialization import PayloadDecodeError, SerializerRegistry, UnknownManifest
@@ -770,7 +771,7 @@ async def test_a_caller_cancelled_after_sending_may_still_see_its_command_carrie
 async def test_open_entities_refuses_a_nonpositive_mailbox_or_passivation_time(
     mailbox_size: int, passivate_after: float
 ) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         async with open_entities(
             MemoryJournal(),
             REGISTRY,

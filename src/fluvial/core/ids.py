@@ -68,7 +68,8 @@ class PersistenceId:
 def java_string_hash(text: str) -> int:
     """Java's `String.hashCode` (signed 32-bit) of `text`."""
     h = 0
-    data = text.encode("utf-16-be")
+    # surrogatepass: a lone surrogate is a UTF-16 code unit like any other, as in Java.
+    data = text.encode("utf-16-be", "surrogatepass")
     for i in range(0, len(data), 2):
         h = (31 * h + ((data[i] << 8) | data[i + 1])) & 0xFFFFFFFF
     return h - (1 << 32) if h & 0x80000000 else h

@@ -24,7 +24,7 @@ from fluvial.core.behavior import (
     EventSourcedBehavior,
     ReplyAction,
 )
-from fluvial.core.errors import DataError
+from fluvial.core.errors import DataError, UsageError
 from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.records import EventRecord, SnapshotRecord
 from fluvial.core.serialization import SerializerRegistry
@@ -319,8 +319,8 @@ class Entities:
         for item in decided:
             self._reply(key, item)
         first_seq_nr, seq_nr = seq_nr + 1, seq_nr + len(records)
-        if records and behavior.snapshot_policy.should_snapshot(first_seq_nr, events):
-            await self._save_snapshot(live, speculative, seq_nr)
+        if records and self._snapshots is not None:
+            await self._maybe_snapshot(live, speculative, first_seq_nr, events)
         return speculative, seq_nr, stop_leftovers
 
     def _reply(self, persistence_id: str, item: _Decided) -> None:
@@ -343,10 +343,16 @@ class Entities:
                 failure.__cause__ = exc
                 item.ask.fail(failure)
 
-    async def _save_snapshot(self, live: _LiveEntity, state: Any, seq_nr: int) -> None:
-        if self._snapshots is None:
-            return
+    async def _maybe_snapshot(
+        self, live: _LiveEntity, state: Any, first_seq_nr: int, events: list[Any]
+    ) -> None:
+        """Save a snapshot if the policy asks for one after `events`. Failures (of the policy,
+        the serializer or the store) are logged: snapshots only speed up recovery."""
+        assert self._snapshots is not None
+        seq_nr = first_seq_nr + len(events) - 1
         try:
+            if not live.behavior.snapshot_policy.should_snapshot(first_seq_nr, events):
+                return
             await self._snapshots.save_snapshot(
                 SnapshotRecord(
                     persistence_id=live.key,
@@ -384,9 +390,9 @@ async def open_entities(
     On exit every entity task is cancelled; commands still waiting raise `EntityStopped`.
     """
     if mailbox_size < 1:
-        raise ValueError("mailbox_size must be >= 1")
+        raise UsageError(f"mailbox_size must be >= 1: {mailbox_size}")
     if passivate_after <= 0 or math.isnan(passivate_after):
-        raise ValueError("passivate_after must be positive")
+        raise UsageError(f"passivate_after must be positive: {passivate_after}")
     async with trio.open_nursery() as nursery:
         entities = Entities(
             nursery,
