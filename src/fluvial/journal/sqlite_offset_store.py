@@ -147,15 +147,40 @@ class SqliteOffsetStore:
     async def set_offset(
         self, projection: str, slices: SliceRange, offset: TimestampOffset
     ) -> None:
-        """Resume every slice in `slices` from `offset`, forgetting what the projection knew
-        of their entities (their next events are taken as the first ones)."""
+        """Resume every slice in `slices` from `offset`: the events the journal holds before
+        it count as handled and those after it as not, so each entity's first event after
+        `offset` is the next one handled, whichever path (query, live, backtracking) brings
+        it. Moving an offset back makes the projection handle the events after it again.
+
+        It records, per entity of those slices, its last seq nr before `offset` (the
+        projection's memory of each entity is what tells a duplicate from a gap)."""
 
         def write(txn: WriteTransaction) -> None:
-            txn.connection.execute(
+            conn = txn.connection
+            conn.execute(
                 "DELETE FROM projection_entity WHERE projection_name = ? AND slice BETWEEN ? AND ?",
                 (projection, slices.min, slices.max),
             )
-            _save_slice_offsets(txn.connection, projection, {s: offset for s in slices})
+            conn.execute(
+                "INSERT INTO projection_entity "
+                "(projection_name, persistence_id, slice, seq_nr, timestamp) "
+                "SELECT ?, persistence_id, slice, max(seq_nr), max(db_timestamp) "
+                "FROM event_journal WHERE slice BETWEEN ? AND ? AND db_timestamp < ? "
+                "GROUP BY persistence_id",
+                (projection, slices.min, slices.max, offset.timestamp),
+            )
+            for pid, seq_nr in offset.seen.items():  # seen at the offset's own timestamp
+                conn.execute(
+                    "INSERT INTO projection_entity "
+                    "(projection_name, persistence_id, slice, seq_nr, timestamp) "
+                    "SELECT ?, persistence_id, slice, seq_nr, db_timestamp FROM event_journal "
+                    "WHERE persistence_id = ? AND seq_nr = ? AND slice BETWEEN ? AND ? "
+                    "ON CONFLICT (projection_name, slice, persistence_id) DO UPDATE SET "
+                    "seq_nr = max(seq_nr, excluded.seq_nr), "
+                    "timestamp = max(timestamp, excluded.timestamp)",
+                    (projection, pid, seq_nr, slices.min, slices.max),
+                )
+            _save_slice_offsets(conn, projection, {s: offset for s in slices})
 
         await self.database.write(write)
 

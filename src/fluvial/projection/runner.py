@@ -252,18 +252,24 @@ class _Instance(Generic[E]):
     async def _consume_at_least_once(
         self, receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
     ) -> None:
+        # Admitted one record at a time, so that a save within a source batch covers only
+        # the envelopes handled so far.
         unsaved = 0
         due = math.inf
         while True:
             batch = await _receive_until(receive, due)
             if batch is not None:
                 records, source = batch
-                for envelope in await self._admit(records, source):
-                    await self._call_with_recovery(handler.handle, envelope, [envelope])
-                    unsaved += 1
-                if due == math.inf:
-                    due = trio.current_time() + handler.save_after
-            if unsaved >= handler.save_every or trio.current_time() >= due:
+                for record in records:
+                    if due == math.inf:
+                        due = trio.current_time() + handler.save_after
+                    for envelope in await self._admit([record], source):
+                        await self._call_with_recovery(handler.handle, envelope, [envelope])
+                        unsaved += 1
+                    if unsaved >= handler.save_every or trio.current_time() >= due:
+                        await self._save_offsets()
+                        unsaved, due = 0, math.inf
+            if trio.current_time() >= due:
                 await self._save_offsets()
                 unsaved, due = 0, math.inf
 
@@ -276,14 +282,26 @@ class _Instance(Generic[E]):
             batch = await _receive_until(receive, due)
             if batch is not None:
                 records, source = batch
-                plan.extend(await self._admit(records, source))
-                if due == math.inf:
-                    due = trio.current_time() + handler.max_wait
-            if len(plan) >= handler.max_size or trio.current_time() >= due:
-                if plan:
-                    await self._call_with_recovery(handler.handle, list(plan), plan)
-                await self._save_offsets()
+                for record in records:
+                    if due == math.inf:
+                        due = trio.current_time() + handler.max_wait
+                    plan.extend(await self._admit([record], source))
+                    if len(plan) >= handler.max_size:
+                        await self._handle_groups(handler, plan)
+                        plan, due = [], math.inf
+            if trio.current_time() >= due:
+                await self._handle_groups(handler, plan)
                 plan, due = [], math.inf
+
+    async def _handle_groups(
+        self, handler: GroupedAtLeastOnce[E], plan: list[EventEnvelope[E]]
+    ) -> None:
+        """Hand `plan` over in groups of at most `max_size` (a replay can make it longer),
+        then save the offsets."""
+        for start in range(0, len(plan), handler.max_size):
+            group = plan[start : start + handler.max_size]
+            await self._call_with_recovery(handler.handle, group, group)
+        await self._save_offsets()
 
     async def _call_with_recovery(
         self,
@@ -408,8 +426,9 @@ def _exactly_once_transaction(
 
     def transaction(txn: WriteTransaction) -> None:
         if isinstance(handler, GroupedExactlyOnce):
-            if envelopes:
-                handler.handle(txn.connection, envelopes)
+            # A source batch can hold more than max_size: several groups, one transaction.
+            for start in range(0, len(envelopes), handler.max_size):
+                handler.handle(txn.connection, envelopes[start : start + handler.max_size])
         else:
             for envelope in envelopes:
                 handler.handle(txn.connection, envelope)
