@@ -1,0 +1,485 @@
+"""The offset tracker under sources that duplicate, reorder, delay, drop and restart.
+
+A model journal of a few entities over four slices is read the ways projection instances read
+it: the ordered query (in pages, resumed from the stored offsets after a restart), the live
+path (events offered at append, delivered late, out of order, twice, or lost to a full
+buffer), the backtracking query (events the query has passed, again) and replays by
+persistence id. Each arrival goes through the runner's admission logic (`_Instance._admit`):
+validate → on NeedsStoredSeqNr look the entity up in the store and `learn` → handle
+(Accepted), drop (Duplicate) or replay the gap from the journal (Rejected…) → `passed` for the
+query.
+
+The process crashes at any step: what was not committed is lost, and it restarts with one,
+two or four instances (slice ranges), each rebuilt from what was persisted the way
+`SqliteOffsetStore.load` does, with a window small enough that entities leave memory and are
+looked up in the store.
+
+- exactly-once: the handler's effects and the tracker's changes commit together (or not at
+  all); every event is applied exactly once, in seq nr order per entity, with no gap.
+- at-least-once: effects happen at once, offsets are saved every `SAVE_EVERY` envelopes or
+  when the timer says; every event is applied at least once, in order, with no gap, and an
+  event is applied again only after a crash, and only if its offset was not yet saved.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from fluvial.core.ids import SliceRange
+from fluvial.core.offset_tracker import (
+    Accepted,
+    EnvelopeSource,
+    NeedsStoredSeqNr,
+    OffsetTracker,
+    RejectedBacktracking,
+    RejectedSeqNr,
+    SeenEntity,
+)
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord
+
+SPLITS = {
+    1: [SliceRange(0, 3)],
+    2: [SliceRange(0, 1), SliceRange(2, 3)],
+    4: [SliceRange(s, s) for s in range(4)],
+}
+PIDS = [f"T|{i}" for i in range(6)]  # pid i on slice i % 4: some slices hold two
+WINDOW = 5  # event time units; appends move time by 0..3 per event
+SAVE_EVERY = 4
+BACKTRACKING_SPAN = 3
+SETTINGS = settings(max_examples=300, stateful_step_count=50, deadline=None)
+
+
+def slice_of(pid: str) -> int:
+    return int(pid.partition("|")[2]) % 4
+
+
+class Coverage:
+    """What the machines exercised, to check that the properties were put to the test."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def saw(self, what: str) -> None:
+        self.counts[what] += 1
+
+
+class Instance:
+    """One projection instance: its slice range, tracker, query position and live buffer,
+    and what it handled but has not committed (exactly-once) or saved (at-least-once)."""
+
+    def __init__(self, slices: SliceRange, tracker: OffsetTracker) -> None:
+        self.slices = slices
+        self.tracker = tracker
+        self.query_offset = tracker.resume_offset()
+        self.live: list[EventRecord] = []
+        self.pending: list[EventRecord] = []
+        self.unsaved = 0
+
+    def __repr__(self) -> str:
+        return f"Instance({self.slices})"
+
+
+class ProjectionMachine(RuleBasedStateMachine):
+    """The journal, the sources and the store; subclasses say how handling is committed."""
+
+    coverage = Coverage()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.journal: dict[str, list[EventRecord]] = {pid: [] for pid in PIDS}
+        self.by_time: list[EventRecord] = []
+        self.clock = 0
+        # The store: what `save_changes` has written.
+        self.stored_entities: dict[str, SeenEntity] = {}
+        self.stored_offsets: dict[int, TimestampOffset] = {}
+        self.crashes = 0
+        self.instances: list[Instance] = []
+
+    @initialize(count=st.sampled_from(sorted(SPLITS)))
+    def first_start(self, count: int) -> None:
+        self.instances = self.start(count)
+
+    # -- the process --------------------------------------------------------------------------
+    def load(self, slices: SliceRange) -> OffsetTracker:
+        """As `SqliteOffsetStore.load`: the entities of `slices` within the window before
+        the resume offset; complete if the store holds no older one."""
+        offsets = {s: o for s, o in self.stored_offsets.items() if s in slices}
+        probe = OffsetTracker(slices, slice_offsets=offsets, window=WINDOW)
+        horizon = probe.resume_offset().timestamp - WINDOW
+        entities = [e for e in self.stored_entities.values() if e.slice in slices]
+        return OffsetTracker(
+            slices,
+            slice_offsets=offsets,
+            entities=[e for e in entities if e.timestamp >= horizon],
+            window=WINDOW,
+            complete=all(e.timestamp >= horizon for e in entities),
+        )
+
+    def start(self, count: int) -> list[Instance]:
+        return [Instance(slices, self.load(slices)) for slices in SPLITS[count]]
+
+    def instance_of(self, record: EventRecord) -> Instance:
+        return next(i for i in self.instances if record.slice in i.slices)
+
+    def persist(self, instance: Instance) -> None:
+        changes = instance.tracker.take_changes()
+        for entity in changes.entities:
+            self.stored_entities[entity.persistence_id] = entity
+        self.stored_offsets.update(changes.slice_offsets)
+
+    # -- admission, as in `_Instance._admit` --------------------------------------------------
+    def admit(
+        self, instance: Instance, record: EventRecord, source: EnvelopeSource
+    ) -> list[EventRecord]:
+        tracker, handled = instance.tracker, []
+        verdict = tracker.validate(record, source)
+        if isinstance(verdict, NeedsStoredSeqNr):
+            stored = self.stored_entities.get(record.persistence_id)
+            self.coverage.saw("lookup found" if stored else "lookup missed")
+            tracker.learn(record.persistence_id, stored)
+            verdict = tracker.validate(record, source)
+        match verdict:
+            case Accepted():
+                tracker.accept(record)
+                handled.append(record)
+            case RejectedSeqNr(expected) | RejectedBacktracking(expected):
+                self.coverage.saw("replay")
+                for event in self.journal[record.persistence_id][expected - 1 : record.seq_nr]:
+                    if isinstance(tracker.validate(event, EnvelopeSource.REPLAY), Accepted):
+                        tracker.accept(event)
+                        handled.append(event)
+            case _:
+                self.coverage.saw("dropped")
+        if source is EnvelopeSource.QUERY:
+            tracker.passed(record)
+        return handled
+
+    def deliver(
+        self, instance: Instance, records: list[EventRecord], source: EnvelopeSource
+    ) -> None:
+        raise NotImplementedError
+
+    def crash(self) -> None:
+        raise NotImplementedError
+
+    # -- the journal --------------------------------------------------------------------------
+    @rule(
+        pid=st.sampled_from(PIDS),
+        steps=st.lists(st.integers(0, 3), min_size=1, max_size=3),
+    )
+    def append(self, pid: str, steps: list[int]) -> None:
+        for step in steps:
+            self.clock += step
+            record = EventRecord(
+                persistence_id=pid,
+                seq_nr=len(self.journal[pid]) + 1,
+                entity_type="T",
+                slice=slice_of(pid),
+                payload=None,
+                timestamp=self.clock,
+            )
+            self.journal[pid].append(record)
+            self.by_time.append(record)
+            self.instance_of(record).live.append(record)
+
+    # -- the sources --------------------------------------------------------------------------
+    def query_page(self, instance: Instance, size: int) -> list[EventRecord]:
+        # Timestamp order, then persistence id and seq nr: what the SQL query returns.
+        ordered = sorted(self.by_time, key=lambda r: (r.timestamp, r.persistence_id, r.seq_nr))
+        return [
+            r for r in ordered if r.slice in instance.slices and instance.query_offset.is_behind(r)
+        ][:size]
+
+    def read_page(self, instance: Instance, size: int) -> list[EventRecord]:
+        page = self.query_page(instance, size)
+        for record in page:
+            instance.query_offset = instance.query_offset.advanced_to(record)
+        return page
+
+    @rule(data=st.data(), size=st.integers(1, 4))
+    def query(self, data: st.DataObject, size: int) -> None:
+        instance = data.draw(st.sampled_from(self.instances))
+        if page := self.read_page(instance, size):
+            self.deliver(instance, page, EnvelopeSource.QUERY)
+
+    @precondition(lambda self: any(i.live for i in self.instances))
+    @rule(data=st.data(), duplicate=st.booleans())
+    def live_batch(self, data: st.DataObject, duplicate: bool) -> None:
+        """Some buffered live events, in any order; with `duplicate` they stay buffered."""
+        instance = data.draw(st.sampled_from([i for i in self.instances if i.live]))
+        picked = data.draw(st.lists(st.sampled_from(range(len(instance.live))), min_size=1))
+        batch = [instance.live[i] for i in picked]
+        if not duplicate:
+            instance.live = [r for i, r in enumerate(instance.live) if i not in set(picked)]
+        self.deliver(instance, batch, EnvelopeSource.LIVE)
+
+    @precondition(lambda self: any(i.live for i in self.instances))
+    @rule(data=st.data())
+    def live_buffer_overflows(self, data: st.DataObject) -> None:
+        instance = data.draw(st.sampled_from([i for i in self.instances if i.live]))
+        del instance.live[data.draw(st.integers(0, len(instance.live) - 1))]
+
+    @rule(data=st.data())
+    def backtracking(self, data: st.DataObject) -> None:
+        instance = data.draw(st.sampled_from(self.instances))
+        # What the query passed within the span behind it.
+        since = instance.query_offset.timestamp - BACKTRACKING_SPAN
+        behind = [
+            r
+            for r in self.by_time
+            if r.slice in instance.slices
+            and r.timestamp >= since
+            and not instance.query_offset.is_behind(r)
+        ]
+        if behind:
+            records = data.draw(st.lists(st.sampled_from(behind), min_size=1, max_size=3))
+            self.deliver(instance, records, EnvelopeSource.BACKTRACKING)
+
+    @rule(count=st.sampled_from(sorted(SPLITS)))
+    def crash_and_restart(self, count: int) -> None:
+        """Every instance stops (losing what it did not commit), and `count` new ones start
+        from the store; their live subscriptions start empty."""
+        self.crashes += 1
+        self.crash()
+        self.instances = self.start(count)
+
+    # -- what holds at every step -------------------------------------------------------------
+    @invariant()
+    def memory_is_never_behind_the_store(self) -> None:
+        for instance in self.instances:
+            for pid in PIDS:
+                in_memory = instance.tracker.seq_nr_of(pid)
+                if in_memory is None:
+                    if pid in self.stored_entities:
+                        self.coverage.saw("evicted")
+                    continue
+                assert slice_of(pid) in instance.slices
+                stored = self.stored_entities.get(pid)
+                assert (stored.seq_nr if stored else 0) <= in_memory <= len(self.journal[pid])
+
+    def check_the_query_will_deliver_what_is_not_handled(
+        self, handled: dict[str, list[int]]
+    ) -> None:
+        """The query is the reliable path: whatever no path has handled yet, each instance's
+        query has still ahead of it (after a restart too, whatever the new slice ranges)."""
+        for instance in self.instances:
+            pending = {(r.persistence_id, r.seq_nr) for r in instance.pending}
+            for r in self.by_time:
+                if r.slice not in instance.slices or r.seq_nr in handled[r.persistence_id]:
+                    continue
+                if (r.persistence_id, r.seq_nr) not in pending:
+                    assert instance.query_offset.is_behind(r), (instance, r)
+
+    def stored_offsets_run_ahead_of(self, handled: dict[str, list[int]]) -> list[EventRecord]:
+        """Events the stored slice offsets say were passed, which were never handled."""
+        return [
+            r
+            for r in self.by_time
+            if (offset := self.stored_offsets.get(r.slice)) is not None
+            and not offset.is_behind(r)
+            and r.seq_nr not in handled[r.persistence_id]
+        ]
+
+    def check_caught_up(self, handled: dict[str, list[int]]) -> None:
+        for pid, events in self.journal.items():
+            assert set(handled[pid]) == {e.seq_nr for e in events}, pid
+        self.coverage.saw(f"caught up with {len(self.instances)} instance(s)")
+
+
+class ExactlyOnceMachine(ProjectionMachine):
+    def __init__(self) -> None:
+        self.committed: dict[str, list[int]] = defaultdict(list)
+        super().__init__()
+
+    def deliver(
+        self, instance: Instance, records: list[EventRecord], source: EnvelopeSource
+    ) -> None:
+        # One transaction per source batch, as the runner does; `commit` runs it.
+        for record in records:
+            instance.pending.extend(self.admit(instance, record, source))
+
+    def commit_instance(self, instance: Instance) -> None:
+        """The handler's writes and the offsets, in one transaction."""
+        for record in instance.pending:
+            self.committed[record.persistence_id].append(record.seq_nr)
+        instance.pending = []
+        self.persist(instance)
+
+    @rule(data=st.data())
+    def commit(self, data: st.DataObject) -> None:
+        self.commit_instance(data.draw(st.sampled_from(self.instances)))
+
+    def crash(self) -> None:
+        if any(i.pending for i in self.instances):
+            self.coverage.saw("crash between handler and commit")
+
+    @invariant()
+    def applied_exactly_once_in_order(self) -> None:
+        for pid, seq_nrs in self.committed.items():
+            assert seq_nrs == list(range(1, len(seq_nrs) + 1)), (pid, seq_nrs)
+            stored = self.stored_entities.get(pid)
+            assert (stored.seq_nr if stored else 0) == len(seq_nrs), pid
+
+    @invariant()
+    def stored_offsets_never_run_ahead(self) -> None:
+        assert self.stored_offsets_run_ahead_of(self.committed) == []
+
+    @invariant()
+    def the_query_will_deliver_what_is_not_handled(self) -> None:
+        self.check_the_query_will_deliver_what_is_not_handled(self.committed)
+
+    @precondition(lambda self: self.crashes > 0)
+    @rule()
+    def catch_up(self) -> None:
+        """Each instance's query reads to the end and commits: everything, once."""
+        for instance in self.instances:
+            self.commit_instance(instance)
+            while page := self.read_page(instance, 3):
+                self.deliver(instance, page, EnvelopeSource.QUERY)
+                self.commit_instance(instance)
+        self.check_caught_up(self.committed)
+
+
+class AtLeastOnceMachine(ProjectionMachine):
+    def __init__(self) -> None:
+        self.applied: dict[str, list[int]] = defaultdict(list)
+        self.saved_at_crash: dict[str, int] | None = None  # None: no crash yet
+        super().__init__()
+
+    def deliver(
+        self, instance: Instance, records: list[EventRecord], source: EnvelopeSource
+    ) -> None:
+        # As `_consume_at_least_once`: handle as admitted, save every SAVE_EVERY envelopes.
+        for record in records:
+            for event in self.admit(instance, record, source):
+                self.apply(event)
+                instance.unsaved += 1
+            if instance.unsaved >= SAVE_EVERY:
+                self.save_instance(instance)
+
+    def apply(self, event: EventRecord) -> None:
+        pid, seq_nr = event.persistence_id, event.seq_nr
+        applied = self.applied[pid]
+        high = max(applied, default=0)
+        assert seq_nr <= high + 1, f"{pid}#{seq_nr} applied after #{high}: a gap"
+        if seq_nr <= high:
+            # Again: only after a crash, and only what the crash left unsaved.
+            assert self.saved_at_crash is not None, f"{pid}#{seq_nr} again with no crash"
+            assert seq_nr > self.saved_at_crash.get(pid, 0), f"{pid}#{seq_nr} was saved"
+            self.coverage.saw("repeated after a crash")
+        applied.append(seq_nr)
+
+    def save_instance(self, instance: Instance) -> None:
+        self.persist(instance)
+        instance.unsaved = 0
+
+    @rule(data=st.data())
+    def save(self, data: st.DataObject) -> None:
+        """`save_after` elapsed."""
+        self.save_instance(data.draw(st.sampled_from(self.instances)))
+
+    def crash(self) -> None:
+        if any(i.unsaved for i in self.instances):
+            self.coverage.saw("crash with unsaved offsets")
+        self.saved_at_crash = {pid: e.seq_nr for pid, e in self.stored_entities.items()}
+
+    @invariant()
+    def applied_in_order_with_no_gap(self) -> None:
+        for pid, seq_nrs in self.applied.items():
+            # Each application is the next seq nr or a step back (after a crash).
+            for before, after in itertools.pairwise(seq_nrs):
+                assert after == before + 1 or after <= before, (pid, seq_nrs)
+            stored = self.stored_entities.get(pid)
+            assert (stored.seq_nr if stored else 0) <= max(seq_nrs, default=0), pid
+
+    @invariant()
+    def stored_offsets_never_run_ahead(self) -> None:
+        assert self.stored_offsets_run_ahead_of(self.applied) == []
+
+    @invariant()
+    def the_query_will_deliver_what_is_not_handled(self) -> None:
+        self.check_the_query_will_deliver_what_is_not_handled(self.applied)
+
+    @precondition(lambda self: self.crashes > 0)
+    @rule()
+    def catch_up(self) -> None:
+        for instance in self.instances:
+            while page := self.read_page(instance, 3):
+                self.deliver(instance, page, EnvelopeSource.QUERY)
+            self.save_instance(instance)
+        self.check_caught_up(self.applied)
+
+
+EXERCISED = (
+    "evicted",
+    "lookup found",
+    "replay",
+    "caught up with 1 instance(s)",
+    "caught up with 2 instance(s)",
+    "caught up with 4 instance(s)",
+)
+
+
+def test_exactly_once_applies_every_event_once_in_order() -> None:
+    ExactlyOnceMachine.coverage = coverage = Coverage()
+    run_state_machine_as_test(ExactlyOnceMachine, settings=SETTINGS)
+    for what in (*EXERCISED, "crash between handler and commit"):
+        assert coverage.counts[what] > 0, (what, dict(coverage.counts))
+
+
+def test_at_least_once_applies_every_event_and_repeats_only_after_a_crash() -> None:
+    AtLeastOnceMachine.coverage = coverage = Coverage()
+    run_state_machine_as_test(AtLeastOnceMachine, settings=SETTINGS)
+    for what in (*EXERCISED, "crash with unsaved offsets", "repeated after a crash"):
+        assert coverage.counts[what] > 0, (what, dict(coverage.counts))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    offsets=st.dictionaries(
+        st.integers(0, 3),
+        st.builds(
+            TimestampOffset,
+            st.integers(0, 6),
+            st.dictionaries(st.sampled_from(PIDS), st.integers(1, 3), max_size=2),
+        ),
+    ),
+    events=st.lists(
+        st.builds(
+            lambda pid, seq_nr, timestamp: EventRecord(
+                pid, seq_nr, "T", slice_of(pid), None, timestamp=timestamp
+            ),
+            st.sampled_from(PIDS),
+            st.integers(1, 3),
+            st.integers(0, 8),
+        )
+    ),
+)
+def test_the_resume_offset_misses_no_event_a_slice_has_not_passed(
+    offsets: dict[int, TimestampOffset], events: list[EventRecord]
+) -> None:
+    """Resuming a range from its slices' offsets, the query sees every event that its own
+    slice's offset has not passed (and then some, which are duplicates)."""
+    # What a slice's offset has seen is of its own entities.
+    offsets = {
+        s: TimestampOffset(o.timestamp, {p: n for p, n in o.seen.items() if slice_of(p) == s})
+        for s, o in offsets.items()
+    }
+    resume = OffsetTracker(SPLITS[1][0], slice_offsets=offsets).resume_offset()
+    for event in events:
+        offset = offsets.get(event.slice)
+        if offset is None or offset.is_behind(event):
+            assert resume.is_behind(event), (resume, event)
