@@ -35,4 +35,15 @@ from fluvial.journal.queries import events_by_persistence_id as events_by_persis
 from fluvial.journal.queries import events_by_slices as events_by_slices
 from fluvial.journal.sqlite_journal import SqliteJournal as SqliteJournal
 from fluvial.journal.sqlite_journal import open_sqlite_journal as open_sqlite_journal
+from fluvial.journal.sqlite_offset_store import SqliteOffsetStore as SqliteOffsetStore
 from fluvial.journal.sqlite_schema import SchemaVersionTooNew as SchemaVersionTooNew
+from fluvial.projection.handlers import AtLeastOnce as AtLeastOnce
+from fluvial.projection.handlers import Backoff as Backoff
+from fluvial.projection.handlers import ExactlyOnce as ExactlyOnce
+from fluvial.projection.handlers import GroupedAtLeastOnce as GroupedAtLeastOnce
+from fluvial.projection.handlers import GroupedExactlyOnce as GroupedExactlyOnce
+from fluvial.projection.handlers import RecoveryStrategy as RecoveryStrategy
+from fluvial.projection.runner import Projection as Projection
+from fluvial.projection.runner import ProjectionFailed as ProjectionFailed
+from fluvial.projection.runner import serve_projection as serve_projection
+from fluvial.projection.source import SourceSettings as SourceSettings
