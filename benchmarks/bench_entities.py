@@ -76,12 +76,12 @@ def _raw(path: Path, durability: Durability, rows: int) -> tuple[float, float]:
             seq_nr,
             "ShoppingCart",
             1,
-            timestamp,
             None,
             "cart.ItemUpdated",
             1,
             payload,
             b"",
+            timestamp,
         )
 
     started = time.perf_counter()

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 import trio
 import trio.testing
 
@@ -22,7 +23,11 @@ from fluvial.journal.api import JournalConflict  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
 from fluvial.journal.sqlite_database import WriteTransaction  # noqa: E402
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
-from fluvial.journal.sqlite_schema import SCHEMA_VERSION, SchemaVersionTooNew  # noqa: E402
+from fluvial.journal.sqlite_schema import (  # noqa: E402
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SchemaVersionTooNew,
+)
 from fluvial.testing.journal_contract import (  # noqa: E402
     current_by_slices,
     entity_ids,
@@ -112,6 +117,37 @@ async def test_reopening_a_file_keeps_its_events_and_snapshots(tmp_path: Path) -
         with pytest.raises(JournalConflict):
             await journal.append(events(second, 2, 1))
         assert await read_all(journal, first) == [*stored[:3], *more]
+
+
+async def test_a_file_of_schema_version_2_is_migrated_with_its_events(tmp_path: Path) -> None:
+    """v3 stores the events in commit order; a v2 file (events keyed by entity) keeps them."""
+    path = tmp_path / "journal.db"
+    first, second = entity_ids(ENTITY_TYPE, ALL, 2)
+    async with open_sqlite_journal(path) as journal:
+        stored = [*await journal.append(events(first, 1, 3))]
+        stored += await journal.append(events(second, 1, 2))
+    columns = (
+        "persistence_id, seq_nr, entity_type, slice, db_timestamp, tags, manifest, ser_version, "
+        "payload, metadata"
+    )
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        rows = conn.execute(f"SELECT {columns} FROM event_journal").fetchall()
+    v2 = tmp_path / "v2.db"
+    with contextlib.closing(sqlite3.connect(v2, isolation_level=None)) as conn:
+        database = sqlite_utils.Database(conn)
+        for migration in MIGRATIONS[:2]:
+            migration(database)
+        conn.execute("PRAGMA user_version = 2")
+        placeholders = ", ".join("?" * len(rows[0]))
+        conn.executemany(f"INSERT INTO event_journal ({columns}) VALUES ({placeholders})", rows)
+
+    async with open_sqlite_journal(v2) as journal:
+        assert await current_by_slices(journal, ENTITY_TYPE, ALL) == stored
+        with pytest.raises(JournalConflict):
+            await journal.append(events(second, 2, 1))
+        more = await journal.append(events(first, 4, 1))
+        assert await read_all(journal, first) == [*stored[:3], *more]
+    assert user_version(v2) == SCHEMA_VERSION
 
 
 async def test_timestamps_keep_increasing_when_the_files_clock_is_ahead_of_the_wall_clock(

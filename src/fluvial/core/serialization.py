@@ -23,8 +23,9 @@ from fluvial.core.errors import DataError, UsageError
 Upcaster = Callable[[Any], Any]
 
 
-@attrs.frozen
-class SerializedPayload:
+class SerializedPayload(msgspec.Struct, frozen=True, gc=False):
+    """An encoded object: the manifest and schema version it was written with, and its bytes."""
+
     manifest: str
     version: int
     data: bytes

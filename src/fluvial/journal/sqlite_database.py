@@ -21,7 +21,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -46,51 +46,55 @@ class WriteTransaction:
 
     def next_timestamp(self) -> int:
         """A timestamp in microseconds, greater than every one handed out before."""
-        now = time.time_ns() // 1000
-        self._last_timestamp = max(now, self._last_timestamp + 1)
-        return self._last_timestamp
+        return self.next_timestamps(1)
+
+    def next_timestamps(self, count: int) -> int:
+        """The first of `count` consecutive timestamps, all greater than every one before."""
+        first = max(time.time_ns() // 1000, self._last_timestamp + 1)
+        self._last_timestamp = first + count - 1
+        return first
 
     @property
     def last_timestamp(self) -> int:
         return self._last_timestamp
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class RowInsert:
-    """A write that only inserts rows with one statement, returning their timestamps.
+    """A write that only inserts rows with one statement; returns the first row's timestamp.
 
-    Column `timestamp_column` of each row receives a fresh timestamp. The writer merges the
-    row inserts of one transaction into one `executemany` (one call into SQLite instead of one
-    per write: it halved the writer's time in the entity benchmark); if that fails, each runs
-    alone, and a failing one raises `on_conflict(error)` to its caller only.
+    The statement's last parameter is a timestamp column: row `i` gets the first timestamp plus
+    `i`. The writer merges the row inserts of one transaction into one `executemany` (one call
+    into SQLite instead of one per write: it halved the writer's time in the entity benchmark);
+    if that fails, each runs alone, and a failing one raises `on_conflict(error)` to its caller
+    only. Rows are tuples, and each stamped row lives only while SQLite binds it, so a
+    transaction of thousands of rows gives the garbage collector nothing to walk.
     """
 
     sql: str
-    rows: list[list[Any]]
-    timestamp_column: int
+    rows: list[tuple[Any, ...]]
     on_conflict: Callable[[sqlite3.IntegrityError], Exception]
 
-    def stamp(self, txn: WriteTransaction) -> list[int]:
-        timestamps = []
-        for row in self.rows:
-            row[self.timestamp_column] = timestamp = txn.next_timestamp()
-            timestamps.append(timestamp)
-        return timestamps
+    def stamped_rows(self, first_timestamp: int) -> Iterator[tuple[Any, ...]]:
+        for offset, row in enumerate(self.rows):
+            yield (*row, first_timestamp + offset)
 
-    def __call__(self, txn: WriteTransaction) -> list[int]:
-        timestamps = self.stamp(txn)
+    def __call__(self, txn: WriteTransaction) -> int:
+        first = txn.next_timestamps(len(self.rows))
         try:
-            txn.connection.executemany(self.sql, self.rows)
+            txn.connection.executemany(self.sql, self.stamped_rows(first))
         except sqlite3.IntegrityError as exc:
             raise self.on_conflict(exc) from exc
-        return timestamps
+        return first
 
 
-@attrs.define(eq=False)
 class _PendingWrite(Generic[T]):
-    function: Callable[[WriteTransaction], T]
-    task: trio.lowlevel.Task
-    result: outcome.Outcome[T] | None = None
+    __slots__ = ("function", "result", "task")
+
+    def __init__(self, function: Callable[[WriteTransaction], T], task: trio.lowlevel.Task) -> None:
+        self.function = function
+        self.task = task
+        self.result: outcome.Outcome[T] | None = None
 
 
 def connect(path: str, durability: Durability) -> sqlite3.Connection:
@@ -138,13 +142,18 @@ def _run_merged(txn: WriteTransaction, batch: list[_PendingWrite[Any]]) -> bool:
     while index < len(batch):
         run = _row_insert_run(batch, index)
         if len(run) > 1:
-            stamps = [insert.stamp(txn) for insert in run]
+            firsts = [txn.next_timestamps(len(insert.rows)) for insert in run]
+            rows = (
+                row
+                for insert, first in zip(run, firsts, strict=True)
+                for row in insert.stamped_rows(first)
+            )
             try:
-                txn.connection.executemany(run[0].sql, [row for i in run for row in i.rows])
+                txn.connection.executemany(run[0].sql, rows)
             except sqlite3.IntegrityError:
                 return False
-            for pending, timestamps in zip(batch[index:], stamps, strict=False):
-                pending.result = outcome.Value(timestamps)
+            for pending, first in zip(batch[index:], firsts, strict=False):
+                pending.result = outcome.Value(first)
         index += max(1, len(run))
     return True
 

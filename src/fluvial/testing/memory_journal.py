@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-import attrs
+import msgspec
 import trio
 
 from fluvial.core.ids import SliceRange
@@ -41,7 +41,7 @@ class MemoryJournal:
         history = self._by_pid.setdefault(pid, [])
         if history and history[-1].seq_nr >= events[0].seq_nr:
             raise JournalConflict(pid, events[0].seq_nr)
-        stamped = [attrs.evolve(e, timestamp=self._next_timestamp()) for e in events]
+        stamped = [msgspec.structs.replace(e, timestamp=self._next_timestamp()) for e in events]
         history.extend(stamped)
         self._by_time.extend(stamped)
         self._appends += 1
@@ -95,7 +95,7 @@ class MemoryJournal:
             for s in self._snapshots.get(snapshot.persistence_id, [])
             if s.seq_nr != snapshot.seq_nr
         ]
-        stored.append(attrs.evolve(snapshot, timestamp=self._next_timestamp()))
+        stored.append(msgspec.structs.replace(snapshot, timestamp=self._next_timestamp()))
         stored.sort(key=lambda s: s.seq_nr)
         self._snapshots[snapshot.persistence_id] = stored[-keep:]
 
