@@ -84,7 +84,10 @@ async def _projection_throughput(path: Path, registry: SerializerRegistry, event
     return events / elapsed
 
 
-def _raw_throughput(path: Path, registry: SerializerRegistry, page_size: int = 1000) -> float:
+def _raw_throughput(
+    path: Path, registry: SerializerRegistry, page_size: int = SourceSettings().page_size
+) -> float:
+    """Pages of the size fluvial reads, each handled in one transaction."""
     conn = connect(str(path), "process")
     conn.execute("DELETE FROM item_count")
     started = time.perf_counter()
