@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, Never, TypeVar
 
 import attrs
+import msgspec
 
 from fluvial.core.errors import UsageError
 
@@ -47,8 +48,7 @@ class EffectKind(enum.Enum):
     STOP = "stop"
 
 
-@attrs.frozen
-class ReplyAction:
+class ReplyAction(msgspec.Struct, frozen=True):
     """How to answer one command: a function of the state after the effect, or an error."""
 
     command: Command[Any]
@@ -56,14 +56,15 @@ class ReplyAction:
     error: CommandRejected | None = None
 
 
-@attrs.frozen
-class Effect(Generic[E_co, S_co]):
+class Effect(msgspec.Struct, Generic[E_co, S_co], frozen=True):
     """What a command handler decided: events to persist, a reply, whether to stop.
 
     Build it with the named constructors; an effect is a plain value, easy to assert on. The
     constructors need no type arguments: `Effect.persist(ItemUpdated(...))` is an
     `Effect[ItemUpdated, Any]`, which (being covariant) fits a handler declared to return
     `Effect[CartEvent, CartState]`, and `then_reply` is checked against the command's reply type.
+    (A msgspec Struct rather than an attrs class: every command builds one or two, and a Struct
+    is built ~4x faster.)
     """
 
     kind: EffectKind
