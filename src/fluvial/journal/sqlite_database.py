@@ -104,6 +104,11 @@ def connect(path: str, durability: Durability) -> sqlite3.Connection:
     # WAL + NORMAL survives a killed process; FULL also survives power loss, at an fsync a commit.
     conn.execute("PRAGMA synchronous=" + ("FULL" if durability == "power-loss" else "NORMAL"))
     conn.execute("PRAGMA busy_timeout=10000")
+    # Checkpoint every 4,000 WAL pages (16 MB) rather than SQLite's 1,000: a commit of 1,000
+    # entities' events dirties ~1,000 index pages, so the default checkpointed (and synced) on
+    # nearly every commit; at 4,000 a page rewritten by several commits is copied back once.
+    # The entity benchmark's median went from ~14,000 to ~16,000 commands/s.
+    conn.execute("PRAGMA wal_autocheckpoint=4000")
     return conn
 
 
