@@ -251,6 +251,20 @@ async def test_a_follower_is_woken_by_a_commit_in_its_own_process_without_pollin
 
 
 # -- the writer ---------------------------------------------------------------------------------
+async def test_appends_made_in_one_scheduler_turn_share_one_transaction(tmp_path: Path) -> None:
+    """The writer gets a turn's writes at once (the flusher), not the first one alone. A turn
+    of 1,000 appends outlasts the GIL's switch interval, so a writer woken by the first one
+    would commit a part of them."""
+    pids = entity_ids(ENTITY_TYPE, ALL, 1000)
+    async with open_sqlite_journal(tmp_path / "journal.db") as journal:
+        commits_before = journal.database.commit_count()
+        async with trio.open_nursery() as nursery:
+            for pid in pids:
+                nursery.start_soon(journal.append, events(pid, 1, 1))
+        assert journal.database.commit_count() - commits_before == 1
+        assert len(await current_by_slices(journal, ENTITY_TYPE, ALL)) == len(pids)
+
+
 async def test_group_commit_stores_every_concurrent_append(tmp_path: Path) -> None:
     pids = entity_ids(ENTITY_TYPE, ALL, 100)
     appended: dict[str, list[EventRecord]] = {str(pid): [] for pid in pids}

@@ -314,9 +314,10 @@ class Entities:
                 # after one with events saw those unstored events, so it shares their error.
                 saw_unstored = False
                 for item in decided:
-                    saw_unstored = saw_unstored or item[3]
+                    ask, _action, _state_after, persisted = item
+                    saw_unstored = saw_unstored or persisted
                     if saw_unstored:
-                        item[0].fail(exc)
+                        ask.fail(exc)
                     else:
                         self._reply(key, item)
                 # A conflict means another writer: reload before deciding anything else.
@@ -327,11 +328,10 @@ class Entities:
         for item in decided:
             self._reply(key, item)
         first_seq_nr, seq_nr = seq_nr + 1, seq_nr + len(records)
-        policy = behavior.snapshot_policy
         if (
             records
             and self._snapshots is not None
-            and policy.enabled
+            and behavior.snapshot_policy.enabled
             and self._should_snapshot(live, first_seq_nr, events)
         ):
             await self._save_snapshot(live, speculative, seq_nr)
