@@ -52,9 +52,14 @@ def file_names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def set_journal_clock(path: Path, last_timestamp: int) -> None:
+def move_newest_event_to(path: Path, timestamp: int) -> None:
+    """As if the newest event had been written by a host whose clock is ahead."""
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("UPDATE journal_clock SET last_timestamp = ?", (last_timestamp,))
+        conn.execute(
+            "UPDATE event_journal SET db_timestamp = ? "
+            "WHERE db_timestamp = (SELECT max(db_timestamp) FROM event_journal)",
+            (timestamp,),
+        )
 
 
 def an_hour_from_now() -> int:
@@ -159,7 +164,7 @@ async def test_timestamps_keep_increasing_when_the_files_clock_is_ahead_of_the_w
     async with open_sqlite_journal(path) as journal:
         await journal.append(events(pid, 1, 1))
     ahead = an_hour_from_now()
-    set_journal_clock(path, ahead)
+    move_newest_event_to(path, ahead)
 
     async with open_sqlite_journal(path) as journal:
         stored = await journal.append(events(pid, 2, 3))
@@ -172,14 +177,15 @@ async def test_two_journals_on_one_file_hand_out_strictly_increasing_timestamps(
 ) -> None:
     """Two writers of one file (as two processes would be) share the file's clock."""
     path = tmp_path / "journal.db"
-    async with open_sqlite_journal(path):
-        pass
-    # With the file's clock ahead, only the clock table can keep the two writers apart.
-    set_journal_clock(path, an_hour_from_now())
-    pids = entity_ids(ENTITY_TYPE, ALL, 20)
+    *pids, first_pid = entity_ids(ENTITY_TYPE, ALL, 21)
+    async with open_sqlite_journal(path) as journal:
+        await journal.append(events(first_pid, 1, 1))
+    # With the file's clock ahead of the wall clock, only what each writer reads from the file
+    # keeps the two apart.
+    move_newest_event_to(path, an_hour_from_now())
 
     async with open_sqlite_journal(path) as one, open_sqlite_journal(path) as two:
-        in_turn: list[EventRecord] = []
+        in_turn = await read_all(one, first_pid)
         for n in range(1, 7):
             writer = one if n % 2 else two
             in_turn += await writer.append(events(pids[n % 3], (n + 2) // 3, 1))
@@ -202,6 +208,7 @@ async def test_two_journals_on_one_file_hand_out_strictly_increasing_timestamps(
         everything = [*in_turn, *concurrent]
         assert len({r.timestamp for r in everything}) == len(everything), "a timestamp repeats"
         assert min(r.timestamp for r in concurrent) > max(timestamps)
+        assert timestamps[0] > time.time_ns() // 1000, "the file's clock is ahead"
         for reader in (one, two):
             assert await current_by_slices(reader, ENTITY_TYPE, ALL) == timestamp_order(everything)
         for pid in pids[3:]:

@@ -9,8 +9,9 @@ that wakes the callers, rather than `run_sync_soon`: a round trip measured ~50 u
 against ~100 us and ~150 us (benchmarks/bench_entities.py shows what it buys).
 
 Because there is one writer per file at a time (SQLite serializes write transactions, across
-processes too), the writer hands out strictly increasing timestamps taken from the file itself,
-so a reader never sees an event appear behind one it has already read.
+processes too), the writer hands out strictly increasing timestamps that continue from the
+newest event in the file (`FileClock`), so a reader never sees an event appear behind one it
+has already read.
 """
 
 from __future__ import annotations
@@ -121,18 +122,46 @@ def _refuse_newer_schema(path: str) -> None:
         raise SchemaVersionTooNew(path, found, SCHEMA_VERSION)
 
 
-def _commit_batch(conn: sqlite3.Connection, batch: list[_PendingWrite[Any]]) -> None:
+class FileClock:
+    """The newest timestamp of a file, as its single writer connection knows it.
+
+    Inside a write transaction, the newest event's timestamp is the file's clock: every write
+    continues from it. The writer keeps it in memory and reads the file again only when
+    another connection (another process) has committed since (`PRAGMA data_version`): a
+    clock row read and updated by every transaction cost a SELECT, an UPDATE and a page
+    written to the WAL each time.
+    """
+
+    def __init__(self) -> None:
+        self._data_version: int | None = None
+        self.last_timestamp = 0
+
+    def read(self, conn: sqlite3.Connection) -> int:
+        """The last timestamp handed out; call inside the write transaction."""
+        (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+        if data_version != self._data_version:
+            (newest,) = conn.execute(
+                "SELECT coalesce(max(db_timestamp), 0) FROM event_journal"
+            ).fetchone()
+            self.last_timestamp = max(self.last_timestamp, newest)
+            self._data_version = data_version
+        return self.last_timestamp
+
+
+def _commit_batch(
+    conn: sqlite3.Connection, clock: FileClock, batch: list[_PendingWrite[Any]]
+) -> None:
     """Run `batch` in one transaction; each write's outcome lands in its `result`.
 
     Writes rarely fail, so the batch first runs without savepoints; only if one fails is the
     transaction rolled back and the batch run again with a savepoint around each write.
     """
     try:
-        if not _try_commit(conn, batch, savepoints=False):
+        if not _try_commit(conn, clock, batch, savepoints=False):
             # The rollback undid the writes that succeeded too: every write runs again.
             for pending in batch:
                 pending.result = None
-            _try_commit(conn, batch, savepoints=True)
+            _try_commit(conn, clock, batch, savepoints=True)
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -175,11 +204,14 @@ def _row_insert_run(batch: list[_PendingWrite[Any]], start: int) -> list[RowInse
 
 
 def _try_commit(
-    conn: sqlite3.Connection, batch: list[_PendingWrite[Any]], *, savepoints: bool
+    conn: sqlite3.Connection,
+    clock: FileClock,
+    batch: list[_PendingWrite[Any]],
+    *,
+    savepoints: bool,
 ) -> bool:
     conn.execute("BEGIN IMMEDIATE")
-    (last,) = conn.execute("SELECT last_timestamp FROM journal_clock").fetchone()
-    txn = WriteTransaction(conn, last)
+    txn = WriteTransaction(conn, clock.read(conn))
     if not savepoints and not _run_merged(txn, batch):
         conn.execute("ROLLBACK")
         return False
@@ -196,14 +228,23 @@ def _try_commit(
             conn.execute("ROLLBACK TO write")
         if savepoints:
             conn.execute("RELEASE write")
-    if txn.last_timestamp != last:
-        conn.execute("UPDATE journal_clock SET last_timestamp = ?", (txn.last_timestamp,))
     conn.execute("COMMIT")
+    clock.last_timestamp = txn.last_timestamp
     return True
 
 
 def _cannot_abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
+
+
+class _EndOfTurn(trio.abc.Instrument):
+    """Calls `hook` each time trio has run every runnable task and is about to look for I/O."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self._hook = hook
+
+    def before_io_wait(self, timeout: float) -> None:
+        self._hook()
 
 
 class SqliteDatabase:
@@ -228,9 +269,8 @@ class SqliteDatabase:
         self._reader_pool: list[sqlite3.Connection] = []
         self._reader_limiter = trio.CapacityLimiter(readers)
         self.poll_interval = poll_interval
-        # Writes wait in the outbox until the flusher task hands them over (see `write`).
+        # Writes wait in the outbox until the end of the scheduler's turn (`_hand_over_writes`).
         self._outbox: list[_PendingWrite[Any]] = []
-        self._idle_flusher: trio.lowlevel.Task | None = None
         self._queue: queue.SimpleQueue[list[_PendingWrite[Any]] | None] = queue.SimpleQueue()
         self._committed_batches: queue.SimpleQueue[list[_PendingWrite[Any]]] = queue.SimpleQueue()
         self._wake_receive, self._wake_send = socket.socketpair()
@@ -239,6 +279,7 @@ class SqliteDatabase:
             target=self._writer_thread, name=f"fluvial-writer:{path}", daemon=True
         )
         self._commit_count = 0
+        self._clock = FileClock()
         self._committed = trio.Event()
         self._thread.start()
 
@@ -252,32 +293,22 @@ class SqliteDatabase:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._outbox.append(_PendingWrite(function, trio.lowlevel.current_task()))
-        if self._idle_flusher is not None:
-            task, self._idle_flusher = self._idle_flusher, None
-            trio.lowlevel.reschedule(task)
         result: T = await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
         return result
 
-    async def _flush_writes(self, task_status: trio.TaskStatus[None]) -> None:
-        """Hand the outbox to the writer thread, once per turn of the trio scheduler.
+    def _hand_over_writes(self) -> None:
+        """Hand the outbox to the writer thread: called by trio at the end of each turn of its
+        scheduler (`_EndOfTurn`), so the writes of all the tasks of a turn cross at once.
 
-        Woken by the first write of a turn, this task runs after every task of that turn, so
-        the writes of all of them cross to the writer thread at once. Handing over each write
-        as it came woke the writer thread at the first one, and it then fought the trio
-        thread for the GIL while the others were still being decided: the entity benchmark
-        measured ~30% more commands/s this way.
+        Handing over each write as it came woke the writer thread at the first one, and it
+        then fought the trio thread for the GIL while the others were still being decided (the
+        entity benchmark measured ~30% more commands/s this way). A flusher task woken by the
+        first write did the same at the cost of a task switch per turn, which a single entity
+        pays on every command.
         """
-        task_status.started()
-        while True:
-            if not self._outbox:
-                self._idle_flusher = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(self._abort_flusher_wait)
+        if self._outbox:
             outbox, self._outbox = self._outbox, []
             self._queue.put(outbox)
-
-    def _abort_flusher_wait(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
-        self._idle_flusher = None
-        return trio.lowlevel.Abort.SUCCEEDED
 
     def commit_count(self) -> int:
         return self._commit_count
@@ -306,7 +337,7 @@ class SqliteDatabase:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
-            _commit_batch(self._writer, batch)
+            _commit_batch(self._writer, self._clock, batch)
             self._committed_batches.put(batch)
             self._wake_send.send(b"\0")
 
@@ -335,9 +366,7 @@ class SqliteDatabase:
         self._committed = trio.Event()
 
     async def _stop_writer(self) -> None:
-        if self._outbox:
-            outbox, self._outbox = self._outbox, []
-            self._queue.put(outbox)
+        self._hand_over_writes()
         self._queue.put(None)
         await trio.to_thread.run_sync(self._thread.join)
 
@@ -396,10 +425,12 @@ async def open_sqlite_database(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(database._wake_writers)
-            await nursery.start(database._flush_writes)
+            end_of_turn = _EndOfTurn(database._hand_over_writes)
+            trio.lowlevel.add_instrument(end_of_turn)
             try:
                 yield database
             finally:
+                trio.lowlevel.remove_instrument(end_of_turn)
                 with trio.CancelScope(shield=True):
                     await database._stop_writer()
                 database._dispatch_committed()  # the callers of the last batches

@@ -63,8 +63,7 @@ def _v1_journal_and_snapshots(db: sqlite_utils.Database) -> None:
         not_null={"persistence_id", "seq_nr", "entity_type", "slice", "db_timestamp"},
     )
 
-    # The last timestamp handed out by any writer of this file. Writers take it inside their
-    # (serialized) write transaction, so timestamps increase across processes too.
+    # The last timestamp handed out by any writer of this file (until v4: see there).
     db["journal_clock"].insert({"id": 0, "last_timestamp": 0}, pk="id")  # type: ignore[union-attr]
 
 
@@ -91,7 +90,7 @@ def _v2_projection_offsets(db: sqlite_utils.Database) -> None:
 
 
 def _v3_journal_in_commit_order(db: sqlite_utils.Database) -> None:
-    # Events stored in commit order, keyed by their timestamp (unique per file: journal_clock),
+    # Events stored in commit order, keyed by their timestamp (unique per file: see FileClock),
     # with (persistence_id, seq_nr) as a unique index. Keyed by entity (v1), a transaction of
     # 1,000 entities' events dirtied ~1,000 table pages; now the rows go to the table's last
     # pages and only the small index entries land all over: raw inserts of that shape went
@@ -129,10 +128,18 @@ def _v3_journal_in_commit_order(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v4_clock_is_the_newest_event(db: sqlite_utils.Database) -> None:
+    # The writer takes its clock from the newest event (a seek to the table's last row), and
+    # only when another connection has written the file (`PRAGMA data_version`). Keeping a
+    # clock row cost every transaction a SELECT and an UPDATE, and a page written to the WAL.
+    db.execute("DROP TABLE journal_clock")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_journal_and_snapshots,
     _v2_projection_offsets,
     _v3_journal_in_commit_order,
+    _v4_clock_is_the_newest_event,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
