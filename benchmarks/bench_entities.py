@@ -71,7 +71,7 @@ async def _fluvial(
 
 
 def _raw(path: Path, durability: Durability, rows: int) -> tuple[float, float]:
-    conn = connect(str(path), durability)
+    conn = connect(str(path), durability, writer=True)
     migrate(conn, str(path))
     payload = register_cart(SerializerRegistry()).encode(ItemUpdated("apple", 1)).data
 

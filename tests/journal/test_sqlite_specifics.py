@@ -259,7 +259,7 @@ async def test_a_follower_is_woken_by_a_commit_in_its_own_process_without_pollin
 
 # -- the writer ---------------------------------------------------------------------------------
 async def test_appends_made_in_one_scheduler_turn_share_one_transaction(tmp_path: Path) -> None:
-    """The writer gets a turn's writes at once (the flusher), not the first one alone. A turn
+    """The writer gets a turn's writes at once (at the end of the turn), not the first one. A turn
     of 1,000 appends outlasts the GIL's switch interval, so a writer woken by the first one
     would commit a part of them."""
     pids = entity_ids(ENTITY_TYPE, ALL, 1000)
@@ -270,6 +270,24 @@ async def test_appends_made_in_one_scheduler_turn_share_one_transaction(tmp_path
                 nursery.start_soon(journal.append, events(pid, 1, 1))
         assert journal.database.commit_count() - commits_before == 1
         assert len(await current_by_slices(journal, ENTITY_TYPE, ALL)) == len(pids)
+
+
+async def test_the_writer_checkpoints_the_wal_long_before_sqlites_backstop(
+    tmp_path: Path,
+) -> None:
+    """Between commits the writer copies the WAL back into the file, so the WAL restarts
+    instead of growing to the 16,000 pages (64 MB) of SQLite's automatic checkpoint."""
+    path = tmp_path / "journal.db"
+    pids = entity_ids(ENTITY_TYPE, ALL, 500)
+    async with open_sqlite_journal(path) as journal:
+        # 40 commits of 500 events of ~4 KB (a page each): 20,000 pages in all.
+        for seq_nr in range(1, 41):
+            async with trio.open_nursery() as nursery:
+                for pid in pids:
+                    nursery.start_soon(journal.append, [event(pid, seq_nr, data=bytes(4000))])
+        wal_pages = (tmp_path / "journal.db-wal").stat().st_size // 4096
+        assert len(await current_by_slices(journal, ENTITY_TYPE, ALL)) == 40 * len(pids)
+    assert wal_pages < 8000
 
 
 async def test_group_commit_stores_every_concurrent_append(tmp_path: Path) -> None:
