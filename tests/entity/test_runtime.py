@@ -93,7 +93,9 @@ class BadReply(Command[int]):
 
 @attrs.frozen
 class Halt(Command[str]):
-    """Effect.stop(), with a reply."""
+    """Effect.stop(), with a reply; with `last_words`, persist them first."""
+
+    last_words: str | None = None
 
 
 NotesCommand = Note | Read | Crash | Ignore | Forget | BadReply | Halt
@@ -125,8 +127,14 @@ def notes_command(state: Notes, command: NotesCommand) -> Effect[Noted, Notes]:
             return Effect.persist(Noted("forgotten"))
         case BadReply():
             return Effect.persist(Noted("bad reply")).then_reply(command, lambda s: 1 // 0)
-        case Halt():
-            return Effect.stop().then_reply(command, lambda s: "halted")
+        case Halt(last_words):
+            if last_words is None:
+                return Effect.stop().then_reply(command, lambda s: "halted")
+            return (
+                Effect.persist(Noted(last_words))
+                .then_reply(command, lambda s: "halted")
+                .then_stop()
+            )
         case _:
             assert_never(command)
 
@@ -584,10 +592,14 @@ async def test_an_effect_without_reply_raises_missing_reply_but_persists() -> No
     assert await stored_texts(journal, "n") == ["forgotten"]
 
 
-async def test_a_conflicting_writer_fails_the_ask_and_the_entity_reloads() -> None:
-    journal = MemoryJournal()
+async def test_a_conflicting_writer_fails_the_ask_and_the_entity_reloads(
+    storage: Storage,
+) -> None:
     pid = "ShoppingCart|c"
-    async with open_entities(journal, REGISTRY, [ShoppingCart]) as entities:
+    async with (
+        storage.open() as journal,
+        open_entities(journal, REGISTRY, [ShoppingCart]) as entities,
+    ):
         cart = entities.ref(ShoppingCart, "c")
         await cart.ask(AddItem("apple", 1))
         # Another writer (another process, say) stores seq nr 2 behind this entity's back.
@@ -601,11 +613,11 @@ async def test_a_conflicting_writer_fails_the_ask_and_the_entity_reloads() -> No
         assert await cart.ask(AddItem("fig", 1)) == Summary(
             {"apple": 1, "pear": 5, "fig": 1}, False
         )
-    assert await stored_events(journal, pid) == [
-        ItemUpdated("apple", 1),
-        other,
-        ItemUpdated("fig", 1),
-    ]
+        assert await stored_events(journal, pid) == [
+            ItemUpdated("apple", 1),
+            other,
+            ItemUpdated("fig", 1),
+        ]
 
 
 async def test_after_a_failed_write_no_reply_reports_the_unstored_events() -> None:
@@ -797,6 +809,23 @@ async def test_after_stop_the_next_command_starts_a_new_incarnation() -> None:
         assert entities.live_count == 1
     assert len(journal.reads) == 2
     assert await stored_texts(journal, "n") == ["a", "b"]
+
+
+async def test_an_entity_that_persists_then_stops_comes_back_with_those_events(
+    storage: Storage,
+) -> None:
+    async with (
+        storage.open() as journal,
+        open_entities(journal, REGISTRY, [Notebook]) as entities,
+    ):
+        notes = entities.ref(Notebook, "n")
+        await notes.ask(Note(("a",)))
+        assert await notes.ask(Halt(last_words="b")) == "halted"
+        await trio.testing.wait_all_tasks_blocked()
+        assert entities.live_count == 0
+        assert await notes.ask(Read()) == ("a", "b")
+        assert await notes.ask(Note(("c",))) == ("a", "b", "c")
+        assert await stored_texts(journal, "n") == ["a", "b", "c"]
 
 
 async def test_commands_queued_behind_a_stop_go_to_the_next_incarnation_in_order() -> None:

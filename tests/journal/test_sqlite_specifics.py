@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import outcome
 import pytest
 import sqlite_utils
 import trio
@@ -18,7 +19,7 @@ import trio.testing
 pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 
 from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
-from fluvial.core.records import EventRecord  # noqa: E402
+from fluvial.core.records import EventRecord, InvalidAppend  # noqa: E402
 from fluvial.journal.api import JournalConflict  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
 from fluvial.journal.sqlite_database import WriteTransaction  # noqa: E402
@@ -270,6 +271,37 @@ async def test_appends_made_in_one_scheduler_turn_share_one_transaction(tmp_path
                 nursery.start_soon(journal.append, events(pid, 1, 1))
         assert journal.database.commit_count() - commits_before == 1
         assert len(await current_by_slices(journal, ENTITY_TYPE, ALL)) == len(pids)
+
+
+async def test_append_soon_answers_with_the_stored_events_or_the_conflict(
+    tmp_path: Path,
+) -> None:
+    """The callback form of append (the entity runtime's) stores and answers as append does."""
+    pid, other = entity_ids(ENTITY_TYPE, ALL, 2)
+    answers: list[outcome.Outcome[Sequence[EventRecord]]] = []
+    all_answered = trio.Event()
+
+    def answer(result: outcome.Outcome[Sequence[EventRecord]]) -> None:
+        answers.append(result)
+        if len(answers) == 3:
+            all_answered.set()
+
+    async with open_sqlite_journal(tmp_path / "journal.db") as journal:
+        await journal.append(events(pid, 1, 1))
+        journal.append_soon(events(pid, 2, 2), answer)
+        journal.append_soon(events(pid, 1, 2), answer)  # seq nr 1 is taken
+        journal.append_soon(events(other, 1, 1), answer)
+        assert answers == [], "answered only once committed"
+        with trio.fail_after(10):
+            await all_answered.wait()
+        stored, conflict, of_other = answers
+        assert stored.unwrap() == (await read_all(journal, pid))[1:]
+        assert [r.seq_nr for r in await read_all(journal, pid)] == [1, 2, 3]
+        with pytest.raises(JournalConflict):
+            conflict.unwrap()
+        assert of_other.unwrap() == await read_all(journal, other)
+        with pytest.raises(InvalidAppend):  # invalid input raises at once
+            journal.append_soon([*events(pid, 4, 1), *events(other, 2, 1)], answer)
 
 
 async def test_the_writer_checkpoints_the_wal_long_before_sqlites_backstop(

@@ -1,8 +1,9 @@
 """The entity's mailbox and the reply slot of one command, built on trio's low-level parking.
 
-An ask costs three task switches (entity wakes for the mail, entity wakes after the write,
-caller wakes with the reply). trio's memory channels and Events would add a schedule point to
-every send and receive, which doubled the cost of a command in the entity benchmark.
+An ask costs two task switches: the entity wakes for the mail, and the caller wakes with the
+reply, which the journal's commit callback sends. trio's memory channels and Events would add a
+schedule point to every send and receive, which doubled the cost of a command in the entity
+benchmark.
 """
 
 from __future__ import annotations
@@ -72,14 +73,30 @@ class Mailbox:
         self._receiver: trio.lowlevel.Task | None = None
         self._room = trio.lowlevel.ParkingLot()
         self.closed = False
+        self.held = False
 
     def __len__(self) -> int:
         return len(self._items)
 
     @property
     def idle(self) -> bool:
-        """The entity is waiting for mail and none is queued."""
-        return self._receiver is not None and not self._items
+        """The entity is waiting for mail, none is queued, and nothing holds it."""
+        return self._receiver is not None and not self._items and not self.held
+
+    def hold(self) -> None:
+        """Keep the receiver waiting, mail or not, until `release` (while a write is out)."""
+        self.held = True
+
+    def release(self) -> None:
+        """Let the receiver take its mail again, waking it if some is queued."""
+        self.held = False
+        if self._items:
+            self._wake_receiver()
+
+    def _wake_receiver(self) -> None:
+        if self._receiver is not None:
+            task, self._receiver = self._receiver, None
+            trio.lowlevel.reschedule(task)
 
     async def put(self, ask: Ask) -> None:
         """Queue `ask`, waiting while the mailbox is full. Raises MailboxClosed."""
@@ -101,13 +118,13 @@ class Mailbox:
         if self.closed:
             raise MailboxClosed
         self._items.append(ask)
-        if self._receiver is not None:
-            task, self._receiver = self._receiver, None
-            trio.lowlevel.reschedule(task)
+        if not self.held:
+            self._wake_receiver()
 
     async def take_all(self) -> list[Ask]:
-        """Every queued ask, waiting for one if none is queued. Returns [] once closed."""
-        if not self._items and not self.closed:
+        """Every queued ask, waiting while none is queued or the mailbox is held. Returns []
+        once closed."""
+        if (self.held or not self._items) and not self.closed:
             self._receiver = trio.lowlevel.current_task()
 
             def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -127,7 +144,5 @@ class Mailbox:
         leftovers = list(self._items)
         self._items.clear()
         self._room.unpark_all()
-        if self._receiver is not None:
-            task, self._receiver = self._receiver, None
-            trio.lowlevel.reschedule(task)
+        self._wake_receiver()
         return leftovers

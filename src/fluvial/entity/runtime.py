@@ -10,12 +10,14 @@ computed as a new value before anything is persisted, so a failing handler leave
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
+import outcome
 import trio
 
 from fluvial.core.behavior import (
@@ -37,7 +39,7 @@ from fluvial.entity.errors import (
     UnknownEntityType,
 )
 from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
-from fluvial.journal.api import Journal, SnapshotStore
+from fluvial.journal.api import AppendSoon, Journal, SnapshotStore
 from fluvial.journal.queries import events_by_persistence_id
 
 log = logging.getLogger("fluvial.entity")
@@ -95,6 +97,10 @@ class _LiveEntity:
     slice: int
     mailbox: Mailbox
     last_active: float
+    # What the stored events say, once recovered; updated when an append commits.
+    state: Any = None
+    seq_nr: int = 0
+    reload: bool = False  # an append failed: recover before deciding again
 
 
 class Entities:
@@ -120,6 +126,9 @@ class Entities:
         self._passivate_after = passivate_after
         self._live: dict[PersistenceId, _LiveEntity] = {}
         self._closed = False
+        # A journal that can answer an append with a callback saves the entity task a wake-up
+        # per batch: the commit answers the commands, and the entity only wakes for new mail.
+        self._append_soon = journal.append_soon if isinstance(journal, AppendSoon) else None
 
     def ref(self, behavior: EventSourcedBehavior[C, Any, Any], entity_id: str) -> EntityRef[C]:
         """A typed reference to entity `entity_id` of `behavior`'s type."""
@@ -211,7 +220,7 @@ class Entities:
 
     async def _serve_entity(self, live: _LiveEntity, batch: list[Ask]) -> None:
         try:
-            state, seq_nr = await self._recover(live)
+            live.state, live.seq_nr = await self._recover(live)
         except Exception as exc:
             # Waiting commands share the error (a corrupt row, say); the next command
             # tries recovery again, and nothing stored is touched.
@@ -220,15 +229,45 @@ class Entities:
             for ask in live.mailbox.close():
                 ask.fail(exc)
             return
+        mailbox = live.mailbox
         while True:
-            batch[:] = await live.mailbox.take_all()
+            batch[:] = await mailbox.take_all()
             if not batch:
                 return  # retired: the mailbox was closed
             live.last_active = trio.current_time()
-            state, seq_nr, leftovers = await self._handle_batch(live, state, seq_nr, batch)
-            if leftovers is not None:
-                self._retire(live, leftovers)
-                return
+            if live.reload:
+                # The last append failed (a conflict means another writer): reload first.
+                live.state, live.seq_nr = await self._recover(live)
+                live.reload = False
+            decided, records, events, leftovers = self._decide(live, batch)
+            if not records:
+                for item in decided:
+                    self._reply(live.key, item)
+                if leftovers is not None:
+                    self._retire(live, leftovers)
+                    return
+                await trio.lowlevel.checkpoint()  # a stream of read-only commands must yield
+                continue
+            # The entity decides nothing more until the append is answered (`_appended`
+            # releases the mailbox), so it never decides against unstored events.
+            mailbox.hold()
+            appended = functools.partial(self._appended, live, decided, events, leftovers)
+            if self._append_soon is not None:
+                batch.clear()  # the journal's callback answers these asks now
+                try:
+                    self._append_soon(records, appended)
+                except Exception as exc:
+                    appended(outcome.Error(exc))
+                if not mailbox.held:
+                    await trio.lowlevel.checkpoint()  # answered at once: yield all the same
+                continue
+            try:
+                stored = await self._journal.append(records)
+            except Exception as exc:
+                appended(outcome.Error(exc))
+            else:
+                appended(outcome.Value(stored))
+            batch.clear()
 
     async def _recover(self, live: _LiveEntity) -> tuple[Any, int]:
         behavior, key = live.behavior, live.key
@@ -253,19 +292,20 @@ class Entities:
             seq_nr = record.seq_nr
         return state, seq_nr
 
-    async def _handle_batch(
-        self, live: _LiveEntity, state: Any, seq_nr: int, batch: list[Ask]
-    ) -> tuple[Any, int, list[Ask] | None]:
-        """Decide, persist and answer `batch`; return the new state, seq nr, and, if the
-        entity stops, the commands it leaves for its next incarnation."""
+    def _decide(
+        self, live: _LiveEntity, batch: list[Ask]
+    ) -> tuple[list[_Decided], list[EventRecord], list[Any], list[Ask] | None]:
+        """Decide `batch` against the entity's state, one command after the other: what each
+        replies and the events to persist; and, if the entity stops, the commands it leaves
+        for its next incarnation. A failing handler fails its command only."""
         behavior, key = live.behavior, live.key
         command_handler, event_handler = behavior.command_handler, behavior.event_handler
         encode, tagger = self._serializers.encode, behavior.tagger
         decided: list[_Decided] = []
         records: list[EventRecord] = []
         events: list[Any] = []
-        speculative = state
-        stop_leftovers: list[Ask] | None = None
+        speculative = live.state
+        seq_nr = live.seq_nr
         for index, ask in enumerate(batch):
             try:
                 effect = command_handler(speculative, ask.command)
@@ -303,39 +343,50 @@ class Entities:
                 events += effect.events
             decided.append((ask, effect.reply_action, after, bool(new_records)))
             if effect.stop_after:
-                stop_leftovers = batch[index + 1 :]
-                break
+                return decided, records, events, batch[index + 1 :]
+        return decided, records, events, None
 
-        if records:
-            try:
-                await self._journal.append(records)
-            except Exception as exc:
-                # Nothing of the batch is stored; the state stays as it was. A command decided
-                # after one with events saw those unstored events, so it shares their error.
-                saw_unstored = False
-                for item in decided:
-                    ask, _action, _state_after, persisted = item
-                    saw_unstored = saw_unstored or persisted
-                    if saw_unstored:
-                        ask.fail(exc)
-                    else:
-                        self._reply(key, item)
-                # A conflict means another writer: reload before deciding anything else.
-                state, seq_nr = await self._recover(live)
-                return state, seq_nr, stop_leftovers
+    def _appended(
+        self,
+        live: _LiveEntity,
+        decided: list[_Decided],
+        events: list[Any],
+        leftovers: list[Ask] | None,
+        result: outcome.Outcome[Sequence[EventRecord]],
+    ) -> None:
+        """The journal's answer to a batch's append: reply to its commands, then let the
+        entity take its mail again. Runs in the journal's task, so it must not raise."""
+        key = live.key
+        if isinstance(result, outcome.Error):
+            # Nothing of the batch is stored; the state stays as it was. A command decided
+            # after one with events saw those unstored events, so it shares their error.
+            saw_unstored = False
+            for item in decided:
+                ask, _action, _state_after, persisted = item
+                saw_unstored = saw_unstored or persisted
+                if saw_unstored:
+                    ask.fail(result.error)
+                else:
+                    self._reply(key, item)
+            live.reload = True
         else:
-            await trio.lowlevel.checkpoint()  # a stream of read-only commands must yield
-        for item in decided:
-            self._reply(key, item)
-        first_seq_nr, seq_nr = seq_nr + 1, seq_nr + len(records)
-        if (
-            records
-            and self._snapshots is not None
-            and behavior.snapshot_policy.enabled
-            and self._should_snapshot(live, first_seq_nr, events)
-        ):
-            await self._save_snapshot(live, speculative, seq_nr)
-        return speculative, seq_nr, stop_leftovers
+            stored = result.unwrap()
+            first_seq_nr = live.seq_nr + 1
+            live.seq_nr += len(stored)
+            live.state = decided[-1][2]
+            for item in decided:
+                self._reply(key, item)
+            if (
+                self._snapshots is not None
+                and live.behavior.snapshot_policy.enabled
+                and not self._closed
+                and self._should_snapshot(live, first_seq_nr, events)
+            ):
+                self._nursery.start_soon(self._save_snapshot, live, live.state, live.seq_nr)
+        if leftovers is not None:
+            self._retire(live, leftovers)
+        else:
+            live.mailbox.release()
 
     def _reply(self, persistence_id: str, item: _Decided) -> None:
         ask, action, state_after, persisted = item

@@ -7,8 +7,10 @@ them live once, in `fluvial.journal.queries`. Every implementation passes the co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import outcome
 
 from fluvial.core.errors import FluvialError
 from fluvial.core.ids import SliceRange
@@ -74,6 +76,26 @@ class Journal(Protocol):
 
         Journals shared with other processes also return after a polling interval, since their
         commits bump no counter here. Spurious returns are allowed.
+        """
+        ...
+
+
+@runtime_checkable
+class AppendSoon(Protocol):
+    """What a journal offers when it can answer an append with a callback (SQLite does)."""
+
+    def append_soon(
+        self,
+        events: Sequence[EventRecord],
+        on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
+    ) -> None:
+        """Start an `append` without waiting for it: `on_done` receives what `append` would
+        return or raise, called from the trio run that called this (possibly before this
+        returns). Invalid input raises here, and `on_done` is then not called. `on_done` must
+        not raise.
+
+        For callers that must not pay a task switch per append: the entity runtime answers
+        its commands from `on_done`.
         """
         ...
 

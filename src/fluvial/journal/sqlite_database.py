@@ -74,14 +74,14 @@ class RowInsert:
     The statement's last parameter is a timestamp column: row `i` gets the first timestamp plus
     `i`. The writer merges the row inserts of one transaction into one `executemany` (one call
     into SQLite instead of one per write: it halved the writer's time in the entity benchmark);
-    if that fails, each runs alone, and a failing one raises `on_conflict(error)` to its caller
+    if that fails, each runs alone, and a failing one raises `on_conflict(rows)` to its caller
     only. Rows are tuples, and each stamped row lives only while SQLite binds it, so a
     transaction of thousands of rows gives the garbage collector nothing to walk.
     """
 
     sql: str
     rows: list[tuple[Any, ...]]
-    on_conflict: Callable[[sqlite3.IntegrityError], Exception]
+    on_conflict: Callable[[list[tuple[Any, ...]]], Exception]
 
     def stamped_rows(self, first_timestamp: int) -> Iterator[tuple[Any, ...]]:
         for offset, row in enumerate(self.rows):
@@ -92,16 +92,24 @@ class RowInsert:
         try:
             txn.connection.executemany(self.sql, self.stamped_rows(first))
         except sqlite3.IntegrityError as exc:
-            raise self.on_conflict(exc) from exc
+            raise self.on_conflict(self.rows) from exc
         return first
 
 
 class _PendingWrite(Generic[T]):
-    __slots__ = ("function", "result", "task")
+    """A write waiting for its commit, and who to tell: a parked task or a callback."""
 
-    def __init__(self, function: Callable[[WriteTransaction], T], task: trio.lowlevel.Task) -> None:
+    __slots__ = ("function", "on_done", "result", "task")
+
+    def __init__(
+        self,
+        function: Callable[[WriteTransaction], T],
+        task: trio.lowlevel.Task | None,
+        on_done: Callable[[outcome.Outcome[T]], None] | None = None,
+    ) -> None:
         self.function = function
         self.task = task
+        self.on_done = on_done
         self.result: outcome.Outcome[T] | None = None
 
 
@@ -316,6 +324,15 @@ class SqliteDatabase:
         result: T = await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
         return result
 
+    def write_soon(
+        self,
+        function: Callable[[WriteTransaction], T],
+        on_done: Callable[[outcome.Outcome[T]], None],
+    ) -> None:
+        """Like `write`, but without waiting: `on_done` gets the outcome once committed,
+        called by the task that wakes writers (so it must not raise)."""
+        self._outbox.append(_PendingWrite(function, None, on_done))
+
     def _hand_over_writes(self) -> None:
         """Hand the outbox to the writer thread: called by trio at the end of each turn of its
         scheduler (`_EndOfTurn`), so the writes of all the tasks of a turn cross at once.
@@ -399,7 +416,11 @@ class SqliteDatabase:
                 break
             for pending in batch:
                 assert pending.result is not None
-                trio.lowlevel.reschedule(pending.task, pending.result)
+                if pending.task is not None:
+                    trio.lowlevel.reschedule(pending.task, pending.result)
+                else:
+                    assert pending.on_done is not None
+                    pending.on_done(pending.result)
             self._commit_count += 1
         self._committed.set()
         self._committed = trio.Event()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import outcome
 import trio
 from msgspec.structs import replace
 
@@ -37,6 +38,15 @@ _INSERT_EVENT = (
 )
 _json_encode = msgspec.json.Encoder().encode
 _json_decode_tags = msgspec.json.Decoder(list[str]).decode
+
+
+def _conflict(rows: list[tuple[Any, ...]]) -> Exception:
+    # The entity's first row: persistence_id and seq_nr lead every row (see _event_row).
+    return JournalConflict(rows[0][0], rows[0][1])
+
+
+def _insert_events(events: Sequence[EventRecord]) -> RowInsert:
+    return RowInsert(_INSERT_EVENT, [_event_row(e) for e in events], _conflict)
 
 
 def _event_row(record: EventRecord) -> tuple[Any, ...]:
@@ -75,26 +85,44 @@ class SqliteJournal:
         self.database = database
         self.live = LivePublisher()
         # Counts this journal's appends only: a follower must not wake for every offset or
-        # snapshot the same file commits.
+        # snapshot the same file commits. The event exists only while a follower waits.
         self._appends = 0
-        self._appended = trio.Event()
+        self._appended: trio.Event | None = None
 
     # -- Journal ----------------------------------------------------------------------------
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
         check_append_batch(events)
         if not events:
             return []
+        first = await self.database.write(_insert_events(events))
+        return self._appended_at(events, first)
 
-        def conflict(error: sqlite3.IntegrityError) -> Exception:
-            return JournalConflict(events[0].persistence_id, events[0].seq_nr)
+    def append_soon(
+        self,
+        events: Sequence[EventRecord],
+        on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
+    ) -> None:
+        check_append_batch(events)
+        if not events:
+            on_done(outcome.Value([]))
+            return
 
-        first = await self.database.write(
-            RowInsert(_INSERT_EVENT, [_event_row(e) for e in events], conflict)
-        )
+        def committed(result: outcome.Outcome[int]) -> None:
+            if isinstance(result, outcome.Value):
+                on_done(outcome.Value(self._appended_at(events, result.value)))
+            else:
+                assert isinstance(result, outcome.Error)
+                on_done(outcome.Error(result.error))
+
+        self.database.write_soon(_insert_events(events), committed)
+
+    def _appended_at(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
+        """`events` as stored from timestamp `first` on; tells followers and live subscribers."""
         stamped = [replace(e, timestamp=first + i) for i, e in enumerate(events)]
         self._appends += 1
-        self._appended.set()
-        self._appended = trio.Event()
+        if self._appended is not None:
+            self._appended.set()
+            self._appended = None
         self.live.publish(stamped)
         return stamped
 
@@ -152,6 +180,8 @@ class SqliteJournal:
             await trio.lowlevel.checkpoint()
             return
         # Other processes' appends wake nobody here: look again after the polling interval.
+        if self._appended is None:
+            self._appended = trio.Event()
         with trio.move_on_after(self.database.poll_interval):
             await self._appended.wait()
 
