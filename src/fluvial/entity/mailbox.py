@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import outcome
 import trio
 
 
@@ -22,27 +21,30 @@ class MailboxClosed(Exception):
 class Ask:
     """One command on its way to an entity, and the slot its answer goes to."""
 
-    __slots__ = ("_result", "_task", "command")
+    __slots__ = ("_error", "_settled", "_task", "_value", "command")
 
     def __init__(self, command: object) -> None:
         self.command = command
         self._task: trio.lowlevel.Task | None = None
-        self._result: outcome.Outcome[Any] | None = None
+        self._settled = False
+        self._value: Any = None
+        self._error: BaseException | None = None
 
     @property
     def answered(self) -> bool:
-        return self._result is not None
+        return self._settled
 
     def answer(self, value: object) -> None:
-        self._settle(outcome.Value(value))
+        if not self._settled:
+            self._settled, self._value = True, value
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
-        self._settle(outcome.Error(error))
+        if not self._settled:
+            self._settled, self._error = True, error
+            self._wake()
 
-    def _settle(self, result: outcome.Outcome[Any]) -> None:
-        if self._result is not None:
-            return
-        self._result = result
+    def _wake(self) -> None:
         if self._task is not None:
             task, self._task = self._task, None
             trio.lowlevel.reschedule(task)
@@ -50,18 +52,22 @@ class Ask:
     async def wait(self) -> Any:
         """The reply, or raise the error. A cancelled caller stops waiting; the command may
         still be carried out."""
-        if self._result is None:
-            self._task = trio.lowlevel.current_task()
-
-            def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-                self._task = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        else:
+        if self._settled:
             await trio.lowlevel.checkpoint()
-        assert self._result is not None
-        return self._result.unwrap()
+        else:
+            self._task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        if self._error is None:
+            return self._value
+        error, self._error = self._error, None
+        try:
+            raise error
+        finally:
+            del error  # the traceback holds this frame: no cycle through it
+
+    def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Mailbox:

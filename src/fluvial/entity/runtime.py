@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -101,6 +101,10 @@ class _LiveEntity:
     state: Any = None
     seq_nr: int = 0
     reload: bool = False  # an append failed: recover before deciding again
+    # The batch whose append is out: its decisions, its events, the commands a stop leaves.
+    in_flight: tuple[list[_Decided], list[Any], list[Ask] | None] | None = None
+    # `Entities._appended` bound to this entity, made once: the callback of every append.
+    on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
 
 
 class Entities:
@@ -172,6 +176,7 @@ class Entities:
         live = _LiveEntity(
             behavior, pid, key, slice_for(key), Mailbox(self._mailbox_size), trio.current_time()
         )
+        live.on_appended = functools.partial(self._appended, live)
         self._live[pid] = live
         self._nursery.start_soon(self._run_entity, live, name=key)
         return live
@@ -251,7 +256,9 @@ class Entities:
             # The entity decides nothing more until the append is answered (`_appended`
             # releases the mailbox), so it never decides against unstored events.
             mailbox.hold()
-            appended = functools.partial(self._appended, live, decided, events, leftovers)
+            live.in_flight = decided, events, leftovers
+            appended = live.on_appended
+            assert appended is not None
             if self._append_soon is not None:
                 batch.clear()  # the journal's callback answers these asks now
                 try:
@@ -307,18 +314,16 @@ class Entities:
         speculative = live.state
         seq_nr = live.seq_nr
         for index, ask in enumerate(batch):
+            records_before = len(records)
             try:
                 effect = command_handler(speculative, ask.command)
                 after = speculative
-                new_records = []
-                next_seq_nr = seq_nr + len(records)
                 for event in effect.events:
                     after = event_handler(after, event)
-                    next_seq_nr += 1
-                    new_records.append(
+                    records.append(
                         EventRecord(
                             key,
-                            next_seq_nr,
+                            seq_nr + len(records) + 1,
                             behavior.entity_type,
                             live.slice,
                             encode(event),
@@ -326,6 +331,7 @@ class Entities:
                         )
                     )
             except Exception as exc:
+                del records[records_before:]  # nothing of a failed command
                 failure = CommandFailed(key, ask.command, persisted=False)
                 failure.__cause__ = exc
                 ask.fail(failure)
@@ -338,24 +344,21 @@ class Entities:
                 )
                 continue
             speculative = after
-            if new_records:
-                records += new_records
+            persisted = len(records) > records_before
+            if persisted:
                 events += effect.events
-            decided.append((ask, effect.reply_action, after, bool(new_records)))
+            decided.append((ask, effect.reply_action, after, persisted))
             if effect.stop_after:
                 return decided, records, events, batch[index + 1 :]
         return decided, records, events, None
 
     def _appended(
-        self,
-        live: _LiveEntity,
-        decided: list[_Decided],
-        events: list[Any],
-        leftovers: list[Ask] | None,
-        result: outcome.Outcome[Sequence[EventRecord]],
+        self, live: _LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]
     ) -> None:
-        """The journal's answer to a batch's append: reply to its commands, then let the
-        entity take its mail again. Runs in the journal's task, so it must not raise."""
+        """The journal's answer to the append of `live.in_flight`: reply to its commands, then
+        let the entity take its mail again. Runs in the journal's task, so it must not raise."""
+        assert live.in_flight is not None
+        (decided, events, leftovers), live.in_flight = live.in_flight, None
         key = live.key
         if isinstance(result, outcome.Error):
             # Nothing of the batch is stored; the state stays as it was. A command decided

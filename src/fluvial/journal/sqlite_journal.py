@@ -106,15 +106,7 @@ class SqliteJournal:
         if not events:
             on_done(outcome.Value([]))
             return
-
-        def committed(result: outcome.Outcome[int]) -> None:
-            if isinstance(result, outcome.Value):
-                on_done(outcome.Value(self._appended_at(events, result.value)))
-            else:
-                assert isinstance(result, outcome.Error)
-                on_done(outcome.Error(result.error))
-
-        self.database.write_soon(_insert_events(events), committed)
+        self.database.write_soon(_insert_events(events), _Committed(self, events, on_done))
 
     def _appended_at(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
         """`events` as stored from timestamp `first` on; tells followers and live subscribers."""
@@ -234,6 +226,30 @@ class SqliteJournal:
             )
 
         return await self.database.read(query)
+
+
+class _Committed:
+    """What `append_soon` does once its write is committed: one small object per append
+    (a closure would be five: the function, its cells and their tuple)."""
+
+    __slots__ = ("events", "journal", "on_done")
+
+    def __init__(
+        self,
+        journal: SqliteJournal,
+        events: Sequence[EventRecord],
+        on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
+    ) -> None:
+        self.journal = journal
+        self.events = events
+        self.on_done = on_done
+
+    def __call__(self, result: outcome.Outcome[int]) -> None:
+        if isinstance(result, outcome.Value):
+            self.on_done(outcome.Value(self.journal._appended_at(self.events, result.value)))
+        else:
+            assert isinstance(result, outcome.Error)
+            self.on_done(outcome.Error(result.error))
 
 
 @contextlib.asynccontextmanager
