@@ -352,9 +352,7 @@ class Entities:
                 return decided, records, events, batch[index + 1 :]
         return decided, records, events, None
 
-    def _appended(
-        self, live: _LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]
-    ) -> None:
+    def _appended(self, live: _LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]) -> None:
         """The journal's answer to the append of `live.in_flight`: reply to its commands, then
         let the entity take its mail again. Runs in the journal's task, so it must not raise."""
         assert live.in_flight is not None
