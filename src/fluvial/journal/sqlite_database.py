@@ -197,8 +197,9 @@ def _run_merged(txn: WriteTransaction, batch: list[_PendingWrite[Any]]) -> bool:
                 txn.connection.executemany(run[0].sql, _stamped(all_rows, first))
             except sqlite3.IntegrityError:
                 return False
+            # Each write's first timestamp (accumulate also yields the one after the last).
             firsts = itertools.accumulate(sizes, initial=first)
-            for pending, write_first in zip(batch[index : index + len(run)], firsts):
+            for pending, write_first in zip(batch[index : index + len(run)], firsts, strict=False):
                 pending.result = outcome.Value(write_first)
         index += max(1, len(run))
     return True
