@@ -22,7 +22,11 @@ from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.records import EventRecord, InvalidAppend  # noqa: E402
 from fluvial.journal.api import JournalConflict  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
-from fluvial.journal.sqlite_database import WriteTransaction  # noqa: E402
+from fluvial.journal.sqlite_database import (  # noqa: E402
+    EnsuredKeys,
+    KnownKeys,
+    WriteTransaction,
+)
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
 from fluvial.journal.sqlite_schema import (  # noqa: E402
     MIGRATIONS,
@@ -126,7 +130,8 @@ async def test_reopening_a_file_keeps_its_events_and_snapshots(tmp_path: Path) -
 
 
 async def test_a_file_of_schema_version_2_is_migrated_with_its_events(tmp_path: Path) -> None:
-    """v3 stores the events in commit order; a v2 file (events keyed by entity) keeps them."""
+    """v3 stores the events in commit order and v5 indexes them by an integer entity key; a
+    v2 file (events keyed by persistence id) keeps them, and its entities' seq nrs."""
     path = tmp_path / "journal.db"
     first, second = entity_ids(ENTITY_TYPE, ALL, 2)
     async with open_sqlite_journal(path) as journal:
@@ -271,6 +276,32 @@ async def test_appends_made_in_one_scheduler_turn_share_one_transaction(tmp_path
                 nursery.start_soon(journal.append, events(pid, 1, 1))
         assert journal.database.commit_count() - commits_before == 1
         assert len(await current_by_slices(journal, ENTITY_TYPE, ALL)) == len(pids)
+
+
+def test_a_key_ensured_by_a_write_that_was_rolled_back_is_ensured_again() -> None:
+    """The writer remembers only committed entity keys: one inserted by a write that was
+    undone must be inserted again by the next write that needs it."""
+    ensured = EnsuredKeys("INSERT OR IGNORE INTO entity (persistence_id) VALUES (?)")
+    keys = KnownKeys()
+    with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE entity (id INTEGER PRIMARY KEY, persistence_id TEXT UNIQUE)")
+        conn.execute("BEGIN")
+        conn.execute("SAVEPOINT write")
+        mark = keys.mark()
+        keys.ensure(conn, ensured, ["undone"])
+        conn.execute("ROLLBACK TO write")
+        keys.rolled_back_to(mark)
+        conn.execute("RELEASE write")
+        keys.ensure(conn, ensured, ["kept", "kept"])
+        conn.execute("COMMIT")
+        keys.committed()
+
+        conn.execute("BEGIN")
+        keys.ensure(conn, ensured, ["undone", "kept"])
+        conn.execute("COMMIT")
+        keys.committed()
+        stored = [key for (key,) in conn.execute("SELECT persistence_id FROM entity ORDER BY id")]
+    assert stored == ["kept", "undone"]
 
 
 async def test_append_soon_answers_with_the_stored_events_or_the_conflict(

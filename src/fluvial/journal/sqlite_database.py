@@ -49,9 +49,16 @@ _CHECKPOINT_PAGES = 4000
 class WriteTransaction:
     """What a write function receives: the writer's connection, inside an open transaction."""
 
-    def __init__(self, connection: sqlite3.Connection, last_timestamp: int) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, last_timestamp: int, keys: KnownKeys
+    ) -> None:
         self.connection = connection
         self._last_timestamp = last_timestamp
+        self._keys = keys
+
+    def ensure_keys(self, ensured: EnsuredKeys, keys: Iterable[str]) -> None:
+        """Run `ensured` for each of `keys` not known to be committed already."""
+        self._keys.ensure(self.connection, ensured, keys)
 
     def next_timestamp(self) -> int:
         """A timestamp in microseconds, greater than every one handed out before."""
@@ -68,6 +75,49 @@ class WriteTransaction:
         return self._last_timestamp
 
 
+@attrs.frozen
+class EnsuredKeys:
+    """A statement that makes sure a row exists for a key, such as `INSERT OR IGNORE INTO
+    entity (persistence_id) VALUES (?)`, run before a `RowInsert` whose rows lead with that
+    key. The writer remembers the keys it has committed, so it runs the statement only for
+    keys new to it."""
+
+    sql: str
+
+
+class KnownKeys:
+    """The keys a writer has committed rows for, per `EnsuredKeys` statement; those it added
+    in the open transaction count only once it commits."""
+
+    LIMIT = 100_000  # keys remembered per statement; past it, start over (it only costs time)
+
+    def __init__(self) -> None:
+        self._known: dict[str, set[str]] = {}
+        self._uncommitted: list[tuple[set[str], list[str]]] = []
+
+    def ensure(self, conn: sqlite3.Connection, ensured: EnsuredKeys, keys: Iterable[str]) -> None:
+        known = self._known.get(ensured.sql)
+        if known is None:
+            known = self._known[ensured.sql] = set()
+        missing = [key for key in dict.fromkeys(keys) if key not in known]
+        if missing:
+            conn.executemany(ensured.sql, [(key,) for key in missing])
+            self._uncommitted.append((known, missing))
+
+    def mark(self) -> int:
+        return len(self._uncommitted)
+
+    def rolled_back_to(self, mark: int) -> None:
+        del self._uncommitted[mark:]
+
+    def committed(self) -> None:
+        for known, keys in self._uncommitted:
+            if len(known) + len(keys) > self.LIMIT:
+                known.clear()
+            known.update(keys)
+        self._uncommitted.clear()
+
+
 @attrs.define(eq=False)
 class RowInsert:
     """A write that only inserts rows with one statement; returns the first row's timestamp.
@@ -77,15 +127,19 @@ class RowInsert:
     into SQLite instead of one per write: it halved the writer's time in the entity benchmark);
     if that fails, each runs alone, and a failing one raises `on_conflict(rows)` to its caller
     only. Rows are tuples, and each stamped row lives only while SQLite binds it, so a
-    transaction of thousands of rows gives the garbage collector nothing to walk.
+    transaction of thousands of rows gives the garbage collector nothing to walk. With
+    `ensure`, the rows' first values are keys that `ensure` makes exist first.
     """
 
     sql: str
     rows: list[tuple[Any, ...]]
     on_conflict: Callable[[list[tuple[Any, ...]]], Exception]
+    ensure: EnsuredKeys | None = None
 
     def __call__(self, txn: WriteTransaction) -> int:
         first = txn.next_timestamps(len(self.rows))
+        if self.ensure is not None:
+            txn.ensure_keys(self.ensure, (row[0] for row in self.rows))
         try:
             txn.connection.executemany(self.sql, _stamped(self.rows, first))
         except sqlite3.IntegrityError as exc:
@@ -163,7 +217,10 @@ class FileClock:
 
 
 def _commit_batch(
-    conn: sqlite3.Connection, clock: FileClock, batch: list[_PendingWrite[Any]]
+    conn: sqlite3.Connection,
+    clock: FileClock,
+    keys: KnownKeys,
+    batch: list[_PendingWrite[Any]],
 ) -> None:
     """Run `batch` in one transaction; each write's outcome lands in its `result`.
 
@@ -171,12 +228,13 @@ def _commit_batch(
     transaction rolled back and the batch run again with a savepoint around each write.
     """
     try:
-        if not _try_commit(conn, clock, batch, savepoints=False):
+        if not _try_commit(conn, clock, keys, batch, savepoints=False):
             # The rollback undid the writes that succeeded too: every write runs again.
             for pending in batch:
                 pending.result = None
-            _try_commit(conn, clock, batch, savepoints=True)
+            _try_commit(conn, clock, keys, batch, savepoints=True)
     except sqlite3.Error as exc:
+        keys.rolled_back_to(0)
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         for pending in batch:
@@ -192,6 +250,8 @@ def _run_merged(txn: WriteTransaction, batch: list[_PendingWrite[Any]]) -> bool:
         if len(run) > 1:
             sizes = [len(insert.rows) for insert in run]
             first = txn.next_timestamps(sum(sizes))
+            if run[0].ensure is not None:
+                txn.ensure_keys(run[0].ensure, (row[0] for insert in run for row in insert.rows))
             all_rows = itertools.chain.from_iterable(insert.rows for insert in run)
             try:
                 txn.connection.executemany(run[0].sql, _stamped(all_rows, first))
@@ -226,7 +286,9 @@ def _row_insert_run(batch: list[_PendingWrite[Any]], start: int) -> list[RowInse
     run: list[RowInsert] = []
     for pending in batch[start:]:
         function = pending.function
-        if not isinstance(function, RowInsert) or (run and function.sql != run[0].sql):
+        if not isinstance(function, RowInsert) or (
+            run and (function.sql, function.ensure) != (run[0].sql, run[0].ensure)
+        ):
             break
         run.append(function)
     return run
@@ -235,29 +297,35 @@ def _row_insert_run(batch: list[_PendingWrite[Any]], start: int) -> list[RowInse
 def _try_commit(
     conn: sqlite3.Connection,
     clock: FileClock,
+    keys: KnownKeys,
     batch: list[_PendingWrite[Any]],
     *,
     savepoints: bool,
 ) -> bool:
     conn.execute("BEGIN IMMEDIATE")
-    txn = WriteTransaction(conn, clock.read(conn))
+    txn = WriteTransaction(conn, clock.read(conn), keys)
     if not savepoints and not _run_merged(txn, batch):
         conn.execute("ROLLBACK")
+        keys.rolled_back_to(0)
         return False
     for pending in batch:
         if pending.result is not None:
             continue  # done by _run_merged
         if savepoints:
             conn.execute("SAVEPOINT write")
+        mark = keys.mark()
         pending.result = outcome.capture(pending.function, txn)
         if isinstance(pending.result, outcome.Error):
             if not savepoints:
                 conn.execute("ROLLBACK")
+                keys.rolled_back_to(0)
                 return False
             conn.execute("ROLLBACK TO write")
+            keys.rolled_back_to(mark)
         if savepoints:
             conn.execute("RELEASE write")
     conn.execute("COMMIT")
+    keys.committed()
     clock.last_timestamp = txn.last_timestamp
     return True
 
@@ -309,6 +377,7 @@ class SqliteDatabase:
         )
         self._commit_count = 0
         self._clock = FileClock()
+        self._keys = KnownKeys()
         self._pages_since_checkpoint = 0
         self._committed = trio.Event()
         self._thread.start()
@@ -376,7 +445,7 @@ class SqliteDatabase:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
-            _commit_batch(self._writer, self._clock, batch)
+            _commit_batch(self._writer, self._clock, self._keys, batch)
             self._committed_batches.put(batch)
             self._wake_send.send(b"\0")
             self._pages_since_checkpoint += _pages_written(batch)

@@ -21,6 +21,7 @@ from fluvial.journal.api import JournalConflict
 from fluvial.journal.live import LivePublisher
 from fluvial.journal.sqlite_database import (
     Durability,
+    EnsuredKeys,
     RowInsert,
     SqliteDatabase,
     WriteTransaction,
@@ -31,11 +32,16 @@ _EVENT_COLUMNS = (
     "persistence_id, seq_nr, entity_type, slice, db_timestamp, tags, manifest, ser_version, "
     "payload, metadata"
 )
-# The timestamp goes last: the writer appends it to each row (see `RowInsert`).
+# The timestamp goes last: the writer appends it to each row (see `RowInsert`). The entity's
+# integer key comes from the `entity` table, where the writer makes sure it exists (`KEYS`).
 _INSERT_EVENT = (
-    "INSERT INTO event_journal (persistence_id, seq_nr, entity_type, slice, tags, manifest, "
-    "ser_version, payload, metadata, db_timestamp) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO event_journal (entity_id, persistence_id, seq_nr, entity_type, slice, tags, "
+    "manifest, ser_version, payload, metadata, db_timestamp) VALUES "
+    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
 )
+_ENTITY_KEYS = EnsuredKeys("INSERT OR IGNORE INTO entity (persistence_id) VALUES (?)")
+# An entity's events, by its integer key.
+_OF_ENTITY = "entity_id = (SELECT id FROM entity WHERE persistence_id = ?)"
 _json_encode = msgspec.json.Encoder().encode
 _json_decode_tags = msgspec.json.Decoder(list[str]).decode
 
@@ -46,7 +52,7 @@ def _conflict(rows: list[tuple[Any, ...]]) -> Exception:
 
 
 def _insert_events(events: Sequence[EventRecord]) -> RowInsert:
-    return RowInsert(_INSERT_EVENT, [_event_row(e) for e in events], _conflict)
+    return RowInsert(_INSERT_EVENT, [_event_row(e) for e in events], _conflict, _ENTITY_KEYS)
 
 
 def _event_row(record: EventRecord) -> tuple[Any, ...]:
@@ -123,7 +129,7 @@ class SqliteJournal:
     ) -> list[EventRecord]:
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE persistence_id = ? "
+                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE {_OF_ENTITY} "
                 "AND seq_nr BETWEEN ? AND ? ORDER BY seq_nr LIMIT ?",
                 (persistence_id, from_seq_nr, to_seq_nr, limit),
             )
@@ -134,7 +140,7 @@ class SqliteJournal:
     async def highest_seq_nr(self, persistence_id: str) -> int:
         def query(conn: sqlite3.Connection) -> int:
             (highest,) = conn.execute(
-                "SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE persistence_id = ?",
+                f"SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE {_OF_ENTITY}",
                 (persistence_id,),
             ).fetchone()
             return int(highest)

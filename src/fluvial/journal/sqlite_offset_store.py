@@ -190,8 +190,8 @@ class SqliteOffsetStore:
 
         def write(txn: WriteTransaction) -> None:
             row = txn.connection.execute(
-                "SELECT slice, db_timestamp FROM event_journal WHERE persistence_id = ? "
-                "AND seq_nr = ?",
+                "SELECT slice, db_timestamp FROM event_journal WHERE entity_id = "
+                "(SELECT id FROM entity WHERE persistence_id = ?) AND seq_nr = ?",
                 (persistence_id, seq_nr),
             ).fetchone()
             if row is None:
