@@ -23,7 +23,6 @@ from fluvial.core.records import EventRecord, InvalidAppend  # noqa: E402
 from fluvial.journal.api import JournalConflict  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
 from fluvial.journal.sqlite_database import (  # noqa: E402
-    PAGE_SIZE,
     EnsuredKeys,
     KnownKeys,
     WriteTransaction,
@@ -106,27 +105,6 @@ async def test_a_file_with_a_newer_schema_is_refused_and_left_unchanged(
     assert path.read_bytes() == before
     assert file_names(tmp_path) == files_before
     assert user_version(path) == SCHEMA_VERSION + 1
-
-
-async def test_a_new_file_has_2_kib_pages_and_an_older_file_keeps_its_own(
-    tmp_path: Path,
-) -> None:
-    """Small pages halve what a small commit writes to the WAL (see `connect`); SQLite cannot
-    change the page size of a file in WAL mode, so an existing file keeps its pages."""
-    new, older = tmp_path / "new.db", tmp_path / "older.db"
-    with contextlib.closing(sqlite3.connect(older)) as conn:
-        conn.execute("PRAGMA page_size = 4096")
-        conn.execute("CREATE TABLE unrelated (x)")
-    for path in (new, older):
-        async with open_sqlite_journal(path) as journal:
-            await journal.append(events(entity_ids(ENTITY_TYPE, ALL, 1)[0], 1, 1))
-
-    def page_size(path: Path) -> int:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            (size,) = conn.execute("PRAGMA page_size").fetchone()
-            return int(size)
-
-    assert (page_size(new), page_size(older)) == (PAGE_SIZE, 4096) == (2048, 4096)
 
 
 async def test_reopening_a_file_keeps_its_events_and_snapshots(tmp_path: Path) -> None:
@@ -361,18 +339,18 @@ async def test_the_writer_checkpoints_the_wal_long_before_sqlites_backstop(
     tmp_path: Path,
 ) -> None:
     """Between commits the writer copies the WAL back into the file, so the WAL restarts
-    instead of growing to the 16,000 pages of SQLite's automatic checkpoint."""
+    instead of growing to the 16,000 pages (64 MB) of SQLite's automatic checkpoint."""
     path = tmp_path / "journal.db"
     pids = entity_ids(ENTITY_TYPE, ALL, 500)
     async with open_sqlite_journal(path) as journal:
-        # 40 commits of 500 events of ~1.5 KB (a 2 KiB page each): 20,000 pages in all.
+        # 40 commits of 500 events of ~4 KB (a page each): 20,000 pages in all.
         for seq_nr in range(1, 41):
             async with trio.open_nursery() as nursery:
                 for pid in pids:
-                    nursery.start_soon(journal.append, [event(pid, seq_nr, data=bytes(1500))])
-        wal_frames = (tmp_path / "journal.db-wal").stat().st_size // (PAGE_SIZE + 24)
+                    nursery.start_soon(journal.append, [event(pid, seq_nr, data=bytes(4000))])
+        wal_pages = (tmp_path / "journal.db-wal").stat().st_size // 4096
         assert len(await current_by_slices(journal, ENTITY_TYPE, ALL)) == 40 * len(pids)
-    assert wal_frames < 8000
+    assert wal_pages < 8000
 
 
 async def test_group_commit_stores_every_concurrent_append(tmp_path: Path) -> None:

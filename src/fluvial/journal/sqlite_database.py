@@ -40,7 +40,6 @@ T = TypeVar("T")
 Durability = Literal["process", "power-loss"]
 
 _MAX_WRITES_PER_TRANSACTION = 2000
-PAGE_SIZE = 2048  # of new files (see `connect`)
 # The writer checkpoints the WAL itself once about this many pages were written since the last
 # checkpoint, when it has nothing else to do (see `_checkpoint_when_idle`); SQLite's own
 # automatic checkpoint stays as a backstop at four times that, for a writer that never idles.
@@ -168,11 +167,6 @@ class _PendingWrite(Generic[T]):
 def connect(path: str, durability: Durability, *, writer: bool = False) -> sqlite3.Connection:
     """A connection set up the way every fluvial connection to a journal file is."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    # Only a new file takes it, and only before WAL mode writes its first page: 2 KiB instead
-    # of 4. Every commit writes each page it touched to the WAL, and every page written to the
-    # WAL is synced again at the next checkpoint, so half-size pages halve the bytes of a
-    # one-event commit (one entity, sequential: ~4,950 -> ~5,300 commands/s).
-    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     # WAL + NORMAL survives a killed process; FULL also survives power loss, at an fsync a commit.
     conn.execute("PRAGMA synchronous=" + ("FULL" if durability == "power-loss" else "NORMAL"))
