@@ -15,6 +15,7 @@ from typing import Any, assert_never, assert_type
 
 import attrs
 import msgspec
+import outcome
 import pytest
 import trio
 import trio.testing
@@ -821,7 +822,6 @@ async def test_an_entity_that_persists_then_stops_comes_back_with_those_events(
         notes = entities.ref(Notebook, "n")
         await notes.ask(Note(("a",)))
         assert await notes.ask(Halt(last_words="b")) == "halted"
-        await trio.testing.wait_all_tasks_blocked()
         assert entities.live_count == 0
         assert await notes.ask(Read()) == ("a", "b")
         assert await notes.ask(Note(("c",))) == ("a", "b", "c")
@@ -982,6 +982,54 @@ async def test_a_corrupt_stored_event_fails_the_ask_and_stays_stored(
 
 
 # -- closing ------------------------------------------------------------------------------------
+class ManualJournal(MemoryJournal):
+    """A journal with `append_soon` (as SQLite has) whose appends complete when told to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[Sequence[EventRecord], Any]] = []
+
+    def append_soon(self, events: Sequence[EventRecord], on_done: Any) -> None:
+        self.pending.append((events, on_done))
+
+    async def complete_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for events, on_done in pending:
+            on_done(await outcome.acapture(self.append, events))
+
+
+async def test_commands_behind_a_stop_are_stopped_when_its_events_commit_after_closing() -> None:
+    journal = ManualJournal()
+    replies: dict[str, object] = {}
+    with trio.fail_after(10):
+        async with trio.open_nursery() as callers:
+            async with open_entities(journal, REGISTRY, [Notebook]) as entities:
+                notes = entities.ref(Notebook, "n")
+
+                async def send(name: str, command: NotesCommand) -> None:
+                    try:
+                        replies[name] = await notes.ask(command)
+                    except EntityStopped:
+                        replies[name] = "stopped"
+
+                # "a" is out to the journal; "halt" and "after" wait, then go as one batch.
+                queued: list[tuple[str, NotesCommand]] = [
+                    ("a", Note(("a",))),
+                    ("halt", Halt("b")),
+                    ("after", Read()),
+                ]
+                for name, command in queued:
+                    callers.start_soon(send, name, command)
+                    await trio.testing.wait_all_tasks_blocked()
+                await journal.complete_all()
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(journal.pending) == 1, "the halt's events are out"
+            # The runtime is closed; the halt's events commit only now.
+            await journal.complete_all()
+    assert replies == {"a": ("a",), "halt": "halted", "after": "stopped"}
+    assert await stored_texts(journal, "n") == ["a", "b"]
+
+
 async def test_closing_the_runtime_stops_waiting_asks_and_leaves_no_task() -> None:
     journal = GatedJournal()
     stopped: list[str] = []

@@ -191,13 +191,20 @@ class Entities:
             del self._live[live.pid]
 
     def _retire(self, live: _LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
-        """Take `live` out of service; its unhandled commands go to a new incarnation."""
+        """Take `live` out of service; its unhandled commands go to a new incarnation, or,
+        once the runtime closes, fail with `EntityStopped`."""
         self._forget(live)
         waiting = [*leftovers, *live.mailbox.close()]
-        if waiting and not self._closed:
-            successor = self._spawn(live.behavior, live.pid)
+        if not waiting:
+            return
+        if self._closed:
+            stopped = EntityStopped(f"{live.pid}: the entity runtime closed")
             for ask in waiting:
-                successor.mailbox.put_nowait(ask)
+                ask.fail(stopped)
+            return
+        successor = self._spawn(live.behavior, live.pid)
+        for ask in waiting:
+            successor.mailbox.put_nowait(ask)
 
     async def _passivate_idle(self, task_status: trio.TaskStatus[None]) -> None:
         """Retire entities idle for `passivate_after`; checks at a quarter of that period."""
@@ -342,6 +349,7 @@ class Entities:
                 ask.fail(failure)
                 continue
             if effect.kind is EffectKind.UNHANDLED:
+                del records[records_before:]  # an unhandled command persists nothing
                 ask.fail(
                     UnhandledCommand(
                         f"{key}: {type(ask.command).__name__} is not handled in this state"
@@ -388,11 +396,26 @@ class Entities:
                 and not self._closed
                 and self._should_snapshot(live, first_seq_nr, events)
             ):
-                self._nursery.start_soon(self._save_snapshot, live, live.state, live.seq_nr)
+                # The mailbox stays held: the next command waits until the snapshot is saved
+                # (snapshots never pile up, and a reader after the reply can find it).
+                self._nursery.start_soon(self._save_snapshot_then_resume, live, leftovers)
+                return
+        self._resume(live, leftovers)
+
+    def _resume(self, live: _LiveEntity, leftovers: list[Ask] | None) -> None:
+        """After a batch: take the next mail, or retire if the batch stopped the entity."""
         if leftovers is not None:
             self._retire(live, leftovers)
         else:
             live.mailbox.release()
+
+    async def _save_snapshot_then_resume(
+        self, live: _LiveEntity, leftovers: list[Ask] | None
+    ) -> None:
+        try:
+            await self._save_snapshot(live, live.state, live.seq_nr)
+        finally:
+            self._resume(live, leftovers)
 
     def _reply(self, persistence_id: str, item: _Decided) -> None:
         ask, action, state_after, persisted = item

@@ -175,8 +175,8 @@ def connect(path: str, durability: Durability, *, writer: bool = False) -> sqlit
         # The writer checkpoints when idle (`SqliteDatabase._checkpoint_when_idle`); SQLite's
         # automatic checkpoint inside a commit is only the backstop.
         conn.execute(f"PRAGMA wal_autocheckpoint={4 * _CHECKPOINT_PAGES}")
-        # 32 MiB of page cache instead of 2: a commit of 1,000 entities' events updates about
-        # as many pages of the (persistence_id, seq_nr) index, which then stay in memory.
+        # 32 MiB of page cache instead of 2: a commit of 1,000 entities' events updates
+        # hundreds of pages of the per-entity index, which then stay in memory.
         conn.execute("PRAGMA cache_size=-32768")
     return conn
 
@@ -489,9 +489,13 @@ class SqliteDatabase:
                 assert pending.result is not None
                 if pending.task is not None:
                     trio.lowlevel.reschedule(pending.task, pending.result)
-                else:
-                    assert pending.on_done is not None
+                    continue
+                assert pending.on_done is not None
+                try:
                     pending.on_done(pending.result)
+                except Exception:
+                    # A broken callback must not strand the other writers of the batch.
+                    log.exception("%s: a write's callback failed", self.path)
             self._commit_count += 1
         self._committed.set()
         self._committed = trio.Event()

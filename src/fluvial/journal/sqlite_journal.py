@@ -156,7 +156,7 @@ class SqliteJournal:
             rows = conn.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE entity_type = ? "
                 "AND db_timestamp >= ? AND slice BETWEEN ? AND ? "
-                # Timestamps are unique in a file (journal_clock), so this order is total and
+                # Timestamps are unique in a file (FileClock), so this order is total and
                 # the index delivers it without sorting what lies behind the page.
                 "ORDER BY db_timestamp LIMIT ?",
                 (entity_type, after.timestamp, slices.min, slices.max, limit + len(after.seen)),

@@ -174,7 +174,8 @@ class SqliteOffsetStore:
                     "INSERT INTO projection_entity "
                     "(projection_name, persistence_id, slice, seq_nr, timestamp) "
                     "SELECT ?, persistence_id, slice, seq_nr, db_timestamp FROM event_journal "
-                    "WHERE persistence_id = ? AND seq_nr = ? AND slice BETWEEN ? AND ? "
+                    "WHERE entity_id = (SELECT id FROM entity WHERE persistence_id = ?) "
+                    "AND seq_nr = ? AND slice BETWEEN ? AND ? "
                     "ON CONFLICT (projection_name, slice, persistence_id) DO UPDATE SET "
                     "seq_nr = max(seq_nr, excluded.seq_nr), "
                     "timestamp = max(timestamp, excluded.timestamp)",
