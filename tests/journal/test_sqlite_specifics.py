@@ -22,16 +22,16 @@ from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.records import EventRecord, InvalidAppend  # noqa: E402
 from fluvial.journal.api import JournalConflict  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
-from fluvial.journal.sqlite_database import (  # noqa: E402
-    EnsuredKeys,
-    KnownKeys,
-    WriteTransaction,
-)
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
 from fluvial.journal.sqlite_schema import (  # noqa: E402
     MIGRATIONS,
     SCHEMA_VERSION,
     SchemaVersionTooNew,
+)
+from fluvial.journal.sqlite_transaction import (  # noqa: E402
+    EnsuredKeys,
+    KnownKeys,
+    WriteTransaction,
 )
 from fluvial.testing.journal_contract import (  # noqa: E402
     current_by_slices,

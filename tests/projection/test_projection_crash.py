@@ -35,8 +35,8 @@ from fluvial.core.ids import slice_for
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
-from fluvial.journal.sqlite_database import WriteTransaction
 from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite_transaction import WriteTransaction
 from fluvial.projection.handlers import ExactlyOnce
 from fluvial.projection.runner import Projection, serve_projection
 from fluvial.projection.source import SourceSettings

@@ -19,14 +19,8 @@ from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import JournalConflict
 from fluvial.journal.live import LivePublisher
-from fluvial.journal.sqlite_database import (
-    Durability,
-    EnsuredKeys,
-    RowInsert,
-    SqliteDatabase,
-    WriteTransaction,
-    open_sqlite_database,
-)
+from fluvial.journal.sqlite_database import Durability, SqliteDatabase, open_sqlite_database
+from fluvial.journal.sqlite_transaction import EnsuredKeys, RowInsert, WriteTransaction
 
 _EVENT_COLUMNS = (
     "persistence_id, seq_nr, entity_type, slice, db_timestamp, tags, manifest, ser_version, "

@@ -15,7 +15,8 @@ import msgspec
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
-from fluvial.journal.sqlite_database import SqliteDatabase, WriteTransaction
+from fluvial.journal.sqlite_database import SqliteDatabase
+from fluvial.journal.sqlite_transaction import WriteTransaction
 
 _encode_seen = msgspec.json.Encoder().encode
 _decode_seen = msgspec.json.Decoder(dict[str, int]).decode

@@ -31,9 +31,9 @@ from fluvial.core.offset_tracker import (
 )
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.journal.sqlite_database import WriteTransaction
 from fluvial.journal.sqlite_journal import SqliteJournal
 from fluvial.journal.sqlite_offset_store import SqliteOffsetStore, save_changes
+from fluvial.journal.sqlite_transaction import WriteTransaction
 from fluvial.projection.handlers import (
     AtLeastOnce,
     Backoff,
