@@ -126,7 +126,7 @@ class SqliteDatabase:
         self._clock = FileClock()
         self._keys = KnownKeys()
         self._pages_since_checkpoint = 0
-        self._committed = trio.Event()
+        self._committed: trio.Event | None = None  # exists only while someone waits
         self._thread.start()
 
     # -- writing ----------------------------------------------------------------------------
@@ -175,6 +175,8 @@ class SqliteDatabase:
             await trio.lowlevel.checkpoint()
             return
         with trio.move_on_after(self.poll_interval):
+            if self._committed is None:
+                self._committed = trio.Event()
             await self._committed.wait()
 
     def _writer_thread(self) -> None:
@@ -244,8 +246,9 @@ class SqliteDatabase:
                     # A broken callback must not strand the other writers of the batch.
                     log.exception("%s: a write's callback failed", self.path)
             self._commit_count += 1
-        self._committed.set()
-        self._committed = trio.Event()
+        if self._committed is not None:
+            self._committed.set()
+            self._committed = None
 
     async def _stop_writer(self) -> None:
         self._hand_over_writes()
