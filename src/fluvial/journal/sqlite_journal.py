@@ -20,6 +20,7 @@ from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import JournalConflict
 from fluvial.journal.live import LivePublisher
 from fluvial.journal.sqlite_database import Durability, SqliteDatabase, open_sqlite_database
+from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
 from fluvial.journal.sqlite_transaction import EnsuredKeys, RowInsert, WriteTransaction
 
 _EVENT_COLUMNS = (
@@ -27,15 +28,14 @@ _EVENT_COLUMNS = (
     "payload, metadata"
 )
 # The timestamp goes last: the writer appends it to each row (see `RowInsert`). The entity's
-# integer key comes from the `entity` table, where the writer makes sure it exists (`KEYS`).
+# integer key comes from the `entity` table, where the writer makes sure it exists
+# (`_ENTITY_KEYS`).
 _INSERT_EVENT = (
     "INSERT INTO event_journal (entity_id, persistence_id, seq_nr, entity_type, slice, tags, "
     "manifest, ser_version, payload, metadata, db_timestamp) VALUES "
     "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
 )
 _ENTITY_KEYS = EnsuredKeys("INSERT OR IGNORE INTO entity (persistence_id) VALUES (?)")
-# An entity's events, by its integer key.
-_OF_ENTITY = "entity_id = (SELECT id FROM entity WHERE persistence_id = ?)"
 _json_encode = msgspec.json.Encoder().encode
 _json_decode_tags = msgspec.json.Decoder(list[str]).decode
 
@@ -123,7 +123,7 @@ class SqliteJournal:
     ) -> list[EventRecord]:
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE {_OF_ENTITY} "
+                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE {EVENTS_OF_ENTITY} "
                 "AND seq_nr BETWEEN ? AND ? ORDER BY seq_nr LIMIT ?",
                 (persistence_id, from_seq_nr, to_seq_nr, limit),
             )
@@ -134,7 +134,7 @@ class SqliteJournal:
     async def highest_seq_nr(self, persistence_id: str) -> int:
         def query(conn: sqlite3.Connection) -> int:
             (highest,) = conn.execute(
-                f"SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE {_OF_ENTITY}",
+                f"SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE {EVENTS_OF_ENTITY}",
                 (persistence_id,),
             ).fetchone()
             return int(highest)

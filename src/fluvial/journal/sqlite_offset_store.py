@@ -16,6 +16,7 @@ from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
 from fluvial.journal.sqlite_database import SqliteDatabase
+from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
 from fluvial.journal.sqlite_transaction import WriteTransaction
 
 _encode_seen = msgspec.json.Encoder().encode
@@ -175,8 +176,7 @@ class SqliteOffsetStore:
                     "INSERT INTO projection_entity "
                     "(projection_name, persistence_id, slice, seq_nr, timestamp) "
                     "SELECT ?, persistence_id, slice, seq_nr, db_timestamp FROM event_journal "
-                    "WHERE entity_id = (SELECT id FROM entity WHERE persistence_id = ?) "
-                    "AND seq_nr = ? AND slice BETWEEN ? AND ? "
+                    f"WHERE {EVENTS_OF_ENTITY} AND seq_nr = ? AND slice BETWEEN ? AND ? "
                     "ON CONFLICT (projection_name, slice, persistence_id) DO UPDATE SET "
                     "seq_nr = max(seq_nr, excluded.seq_nr), "
                     "timestamp = max(timestamp, excluded.timestamp)",
@@ -192,8 +192,8 @@ class SqliteOffsetStore:
 
         def write(txn: WriteTransaction) -> None:
             row = txn.connection.execute(
-                "SELECT slice, db_timestamp FROM event_journal WHERE entity_id = "
-                "(SELECT id FROM entity WHERE persistence_id = ?) AND seq_nr = ?",
+                f"SELECT slice, db_timestamp FROM event_journal WHERE {EVENTS_OF_ENTITY} "
+                "AND seq_nr = ?",
                 (persistence_id, seq_nr),
             ).fetchone()
             if row is None:

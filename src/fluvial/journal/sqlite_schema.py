@@ -153,6 +153,11 @@ def _v5_integer_entity_keys(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX event_journal_by_entity ON event_journal (entity_id, seq_nr)")
 
 
+# The condition that selects one entity's events by its integer key (schema v5), with the
+# persistence id as its one parameter: queries use it to go through event_journal_by_entity.
+EVENTS_OF_ENTITY = "entity_id = (SELECT id FROM entity WHERE persistence_id = ?)"
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_journal_and_snapshots,
     _v2_projection_offsets,

@@ -111,14 +111,22 @@ class RowInsert:
     ensure: EnsuredKeys | None = None
 
     def __call__(self, txn: WriteTransaction) -> int:
-        first = txn.next_timestamps(len(self.rows))
-        if self.ensure is not None:
-            txn.ensure_keys(self.ensure, (row[0] for row in self.rows))
         try:
-            txn.connection.executemany(self.sql, _stamped(self.rows, first))
+            return _insert_all(txn, [self])
         except sqlite3.IntegrityError as exc:
             raise self.on_conflict(self.rows) from exc
-        return first
+
+
+def _insert_all(txn: WriteTransaction, inserts: list[RowInsert]) -> int:
+    """Insert the rows of `inserts` (all with the first one's statement) with one
+    `executemany`, stamped with consecutive timestamps; return the first timestamp."""
+    head = inserts[0]
+    first = txn.next_timestamps(sum(len(insert.rows) for insert in inserts))
+    if head.ensure is not None:
+        txn.ensure_keys(head.ensure, (row[0] for insert in inserts for row in insert.rows))
+    rows = itertools.chain.from_iterable(insert.rows for insert in inserts)
+    txn.connection.executemany(head.sql, _stamped(rows, first))
+    return first
 
 
 class PendingWrite(Generic[T]):
@@ -196,17 +204,12 @@ def _run_merged(txn: WriteTransaction, batch: list[PendingWrite[Any]]) -> bool:
     while index < len(batch):
         run = _row_insert_run(batch, index)
         if len(run) > 1:
-            sizes = [len(insert.rows) for insert in run]
-            first = txn.next_timestamps(sum(sizes))
-            if run[0].ensure is not None:
-                txn.ensure_keys(run[0].ensure, (row[0] for insert in run for row in insert.rows))
-            all_rows = itertools.chain.from_iterable(insert.rows for insert in run)
             try:
-                txn.connection.executemany(run[0].sql, _stamped(all_rows, first))
+                first = _insert_all(txn, run)
             except sqlite3.IntegrityError:
                 return False
             # Each write's first timestamp (accumulate also yields the one after the last).
-            firsts = itertools.accumulate(sizes, initial=first)
+            firsts = itertools.accumulate((len(insert.rows) for insert in run), initial=first)
             for pending, write_first in zip(batch[index : index + len(run)], firsts, strict=False):
                 pending.result = outcome.Value(write_first)
         index += max(1, len(run))
