@@ -1,28 +1,76 @@
-"""The `fluvial` command."""
+"""The `fluvial` command: `fluvial demo` runs the shopping-cart demo; `fluvial --version`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 
+_DEMO_HELP = """\
+Run shopping carts on an embedded SQLite journal: typed commands and replies, a checked-out
+cart refusing changes, many carts at once (group commit), an exactly-once projection that
+catches up and then follows, and carts recovered from snapshots after a restart.
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fluvial", description=__doc__)
+The demo writes one new journal file at --db (SQLite adds FILE-wal and FILE-shm beside it).
+A journal left there by an earlier `fluvial demo` is replaced. Any other existing file at
+that path is refused and left unchanged (exit status 2): the demo deletes only its own files.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fluvial", description="fluvial: typed, trio-native event sourcing."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"fluvial {importlib.metadata.version('fluvial')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="shopping carts on an embedded SQLite journal")
+    demo = commands.add_parser(
+        "demo",
+        help="run shopping carts on an embedded SQLite journal (writes only its own files)",
+        description=_DEMO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_argument(
         "--db",
         type=Path,
         default=Path("demo-data/fluvial-demo.db"),
-        help="journal file (recreated); default %(default)s",
+        metavar="FILE",
+        help="the demo's journal file: created, or replaced if an earlier demo wrote it; "
+        "any other file is refused (default %(default)s)",
     )
     demo.add_argument("--carts", type=int, default=200, help="carts to run (default %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _refuse_demo_file(path: Path) -> str | None:
+    """Clear an earlier demo journal at `path`; the refusal to print if the file is not one."""
+    from fluvial.examples.demo import DemoFileRefused, clear_previous_demo
+
+    try:
+        clear_previous_demo(path)
+    except DemoFileRefused as exc:
+        return f"fluvial demo: {exc}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `fluvial` command with `argv` (default: the process's arguments).
+
+    Returns the exit status: 0 on success, 2 when the demo refuses its `--db` file. `--help`
+    and `--version` print and exit through `SystemExit`, as argparse does.
+    """
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Before trio starts: a refused file is a message and an exit status, not a traceback.
+    if args.command == "demo" and (refusal := _refuse_demo_file(args.db)):
+        print(refusal, file=sys.stderr)
+        return 2
     if args.command == "demo":
         from fluvial.examples.demo import run_demo
 

@@ -4,16 +4,23 @@ It shows, with real files and tasks: typed commands and replies, a closed cart r
 changes, many carts handled concurrently with group commit, an exactly-once projection
 catching up and then following on the live path, and carts recovered from snapshots and
 events after a restart.
+
+The demo writes one journal file (and SQLite's `-wal` / `-shm` beside it). It marks the
+journal as its own with a `fluvial_demo` table, so that a later run replaces a demo journal
+and nothing else: any other file at that path (a user's journal, another database, a text
+file) is refused with `DemoFileRefused` and left as it is.
 """
 
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from pathlib import Path
 
 import trio
 
+from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.entity.runtime import Entities, open_entities
@@ -29,13 +36,86 @@ from fluvial.examples.shopping_cart import (
 )
 from fluvial.journal.sqlite_journal import open_sqlite_journal
 from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
+from fluvial.journal.sqlite_transaction import WriteTransaction
 from fluvial.projection.runner import serve_projection
 
 ITEMS = ["apple", "bread", "cheese", "dates", "eggs", "figs", "grapes", "honey"]
 
+# The table that says "the demo made this file". Its name and its one row are both checked,
+# so that an unrelated database that happens to have such a table is still not deleted.
+_MARKER_TABLE = "fluvial_demo"
+_MARKER_TEXT = "journal written by `fluvial demo`; the next run replaces it"
+# SQLite's files beside a database: the write-ahead log, its index, a rollback journal.
+_SIDECARS = ("-wal", "-shm", "-journal")
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class DemoFileRefused(UsageError):
+    """`fluvial demo --db FILE` found a FILE that the demo did not write; nothing was changed."""
+
 
 def say(text: str) -> None:
+    """Print one line of the demo's story at once (the demo runs for a few seconds)."""
     print(text, flush=True)
+
+
+def is_demo_journal(path: Path) -> bool:
+    """Whether `path` is a journal that `fluvial demo` wrote (it holds the demo's marker).
+
+    Reads without changing anything: a file that is not SQLite is not opened as a database,
+    and a database without a write-ahead log is opened immutable (no `-wal` / `-shm` appear).
+    Any file SQLite cannot read (locked, corrupt) answers False.
+    """
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            return False
+    # With a log, the marker may still be in it: read through SQLite's usual read-only path.
+    log_exists = path.with_name(path.name + "-wal").exists()
+    uri = path.resolve().as_uri() + ("?mode=ro" if log_exists else "?mode=ro&immutable=1")
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            row = connection.execute(f"SELECT note FROM {_MARKER_TABLE}").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+    return row is not None and row[0] == _MARKER_TEXT
+
+
+def clear_previous_demo(path: Path) -> None:
+    """Delete the demo journal at `path` (and its SQLite sidecar files) from an earlier run.
+
+    Raises `DemoFileRefused`, deleting nothing, if `path` exists and is not a demo journal,
+    or if a sidecar file of `path` is there without its database (a log of something else).
+    Does nothing if `path` does not exist.
+    """
+    sidecars = [path.with_name(path.name + suffix) for suffix in _SIDECARS]
+    if not path.exists():
+        orphans = [str(s) for s in sidecars if s.exists()]
+        if orphans:
+            raise DemoFileRefused(
+                f"{', '.join(orphans)} exists without {path}: not removed; "
+                "delete it yourself or choose another --db"
+            )
+        return
+    if not is_demo_journal(path):
+        raise DemoFileRefused(
+            f"{path} exists and is not a journal written by `fluvial demo`: left unchanged; "
+            "choose another --db (or delete the file yourself)"
+        )
+    for file in [path, *sidecars]:
+        file.unlink(missing_ok=True)
+
+
+def _prepare_journal(txn: WriteTransaction) -> None:
+    """Mark the new journal as the demo's and create the read model's tables."""
+    connection = txn.connection
+    connection.execute(f"CREATE TABLE {_MARKER_TABLE} (note TEXT NOT NULL)")
+    connection.execute(f"INSERT INTO {_MARKER_TABLE} VALUES (?)", (_MARKER_TEXT,))
+    create_tables(connection)
 
 
 async def _shop(entities: Entities, cart_id: str, rng: random.Random) -> None:
@@ -61,15 +141,19 @@ async def _wait_for_projection(store: SqliteOffsetStore) -> int:
 
 
 async def run_demo(path: Path, carts: int, seed: int = 7) -> None:
+    """Run the demo's five steps with `carts` concurrent carts, on a new journal at `path`.
+
+    A demo journal already at `path` is replaced; any other file there makes it raise
+    `DemoFileRefused` before anything is written (see `clear_previous_demo`).
+    """
     rng = random.Random(seed)
-    for stale in path.parent.glob(path.name + "*"):
-        stale.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    await trio.to_thread.run_sync(clear_previous_demo, path)
+    await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
     registry = register_cart(SerializerRegistry())
     say(f"fluvial demo — journal: {path}")
 
     async with open_sqlite_journal(path) as journal:
-        await journal.database.write(lambda txn: create_tables(txn.connection))
+        await journal.database.write(_prepare_journal)
         store = SqliteOffsetStore(journal.database)
         async with open_entities(journal, registry, [ShoppingCart], snapshots=journal) as ents:
             say("\n1. One cart, typed commands and replies")

@@ -1,0 +1,160 @@
+"""The `fluvial` command: the demo writes and deletes only its own files; `--version`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from fluvial.cli import main
+from fluvial.core.ids import slice_for
+from fluvial.core.records import EventRecord
+from fluvial.core.serialization import SerializedPayload
+from fluvial.examples.demo import is_demo_journal
+from fluvial.journal.sqlite_journal import open_sqlite_journal
+
+ROOT = Path(__file__).resolve().parent.parent
+CARTS = "3"
+
+
+def run_demo(database: Path) -> int:
+    return main(["demo", "--db", str(database), "--carts", CARTS])
+
+
+def write_user_journal(path: Path) -> None:
+    """A user's real fluvial journal with one event in it."""
+
+    async def write() -> None:
+        async with open_sqlite_journal(path) as journal:
+            pid = "Account|alice"
+            payload = SerializedPayload("account.Deposited", 1, b"\x01")
+            await journal.append([EventRecord(pid, 1, "Account", slice_for(pid), payload)])
+
+    trio.run(write)
+
+
+def test_the_demo_leaves_files_that_only_start_with_its_name_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "shop.db"
+    neighbours = {
+        tmp_path / "shop.db.backup": b"the user's backup",
+        tmp_path / "shop.db-2025": b"last year's journal",
+        tmp_path / "shop.dbx": b"something else",
+    }
+    for path, content in neighbours.items():
+        path.write_bytes(content)
+    assert run_demo(database) == 0
+    assert run_demo(database) == 0  # the second run replaces its own journal
+    for path, content in neighbours.items():
+        assert path.read_bytes() == content
+    assert is_demo_journal(database)
+    assert "caught up (backlog 0)" in capsys.readouterr().out
+
+
+def test_the_demo_runs_twice_in_a_row_on_its_default_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--carts", CARTS]) == 0
+    assert main(["demo", "--carts", CARTS]) == 0
+    assert is_demo_journal(tmp_path / "demo-data" / "fluvial-demo.db")
+    assert capsys.readouterr().out.count("done.") == 2
+
+
+def test_the_demo_refuses_a_users_journal_and_leaves_it_unchanged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "bank.db"
+    write_user_journal(database)
+    before = database.read_bytes()
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+    assert not is_demo_journal(database)
+
+    assert run_demo(database) == 2
+
+    captured = capsys.readouterr()
+    assert f"{database} exists and is not a journal written by `fluvial demo`" in captured.err
+    assert "left unchanged" in captured.err
+    assert captured.out == ""
+    assert database.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM event_journal").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"notes I keep in a text file\n", b"SQLite format 3\x00" + b"\x00" * 84],
+    ids=["empty", "text", "truncated-sqlite"],
+)
+def test_the_demo_refuses_any_other_file(
+    tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "notes.db"
+    database.write_bytes(content)
+    assert run_demo(database) == 2
+    assert "is not a journal written by `fluvial demo`" in capsys.readouterr().err
+    assert database.read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.db"]
+
+
+def test_the_demo_refuses_another_database_with_a_table_named_like_its_marker(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "app.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE fluvial_demo (note TEXT NOT NULL)")
+        conn.execute("INSERT INTO fluvial_demo VALUES ('my own data')")
+    conn.close()
+    before = database.read_bytes()
+    assert run_demo(database) == 2
+    assert database.read_bytes() == before
+
+
+def test_the_demo_refuses_a_log_left_without_its_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    orphan = tmp_path / "shop.db-wal"
+    orphan.write_bytes(b"a write-ahead log of some other database")
+    assert run_demo(tmp_path / "shop.db") == 2
+    assert "shop.db-wal exists without" in capsys.readouterr().err
+    assert orphan.read_bytes() == b"a write-ahead log of some other database"
+    assert not (tmp_path / "shop.db").exists()
+
+
+def test_the_demo_help_says_what_it_writes_and_what_it_refuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "shopping carts on an embedded SQLite journal" in text
+    assert "A journal left there by an earlier `fluvial demo` is replaced" in text
+    assert "Any other existing file at that path is refused and left unchanged" in text
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fluvial {importlib.metadata.version('fluvial')}"
+
+
+def test_version_works_from_the_command_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fluvial", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"fluvial {importlib.metadata.version('fluvial')}"
