@@ -8,6 +8,8 @@ from fluvial.core.behavior import SnapshotPolicy as SnapshotPolicy
 from fluvial.core.errors import DataError as DataError
 from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError
+from fluvial.core.ids import InvalidPersistenceId as InvalidPersistenceId
+from fluvial.core.ids import InvalidSliceRange as InvalidSliceRange
 from fluvial.core.ids import PersistenceId as PersistenceId
 from fluvial.core.ids import SliceRange as SliceRange
 from fluvial.core.ids import slice_for as slice_for

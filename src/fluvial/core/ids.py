@@ -36,7 +36,8 @@ class PersistenceId:
 
     The entity type may not contain ``|``; the entity id may (only the first ``|`` separates).
     Replicated entities (later) append ``|{replica_id}``; that form is parsed by the replication
-    module, not here.
+    module, not here. Both parts must be non-empty: the constructor raises
+    `InvalidPersistenceId` otherwise. `str()` gives the string form journals store.
     """
 
     entity_type: str
@@ -52,6 +53,11 @@ class PersistenceId:
 
     @classmethod
     def parse(cls, text: str) -> PersistenceId:
+        """The persistence id whose `str()` is `text`: split at the first ``|``.
+
+        `parse("ShoppingCart|cart|7")` is entity type ``ShoppingCart``, entity id ``cart|7``.
+        Raises `InvalidPersistenceId` if `text` has no ``|`` or either part is empty.
+        """
         entity_type, sep, entity_id = text.partition(_SEPARATOR)
         if not sep:
             raise InvalidPersistenceId(f"not a persistence id (no {_SEPARATOR!r}): {text!r}")
@@ -62,6 +68,7 @@ class PersistenceId:
 
     @property
     def slice(self) -> int:
+        """The entity's slice, `slice_for(str(self))` (see the module docstring)."""
         return slice_for(str(self))
 
 
@@ -97,6 +104,7 @@ class SliceRange:
 
     @classmethod
     def all(cls) -> SliceRange:
+        """Every slice, 0..1023: the range of a single consumer instance."""
         return cls(0, NUMBER_OF_SLICES - 1)
 
     def __contains__(self, slice_: object) -> bool:

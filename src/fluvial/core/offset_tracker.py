@@ -28,6 +28,8 @@ from fluvial.core.records import EventRecord
 
 
 class EnvelopeSource(enum.Enum):
+    """Which of the source's paths delivered an envelope (the verdicts depend on it)."""
+
     QUERY = "query"  # the timestamp-ordered events-by-slices query
     BACKTRACKING = "backtracking"  # a second query behind the first, for late commits
     LIVE = "live"  # published in-process right after commit
@@ -90,6 +92,7 @@ class OffsetChanges:
 
     @property
     def empty(self) -> bool:
+        """Whether there is nothing to persist."""
         return not self.entities and not self.slice_offsets
 
 
@@ -123,7 +126,6 @@ class OffsetTracker:
         self._dirty_entities: dict[str, EventRecord] = {}
         self._dirty_slices: set[int] = set()
 
-    # -- questions --------------------------------------------------------------------------
     def resume_offset(self) -> TimestampOffset:
         """Where the query resumes: the earliest of the range's slice offsets, so no slice
         misses an event (events of later slices seen again are duplicates by seq nr)."""
@@ -164,7 +166,6 @@ class OffsetTracker:
             return RejectedBacktracking(previous + 1)
         return RejectedSeqNr(previous + 1)
 
-    # -- reports ----------------------------------------------------------------------------
     def learn(self, persistence_id: str, stored: SeenEntity | None) -> None:
         """The store's answer to `NeedsStoredSeqNr` (None: never seen)."""
         if stored is not None:
@@ -195,6 +196,8 @@ class OffsetTracker:
         self._dirty_slices.add(record.slice)
 
     def take_changes(self) -> OffsetChanges:
+        """What `accept` and `passed` changed since the last call; the next call starts
+        afresh. The caller persists these with the handler's writes."""
         changes = OffsetChanges(
             tuple(
                 SeenEntity(r.persistence_id, r.seq_nr, r.timestamp, r.slice)
@@ -208,6 +211,7 @@ class OffsetTracker:
 
     @property
     def entities_in_memory(self) -> int:
+        """How many entities' seq nrs are held in memory now (bounded by `window`)."""
         return len(self._entities)
 
     def _evict(self) -> None:

@@ -16,6 +16,13 @@ from fluvial.core.records import EventRecord
 
 @attrs.frozen
 class TimestampOffset:
+    """A position in the timestamp order: after every event before `timestamp`, and after the
+    events at `timestamp` whose seq nr is at most `seen[persistence_id]`.
+
+    `timestamp` is in microseconds since the epoch, as journals assign it; 0 is before every
+    event (`start()`). A frozen value: `advanced_to` returns a new offset.
+    """
+
     timestamp: int
     seen: Mapping[str, int] = attrs.field(factory=dict)
 

@@ -54,7 +54,12 @@ class SnapshotRecord(msgspec.Struct, frozen=True, gc=False):
 
 
 class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
-    """A decoded event with its place in the journal, as handlers receive it."""
+    """A decoded event with its place in the journal, as handlers receive it.
+
+    `persistence_id` is `"{entity_type}|{entity_id}"` (see `PersistenceId`); `entity_id` gives
+    the entity's own id without parsing. `timestamp` is the journal's commit time in
+    microseconds since the epoch; `slice` is `slice_for(persistence_id)`.
+    """
 
     persistence_id: str
     seq_nr: int
@@ -63,6 +68,13 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
     timestamp: int
     event: E_co
     tags: frozenset[str] = frozenset()
+
+    @property
+    def entity_id(self) -> str:
+        """The entity's id: what follows the first ``|`` of the persistence id, as
+        `PersistenceId.parse(persistence_id).entity_id` gives it (computed on each access,
+        without building a `PersistenceId`)."""
+        return self.persistence_id.partition("|")[2]
 
 
 class InvalidAppend(UsageError):

@@ -25,7 +25,7 @@ def create_tables(conn: sqlite3.Connection) -> None:
 
 
 def handle_cart_event(conn: sqlite3.Connection, envelope: EventEnvelope[CartEvent]) -> None:
-    cart_id = envelope.persistence_id.partition("|")[2]
+    cart_id = envelope.entity_id
     match envelope.event:
         case ItemUpdated(item_id, quantity):
             conn.execute(

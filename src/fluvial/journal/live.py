@@ -65,6 +65,8 @@ class LivePublisher:
         self._subscriptions: list[LiveSubscription] = []
 
     def publish(self, records: Sequence[EventRecord]) -> None:
+        """Offer committed `records` to every subscription; never blocks (a full
+        subscription drops them and counts them in `dropped`)."""
         for subscription in self._subscriptions:
             subscription._offer(records)
 
@@ -72,6 +74,8 @@ class LivePublisher:
     def subscribe(
         self, entity_type: str, slices: SliceRange, *, capacity: int = 10_000
     ) -> Iterator[LiveSubscription]:
+        """Receive the events of `entity_type` in `slices` published while the context is
+        open, buffering at most `capacity` not yet received."""
         subscription = LiveSubscription(entity_type, slices, capacity)
         self._subscriptions.append(subscription)
         try:

@@ -1,0 +1,194 @@
+"""Every public name of `fluvial` and `fluvial.testing` is documented, and pydoc shows no
+section-divider comment as its documentation.
+
+pydoc (and `help()`) shows the comment block right above a def or class when it has no
+docstring, and beside one when it has: a `# -- constructors -----` line there reads as the
+documentation of the first constructor. So dividers must not sit right above public objects.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import fluvial
+import fluvial.testing
+
+PUBLIC_MODULES = (fluvial, fluvial.testing)
+
+# A comment line made of a rule: `# ----`, `# -- name ---`, `# ====`, `#####`, `# ****`.
+_DIVIDER = re.compile(r"^\s*#+\s*(?:[-=#*~_]{2,}|.*[-=#*~_]{4,}\s*$)")
+
+# Names in files that other engineers of issue 8 edit at the same time: they get their
+# docstrings there. Each entry is a public name still missing one today; the lead empties these
+# lists after merging (test_the_allow_lists_hold_only_names_still_needing_them says which).
+UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
+    {
+        # core/behavior.py
+        "fluvial.Effect.none",
+        "fluvial.Effect.then_stop",
+        "fluvial.SnapshotPolicy.enabled",
+        # core/serialization.py
+        "fluvial.SerializerRegistry.encode",
+        "fluvial.SerializerRegistry.manifest_of",
+        # entity/runtime.py
+        "fluvial.Entities.live_count",
+        # journal/api.py
+        "fluvial.SnapshotStore",
+        # journal/sqlite_journal.py
+        "fluvial.SqliteJournal.append",
+        "fluvial.SqliteJournal.append_count",
+        "fluvial.SqliteJournal.append_soon",
+        "fluvial.SqliteJournal.highest_seq_nr",
+        "fluvial.SqliteJournal.load_snapshot",
+        "fluvial.SqliteJournal.read_events",
+        "fluvial.SqliteJournal.read_events_by_slices",
+        "fluvial.SqliteJournal.save_snapshot",
+        "fluvial.SqliteJournal.wait_for_new_events",
+        # journal/sqlite_offset_store.py
+        "fluvial.SqliteOffsetStore.load_entity",
+        "fluvial.SqliteOffsetStore.save",
+        # projection/handlers.py
+        "fluvial.AtLeastOnce",
+        "fluvial.ExactlyOnce",
+        "fluvial.GroupedAtLeastOnce",
+        "fluvial.GroupedExactlyOnce",
+        "fluvial.RecoveryStrategy.fail",
+        "fluvial.RecoveryStrategy.retry_and_fail",
+        "fluvial.RecoveryStrategy.retry_and_skip",
+        # testing/behavior_testkit.py
+        "fluvial.testing.BehaviorTestKit.persisted_events",
+        "fluvial.testing.BehaviorTestKit.state",
+        # testing/memory_journal.py
+        "fluvial.testing.MemoryJournal.append",
+        "fluvial.testing.MemoryJournal.append_count",
+        "fluvial.testing.MemoryJournal.highest_seq_nr",
+        "fluvial.testing.MemoryJournal.load_snapshot",
+        "fluvial.testing.MemoryJournal.read_events",
+        "fluvial.testing.MemoryJournal.read_events_by_slices",
+        "fluvial.testing.MemoryJournal.save_snapshot",
+        "fluvial.testing.MemoryJournal.wait_for_new_events",
+    }
+)
+# Public objects with a section divider right above them, in those files.
+DIVIDER_ABOVE_ELSEWHERE: frozenset[str] = frozenset(
+    {
+        "fluvial.Effect.persist",  # core/behavior.py
+        "fluvial.Effect.then_reply",  # core/behavior.py
+        "fluvial.SqliteJournal.append",  # journal/sqlite_journal.py
+        "fluvial.SqliteJournal.save_snapshot",  # journal/sqlite_journal.py
+        "fluvial.SqliteOffsetStore.offsets",  # journal/sqlite_offset_store.py
+    }
+)
+
+
+def _public_objects() -> Iterator[tuple[str, Any]]:
+    """(qualified name, object) of each public class and function, and of their methods and
+    properties (those defined by fluvial's classes, inherited ones included)."""
+    for module in PUBLIC_MODULES:
+        for name in sorted(vars(module)):
+            value = getattr(module, name)
+            if name.startswith("_") or isinstance(value, types.ModuleType):
+                continue
+            if not (inspect.isclass(value) or callable(value)):
+                continue
+            qualified = f"{module.__name__}.{name}"
+            yield qualified, value
+            if inspect.isclass(value):
+                yield from _public_members(qualified, value)
+
+
+def _public_members(qualified: str, cls: type) -> Iterator[tuple[str, Any]]:
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("fluvial."):
+            continue
+        for name, member in vars(klass).items():
+            if name.startswith("_") or name in seen:
+                continue
+            function = _function_of(member)
+            if function is not None:
+                seen.add(name)
+                yield f"{qualified}.{name}", function
+
+
+def _function_of(member: object) -> Any:
+    """The function behind a method, static/class method or property; None for data."""
+    if isinstance(member, staticmethod | classmethod):
+        return member.__func__
+    if isinstance(member, property):
+        return member.fget
+    if inspect.isfunction(member):
+        return member
+    return None
+
+
+def _has_own_docstring(value: Any) -> bool:
+    # A class's own docstring: getdoc would inherit its base's, and a class must say what it
+    # is itself.
+    doc = vars(value).get("__doc__") if inspect.isclass(value) else value.__doc__
+    return bool(doc and doc.strip())
+
+
+def _divider_above(value: Any) -> str | None:
+    try:
+        comments = inspect.getcomments(inspect.unwrap(value))
+    except (OSError, TypeError):
+        return None  # no Python source (a builtin): pydoc shows no comment either
+    if comments is None:
+        return None
+    for line in comments.splitlines():
+        if _DIVIDER.match(line):
+            return line.strip()
+    return None
+
+
+PUBLIC = list(_public_objects())
+
+
+def test_the_walk_finds_the_public_api() -> None:
+    names = {name for name, _ in PUBLIC}
+    assert {
+        "fluvial.open_entities",
+        "fluvial.EventEnvelope.entity_id",
+        "fluvial.PersistenceId.parse",
+        "fluvial.Effect.persist",
+        "fluvial.SqliteOffsetStore.reset",
+        "fluvial.testing.BehaviorTestKit",
+    } <= names
+    assert not any(name.startswith("fluvial.core") for name in names)  # modules are skipped
+
+
+def test_every_public_class_function_and_method_has_a_docstring() -> None:
+    missing = sorted(
+        name
+        for name, value in PUBLIC
+        if not _has_own_docstring(value) and name not in UNDOCUMENTED_ELSEWHERE
+    )
+    assert missing == []
+
+
+def test_the_allow_lists_hold_only_names_still_needing_them() -> None:
+    undocumented = {name for name, value in PUBLIC if not _has_own_docstring(value)}
+    with_divider = {name for name, value in PUBLIC if _divider_above(value) is not None}
+    assert sorted(UNDOCUMENTED_ELSEWHERE - undocumented) == []
+    assert sorted(DIVIDER_ABOVE_ELSEWHERE - with_divider) == []
+
+
+def test_no_section_divider_is_shown_as_documentation() -> None:
+    shown = sorted(
+        f"{name}: {divider}"
+        for name, value in PUBLIC
+        if (divider := _divider_above(value)) is not None and name not in DIVIDER_ABOVE_ELSEWHERE
+    )
+    assert shown == []
+
+
+def test_the_divider_check_recognizes_dividers() -> None:
+    for divider in ("# -- constructors ----", "# --------", "# ==== x ====", "########"):
+        assert _DIVIDER.match(divider), divider
+    for comment in ("# Why: the writer owns the connection.", "# a - b", "# see --db"):
+        assert not _DIVIDER.match(comment), comment
