@@ -1,5 +1,5 @@
-"""Every public name of `fluvial` and `fluvial.testing` is documented, and pydoc shows no
-section-divider comment as its documentation.
+"""Every public name of `fluvial` and `fluvial.testing` is documented, pydoc shows no
+section-divider comment as its documentation, and docs/errors.md lists every error.
 
 pydoc (and `help()`) shows the comment block right above a def or class when it has no
 docstring, and beside one when it has: a `# -- constructors -----` line there reads as the
@@ -8,16 +8,21 @@ documentation of the first constructor. So dividers must not sit right above pub
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 import re
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fluvial
 import fluvial.testing
+from fluvial.core.errors import FluvialError
 
 PUBLIC_MODULES = (fluvial, fluvial.testing)
+ERRORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 
 # A comment line made of a rule: `# ----`, `# -- name ---`, `# ====`, `#####`, `# ****`.
 _DIVIDER = re.compile(r"^\s*#+\s*(?:[-=#*~_]{2,}|.*[-=#*~_]{4,}\s*$)")
@@ -192,3 +197,52 @@ def test_the_divider_check_recognizes_dividers() -> None:
         assert _DIVIDER.match(divider), divider
     for comment in ("# Why: the writer owns the connection.", "# a - b", "# see --db"):
         assert not _DIVIDER.match(comment), comment
+
+
+def _error_classes() -> dict[str, type[BaseException]]:
+    """Every public exception class fluvial defines: the `FluvialError` subclasses of all its
+    modules (imported here, so that an error of a module `fluvial` does not import yet counts
+    too), and every exception class `fluvial` or `fluvial.testing` exports."""
+    for info in pkgutil.walk_packages(fluvial.__path__, "fluvial."):
+        if info.name != "fluvial.__main__":  # it runs the command
+            importlib.import_module(info.name)
+    found: list[type[BaseException]] = [FluvialError]
+    pending: list[type[BaseException]] = [FluvialError]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            found.append(subclass)
+            pending.append(subclass)
+    for module in PUBLIC_MODULES:
+        found += [
+            v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseException)
+        ]
+    return {
+        cls.__name__: cls
+        for cls in found
+        if cls.__module__.startswith("fluvial.") and not cls.__name__.startswith("_")
+    }
+
+
+def _documented_errors() -> dict[str, str]:
+    """error name -> base name, from the rows of the table under "## The errors"."""
+    text = ERRORS_DOC.read_text()
+    section = text.split("\n## The errors\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(\w+)` \| `(\w+)` \|", section, re.M))
+
+
+def test_every_error_fluvial_defines_has_a_row_in_docs_errors_md() -> None:
+    documented = _documented_errors()
+    errors = _error_classes()
+    assert {"FluvialError", "JournalConflict", "CommandRejected", "DemoFileRefused"} <= set(errors)
+    missing = sorted(name for name in errors if name not in documented)
+    assert missing == [], "add a row for each to docs/errors.md"
+    wrong_base = sorted(
+        f"{name}: documented {documented[name]}, is {cls.__bases__[0].__name__}"
+        for name, cls in errors.items()
+        if documented[name] != cls.__bases__[0].__name__
+    )
+    assert wrong_base == []
+
+
+def test_docs_errors_md_lists_only_errors_that_exist() -> None:
+    assert sorted(set(_documented_errors()) - set(_error_classes())) == []
