@@ -16,9 +16,10 @@ Run shopping carts on an embedded SQLite journal: typed commands and replies, a 
 cart refusing changes, many carts at once (group commit), an exactly-once projection that
 catches up and then follows, and carts recovered from snapshots after a restart.
 
-The demo writes one new journal file at --db (SQLite adds FILE-wal and FILE-shm beside it).
-A journal left there by an earlier `fluvial demo` is replaced. Any other existing file at
-that path is refused and left unchanged (exit status 2): the demo deletes only its own files.
+The demo writes one new journal file, --db FILE (SQLite keeps FILE-wal and FILE-shm beside
+it while it runs). A journal left there by an earlier `fluvial demo` is replaced. Any other
+existing file at that path is refused and left unchanged (exit status 2): the demo deletes
+only its own files.
 """
 
 
