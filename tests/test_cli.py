@@ -158,3 +158,34 @@ def test_version_works_from_the_command_line() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"fluvial {importlib.metadata.version('fluvial')}"
+
+
+KILLED_DEMO = """
+import os, sys, trio
+from pathlib import Path
+from fluvial.examples.demo import _prepare_journal
+from fluvial.journal.sqlite_journal import open_sqlite_journal
+
+async def main() -> None:
+    async with open_sqlite_journal(Path(sys.argv[1])) as journal:
+        await journal.database.write(_prepare_journal)
+        os._exit(0)  # killed: the marker is only in the write-ahead log
+
+trio.run(main)
+"""
+
+
+def test_a_killed_demo_is_recognized_by_its_log_and_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "demo.db"
+    subprocess.run(
+        [sys.executable, "-c", KILLED_DEMO, str(database)],
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert (tmp_path / "demo.db-wal").stat().st_size > 0
+    assert is_demo_journal(database)
+    assert run_demo(database) == 0
+    assert "caught up (backlog 0)" in capsys.readouterr().out
