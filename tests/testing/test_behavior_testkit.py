@@ -154,22 +154,25 @@ class Notes:
     texts: tuple[str, ...] = ()
 
 
-def notes_command(state: Notes, command: NotesCommand) -> Effect[Noted, Notes]:
+NotesEffect = Effect[Noted, Notes]
+
+
+def notes_command(state: Notes, command: NotesCommand) -> NotesEffect:
     match command:
         case Note(texts):
-            return Effect.persist_all(Noted(t) for t in texts).then_reply(
+            return NotesEffect.persist_all(Noted(t) for t in texts).then_reply(
                 command, lambda s: s.texts
             )
         case Crash():
             raise RuntimeError("bug in the command handler")
         case Ignore():
-            return Effect.unhandled()
+            return NotesEffect.unhandled()
         case Forget():
-            return Effect.persist(Noted("forgotten"))
+            return NotesEffect.persist(Noted("forgotten"))
         case BadReply():
-            return Effect.persist(Noted("bad")).then_reply(command, lambda s: 1 // 0)
+            return NotesEffect.persist(Noted("bad")).then_reply(command, lambda s: 1 // 0)
         case Halt():
-            return Effect.stop().then_reply(command, lambda s: "halted")
+            return NotesEffect.stop().then_reply(command, lambda s: "halted")
         case _:
             assert_never(command)
 
