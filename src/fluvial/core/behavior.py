@@ -13,6 +13,7 @@ accepts only a command of its entity (a `CommandOf[C, ReplyT]`) and returns its 
 from __future__ import annotations
 
 import enum
+import types
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Never, Protocol, Self, TypeVar
 
@@ -113,6 +114,12 @@ class Effect(msgspec.Struct, Generic[E_co, S_co], frozen=True):
     events: tuple[E_co, ...] = ()
     reply_action: ReplyAction | None = None
     stop_after: bool = False
+
+    def __class_getitem__(cls, parameters: object) -> types.GenericAlias:
+        # `CartEffect.persist` runs for every command: typing's alias finds `persist` through a
+        # Python-level __getattr__ (~0.6 us), the builtin alias in C (~0.07 us). Static types
+        # are unchanged (mypy reads the Generic base).
+        return types.GenericAlias(cls, parameters)
 
     @classmethod
     def persist(cls: type[Effect[E, S]], *events: E) -> Effect[E, S]:

@@ -124,16 +124,16 @@ def handle_command(state: CartState, command: CartCommand) -> CartEffect:
             return CartEffect.reject(command, CartClosed(f"cart is checked out: {command!r}"))
         case AddItem(item_id, quantity):
             return CartEffect.persist(ItemUpdated(item_id, quantity)).then_reply(
-                command, lambda cart: cart.summary()
+                command, CartState.summary
             )
         case RemoveItem(item_id, quantity):
             return CartEffect.persist(ItemUpdated(item_id, -quantity)).then_reply(
-                command, lambda cart: cart.summary()
+                command, CartState.summary
             )
         case Checkout():
             if not state.items:
                 return CartEffect.reject(command, EmptyCart("cannot check out an empty cart"))
-            return CartEffect.persist(CheckedOut()).then_reply(command, lambda cart: cart.summary())
+            return CartEffect.persist(CheckedOut()).then_reply(command, CartState.summary)
         case _:
             assert_never(command)
 
