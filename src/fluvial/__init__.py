@@ -1,6 +1,7 @@
 """fluvial: typed, trio-native event sourcing with an embedded SQLite journal."""
 
 from fluvial.core.behavior import Command as Command
+from fluvial.core.behavior import CommandOf as CommandOf
 from fluvial.core.behavior import CommandRejected as CommandRejected
 from fluvial.core.behavior import Effect as Effect
 from fluvial.core.behavior import EventSourcedBehavior as EventSourcedBehavior

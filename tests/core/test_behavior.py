@@ -1,17 +1,22 @@
-"""The pure behavior API: effects are values, snapshot policies, the fold of events."""
+"""The pure behavior API: effects are values, snapshot policies, the fold of events, and
+command types that match the command handler."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluvial.core.behavior import Effect, EffectKind, SnapshotPolicy
+from fluvial.core.behavior import Command, Effect, EffectKind, EventSourcedBehavior, SnapshotPolicy
 from fluvial.core.errors import UsageError
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,
+    CartCommand,
+    CartEffect,
     CartEvent,
     CartState,
     CheckedOut,
@@ -30,7 +35,6 @@ APPLE = ItemUpdated("apple", 2)
 CLOSED = CartState({"apple": 2}, checked_out=True)
 
 
-# -- effects are plain values -------------------------------------------------------------------
 def test_equal_effects_compare_equal() -> None:
     assert Effect.persist(APPLE, CheckedOut()) == Effect.persist(APPLE, CheckedOut())
     assert Effect.persist(APPLE) != Effect.persist(ItemUpdated("apple", 3))
@@ -95,7 +99,6 @@ def test_reply_and_reject_persist_nothing_and_carry_the_answer() -> None:
     assert reject.reply_action.compute is None
 
 
-# -- the cart's handlers, asserted as values ----------------------------------------------------
 def test_add_and_remove_become_signed_item_updates() -> None:
     add = handle_command(CartState(), AddItem("apple", 2))
     assert add.events == (ItemUpdated("apple", 2),)
@@ -145,7 +148,6 @@ def test_apply_events_is_the_fold_of_the_event_handler() -> None:
     assert ShoppingCart.apply_events(state, []) is state
 
 
-# -- snapshot policy ----------------------------------------------------------------------------
 def test_every_n_triggers_when_a_persist_reaches_a_multiple() -> None:
     policy = SnapshotPolicy[CartEvent](every=3)
     assert policy.enabled
@@ -207,3 +209,109 @@ def test_the_cart_snapshots_at_checkout_and_every_100() -> None:
     assert policy.should_snapshot(100, [APPLE])
     assert not policy.should_snapshot(101, [APPLE] * 99)
     assert attrs.evolve(policy, when=None).should_snapshot(3, [CheckedOut()]) is False
+
+
+def test_effects_of_the_bound_alias_are_the_same_values() -> None:
+    command = AddItem("apple", 2)
+    assert CartEffect.persist(APPLE) == Effect.persist(APPLE)
+    assert CartEffect.persist_all([APPLE]) == Effect.persist_all([APPLE])
+    assert CartEffect.none() == Effect.none()
+    assert CartEffect.unhandled() == Effect.unhandled()
+    assert CartEffect.stop() == Effect.stop()
+    error = CartClosed("closed")
+    assert CartEffect.reject(command, error) == Effect.reject(command, error)
+    reply = CartEffect.reply(command, Summary({}, False))
+    assert reply.reply_action is not None
+    assert reply.reply_action.compute is not None
+    assert reply.reply_action.compute(CartState()) == Summary({}, False)
+
+
+def test_command_types_are_read_from_the_handler_annotation() -> None:
+    assert ShoppingCart.command_types == (AddItem, RemoveItem, Checkout, Get)
+    single = EventSourcedBehavior[Get, CartEvent, CartState](
+        entity_type="Reader",
+        empty_state=CartState(),
+        command_handler=_get_only,
+        event_handler=apply_event,
+    )
+    assert single.command_types == (Get,)
+
+
+def _get_only(state: CartState, command: Get) -> CartEffect:
+    return CartEffect.reply(command, state.summary())
+
+
+def test_command_types_that_match_the_annotation_are_accepted_in_any_order() -> None:
+    behavior = attrs.evolve(ShoppingCart, command_types=(Get, Checkout, RemoveItem, AddItem))
+    assert behavior.command_types == (Get, Checkout, RemoveItem, AddItem)
+
+
+def test_a_command_of_the_union_missing_from_command_types_is_refused_at_construction() -> None:
+    with pytest.raises(UsageError, match=r"the annotation has Get, command_types do not"):
+        attrs.evolve(ShoppingCart, command_types=(AddItem, RemoveItem, Checkout))
+
+
+def test_a_command_type_outside_the_union_is_refused_at_construction() -> None:
+    with pytest.raises(UsageError, match=r"command_types have Other, the annotation does not"):
+        attrs.evolve(
+            ShoppingCart,
+            command_types=(AddItem, RemoveItem, Checkout, Get, Other),  # type: ignore[arg-type]
+        )
+
+
+@attrs.frozen
+class Other(Command[None]):
+    pass
+
+
+def test_a_handler_without_readable_annotations_needs_command_types() -> None:
+    def handler(state: CartState, command: Any) -> CartEffect:
+        return handle_command(state, command)
+
+    for unreadable in [lambda state, command: handle_command(state, command), handler]:
+        with pytest.raises(UsageError, match="pass command_types"):
+            EventSourcedBehavior[CartCommand, CartEvent, CartState](
+                entity_type="Cart",
+                empty_state=CartState(),
+                command_handler=unreadable,
+                event_handler=apply_event,
+            )
+        given_types = EventSourcedBehavior[CartCommand, CartEvent, CartState](
+            entity_type="Cart",
+            empty_state=CartState(),
+            command_handler=unreadable,
+            event_handler=apply_event,
+            command_types=(AddItem, Get),  # cannot be compared with anything: taken as given
+        )
+        assert given_types.command_types == (AddItem, Get)
+
+
+def test_an_annotation_naming_a_local_class_is_taken_as_unreadable() -> None:
+    @attrs.frozen
+    class Local(Command[None]):
+        pass
+
+    def handler(state: CartState, command: Local) -> CartEffect:
+        return CartEffect.reply(command, None)
+
+    with pytest.raises(UsageError, match="pass command_types"):
+        EventSourcedBehavior[Local, CartEvent, CartState](
+            entity_type="Local",
+            empty_state=CartState(),
+            command_handler=handler,
+            event_handler=apply_event,
+        )
+    behavior = EventSourcedBehavior[Local, CartEvent, CartState](
+        entity_type="Local",
+        empty_state=CartState(),
+        command_handler=handler,
+        event_handler=apply_event,
+        command_types=(Local,),
+    )
+    assert behavior.command_types == (Local,)
+
+
+@pytest.mark.parametrize("bad", [(), [AddItem, RemoveItem, Checkout, Get], (AddItem, "Get")])
+def test_command_types_must_be_a_non_empty_tuple_of_classes(bad: Any) -> None:
+    with pytest.raises(UsageError, match="non-empty tuple of classes"):
+        attrs.evolve(ShoppingCart, command_types=bad)

@@ -62,7 +62,6 @@ class CartMachine(RuleBasedStateMachine):
     def empty_cart_is_a_snapshot_at_zero(self) -> None:
         self.recoveries.append(Recovery(0, CartState()))
 
-    # -- rules ------------------------------------------------------------------------------
     @rule(item=items, quantity=quantities)
     def add(self, item: str, quantity: int) -> None:
         result = self.step(AddItem(item, quantity))
@@ -110,7 +109,6 @@ class CartMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         assert self.kit.restart() == self.kit.state
 
-    # -- invariants -------------------------------------------------------------------------
     @invariant()
     def state_matches_the_model(self) -> None:
         assert self.kit.state == CartState(self.model, self.closed)
@@ -126,7 +124,6 @@ class CartMachine(RuleBasedStateMachine):
             assert recovery.seq_nr <= self.kit.seq_nr == len(self.journal)
             assert recovery.state == self.kit.state, f"from the snapshot at {recovery.seq_nr}"
 
-    # -- helpers ----------------------------------------------------------------------------
     def step(self, command: CartCommand) -> CommandResult[CartEvent, CartState, Summary]:
         before, seq_nr = self.kit.state, self.kit.seq_nr
         result = self.kit.run_command(command)
@@ -154,7 +151,6 @@ TestCartMachine = CartMachine.TestCase
 TestCartMachine.settings = settings(max_examples=100, stateful_step_count=40)
 
 
-# -- a command that is refused or fails changes nothing -----------------------------------------
 def _poisoned(state: CartState, event: CartEvent) -> CartState:
     if isinstance(event, ItemUpdated) and event.item_id == "poison":
         raise ValueError("the event handler cannot apply poison")

@@ -26,7 +26,7 @@ import outcome
 import trio
 
 from fluvial.core.behavior import (
-    Command,
+    CommandOf,
     EffectKind,
     EventSourcedBehavior,
     ReplyAction,
@@ -68,7 +68,7 @@ class EntityRef(Generic[C]):
         self.behavior = behavior
         self.persistence_id = PersistenceId(behavior.entity_type, entity_id)
 
-    async def ask(self, command: Command[R]) -> R:
+    async def ask(self, command: CommandOf[C, R]) -> R:
         """Send `command` and wait for its reply.
 
         Raises the handler's `CommandRejected` error, `CommandTypeError`, `UnhandledCommand`,

@@ -45,10 +45,10 @@ def _v1_journal_and_snapshots(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (persistence_id, seq_nr)
         ) WITHOUT ROWID"""
     )
-    db["event_journal"].create_index(  # type: ignore[union-attr]
+    db.table("event_journal").create_index(
         ["entity_type", "db_timestamp"], index_name="event_journal_by_time"
     )
-    db["snapshot"].create(  # type: ignore[union-attr]
+    db.table("snapshot").create(
         {
             "persistence_id": str,
             "seq_nr": int,
@@ -64,13 +64,13 @@ def _v1_journal_and_snapshots(db: sqlite_utils.Database) -> None:
     )
 
     # The last timestamp handed out by any writer of this file (until v4: see there).
-    db["journal_clock"].insert({"id": 0, "last_timestamp": 0}, pk="id")  # type: ignore[union-attr]
+    db.table("journal_clock").insert({"id": 0, "last_timestamp": 0}, pk="id")
 
 
 def _v2_projection_offsets(db: sqlite_utils.Database) -> None:
     # Keyed by slice, not by slice range, so that instances with other ranges (after a
     # rescale) resume from exactly what their slices had reached.
-    db["projection_offset"].create(  # type: ignore[union-attr]
+    db.table("projection_offset").create(
         {"projection_name": str, "slice": int, "timestamp": int, "seen": str},
         pk=("projection_name", "slice"),
         not_null={"projection_name", "slice", "timestamp", "seen"},
@@ -120,10 +120,10 @@ def _v3_journal_in_commit_order(db: sqlite_utils.Database) -> None:
     )
     db.execute("DROP TABLE event_journal")
     db.execute("ALTER TABLE event_journal_v3 RENAME TO event_journal")
-    db["event_journal"].create_index(  # type: ignore[union-attr]
+    db.table("event_journal").create_index(
         ["persistence_id", "seq_nr"], index_name="event_journal_by_entity", unique=True
     )
-    db["event_journal"].create_index(  # type: ignore[union-attr]
+    db.table("event_journal").create_index(
         ["entity_type", "db_timestamp"], index_name="event_journal_by_time"
     )
 

@@ -12,7 +12,13 @@ from typing import Any, Generic, TypeVar, cast
 
 import attrs
 
-from fluvial.core.behavior import Command, EffectKind, EventSourcedBehavior, ReplyAction
+from fluvial.core.behavior import (
+    Command,
+    CommandOf,
+    EffectKind,
+    EventSourcedBehavior,
+    ReplyAction,
+)
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
 from fluvial.entity.errors import CommandFailed, CommandTypeError, MissingReply, UnhandledCommand
 
@@ -75,40 +81,46 @@ class BehaviorTestKit(Generic[C, E, S]):
     def persisted_events(self) -> tuple[E, ...]:
         return tuple(self._events)
 
-    def run_command(self, command: Command[R]) -> CommandResult[E, S, R]:
+    def run_command(self, command: CommandOf[C, R]) -> CommandResult[E, S, R]:
         """Handle `command`; persist its events and fold them into the state unless it fails.
 
-        Raises CommandTypeError for a command of another entity type, as `ask` does; every
-        other outcome is in the result. A handler (or serializer) that raises leaves the state
-        and the events as they were, and the error is a `CommandFailed` whose cause it is.
+        Typed as `EntityRef.ask` is: mypy rejects a command of another entity, and the result's
+        reply has the command's reply type. At run time such a command (from untyped code)
+        raises CommandTypeError, as `ask` does; every other outcome is in the result. A handler
+        (or serializer) that raises leaves the state and the events as they were, and the error
+        is a `CommandFailed` whose cause it is.
         """
         behavior = self.behavior
         if not isinstance(command, behavior.command_types):
             raise CommandTypeError(
                 f"{type(command).__name__} is not a command of entity type {behavior.entity_type!r}"
             )
+        # A `CommandOf[C, R]` that passed the check is a `C` and a `Command[R]` (types have no
+        # intersection to say both at once).
+        asked = cast(Command[R], command)
         before = self._state
         try:
-            effect = behavior.command_handler(before, cast(C, command))
+            effect = behavior.command_handler(before, cast(C, asked))
             after = behavior.apply_events(before, effect.events)
             for event in effect.events:
                 behavior.tagger(event)
             registry = self._registry
             payloads = [registry.encode(e) for e in effect.events] if registry else []
         except Exception as exc:
-            failure = CommandFailed(self.persistence_id, command, persisted=False)
+            failure = CommandFailed(self.persistence_id, asked, persisted=False)
             failure.__cause__ = exc
-            return CommandResult(command, (), before, error=failure)
+            return CommandResult(asked, (), before, error=failure)
         if effect.kind is EffectKind.UNHANDLED:
             unhandled = UnhandledCommand(
-                f"{self.persistence_id}: {type(command).__name__} is not handled in this state"
+                f"{self.persistence_id}: {type(asked).__name__} is not handled in this state"
             )
-            return CommandResult(command, (), before, error=unhandled)
+            return CommandResult(asked, (), before, error=unhandled)
         self._events.extend(effect.events)
         self._payloads.extend(payloads)
         self._state = after
-        reply, error = self._answer(command, effect.reply_action, after, bool(effect.events))
-        return CommandResult(command, effect.events, after, reply, error, effect.stop_after)
+        answered = self._answer(asked, effect.reply_action, after, bool(effect.events))
+        reply, error = answered
+        return CommandResult(asked, effect.events, after, reply, error, effect.stop_after)
 
     def restart(self) -> S:
         """Recover the state from the persisted events and return it.
