@@ -32,10 +32,6 @@ _DIVIDER = re.compile(r"^\s*#+\s*(?:[-=#*~_]{2,}|.*[-=#*~_]{4,}\s*$)")
 # lists after merging (test_the_allow_lists_hold_only_names_still_needing_them says which).
 UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
     {
-        # core/behavior.py
-        "fluvial.Effect.none",
-        "fluvial.Effect.then_stop",
-        "fluvial.SnapshotPolicy.enabled",
         # core/serialization.py
         "fluvial.SerializerRegistry.encode",
         "fluvial.SerializerRegistry.manifest_of",
@@ -81,8 +77,6 @@ UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
 # Public objects with a section divider right above them, in those files.
 DIVIDER_ABOVE_ELSEWHERE: frozenset[str] = frozenset(
     {
-        "fluvial.Effect.persist",  # core/behavior.py
-        "fluvial.Effect.then_reply",  # core/behavior.py
         "fluvial.SqliteJournal.append",  # journal/sqlite_journal.py
         "fluvial.SqliteJournal.save_snapshot",  # journal/sqlite_journal.py
         "fluvial.SqliteOffsetStore.offsets",  # journal/sqlite_offset_store.py
@@ -160,7 +154,6 @@ def test_the_walk_finds_the_public_api() -> None:
         "fluvial.open_entities",
         "fluvial.EventEnvelope.entity_id",
         "fluvial.PersistenceId.parse",
-        "fluvial.Effect.persist",
         "fluvial.SqliteOffsetStore.reset",
         "fluvial.testing.BehaviorTestKit",
     } <= names
