@@ -9,6 +9,8 @@ from pathlib import Path
 
 import trio
 
+from fluvial.nursery_errors import unwrap_lone_error
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fluvial", description=__doc__)
@@ -26,5 +28,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from fluvial.examples.demo import run_demo
 
-        trio.run(run_demo, args.db, args.carts)
+        with unwrap_lone_error():  # Ctrl-C: a plain KeyboardInterrupt, out of the demo's nurseries
+            trio.run(run_demo, args.db, args.carts)
     return 0

@@ -780,20 +780,42 @@ async def test_a_caller_cancelled_after_sending_may_still_see_its_command_carrie
 
 
 @pytest.mark.parametrize(
-    ("mailbox_size", "passivate_after"), [(0, 1.0), (1, 0.0), (1, -1.0), (1, float("nan"))]
+    ("mailbox_size", "passivate_after"),
+    [
+        (0, 1.0),
+        (-1, 1.0),
+        (2.5, 1.0),
+        (True, 1.0),
+        ("8", 1.0),
+        (1, 0.0),
+        (1, -1.0),
+        (1, float("nan")),
+        (1, "60"),
+        (1, None),
+    ],
 )
-async def test_open_entities_refuses_a_nonpositive_mailbox_or_passivation_time(
-    mailbox_size: int, passivate_after: float
+def test_open_entities_refuses_bad_numbers_at_the_call(
+    mailbox_size: Any, passivate_after: Any
 ) -> None:
+    # At the call, not at `async with`, and not later inside an entity task.
     with pytest.raises(UsageError):
-        async with open_entities(
+        open_entities(
             MemoryJournal(),
             REGISTRY,
             [Notebook],
             mailbox_size=mailbox_size,
             passivate_after=passivate_after,
-        ):
-            pass
+        )
+
+
+def test_open_entities_refuses_two_behaviors_of_one_entity_type() -> None:
+    with pytest.raises(UsageError, match="'ShoppingCart'"):
+        open_entities(MemoryJournal(), REGISTRY, [ShoppingCart, Notebook, SnappyCart])
+
+
+def test_open_entities_refuses_what_is_not_a_behavior() -> None:
+    with pytest.raises(UsageError, match="not an EventSourcedBehavior"):
+        open_entities(MemoryJournal(), REGISTRY, [ShoppingCart, "Notebook"])  # type: ignore[list-item]
 
 
 # -- stopping -----------------------------------------------------------------------------------

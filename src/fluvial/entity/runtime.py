@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -46,6 +45,7 @@ from fluvial.entity.errors import (
 from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
 from fluvial.journal.api import AppendSoon, Journal, SnapshotStore
 from fluvial.journal.queries import events_by_persistence_id
+from fluvial.nursery_errors import open_service_nursery
 
 log = logging.getLogger("fluvial.entity")
 
@@ -69,12 +69,18 @@ class EntityRef(Generic[C]):
         self.persistence_id = PersistenceId(behavior.entity_type, entity_id)
 
     async def ask(self, command: Command[R]) -> R:
-        """Send `command` and wait for its reply.
+        """Send `command` to the entity and wait for its reply.
 
         Raises the handler's `CommandRejected` error, `CommandTypeError`, `UnhandledCommand`,
-        `MissingReply`, `CommandFailed`, or a journal error (the command was not persisted).
-        Waits while the entity's mailbox is full. If the caller is cancelled after sending, the
-        command may still be carried out.
+        `MissingReply`, `CommandFailed`, `EntityStopped`, or a journal error (the command was
+        not persisted). Waits while the entity's mailbox is full.
+
+        Cancellation: until the command is in the entity's mailbox (also while waiting for room
+        in it), a `Cancelled` from `ask` means nothing happened. Once it is in the mailbox, the
+        command is carried out to completion whatever happens to the caller: a caller cancelled
+        while waiting for the reply gets `Cancelled` instead of the reply, and the command's
+        events are persisted all the same. (Only closing the runtime drops a command that is
+        still waiting in the mailbox: `EntityStopped`.)
         """
         if not isinstance(command, self.behavior.command_types):
             raise CommandTypeError(
@@ -82,6 +88,9 @@ class EntityRef(Generic[C]):
                 f"{self.behavior.entity_type!r} (accepts "
                 f"{', '.join(t.__name__ for t in self.behavior.command_types)})"
             )
+        # Handing the command over below does not wait, so it would not see a cancellation
+        # already pending: look for one first, or a cancelled ask would still be carried out.
+        await trio.lowlevel.checkpoint_if_cancelled()
         ask = Ask(command)
         entities = self._entities
         live = entities._live.get(self.persistence_id)
@@ -206,6 +215,7 @@ class Entities:
         for ask in waiting:
             successor.mailbox.put_nowait(ask)
 
+    @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _passivate_idle(self, task_status: trio.TaskStatus[None]) -> None:
         """Retire entities idle for `passivate_after`; checks at a quarter of that period."""
         task_status.started()
@@ -216,7 +226,7 @@ class Entities:
                 if live.mailbox.idle and live.last_active <= horizon:
                     self._retire(live)
 
-    # -- the entity task --------------------------------------------------------------------
+    @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _run_entity(self, live: _LiveEntity) -> None:
         batch: list[Ask] = []
         try:
@@ -409,6 +419,7 @@ class Entities:
         else:
             live.mailbox.release()
 
+    @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _save_snapshot_then_resume(
         self, live: _LiveEntity, leftovers: list[Ask] | None
     ) -> None:
@@ -470,8 +481,7 @@ class Entities:
         self._closed = True
 
 
-@contextlib.asynccontextmanager
-async def open_entities(
+def open_entities(
     journal: Journal,
     serializers: SerializerRegistry,
     behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]],
@@ -479,18 +489,59 @@ async def open_entities(
     snapshots: SnapshotStore | None = None,
     mailbox_size: int = 64,
     passivate_after: float = 120.0,
-) -> AsyncIterator[Entities]:
+) -> contextlib.AbstractAsyncContextManager[Entities]:
     """Run entities of the given behaviors on `journal` while the context is open.
 
     `snapshots` defaults to no snapshots. `mailbox_size` bounds each entity's waiting commands
     (callers wait when it is full); an entity idle for `passivate_after` seconds leaves memory.
     On exit every entity task is cancelled; commands still waiting raise `EntityStopped`.
+
+    Raises `UsageError` at once, at this call, for a `mailbox_size` that is not an int >= 1, a
+    `passivate_after` that is not a positive number, or two behaviors of one entity type. An
+    exception that ends the block comes out as itself (not in an `ExceptionGroup`).
     """
-    if mailbox_size < 1:
-        raise UsageError(f"mailbox_size must be >= 1: {mailbox_size}")
-    if passivate_after <= 0 or math.isnan(passivate_after):
-        raise UsageError(f"passivate_after must be positive: {passivate_after}")
-    async with trio.open_nursery() as nursery:
+    if isinstance(mailbox_size, bool) or not isinstance(mailbox_size, int) or mailbox_size < 1:
+        raise UsageError(f"mailbox_size must be an int >= 1: {mailbox_size!r}")
+    if (
+        isinstance(passivate_after, bool)
+        or not isinstance(passivate_after, int | float)
+        or not passivate_after > 0  # NaN too
+    ):
+        raise UsageError(
+            f"passivate_after must be a positive number of seconds: {passivate_after!r}"
+        )
+    _check_behaviors(behaviors)
+    return _open_entities(journal, serializers, behaviors, snapshots, mailbox_size, passivate_after)
+
+
+def _check_behaviors(behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]]) -> None:
+    seen: set[str] = set()
+    for behavior in behaviors:
+        if not isinstance(behavior, EventSourcedBehavior):
+            raise UsageError(f"not an EventSourcedBehavior: {behavior!r}")
+        if behavior.entity_type in seen:
+            raise UsageError(
+                f"two behaviors for entity type {behavior.entity_type!r}: give each entity "
+                "type once"
+            )
+        seen.add(behavior.entity_type)
+
+
+@contextlib.asynccontextmanager
+@trio.lowlevel.enable_ki_protection
+async def _open_entities(
+    journal: Journal,
+    serializers: SerializerRegistry,
+    behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]],
+    snapshots: SnapshotStore | None,
+    mailbox_size: int,
+    passivate_after: float,
+) -> AsyncIterator[Entities]:
+    # Ctrl-C is delivered to the user's code, never inside the runtime's own tasks or its
+    # closing: there it would fail the commands of an entity midway and show up beside the
+    # user's own tasks' errors, as a second exception in a group. (KI protection costs
+    # nothing per call: trio looks it up by code object when the signal comes.)
+    async with open_service_nursery() as nursery:
         entities = Entities(
             nursery,
             journal,
