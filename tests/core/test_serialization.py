@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -12,10 +14,12 @@ from fluvial.core.errors import DataError, UsageError
 from fluvial.core.serialization import (
     DuplicateManifest,
     PayloadDecodeError,
+    PayloadEncodeError,
     SerializedPayload,
     SerializerRegistry,
     UnknownManifest,
     UnregisteredType,
+    UnsupportedType,
 )
 from fluvial.examples.shopping_cart import CartState, CheckedOut, ItemUpdated, register_cart
 
@@ -204,14 +208,27 @@ def test_one_manifest_for_two_classes_is_refused() -> None:
     with pytest.raises(DuplicateManifest) as raised:
         registry.register(ItemAdded, "cart.ItemUpdated")
     assert isinstance(raised.value, UsageError)
+    # It names both classes: the manifest's owner, and the one that was refused.
+    assert str(raised.value) == (
+        "manifest 'cart.ItemUpdated' already names ItemUpdated; cannot also register ItemAdded "
+        "under it: give each class its own manifest"
+    )
+    assert (raised.value.cls, raised.value.registered) == (ItemAdded, ItemUpdated)
     # The first registration still holds.
     assert decode(registry, registry.encode(ItemUpdated("a", 1))) == ItemUpdated("a", 1)
 
 
 def test_one_class_under_two_manifests_is_refused() -> None:
     registry = cart_registry()
-    with pytest.raises(DuplicateManifest):
+    with pytest.raises(DuplicateManifest) as raised:
         registry.register(ItemUpdated, "cart.ItemUpdated.v2")
+    assert str(raised.value) == (
+        "ItemUpdated is already registered under 'cart.ItemUpdated'; cannot also register it "
+        "under 'cart.ItemUpdated.v2': a class has one manifest"
+    )
+    assert raised.value.registered == "cart.ItemUpdated"
+    with pytest.raises(DuplicateManifest, match="ItemUpdated is already registered under"):
+        registry.register(ItemUpdated, "cart.ItemUpdated")
     with pytest.raises(UnknownManifest):
         decode(registry, SerializedPayload("cart.ItemUpdated.v2", 1, b"\x80"))
 
@@ -224,3 +241,86 @@ def test_an_unregistered_class_cannot_be_encoded() -> None:
     assert "ItemAdded" in str(raised.value)
     with pytest.raises(UnregisteredType):
         registry.manifest_of(ItemAdded)
+
+
+class Opaque:
+    """A plain class: msgspec would need hooks to encode it."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+
+@attrs.frozen
+class HoldsOpaque:
+    name: str
+    parts: list[dict[str, Opaque]]
+
+
+@attrs.frozen
+class HoldsCallback:
+    callback: Callable[[int], int]
+
+
+@attrs.frozen
+class Tree:
+    """Recursive, and fine."""
+
+    label: str
+    children: tuple[Tree, ...] = ()
+    extra: object = None  # msgspec decodes `object` as anything
+
+
+@pytest.mark.parametrize(
+    ("cls", "named"),
+    [
+        (Opaque, "it is a plain class"),
+        (HoldsOpaque, "field parts holds a Opaque"),
+        (HoldsCallback, "field callback holds a Callable"),
+    ],
+)
+def test_a_class_msgspec_cannot_serialize_is_refused_at_register(cls: type, named: str) -> None:
+    registry = SerializerRegistry()
+    with pytest.raises(UnsupportedType) as raised:
+        registry.register(cls, "x")
+    assert isinstance(raised.value, UsageError)
+    assert f"msgspec cannot serialize {cls.__qualname__}: {named}" in str(raised.value)
+    with pytest.raises(UnregisteredType):  # nothing was registered
+        registry.manifest_of(cls)
+
+
+def test_a_class_with_an_unsupported_annotation_is_refused_at_register() -> None:
+    @attrs.frozen
+    class HoldsLock:
+        lock: threading.Lock  # not even a type msgspec can inspect
+
+    with pytest.raises(UnsupportedType, match=r"msgspec cannot serialize .*HoldsLock"):
+        SerializerRegistry().register(HoldsLock, "x")
+
+
+def test_recursive_classes_and_object_fields_are_accepted() -> None:
+    registry = SerializerRegistry()
+    registry.register(Tree, "tree")
+    tree = Tree("root", (Tree("leaf", extra=[1, "two"]),))
+    assert decode(registry, registry.encode(tree)) == tree
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_a_version_that_is_not_an_int_is_refused(version: Any) -> None:
+    with pytest.raises(UsageError):
+        SerializerRegistry().register(ItemAdded, "cart.ItemAdded", version=version)
+
+
+@pytest.mark.parametrize("manifest", ["", None])
+def test_an_empty_manifest_is_refused(manifest: Any) -> None:
+    with pytest.raises(UsageError):
+        SerializerRegistry().register(ItemAdded, manifest)
+
+
+def test_a_value_msgspec_cannot_encode_is_a_payload_encode_error() -> None:
+    registry = SerializerRegistry()
+    registry.register(Tree, "tree")
+    with pytest.raises(PayloadEncodeError, match="cannot encode this Tree \\('tree'\\)") as raised:
+        registry.encode(Tree("root", extra=threading.Lock()))
+    assert isinstance(raised.value, UsageError)
+    with pytest.raises(PayloadEncodeError):
+        registry.encode(Tree("root", extra=2**70))

@@ -16,7 +16,7 @@ from typing import Any, Generic, Never, TypeVar
 import attrs
 import msgspec
 
-from fluvial.core.errors import UsageError
+from fluvial.core.errors import FluvialError, UsageError
 
 ReplyT = TypeVar("ReplyT")
 ReplyT_co = TypeVar("ReplyT_co", covariant=True)
@@ -33,11 +33,13 @@ class Command(Generic[ReplyT_co]):
     __slots__ = ()
 
 
-class CommandRejected(Exception):
+class CommandRejected(FluvialError):
     """Base for a handler's typed error replies (`Effect.reject`); `ask` raises them.
 
     Subclass it per business error (e.g. `CartClosed`), so callers `except` exactly what a
-    command can be refused with.
+    command can be refused with; a subclass may take any constructor arguments. It is neither
+    a misuse of fluvial nor bad data, so it derives from `FluvialError` directly: `except
+    FluvialError` around an `ask` sees every error the ask can raise.
     """
 
 

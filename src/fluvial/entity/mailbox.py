@@ -13,9 +13,15 @@ from typing import Any
 
 import trio
 
+from fluvial.entity.errors import EntityStopped
 
-class MailboxClosed(Exception):
-    """The entity behind this mailbox stopped; deliver to its next incarnation."""
+
+class MailboxClosed(EntityStopped):
+    """The entity behind this mailbox stopped; deliver to its next incarnation.
+
+    The runtime catches it; were it ever to reach a caller, it would be what it means there:
+    the entity stopped.
+    """
 
 
 class Ask:
