@@ -34,7 +34,6 @@ def decode(registry: SerializerRegistry, payload: SerializedPayload, seq_nr: int
     return registry.decode(payload, persistence_id=PID, seq_nr=seq_nr)
 
 
-# -- round trips --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "value",
     [
@@ -67,7 +66,6 @@ def test_a_second_registry_with_the_same_manifests_reads_the_payload() -> None:
     assert decode(cart_registry(), payload) == ItemUpdated("apple", 3)
 
 
-# -- what cannot be read ------------------------------------------------------------------------
 def test_unknown_manifest_names_the_persistence_id_and_seq_nr() -> None:
     payload = SerializedPayload("cart.ItemRenamed", 1, cart_registry().encode(CheckedOut()).data)
     with pytest.raises(UnknownManifest) as raised:
@@ -102,7 +100,6 @@ def test_corrupt_payload_bytes_raise_payload_decode_error(data: bytes) -> None:
     assert "seq nr 7" in str(error)
 
 
-# -- schema versions and upcasters --------------------------------------------------------------
 @attrs.frozen
 class ItemAddedV1:
     item: str
@@ -202,7 +199,6 @@ def test_schema_version_must_be_positive() -> None:
         SerializerRegistry().register(ItemAdded, "cart.ItemAdded", version=0)
 
 
-# -- registration mistakes ----------------------------------------------------------------------
 def test_one_manifest_for_two_classes_is_refused() -> None:
     registry = cart_registry()
     with pytest.raises(DuplicateManifest) as raised:

@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from entity_fixtures import REGISTRY, GatedJournal, Note, Notebook
 
-from fluvial.core.serialization import SerializerRegistry
 from fluvial.entity.runtime import open_entities
-from fluvial.examples.shopping_cart import AddItem, Get, ItemUpdated, ShoppingCart, register_cart
+from fluvial.examples.shopping_cart import AddItem, Get, ItemUpdated, ShoppingCart
 from fluvial.journal.api import MAX_SEQ_NR, Journal
 from fluvial.journal.sqlite_journal import open_sqlite_journal
 from fluvial.testing import MemoryJournal
 
-REGISTRY = register_cart(SerializerRegistry())
 PID = "ShoppingCart|c"
 
 
@@ -84,3 +83,26 @@ async def test_an_ask_cancelled_while_waiting_for_its_reply_is_still_carried_out
         assert scope.cancelled_caught
         assert (await cart.ask(Get())).items == {"apple": 1, "pear": 1}
         assert await stored(journal) == [ItemUpdated("apple", 1), ItemUpdated("pear", 1)]
+
+
+async def test_a_caller_cancelled_after_sending_may_still_see_its_command_carried_out() -> None:
+    journal = GatedJournal()
+    async with (
+        open_entities(journal, REGISTRY, [Notebook]) as entities,
+        trio.open_nursery() as nursery,
+    ):
+        notes = entities.ref(Notebook, "n")
+        journal.hold()
+        impatient = trio.CancelScope()
+
+        async def send() -> None:
+            with impatient:
+                await notes.ask(Note(("a",)))
+
+        nursery.start_soon(send)
+        await trio.testing.wait_all_tasks_blocked()
+        impatient.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        journal.release()
+        assert await notes.ask(Note(("b",))) == ("a", "b")
+    assert impatient.cancelled_caught
