@@ -85,7 +85,7 @@ async def test_an_ask_cancelled_while_waiting_for_its_reply_is_still_carried_out
         assert await stored(journal) == [ItemUpdated("apple", 1), ItemUpdated("pear", 1)]
 
 
-async def test_a_caller_cancelled_after_sending_may_still_see_its_command_carried_out() -> None:
+async def test_a_caller_cancelled_while_the_journal_holds_its_write_sees_it_carried_out() -> None:
     journal = GatedJournal()
     async with (
         open_entities(journal, REGISTRY, [Notebook]) as entities,

@@ -159,6 +159,7 @@ class Entities:
 
     @property
     def live_count(self) -> int:
+        """How many entities are in memory now (started and not yet passivated or stopped)."""
         return len(self._live)
 
     async def _deliver(
