@@ -19,6 +19,7 @@ from typing import Any
 
 import fluvial
 import fluvial.testing
+from fluvial.core.behavior import CommandRejected
 from fluvial.core.errors import FluvialError
 
 PUBLIC_MODULES = (fluvial, fluvial.testing)
@@ -33,10 +34,8 @@ _DIVIDER = re.compile(r"^\s*#+\s*(?:[-=#*~_]{2,}|.*[-=#*~_]{4,}\s*$)")
 UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
     {
         # core/serialization.py
-        "fluvial.SerializerRegistry.encode",
         "fluvial.SerializerRegistry.manifest_of",
         # entity/runtime.py
-        "fluvial.Entities.live_count",
         # journal/api.py
         "fluvial.SnapshotStore",
         # journal/sqlite_journal.py
@@ -209,10 +208,14 @@ def _error_classes() -> dict[str, type[BaseException]]:
         found += [
             v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseException)
         ]
+    # Subclasses of CommandRejected are business errors of a behavior (the examples' own), not
+    # errors of fluvial.
     return {
         cls.__name__: cls
         for cls in found
-        if cls.__module__.startswith("fluvial.") and not cls.__name__.startswith("_")
+        if cls.__module__.startswith("fluvial.")
+        and not cls.__name__.startswith("_")
+        and (cls is CommandRejected or not issubclass(cls, CommandRejected))
     }
 
 

@@ -18,11 +18,16 @@ from fluvial.core.ids import slice_ranges as slice_ranges
 from fluvial.core.offsets import TimestampOffset as TimestampOffset
 from fluvial.core.records import EventEnvelope as EventEnvelope
 from fluvial.core.records import EventRecord as EventRecord
+from fluvial.core.serialization import DuplicateManifest as DuplicateManifest
 from fluvial.core.serialization import PayloadDecodeError as PayloadDecodeError
+from fluvial.core.serialization import PayloadEncodeError as PayloadEncodeError
 from fluvial.core.serialization import SerializerRegistry as SerializerRegistry
 from fluvial.core.serialization import UnknownManifest as UnknownManifest
+from fluvial.core.serialization import UnregisteredType as UnregisteredType
+from fluvial.core.serialization import UnsupportedType as UnsupportedType
 from fluvial.entity.errors import CommandFailed as CommandFailed
 from fluvial.entity.errors import CommandTypeError as CommandTypeError
+from fluvial.entity.errors import EntityError as EntityError
 from fluvial.entity.errors import EntityStopped as EntityStopped
 from fluvial.entity.errors import MissingReply as MissingReply
 from fluvial.entity.errors import UnhandledCommand as UnhandledCommand

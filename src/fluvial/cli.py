@@ -11,6 +11,8 @@ from pathlib import Path
 
 import trio
 
+from fluvial.nursery_errors import unwrap_lone_error
+
 _DEMO_HELP = """\
 Run shopping carts on an embedded SQLite journal: typed commands and replies, a checked-out
 cart refusing changes, many carts at once (group commit), an exactly-once projection that
@@ -75,5 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from fluvial.examples.demo import run_demo
 
-        trio.run(run_demo, args.db, args.carts)
+        with unwrap_lone_error():  # Ctrl-C: a plain KeyboardInterrupt, out of the demo's nurseries
+            trio.run(run_demo, args.db, args.carts)
     return 0

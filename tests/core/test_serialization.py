@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -12,10 +14,12 @@ from fluvial.core.errors import DataError, UsageError
 from fluvial.core.serialization import (
     DuplicateManifest,
     PayloadDecodeError,
+    PayloadEncodeError,
     SerializedPayload,
     SerializerRegistry,
     UnknownManifest,
     UnregisteredType,
+    UnsupportedType,
 )
 from fluvial.examples.shopping_cart import CartState, CheckedOut, ItemUpdated, register_cart
 
@@ -30,7 +34,6 @@ def decode(registry: SerializerRegistry, payload: SerializedPayload, seq_nr: int
     return registry.decode(payload, persistence_id=PID, seq_nr=seq_nr)
 
 
-# -- round trips --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "value",
     [
@@ -63,7 +66,6 @@ def test_a_second_registry_with_the_same_manifests_reads_the_payload() -> None:
     assert decode(cart_registry(), payload) == ItemUpdated("apple", 3)
 
 
-# -- what cannot be read ------------------------------------------------------------------------
 def test_unknown_manifest_names_the_persistence_id_and_seq_nr() -> None:
     payload = SerializedPayload("cart.ItemRenamed", 1, cart_registry().encode(CheckedOut()).data)
     with pytest.raises(UnknownManifest) as raised:
@@ -98,7 +100,6 @@ def test_corrupt_payload_bytes_raise_payload_decode_error(data: bytes) -> None:
     assert "seq nr 7" in str(error)
 
 
-# -- schema versions and upcasters --------------------------------------------------------------
 @attrs.frozen
 class ItemAddedV1:
     item: str
@@ -198,20 +199,32 @@ def test_schema_version_must_be_positive() -> None:
         SerializerRegistry().register(ItemAdded, "cart.ItemAdded", version=0)
 
 
-# -- registration mistakes ----------------------------------------------------------------------
 def test_one_manifest_for_two_classes_is_refused() -> None:
     registry = cart_registry()
     with pytest.raises(DuplicateManifest) as raised:
         registry.register(ItemAdded, "cart.ItemUpdated")
     assert isinstance(raised.value, UsageError)
+    # It names both classes: the manifest's owner, and the one that was refused.
+    assert str(raised.value) == (
+        "manifest 'cart.ItemUpdated' already names ItemUpdated; cannot also register ItemAdded "
+        "under it: give each class its own manifest"
+    )
+    assert (raised.value.cls, raised.value.registered) == (ItemAdded, ItemUpdated)
     # The first registration still holds.
     assert decode(registry, registry.encode(ItemUpdated("a", 1))) == ItemUpdated("a", 1)
 
 
 def test_one_class_under_two_manifests_is_refused() -> None:
     registry = cart_registry()
-    with pytest.raises(DuplicateManifest):
+    with pytest.raises(DuplicateManifest) as raised:
         registry.register(ItemUpdated, "cart.ItemUpdated.v2")
+    assert str(raised.value) == (
+        "ItemUpdated is already registered under 'cart.ItemUpdated'; cannot also register it "
+        "under 'cart.ItemUpdated.v2': a class has one manifest"
+    )
+    assert raised.value.registered == "cart.ItemUpdated"
+    with pytest.raises(DuplicateManifest, match="ItemUpdated is already registered under"):
+        registry.register(ItemUpdated, "cart.ItemUpdated")
     with pytest.raises(UnknownManifest):
         decode(registry, SerializedPayload("cart.ItemUpdated.v2", 1, b"\x80"))
 
@@ -224,3 +237,86 @@ def test_an_unregistered_class_cannot_be_encoded() -> None:
     assert "ItemAdded" in str(raised.value)
     with pytest.raises(UnregisteredType):
         registry.manifest_of(ItemAdded)
+
+
+class Opaque:
+    """A plain class: msgspec would need hooks to encode it."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+
+@attrs.frozen
+class HoldsOpaque:
+    name: str
+    parts: list[dict[str, Opaque]]
+
+
+@attrs.frozen
+class HoldsCallback:
+    callback: Callable[[int], int]
+
+
+@attrs.frozen
+class Tree:
+    """Recursive, and fine."""
+
+    label: str
+    children: tuple[Tree, ...] = ()
+    extra: object = None  # msgspec decodes `object` as anything
+
+
+@pytest.mark.parametrize(
+    ("cls", "named"),
+    [
+        (Opaque, "it is a plain class"),
+        (HoldsOpaque, "field parts holds a Opaque"),
+        (HoldsCallback, "field callback holds a Callable"),
+    ],
+)
+def test_a_class_msgspec_cannot_serialize_is_refused_at_register(cls: type, named: str) -> None:
+    registry = SerializerRegistry()
+    with pytest.raises(UnsupportedType) as raised:
+        registry.register(cls, "x")
+    assert isinstance(raised.value, UsageError)
+    assert f"msgspec cannot serialize {cls.__qualname__}: {named}" in str(raised.value)
+    with pytest.raises(UnregisteredType):  # nothing was registered
+        registry.manifest_of(cls)
+
+
+def test_a_class_with_an_unsupported_annotation_is_refused_at_register() -> None:
+    @attrs.frozen
+    class HoldsLock:
+        lock: threading.Lock  # not even a type msgspec can inspect
+
+    with pytest.raises(UnsupportedType, match=r"msgspec cannot serialize .*HoldsLock"):
+        SerializerRegistry().register(HoldsLock, "x")
+
+
+def test_recursive_classes_and_object_fields_are_accepted() -> None:
+    registry = SerializerRegistry()
+    registry.register(Tree, "tree")
+    tree = Tree("root", (Tree("leaf", extra=[1, "two"]),))
+    assert decode(registry, registry.encode(tree)) == tree
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_a_version_that_is_not_an_int_is_refused(version: Any) -> None:
+    with pytest.raises(UsageError):
+        SerializerRegistry().register(ItemAdded, "cart.ItemAdded", version=version)
+
+
+@pytest.mark.parametrize("manifest", ["", None])
+def test_an_empty_manifest_is_refused(manifest: Any) -> None:
+    with pytest.raises(UsageError):
+        SerializerRegistry().register(ItemAdded, manifest)
+
+
+def test_a_value_msgspec_cannot_encode_is_a_payload_encode_error() -> None:
+    registry = SerializerRegistry()
+    registry.register(Tree, "tree")
+    with pytest.raises(PayloadEncodeError, match="cannot encode this Tree \\('tree'\\)") as raised:
+        registry.encode(Tree("root", extra=threading.Lock()))
+    assert isinstance(raised.value, UsageError)
+    with pytest.raises(PayloadEncodeError):
+        registry.encode(Tree("root", extra=2**70))

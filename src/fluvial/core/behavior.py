@@ -22,7 +22,7 @@ import msgspec
 import typing_extensions
 
 from fluvial.core.command_classes import annotated_command_classes
-from fluvial.core.errors import UsageError
+from fluvial.core.errors import FluvialError, UsageError
 
 ReplyT = TypeVar("ReplyT")
 ReplyT_co = TypeVar("ReplyT_co", covariant=True)
@@ -72,11 +72,13 @@ class CommandOf(Protocol[C_co, ReplyT_co]):
     def _fluvial_reply(self) -> ReplyT_co: ...
 
 
-class CommandRejected(Exception):
+class CommandRejected(FluvialError):
     """Base for a handler's typed error replies (`Effect.reject`); `ask` raises them.
 
     Subclass it per business error (e.g. `CartClosed`), so callers `except` exactly what a
-    command can be refused with.
+    command can be refused with; a subclass may take any constructor arguments. It is neither
+    a misuse of fluvial nor bad data, so it derives from `FluvialError` directly: `except
+    FluvialError` around an `ask` sees every error the ask can raise.
     """
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import msgspec
+import msgspec.inspect
 
 from fluvial.core.errors import DataError, UsageError
 
@@ -36,7 +37,39 @@ class UnregisteredType(UsageError):
 
 
 class DuplicateManifest(UsageError):
-    """Two classes were registered under one manifest, or one class twice."""
+    """A manifest was registered for a second class, or a class a second time.
+
+    `cls` is what the failed call tried to register and `manifest` the name it gave;
+    `registered` is the class that already holds that manifest, or the manifest that already
+    names that class.
+    """
+
+    def __init__(self, cls: type[Any], manifest: str, *, registered: type[Any] | str) -> None:
+        name = cls.__qualname__
+        if isinstance(registered, type):
+            text = (
+                f"manifest {manifest!r} already names {registered.__qualname__}; cannot also "
+                f"register {name} under it: give each class its own manifest"
+            )
+        elif registered == manifest:
+            text = f"{name} is already registered under {manifest!r}: register each class once"
+        else:
+            text = (
+                f"{name} is already registered under {registered!r}; cannot also register it "
+                f"under {manifest!r}: a class has one manifest"
+            )
+        super().__init__(text)
+        self.cls = cls
+        self.manifest = manifest
+        self.registered = registered
+
+
+class UnsupportedType(UsageError):
+    """A class whose instances msgspec cannot encode and decode was to be registered."""
+
+
+class PayloadEncodeError(UsageError):
+    """An object of a registered class holds a value msgspec cannot encode."""
 
 
 class UnknownManifest(DataError):
@@ -63,6 +96,58 @@ class PayloadDecodeError(DataError):
         self.persistence_id = persistence_id
         self.seq_nr = seq_nr
         self.reason = reason
+
+
+def _decoder_for(cls: type[Any]) -> msgspec.msgpack.Decoder[Any]:
+    """A decoder of `cls`, once msgspec can encode and decode every field of it without hooks
+    (which the registry does not pass); raises `UnsupportedType` naming the culprit."""
+    if not isinstance(cls, type):
+        raise UnsupportedType(f"register a class, not {cls!r}")
+    try:
+        unsupported = _unsupported_part(msgspec.inspect.type_info(cls), "", set())
+        decoder = msgspec.msgpack.Decoder(cls)
+    except (TypeError, ValueError, NameError) as exc:  # e.g. an unresolvable annotation
+        raise UnsupportedType(f"msgspec cannot serialize {cls.__qualname__}: {exc}") from exc
+    if unsupported is not None:
+        where, culprit = unsupported
+        what = f"field {where} holds a {culprit.__qualname__}" if where else "it is a plain class"
+        raise UnsupportedType(
+            f"msgspec cannot serialize {cls.__qualname__}: {what}, which msgspec supports only "
+            "through hooks that the registry does not use; build events "
+            "and states of attrs classes, dataclasses, msgspec Structs, enums and builtin types "
+            "(int, str, list, dict, datetime, ...)"
+        )
+    return decoder
+
+
+def _unsupported_part(
+    info: msgspec.inspect.Type, where: str, seen: set[int]
+) -> tuple[str, type[Any]] | None:
+    """Where in `info` (a field path, "" for `info` itself) msgspec would need an encode and
+    decode hook, and for which class."""
+    if isinstance(info, msgspec.inspect.CustomType):
+        # A field typed `object` is decoded as anything, like `Any`.
+        return None if info.cls is object else (where, info.cls)
+    if id(info) in seen:  # a recursive type: this part is checked already
+        return None
+    seen.add(id(info))
+    fields = getattr(info, "fields", None)
+    if fields is not None:  # attrs classes, dataclasses, Structs, TypedDicts, NamedTuples
+        for field in fields:
+            path = f"{where}.{field.name}" if where else field.name
+            found = _unsupported_part(field.type, path, seen)
+            if found is not None:
+                return found
+        return None
+    for name in msgspec.structs.fields(info):
+        value = getattr(info, name.name)
+        parts = value if isinstance(value, tuple) else (value,)
+        for part in parts:
+            if isinstance(part, msgspec.inspect.Type):
+                found = _unsupported_part(part, where, seen)
+                if found is not None:
+                    return found
+    return None
 
 
 @attrs.frozen
@@ -94,13 +179,21 @@ class SerializerRegistry:
 
         `upcasters[v]` turns the plain data (dicts, lists, str, int …) of version `v` into
         that of version `v + 1`; every version below `version` that may be stored needs one.
+
+        Raises, before anything is registered: `DuplicateManifest` if `cls` or `manifest` is
+        registered already, `UnsupportedType` if msgspec cannot encode and decode `cls` (naming
+        the field and the type it cannot handle), `UsageError` for a bad version or manifest.
         """
-        if version < 1:
-            raise UsageError(f"schema version must be >= 1: {version}")
-        if manifest in self._by_manifest or cls in self._by_class:
-            raise DuplicateManifest(f"{cls.__qualname__} / {manifest!r} registered twice")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise UsageError(f"schema version must be an int >= 1: {version!r}")
+        if not isinstance(manifest, str) or not manifest:
+            raise UsageError(f"a manifest must be a non-empty str: {manifest!r}")
+        if cls in self._by_class:
+            raise DuplicateManifest(cls, manifest, registered=self._by_class[cls].manifest)
+        if manifest in self._by_manifest:
+            raise DuplicateManifest(cls, manifest, registered=self._by_manifest[manifest].cls)
         registration = _Registration(
-            cls, manifest, version, dict(upcasters or {}), msgspec.msgpack.Decoder(cls)
+            cls, manifest, version, dict(upcasters or {}), _decoder_for(cls)
         )
         self._by_class[cls] = registration
         self._by_manifest[manifest] = registration
@@ -109,10 +202,19 @@ class SerializerRegistry:
         return self._registration_of(cls).manifest
 
     def encode(self, obj: object) -> SerializedPayload:
+        """`obj` as a payload under its class's manifest and current schema version.
+
+        Raises `UnregisteredType`, or `PayloadEncodeError` for a value msgspec cannot encode
+        (in a field typed `Any`, say, or an int beyond 64 bits).
+        """
         registration = self._registration_of(type(obj))
-        return SerializedPayload(
-            registration.manifest, registration.version, self._encoder.encode(obj)
-        )
+        try:
+            data = self._encoder.encode(obj)
+        except (TypeError, ValueError, OverflowError) as exc:  # msgspec.EncodeError is a ValueError
+            raise PayloadEncodeError(
+                f"cannot encode this {type(obj).__qualname__} ({registration.manifest!r}): {exc}"
+            ) from exc
+        return SerializedPayload(registration.manifest, registration.version, data)
 
     def decode(self, payload: SerializedPayload, *, persistence_id: str, seq_nr: int) -> Any:
         """The object in `payload`, upcast to the current schema version."""

@@ -13,9 +13,15 @@ from typing import Any
 
 import trio
 
+from fluvial.entity.errors import EntityStopped
 
-class MailboxClosed(Exception):
-    """The entity behind this mailbox stopped; deliver to its next incarnation."""
+
+class MailboxClosed(EntityStopped):
+    """The entity behind this mailbox stopped; deliver to its next incarnation.
+
+    The runtime catches it; were it ever to reach a caller, it would be what it means there:
+    the entity stopped.
+    """
 
 
 class Ask:
@@ -32,14 +38,17 @@ class Ask:
 
     @property
     def answered(self) -> bool:
+        """Whether the reply (or the error) is set."""
         return self._settled
 
     def answer(self, value: object) -> None:
+        """Set the reply and wake the caller; a later answer or failure is ignored."""
         if not self._settled:
             self._settled, self._value = True, value
             self._wake()
 
     def fail(self, error: BaseException) -> None:
+        """Set the error the caller raises and wake it; a later answer or failure is ignored."""
         if not self._settled:
             self._settled, self._error = True, error
             self._wake()
@@ -50,8 +59,8 @@ class Ask:
             trio.lowlevel.reschedule(task)
 
     async def wait(self) -> Any:
-        """The reply, or raise the error. A cancelled caller stops waiting; the command may
-        still be carried out."""
+        """The reply, or raise the error. A cancelled caller stops waiting; the command is
+        carried out all the same (see `EntityRef.ask`)."""
         if self._settled:
             await trio.lowlevel.checkpoint()
         else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -27,35 +26,27 @@ import trio
 
 from fluvial.core.behavior import (
     CommandOf,
-    EffectKind,
     EventSourcedBehavior,
-    ReplyAction,
 )
-from fluvial.core.errors import DataError, UsageError
+from fluvial.core.errors import UsageError
 from fluvial.core.ids import PersistenceId, slice_for
-from fluvial.core.records import EventRecord, SnapshotRecord
+from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
+from fluvial.entity.batch_decision import Decided, decide_batch, send_reply
 from fluvial.entity.errors import (
-    CommandFailed,
     CommandTypeError,
     EntityStopped,
-    MissingReply,
-    UnhandledCommand,
     UnknownEntityType,
 )
 from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
+from fluvial.entity.recovery import recover, save_snapshot, should_snapshot
 from fluvial.journal.api import AppendSoon, Journal, SnapshotStore
-from fluvial.journal.queries import events_by_persistence_id
+from fluvial.nursery_errors import open_service_nursery
 
 log = logging.getLogger("fluvial.entity")
 
 R = TypeVar("R")
 C = TypeVar("C")
-
-
-# What a command was decided to do: its ask, its reply, the state after it, whether it
-# persisted events. A plain tuple: one is built per command.
-_Decided = tuple[Ask, ReplyAction | None, Any, bool]
 
 
 class EntityRef(Generic[C]):
@@ -69,12 +60,18 @@ class EntityRef(Generic[C]):
         self.persistence_id = PersistenceId(behavior.entity_type, entity_id)
 
     async def ask(self, command: CommandOf[C, R]) -> R:
-        """Send `command` and wait for its reply.
+        """Send `command` to the entity and wait for its reply.
 
         Raises the handler's `CommandRejected` error, `CommandTypeError`, `UnhandledCommand`,
-        `MissingReply`, `CommandFailed`, or a journal error (the command was not persisted).
-        Waits while the entity's mailbox is full. If the caller is cancelled after sending, the
-        command may still be carried out.
+        `MissingReply`, `CommandFailed`, `EntityStopped`, or a journal error (the command was
+        not persisted). Waits while the entity's mailbox is full.
+
+        Cancellation: until the command is in the entity's mailbox (also while waiting for room
+        in it), a `Cancelled` from `ask` means nothing happened. Once it is in the mailbox, the
+        command is carried out to completion whatever happens to the caller: a caller cancelled
+        while waiting for the reply gets `Cancelled` instead of the reply, and the command's
+        events are persisted all the same. (Only closing the runtime drops a command that is
+        still waiting in the mailbox: `EntityStopped`.)
         """
         if not isinstance(command, self.behavior.command_types):
             raise CommandTypeError(
@@ -82,6 +79,9 @@ class EntityRef(Generic[C]):
                 f"{self.behavior.entity_type!r} (accepts "
                 f"{', '.join(t.__name__ for t in self.behavior.command_types)})"
             )
+        # Handing the command over below does not wait, so it would not see a cancellation
+        # already pending: look for one first, or a cancelled ask would still be carried out.
+        await trio.lowlevel.checkpoint_if_cancelled()
         ask = Ask(command)
         entities = self._entities
         live = entities._live.get(self.persistence_id)
@@ -107,7 +107,7 @@ class _LiveEntity:
     seq_nr: int = 0
     reload: bool = False  # an append failed: recover before deciding again
     # The batch whose append is out: its decisions, its events, the commands a stop leaves.
-    in_flight: tuple[list[_Decided], list[Any], list[Ask] | None] | None = None
+    in_flight: tuple[list[Decided], list[Any], list[Ask] | None] | None = None
     # `Entities._appended` bound to this entity, made once: the callback of every append.
     on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
 
@@ -159,6 +159,7 @@ class Entities:
 
     @property
     def live_count(self) -> int:
+        """How many entities are in memory now (started and not yet passivated or stopped)."""
         return len(self._live)
 
     async def _deliver(
@@ -206,6 +207,7 @@ class Entities:
         for ask in waiting:
             successor.mailbox.put_nowait(ask)
 
+    @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _passivate_idle(self, task_status: trio.TaskStatus[None]) -> None:
         """Retire entities idle for `passivate_after`; checks at a quarter of that period."""
         task_status.started()
@@ -216,7 +218,7 @@ class Entities:
                 if live.mailbox.idle and live.last_active <= horizon:
                     self._retire(live)
 
-    # -- the entity task --------------------------------------------------------------------
+    @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _run_entity(self, live: _LiveEntity) -> None:
         batch: list[Ask] = []
         try:
@@ -247,6 +249,7 @@ class Entities:
                 ask.fail(exc)
             return
         mailbox = live.mailbox
+        encode = self._serializers.encode
         while True:
             batch[:] = await mailbox.take_all()
             if not batch:
@@ -256,10 +259,12 @@ class Entities:
                 # The last append failed (a conflict means another writer): reload first.
                 live.state, live.seq_nr = await self._recover(live)
                 live.reload = False
-            decided, records, events, leftovers = self._decide(live, batch)
+            decided, records, events, leftovers = decide_batch(
+                live.behavior, live.key, live.slice, live.state, live.seq_nr, batch, encode
+            )
             if not records:
                 for item in decided:
-                    self._reply(live.key, item)
+                    send_reply(live.key, item)
                 if leftovers is not None:
                     self._retire(live, leftovers)
                     return
@@ -289,81 +294,9 @@ class Entities:
             batch.clear()
 
     async def _recover(self, live: _LiveEntity) -> tuple[Any, int]:
-        behavior, key = live.behavior, live.key
-        state, seq_nr = behavior.empty_state, 0
-        if self._snapshots is not None:
-            snapshot = await self._snapshots.load_snapshot(key)
-            if snapshot is not None:
-                try:
-                    state = self._serializers.decode(
-                        snapshot.payload, persistence_id=key, seq_nr=snapshot.seq_nr
-                    )
-                    seq_nr = snapshot.seq_nr
-                except DataError as exc:
-                    # The events are the source of truth: recover from all of them instead.
-                    log.warning("%s: ignoring an unreadable snapshot: %s", key, exc)
-        async for record in events_by_persistence_id(self._journal, key, seq_nr + 1):
-            assert record.payload is not None, "a journal holds no placeholders"
-            event = self._serializers.decode(
-                record.payload, persistence_id=key, seq_nr=record.seq_nr
-            )
-            state = behavior.event_handler(state, event)
-            seq_nr = record.seq_nr
-        return state, seq_nr
-
-    def _decide(
-        self, live: _LiveEntity, batch: list[Ask]
-    ) -> tuple[list[_Decided], list[EventRecord], list[Any], list[Ask] | None]:
-        """Decide `batch` against the entity's state, one command after the other: what each
-        replies and the events to persist; and, if the entity stops, the commands it leaves
-        for its next incarnation. A failing handler fails its command only."""
-        behavior, key = live.behavior, live.key
-        command_handler, event_handler = behavior.command_handler, behavior.event_handler
-        encode, tagger = self._serializers.encode, behavior.tagger
-        decided: list[_Decided] = []
-        records: list[EventRecord] = []
-        events: list[Any] = []
-        speculative = live.state
-        seq_nr = live.seq_nr
-        for index, ask in enumerate(batch):
-            records_before = len(records)
-            try:
-                effect = command_handler(speculative, ask.command)
-                after = speculative
-                for event in effect.events:
-                    after = event_handler(after, event)
-                    records.append(
-                        EventRecord(
-                            key,
-                            seq_nr + len(records) + 1,
-                            behavior.entity_type,
-                            live.slice,
-                            encode(event),
-                            tagger(event),
-                        )
-                    )
-            except Exception as exc:
-                del records[records_before:]  # nothing of a failed command
-                failure = CommandFailed(key, ask.command, persisted=False)
-                failure.__cause__ = exc
-                ask.fail(failure)
-                continue
-            if effect.kind is EffectKind.UNHANDLED:
-                del records[records_before:]  # an unhandled command persists nothing
-                ask.fail(
-                    UnhandledCommand(
-                        f"{key}: {type(ask.command).__name__} is not handled in this state"
-                    )
-                )
-                continue
-            speculative = after
-            persisted = len(records) > records_before
-            if persisted:
-                events += effect.events
-            decided.append((ask, effect.reply_action, after, persisted))
-            if effect.stop_after:
-                return decided, records, events, batch[index + 1 :]
-        return decided, records, events, None
+        return await recover(
+            self._journal, self._snapshots, self._serializers, live.behavior, live.key
+        )
 
     def _appended(self, live: _LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]) -> None:
         """The journal's answer to the append of `live.in_flight`: reply to its commands, then
@@ -381,7 +314,7 @@ class Entities:
                 if saw_unstored:
                     ask.fail(result.error)
                 else:
-                    self._reply(key, item)
+                    send_reply(key, item)
             live.reload = True
         else:
             stored = result.unwrap()
@@ -389,12 +322,12 @@ class Entities:
             live.seq_nr += len(stored)
             live.state = decided[-1][2]
             for item in decided:
-                self._reply(key, item)
+                send_reply(key, item)
             if (
                 self._snapshots is not None
                 and live.behavior.snapshot_policy.enabled
                 and not self._closed
-                and self._should_snapshot(live, first_seq_nr, events)
+                and should_snapshot(live.behavior, key, first_seq_nr, events)
             ):
                 # The mailbox stays held: the next command waits until the snapshot is saved
                 # (snapshots never pile up, and a reader after the reply can find it).
@@ -409,69 +342,29 @@ class Entities:
         else:
             live.mailbox.release()
 
+    @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _save_snapshot_then_resume(
         self, live: _LiveEntity, leftovers: list[Ask] | None
     ) -> None:
-        try:
-            await self._save_snapshot(live, live.state, live.seq_nr)
-        finally:
-            self._resume(live, leftovers)
-
-    def _reply(self, persistence_id: str, item: _Decided) -> None:
-        ask, action, state_after, persisted = item
-        if action is None:
-            ask.fail(
-                MissingReply(
-                    f"{persistence_id}: the effect for {type(ask.command).__name__} "
-                    "has no reply (use then_reply, Effect.reply or Effect.reject)"
-                )
-            )
-        elif action.error is not None:
-            ask.fail(action.error)
-        else:
-            assert action.compute is not None
-            try:
-                ask.answer(action.compute(state_after))
-            except Exception as exc:
-                failure = CommandFailed(persistence_id, ask.command, persisted=persisted)
-                failure.__cause__ = exc
-                ask.fail(failure)
-
-    def _should_snapshot(self, live: _LiveEntity, first_seq_nr: int, events: list[Any]) -> bool:
-        """Whether the policy asks for a snapshot after `events`; a failing policy is logged
-        and answers no (snapshots only speed up recovery)."""
-        try:
-            return live.behavior.snapshot_policy.should_snapshot(first_seq_nr, events)
-        except Exception:
-            log.warning("%s: the snapshot policy failed", live.key, exc_info=True)
-            return False
-
-    async def _save_snapshot(self, live: _LiveEntity, state: Any, seq_nr: int) -> None:
-        """Save a snapshot of `state` after `seq_nr`. Failures (of the serializer or the
-        store) are logged: the events are stored, and snapshots only speed up recovery."""
         assert self._snapshots is not None
         try:
-            await self._snapshots.save_snapshot(
-                SnapshotRecord(
-                    persistence_id=live.key,
-                    seq_nr=seq_nr,
-                    entity_type=live.behavior.entity_type,
-                    slice=live.slice,
-                    payload=self._serializers.encode(state),
-                ),
-                keep=live.behavior.snapshot_policy.keep,
+            await save_snapshot(
+                self._snapshots,
+                self._serializers,
+                live.behavior,
+                live.key,
+                live.slice,
+                live.state,
+                live.seq_nr,
             )
-        except Exception:
-            log.warning(
-                "%s: saving the snapshot at seq nr %d failed", live.key, seq_nr, exc_info=True
-            )
+        finally:
+            self._resume(live, leftovers)
 
     def _close(self) -> None:
         self._closed = True
 
 
-@contextlib.asynccontextmanager
-async def open_entities(
+def open_entities(
     journal: Journal,
     serializers: SerializerRegistry,
     behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]],
@@ -479,18 +372,59 @@ async def open_entities(
     snapshots: SnapshotStore | None = None,
     mailbox_size: int = 64,
     passivate_after: float = 120.0,
-) -> AsyncIterator[Entities]:
+) -> contextlib.AbstractAsyncContextManager[Entities]:
     """Run entities of the given behaviors on `journal` while the context is open.
 
     `snapshots` defaults to no snapshots. `mailbox_size` bounds each entity's waiting commands
     (callers wait when it is full); an entity idle for `passivate_after` seconds leaves memory.
     On exit every entity task is cancelled; commands still waiting raise `EntityStopped`.
+
+    Raises `UsageError` at once, at this call, for a `mailbox_size` that is not an int >= 1, a
+    `passivate_after` that is not a positive number, or two behaviors of one entity type. An
+    exception that ends the block comes out as itself (not in an `ExceptionGroup`).
     """
-    if mailbox_size < 1:
-        raise UsageError(f"mailbox_size must be >= 1: {mailbox_size}")
-    if passivate_after <= 0 or math.isnan(passivate_after):
-        raise UsageError(f"passivate_after must be positive: {passivate_after}")
-    async with trio.open_nursery() as nursery:
+    if isinstance(mailbox_size, bool) or not isinstance(mailbox_size, int) or mailbox_size < 1:
+        raise UsageError(f"mailbox_size must be an int >= 1: {mailbox_size!r}")
+    if (
+        isinstance(passivate_after, bool)
+        or not isinstance(passivate_after, int | float)
+        or not passivate_after > 0  # NaN too
+    ):
+        raise UsageError(
+            f"passivate_after must be a positive number of seconds: {passivate_after!r}"
+        )
+    _check_behaviors(behaviors)
+    return _open_entities(journal, serializers, behaviors, snapshots, mailbox_size, passivate_after)
+
+
+def _check_behaviors(behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]]) -> None:
+    seen: set[str] = set()
+    for behavior in behaviors:
+        if not isinstance(behavior, EventSourcedBehavior):
+            raise UsageError(f"not an EventSourcedBehavior: {behavior!r}")
+        if behavior.entity_type in seen:
+            raise UsageError(
+                f"two behaviors for entity type {behavior.entity_type!r}: give each entity "
+                "type once"
+            )
+        seen.add(behavior.entity_type)
+
+
+@contextlib.asynccontextmanager
+@trio.lowlevel.enable_ki_protection
+async def _open_entities(
+    journal: Journal,
+    serializers: SerializerRegistry,
+    behaviors: Sequence[EventSourcedBehavior[Any, Any, Any]],
+    snapshots: SnapshotStore | None,
+    mailbox_size: int,
+    passivate_after: float,
+) -> AsyncIterator[Entities]:
+    # Ctrl-C is delivered to the user's code, never inside the runtime's own tasks or its
+    # closing: there it would fail the commands of an entity midway and show up beside the
+    # user's own tasks' errors, as a second exception in a group. (KI protection costs
+    # nothing per call: trio looks it up by code object when the signal comes.)
+    async with open_service_nursery() as nursery:
         entities = Entities(
             nursery,
             journal,

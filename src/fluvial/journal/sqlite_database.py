@@ -38,6 +38,7 @@ from fluvial.journal.sqlite_transaction import (
     commit_batch,
     pages_written,
 )
+from fluvial.nursery_errors import open_service_nursery
 
 log = logging.getLogger("fluvial.journal")
 
@@ -217,6 +218,7 @@ class SqliteDatabase:
         except sqlite3.Error:
             log.warning("%s: checkpointing the WAL failed", self.path, exc_info=True)
 
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C here would strand the batch's callers
     async def _wake_writers(self, task_status: trio.TaskStatus[None]) -> None:
         """Wake the callers of every committed batch, as the writer thread signals them."""
         task_status.started()
@@ -277,6 +279,7 @@ class SqliteDatabase:
 
 
 @contextlib.asynccontextmanager
+@trio.lowlevel.enable_ki_protection  # Ctrl-C reaches the body, not the closing
 async def open_sqlite_database(
     path: str | Path,
     *,
@@ -308,7 +311,7 @@ async def open_sqlite_database(
         path, writer, durability=durability, readers=readers, poll_interval=poll_interval
     )
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_service_nursery() as nursery:
             await nursery.start(database._wake_writers)
             end_of_turn = _EndOfTurn(database._hand_over_writes)
             trio.lowlevel.add_instrument(end_of_turn)
