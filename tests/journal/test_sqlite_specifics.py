@@ -24,15 +24,13 @@ from fluvial.journal.api import JournalConflict  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
 from fluvial.journal.sqlite_schema import (  # noqa: E402
+    APPLICATION_ID,
     MIGRATIONS,
     SCHEMA_VERSION,
     SchemaVersionTooNew,
 )
-from fluvial.journal.sqlite_transaction import (  # noqa: E402
-    EnsuredKeys,
-    KnownKeys,
-    WriteTransaction,
-)
+from fluvial.journal.sqlite_transaction import WriteTransaction  # noqa: E402
+from fluvial.journal.sqlite_writer_memory import EnsuredKeys, KnownKeys  # noqa: E402
 from fluvial.testing.journal_contract import (  # noqa: E402
     current_by_slices,
     entity_ids,
@@ -80,11 +78,13 @@ async def _fluvial_file(path: Path) -> None:
 
 
 async def _plain_file(path: Path) -> None:
-    # Rollback-journal mode, as a file from another tool or a future fluvial may be.
+    # Rollback-journal mode and tables of its own, as a future fluvial may write (it marks
+    # its files with fluvial's application id, as this one does).
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("CREATE TABLE future_events (id INTEGER PRIMARY KEY, body BLOB)")
         conn.execute("INSERT INTO future_events (body) VALUES (x'00ff')")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
 @pytest.mark.parametrize("make_file", [_fluvial_file, _plain_file], ids=["wal", "rollback"])

@@ -11,7 +11,7 @@ import trio
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
-from fluvial.journal.api import MAX_SEQ_NR, JournalConflict
+from fluvial.journal.api import MAX_SEQ_NR, JournalConflict, JournalGap
 from fluvial.journal.live import LivePublisher
 
 
@@ -39,8 +39,11 @@ class MemoryJournal:
             return []
         pid = events[0].persistence_id
         history = self._by_pid.setdefault(pid, [])
-        if history and history[-1].seq_nr >= events[0].seq_nr:
+        highest = history[-1].seq_nr if history else 0
+        if events[0].seq_nr <= highest:
             raise JournalConflict(pid, events[0].seq_nr)
+        if events[0].seq_nr != highest + 1:
+            raise JournalGap(pid, events[0].seq_nr, highest)
         stamped = [msgspec.structs.replace(e, timestamp=self._next_timestamp()) for e in events]
         history.extend(stamped)
         self._by_time.extend(stamped)
