@@ -20,7 +20,7 @@ pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 
 from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.records import EventRecord, InvalidAppend  # noqa: E402
-from fluvial.journal.api import JournalConflict  # noqa: E402
+from fluvial.journal.api import JournalConflict, JournalGap  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
 from fluvial.journal.sqlite_schema import (  # noqa: E402
@@ -219,6 +219,27 @@ async def test_two_journals_on_one_file_hand_out_strictly_increasing_timestamps(
             assert await current_by_slices(reader, ENTITY_TYPE, ALL) == timestamp_order(everything)
         for pid in pids[3:]:
             assert [r.seq_nr for r in await read_all(one, pid)] == list(range(1, 10))
+
+
+async def test_the_gap_check_sees_what_another_writer_of_the_file_appended(
+    tmp_path: Path,
+) -> None:
+    """The writer remembers each entity's highest seq nr; another connection's commit (as
+    another process's would be) makes it read them again."""
+    path = tmp_path / "journal.db"
+    (pid,) = entity_ids(ENTITY_TYPE, ALL, 1)
+    async with open_sqlite_journal(path) as one, open_sqlite_journal(path) as two:
+        await one.append(events(pid, 1, 2))  # `one` now remembers 2
+        await two.append(events(pid, 3, 1))
+        await one.append(events(pid, 4, 2))  # follows 3, not the 2 `one` saw
+        with pytest.raises(JournalGap):
+            await two.append(events(pid, 7, 1))  # `two` remembers 3, but 5 is stored
+        with pytest.raises(JournalConflict):
+            await two.append(events(pid, 5, 1))
+        await two.append(events(pid, 6, 1))
+        with pytest.raises(JournalConflict):
+            await one.append(events(pid, 6, 1))
+        assert [r.seq_nr for r in await read_all(one, pid)] == [1, 2, 3, 4, 5, 6]
 
 
 async def _follow(journal: SqliteJournal, send: trio.MemorySendChannel[EventRecord]) -> None:

@@ -17,9 +17,11 @@ pytest then collects every contract test for that journal. The tests need pytest
 pytest show the compared values when a contract test fails.
 
 What the contract promises users: appends are atomic and never overwrite (a taken seq nr raises
-`JournalConflict` and stores nothing of its batch), reads return exactly what was stored, the
-events-by-slices queries return one entity type and slice range in timestamp order, and resuming
-from any offset yields exactly the events not seen yet, then follows new ones.
+`JournalConflict` and stores nothing of its batch), never leave a gap (a first seq nr beyond the
+entity's highest stored + 1 raises `JournalGap` and stores nothing), reads return exactly what
+was stored, the events-by-slices queries return one entity type and slice range in timestamp
+order, and resuming from any offset yields exactly the events not seen yet, then follows new
+ones.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ import trio.testing
 
 from fluvial.core.ids import PersistenceId, SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord, InvalidAppend, SnapshotRecord
+from fluvial.core.records import MAX_SEQ_NR, EventRecord, InvalidAppend, SnapshotRecord
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.api import Journal, JournalConflict, SnapshotStore
+from fluvial.journal.api import Journal, JournalConflict, JournalGap, SnapshotStore
 from fluvial.journal.queries import (
     current_events_by_slices,
     events_by_persistence_id,
@@ -366,6 +368,65 @@ class JournalContract:
             await journal.append([event(pid, n) for n in seq_nrs])
         assert await journal.highest_seq_nr(str(pid)) == 0
         assert await current_by_slices(journal, ENTITY_TYPE, SliceRange.all()) == []
+
+    async def test_seq_nrs_beyond_max_seq_nr_are_invalid(self, journal: JournalUnderTest) -> None:
+        (pid,) = entity_ids(ENTITY_TYPE, SliceRange.all(), 1)
+        for batch in ([event(pid, MAX_SEQ_NR + 1)], events(pid, MAX_SEQ_NR, 2)):
+            with pytest.raises(InvalidAppend):
+                await journal.append(batch)
+        assert await journal.highest_seq_nr(str(pid)) == 0
+
+    async def test_an_append_that_would_leave_a_gap_is_refused_and_stores_nothing(
+        self, journal: JournalUnderTest
+    ) -> None:
+        pid, other, new = entity_ids(ENTITY_TYPE, SliceRange.all(), 3)
+        stored = list(await journal.append(events(pid, 1, 2)))
+        await journal.append(events(other, 1, 3))
+
+        for first_seq_nr, count in [(4, 1), (5, 2), (2**40, 1)]:
+            with pytest.raises(JournalGap) as gap:
+                await journal.append(events(pid, first_seq_nr, count))
+            assert (gap.value.persistence_id, gap.value.seq_nr) == (str(pid), first_seq_nr)
+            assert gap.value.highest_seq_nr == 2
+            assert await read_all(journal, pid) == stored
+        # An entity with no events starts at seq nr 1, across appends: [5], then [3].
+        for first_seq_nr in (5, 3):
+            with pytest.raises(JournalGap):
+                await journal.append(events(new, first_seq_nr, 1))
+        assert await journal.highest_seq_nr(str(new)) == 0
+        assert [r.seq_nr for r in await read_all(journal, other)] == [1, 2, 3]
+        # The entity carries on from its highest stored seq nr.
+        stored += await journal.append(events(pid, 3, 2))
+        assert await read_all(journal, pid) == stored
+        assert len(await current_by_slices(journal, ENTITY_TYPE, SliceRange.all())) == 7
+
+    async def test_a_gap_among_concurrent_appends_fails_alone(
+        self, journal: JournalUnderTest
+    ) -> None:
+        pid, *others = entity_ids(ENTITY_TYPE, SliceRange.all(), 11)
+        await journal.append(events(pid, 1, 2))
+        gaps: list[JournalGap] = []
+
+        async def append_gap() -> None:
+            try:
+                await journal.append(events(pid, 6, 1))
+            except JournalGap as exc:
+                gaps.append(exc)
+
+        with trio.fail_after(_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for other in others[:5]:
+                    nursery.start_soon(journal.append, events(other, 1, 2))
+                nursery.start_soon(append_gap)
+                # In either order, [3, 4] follows 2 and [6] follows neither 2 nor 4.
+                nursery.start_soon(journal.append, events(pid, 3, 2))
+                for other in others[5:]:
+                    nursery.start_soon(journal.append, events(other, 1, 2))
+
+        assert len(gaps) == 1
+        assert [r.seq_nr for r in await read_all(journal, pid)] == [1, 2, 3, 4]
+        for other in others:
+            assert [r.seq_nr for r in await read_all(journal, other)] == [1, 2]
 
     async def test_append_of_two_entities_in_one_batch_is_invalid(
         self, journal: JournalUnderTest
