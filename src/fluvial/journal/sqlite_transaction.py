@@ -301,6 +301,10 @@ def _try_commit(
                 _rollback(conn)
                 state.rolled_back_to(_NOTHING_DONE)
                 return False
+            if not conn.in_transaction:
+                # SQLite rolled back the whole transaction (it does so on a full disk, for
+                # one): the batch fails with this write's error.
+                result.unwrap()
             conn.execute("ROLLBACK TO write")
             state.rolled_back_to(mark)
             result = outcome.Error(_write_failure(state.path, pending.function, result.error))
