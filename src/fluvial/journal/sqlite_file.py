@@ -179,5 +179,12 @@ def _refuse_foreign_file(path: str, busy_timeout: float) -> None:
             return  # a new file
     except FileNotFoundError:
         return
-    with contextlib.closing(sqlite3.connect(path, timeout=busy_timeout)) as conn:
-        identify(conn, path)
+    with contextlib.closing(
+        sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    ) as conn:
+        # One read transaction: a process creating the file may commit between two reads.
+        conn.execute("BEGIN")
+        try:
+            identify(conn, path)
+        finally:
+            conn.execute("ROLLBACK")
