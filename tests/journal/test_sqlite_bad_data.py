@@ -170,7 +170,6 @@ async def test_an_unknown_manifest_raises_unknown_manifest_naming_its_event(
     assert len(rows_before) == 3
 
 
-# -- files fluvial cannot use: a typed error naming the file, and the file unchanged ----------
 def files_in(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 

@@ -69,7 +69,6 @@ def an_hour_from_now() -> int:
     return (time.time_ns() // 1000) + 3_600_000_000
 
 
-# -- the file -----------------------------------------------------------------------------------
 async def _fluvial_file(path: Path) -> None:
     async with open_sqlite_journal(path) as journal:
         await journal.append(events(entity_ids(ENTITY_TYPE, ALL, 1)[0], 1, 2))
@@ -284,7 +283,6 @@ async def test_a_follower_is_woken_by_a_commit_in_its_own_process_without_pollin
                 nursery.cancel_scope.cancel()
 
 
-# -- the writer ---------------------------------------------------------------------------------
 async def test_appends_made_in_one_scheduler_turn_share_one_transaction(tmp_path: Path) -> None:
     """The writer gets a turn's writes at once (at the end of the turn), not the first one. A turn
     of 1,000 appends outlasts the GIL's switch interval, so a writer woken by the first one

@@ -58,6 +58,7 @@ class _EndOfTurn(trio.abc.Instrument):
         self._hook = hook
 
     def before_io_wait(self, timeout: float) -> None:
+        """Trio calls this at the end of each turn of its scheduler."""
         self._hook()
 
 
@@ -146,6 +147,7 @@ class SqliteDatabase:
             self._queue.put(outbox)
 
     def commit_count(self) -> int:
+        """A counter of this database's commits, for `wait_for_commit`."""
         return self._commit_count
 
     async def wait_for_commit(self, seen_commit_count: int) -> None:
@@ -237,7 +239,6 @@ class SqliteDatabase:
         self._queue.put(None)
         await trio.to_thread.run_sync(self._thread.join)
 
-    # -- reading ----------------------------------------------------------------------------
     async def read(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """Run `function` with a reader connection in a worker thread.
 

@@ -100,8 +100,8 @@ class SqliteJournal:
         self._appends = 0
         self._appended: trio.Event | None = None
 
-    # -- Journal ----------------------------------------------------------------------------
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        """See `Journal.append`."""
         check_append_batch(events)
         if not events:
             return []
@@ -113,6 +113,7 @@ class SqliteJournal:
         events: Sequence[EventRecord],
         on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
     ) -> None:
+        """See `AppendSoon.append_soon`."""
         check_append_batch(events)
         if not events:
             on_done(outcome.Value([]))
@@ -132,6 +133,8 @@ class SqliteJournal:
     async def read_events(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events`."""
+
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE {EVENTS_OF_ENTITY} "
@@ -143,6 +146,8 @@ class SqliteJournal:
         return await self.database.read(query)
 
     async def highest_seq_nr(self, persistence_id: str) -> int:
+        """See `Journal.highest_seq_nr`."""
+
         def query(conn: sqlite3.Connection) -> int:
             (highest,) = conn.execute(
                 f"SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE {EVENTS_OF_ENTITY}",
@@ -155,6 +160,8 @@ class SqliteJournal:
     async def read_events_by_slices(
         self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events_by_slices`."""
+
         # Records seen at exactly `after.timestamp` are re-read and dropped here, so ask for
         # that many more to still return up to `limit` new ones.
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
@@ -176,9 +183,11 @@ class SqliteJournal:
         return await self.database.read(query)
 
     def append_count(self) -> int:
+        """See `Journal.append_count`."""
         return self._appends
 
     async def wait_for_new_events(self, seen_append_count: int) -> None:
+        """See `Journal.wait_for_new_events`."""
         if self._appends != seen_append_count:
             await trio.lowlevel.checkpoint()
             return
@@ -188,8 +197,9 @@ class SqliteJournal:
         with trio.move_on_after(self.database.poll_interval):
             await self._appended.wait()
 
-    # -- SnapshotStore ----------------------------------------------------------------------
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
+        """See `SnapshotStore.save_snapshot`."""
+
         def save(txn: WriteTransaction) -> None:
             txn.connection.execute(
                 "INSERT OR REPLACE INTO snapshot (persistence_id, seq_nr, entity_type, slice, "
@@ -217,6 +227,8 @@ class SqliteJournal:
     async def load_snapshot(
         self, persistence_id: str, max_seq_nr: int = 2**63 - 1
     ) -> SnapshotRecord | None:
+        """See `SnapshotStore.load_snapshot`."""
+
         def query(conn: sqlite3.Connection) -> SnapshotRecord | None:
             row = conn.execute(
                 "SELECT persistence_id, seq_nr, entity_type, slice, db_timestamp, manifest, "

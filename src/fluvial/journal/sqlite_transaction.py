@@ -73,6 +73,7 @@ class WriteTransaction:
 
     @property
     def last_timestamp(self) -> int:
+        """The last timestamp handed out in this transaction (or before it)."""
         return self._last_timestamp
 
 
@@ -145,6 +146,7 @@ class WriterState:
         self.seq_nrs = HighestSeqNrs()
 
     def begin(self, conn: sqlite3.Connection) -> WriteTransaction:
+        """Begin a write transaction, reading again what another connection may have changed."""
         conn.execute("BEGIN IMMEDIATE")
         if self.clock.refresh(conn):
             # Another process may have appended to any entity.
@@ -152,13 +154,16 @@ class WriterState:
         return WriteTransaction(conn, self.clock.last_timestamp, self.keys, self.seq_nrs)
 
     def mark(self) -> tuple[int, int]:
+        """A point to roll back to, before the next write."""
         return self.keys.mark(), self.seq_nrs.mark()
 
     def rolled_back_to(self, mark: tuple[int, int]) -> None:
+        """Forget what was noted since `mark` (its savepoint or transaction was rolled back)."""
         self.keys.rolled_back_to(mark[0])
         self.seq_nrs.rolled_back_to(mark[1])
 
     def committed(self, txn: WriteTransaction) -> None:
+        """Keep what `txn` noted: it was committed."""
         self.keys.committed()
         self.seq_nrs.committed()
         self.clock.last_timestamp = txn.last_timestamp

@@ -34,6 +34,7 @@ class KnownKeys:
         self._uncommitted: list[tuple[set[str], list[str]]] = []
 
     def ensure(self, conn: sqlite3.Connection, ensured: EnsuredKeys, keys: Iterable[str]) -> None:
+        """Run `ensured` (inside the open transaction) for each of `keys` not committed yet."""
         known = self._known.get(ensured.sql)
         if known is None:
             known = self._known[ensured.sql] = set()
@@ -43,12 +44,15 @@ class KnownKeys:
             self._uncommitted.append((known, missing))
 
     def mark(self) -> int:
+        """A point to roll back to: before the next write's keys."""
         return len(self._uncommitted)
 
     def rolled_back_to(self, mark: int) -> None:
+        """Forget the keys added since `mark` (their savepoint was rolled back)."""
         del self._uncommitted[mark:]
 
     def committed(self) -> None:
+        """Count the open transaction's keys as committed."""
         for known, keys in self._uncommitted:
             if len(known) + len(keys) > self.LIMIT:
                 known.clear()
@@ -80,6 +84,7 @@ class HighestSeqNrs:
         self._log: list[tuple[str, int]] = []  # the uncommitted ones in order, to roll back
 
     def highest(self, conn: sqlite3.Connection, sql: str, key: str) -> int:
+        """The highest seq nr of `key`, stored or appended in the open transaction."""
         highest = self._uncommitted.get(key)
         if highest is None:
             highest = self._committed.get(key)
@@ -93,18 +98,22 @@ class HighestSeqNrs:
         return highest
 
     def appended(self, key: str, highest: int) -> None:
+        """Note that the open transaction appended `key`'s events up to `highest`."""
         self._uncommitted[key] = highest
         self._log.append((key, highest))
 
     def mark(self) -> int:
+        """A point to roll back to: before the next write's appends."""
         return len(self._log)
 
     def rolled_back_to(self, mark: int) -> None:
+        """Forget the appends noted since `mark` (their savepoint was rolled back)."""
         if mark < len(self._log):
             del self._log[mark:]
             self._uncommitted = dict(self._log)
 
     def committed(self) -> None:
+        """Count the open transaction's appends as committed."""
         if len(self._committed) + len(self._uncommitted) > self.LIMIT:
             self._committed.clear()
         self._committed.update(self._uncommitted)
@@ -112,6 +121,7 @@ class HighestSeqNrs:
         self._log.clear()
 
     def forget(self) -> None:
+        """Forget everything: another connection may have appended to any key."""
         self._committed.clear()
 
 

@@ -111,6 +111,7 @@ def events(pid: PersistenceId, first_seq_nr: int, count: int) -> list[EventRecor
 
 
 def snapshot(pid: PersistenceId, seq_nr: int) -> SnapshotRecord:
+    """A snapshot record of `pid` at `seq_nr`, as an entity would hand it to `save_snapshot`."""
     return SnapshotRecord(
         persistence_id=str(pid),
         seq_nr=seq_nr,
@@ -121,6 +122,7 @@ def snapshot(pid: PersistenceId, seq_nr: int) -> SnapshotRecord:
 
 
 def without_timestamp(records: Sequence[EventRecord]) -> list[EventRecord]:
+    """`records` as they were before the journal stamped them."""
     return [
         EventRecord(
             persistence_id=r.persistence_id,
@@ -149,6 +151,7 @@ async def snapshot_seq_nr(
 
 
 async def read_all(journal: Journal, pid: PersistenceId) -> list[EventRecord]:
+    """Every stored event of `pid`, bounded in time so that a looping query fails."""
     with trio.fail_after(_TIMEOUT):
         return [record async for record in events_by_persistence_id(journal, str(pid))]
 
@@ -174,7 +177,6 @@ async def current_by_slices(
 class JournalContract:
     """The contract tests. Subclass in a ``Test*`` class that defines a ``journal`` fixture."""
 
-    # -- append and read by persistence id ------------------------------------------------------
     async def test_unknown_entity_has_no_events(self, journal: JournalUnderTest) -> None:
         (pid,) = entity_ids(ENTITY_TYPE, SliceRange.all(), 1)
         assert await journal.highest_seq_nr(str(pid)) == 0
@@ -274,7 +276,6 @@ class JournalContract:
         assert await read(20) == stored[19:]
         assert await read(21) == []
 
-    # -- conflicts and invalid appends -------------------------------------------------------
     async def test_conflicting_append_raises_and_stores_nothing_of_its_batch(
         self, journal: JournalUnderTest
     ) -> None:
@@ -444,7 +445,6 @@ class JournalContract:
         assert list(await journal.append([])) == []
         assert await current_by_slices(journal, ENTITY_TYPE, SliceRange.all()) == []
 
-    # -- events by slices ----------------------------------------------------------------------
     async def _append_mixed(self, journal: JournalUnderTest) -> list[EventRecord]:
         """Events of two entity types in both halves of the slices, interleaved."""
         pids = [
@@ -615,7 +615,6 @@ class JournalContract:
                 )
                 assert await anext(stream) == new[0]
 
-    # -- snapshots -----------------------------------------------------------------------------
     async def test_snapshot_of_unknown_entity_is_none(self, journal: JournalUnderTest) -> None:
         (pid,) = entity_ids(ENTITY_TYPE, SliceRange.all(), 1)
         assert await journal.load_snapshot(str(pid)) is None

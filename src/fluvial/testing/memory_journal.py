@@ -33,6 +33,7 @@ class MemoryJournal:
         return self._clock
 
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        """See `Journal.append`."""
         check_append_batch(events)
         await trio.lowlevel.checkpoint()
         if not events:
@@ -56,11 +57,13 @@ class MemoryJournal:
     async def read_events(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events`."""
         await trio.lowlevel.checkpoint()
         history = self._by_pid.get(persistence_id, [])
         return [e for e in history if from_seq_nr <= e.seq_nr <= to_seq_nr][:limit]
 
     async def highest_seq_nr(self, persistence_id: str) -> int:
+        """See `Journal.highest_seq_nr`."""
         await trio.lowlevel.checkpoint()
         history = self._by_pid.get(persistence_id)
         return history[-1].seq_nr if history else 0
@@ -68,6 +71,7 @@ class MemoryJournal:
     async def read_events_by_slices(
         self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events_by_slices`."""
         await trio.lowlevel.checkpoint()
         start = bisect.bisect_left(self._by_time, after.timestamp, key=lambda e: e.timestamp)
         found: list[EventRecord] = []
@@ -83,15 +87,18 @@ class MemoryJournal:
         return found
 
     def append_count(self) -> int:
+        """See `Journal.append_count`."""
         return self._appends
 
     async def wait_for_new_events(self, seen_append_count: int) -> None:
+        """See `Journal.wait_for_new_events`."""
         if self._appends == seen_append_count:
             await self._appended.wait()
         else:
             await trio.lowlevel.checkpoint()
 
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
+        """See `SnapshotStore.save_snapshot`."""
         await trio.lowlevel.checkpoint()
         stored = [
             s
@@ -105,6 +112,7 @@ class MemoryJournal:
     async def load_snapshot(
         self, persistence_id: str, max_seq_nr: int = MAX_SEQ_NR
     ) -> SnapshotRecord | None:
+        """See `SnapshotStore.load_snapshot`."""
         await trio.lowlevel.checkpoint()
         candidates = [s for s in self._snapshots.get(persistence_id, []) if s.seq_nr <= max_seq_nr]
         return candidates[-1] if candidates else None
