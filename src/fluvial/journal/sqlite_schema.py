@@ -217,7 +217,9 @@ def identify(conn: sqlite3.Connection, path: str) -> int:
     """
     (application_id,) = conn.execute("PRAGMA application_id").fetchone()
     (found,) = conn.execute("PRAGMA user_version").fetchone()
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
     if application_id == 0 and found == 0 and not tables:
         return 0
     if application_id not in (0, APPLICATION_ID):
