@@ -230,11 +230,12 @@ def identify(conn: sqlite3.Connection, path: str) -> int:
             "the journal",
         )
     if application_id == 0 and not (found >= 1 and _has_journal_tables(conn, tables)):
+        named = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise NotAJournal(
             path,
-            f"it is a SQLite database (user_version {found}, tables "
-            f"{', '.join(sorted(tables)) or 'none'}) but not a fluvial journal; fluvial "
-            "changed nothing in it: use a file of its own for the journal",
+            f"it is a SQLite database (user_version {found}, tables: {named or 'none'}) but "
+            "not a fluvial journal; fluvial changed nothing in it: use a file of its own for "
+            "the journal",
         )
     if found > SCHEMA_VERSION:
         raise SchemaVersionTooNew(path, found, SCHEMA_VERSION)
