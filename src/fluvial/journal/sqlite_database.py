@@ -248,6 +248,7 @@ class SqliteDatabase:
         """
         self._check_open()
         async with self._reader_limiter:
+            self._check_open()  # it may have closed while this read waited for a reader
             conn = self._reader_pool.pop() if self._reader_pool else None
             try:
                 if conn is None:
