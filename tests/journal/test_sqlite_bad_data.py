@@ -12,7 +12,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -31,7 +31,7 @@ from fluvial.journal.sqlite_errors import (
     JournalReadOnly,
     NotAJournal,
 )
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
+from fluvial.journal.sqlite_journal import open_sqlite_journal
 from fluvial.journal.sqlite_schema import SCHEMA_VERSION
 from fluvial.journal.sqlite_transaction import WriteTransaction
 
@@ -195,29 +195,51 @@ async def test_a_file_that_is_not_a_database_is_refused_unchanged(tmp_path: Path
     assert files_in(tmp_path) == before
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.9], ids=["half", "most"])
-async def test_a_truncated_journal_is_reported_as_corrupt_and_left_as_it_is(
-    tmp_path: Path, keep: float
+def truncated(data: bytes, keep: float) -> bytes:
+    return data[: int(len(data) * keep) // 4096 * 4096]
+
+
+def overwritten(data: bytes, keep: float) -> bytes:
+    # Pages past the schema's, overwritten with garbage: a damaged disk or a stray write.
+    start = 3 * 4096
+    end = int(len(data) * keep) // 4096 * 4096
+    return data[:start] + b"\xa5" * (end - start) + data[end:]
+
+
+@pytest.mark.parametrize(
+    ("damage", "keep"),
+    [(truncated, 0.5), (truncated, 0.9), (overwritten, 0.5)],
+    ids=["truncated-half", "truncated-end", "overwritten"],
+)
+async def test_a_damaged_journal_is_reported_as_corrupt_and_left_as_it_is(
+    tmp_path: Path, damage: Callable[[bytes, float], bytes], keep: float
 ) -> None:
     path = tmp_path / "journal.db"
     await write_events(path, 300)
     data = path.read_bytes()
     assert not (tmp_path / "journal.db-wal").exists(), "checkpointed on close"
-    path.write_bytes(data[: int(len(data) * keep) // 4096 * 4096])
+    path.write_bytes(damage(data, keep))
     before = files_in(tmp_path)
 
     with pytest.raises(JournalCorrupt) as error:
-        async with open_sqlite_journal(path) as journal:
-            await read_all_of(journal)
+        await open_and_read_all(path)
     assert isinstance(error.value, DataError)
     assert str(path) in str(error.value)
     assert "restore it from a backup" in str(error.value)
     assert files_in(tmp_path) == before
 
 
-async def read_all_of(journal: SqliteJournal) -> None:
-    [r async for r in events_by_persistence_id(journal, str(PID))]
-    [r async for r in current_events_by_slices(journal, PID.entity_type, SliceRange.all())]
+async def open_and_read_all(path: Path) -> None:
+    """Open `path` and read every event; what failed, raised as itself (opening or reading)."""
+    failed: Exception | None = None
+    async with open_sqlite_journal(path) as journal:
+        try:
+            [r async for r in events_by_persistence_id(journal, str(PID))]
+            [r async for r in current_events_by_slices(journal, PID.entity_type, SliceRange.all())]
+        except Exception as exc:
+            failed = exc
+    if failed is not None:
+        raise failed
 
 
 async def test_a_directory_is_refused_with_what_to_do(tmp_path: Path) -> None:

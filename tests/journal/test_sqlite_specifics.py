@@ -124,6 +124,19 @@ async def test_reopening_a_file_keeps_its_events_and_snapshots(tmp_path: Path) -
         assert await read_all(journal, first) == [*stored[:3], *more]
 
 
+async def test_opening_an_up_to_date_journal_and_reading_changes_no_byte_of_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.db"
+    (pid,) = entity_ids(ENTITY_TYPE, ALL, 1)
+    async with open_sqlite_journal(path) as journal:
+        stored = await journal.append(events(pid, 1, 3))
+    before = path.read_bytes()
+    async with open_sqlite_journal(path) as journal:
+        assert await read_all(journal, pid) == list(stored)
+    assert path.read_bytes() == before
+
+
 async def test_a_file_of_schema_version_2_is_migrated_with_its_events(tmp_path: Path) -> None:
     """v3 stores the events in commit order and v5 indexes them by an integer entity key; a
     v2 file (events keyed by persistence id) keeps them, and its entities' seq nrs."""

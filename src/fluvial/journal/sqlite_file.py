@@ -20,7 +20,7 @@ from typing import Literal
 import attrs
 
 from fluvial.core.errors import UsageError
-from fluvial.journal.sqlite_errors import JournalCannotOpen, storage_error
+from fluvial.journal.sqlite_errors import JournalCannotOpen, JournalReadOnly, storage_error
 from fluvial.journal.sqlite_schema import identify, migrate
 
 Durability = Literal["process", "power-loss"]
@@ -158,7 +158,8 @@ def _open_writer_once(path: str, options: FileOptions) -> sqlite3.Connection:
 
 
 def _check_place(path: str) -> None:
-    """Raise JournalCannotOpen for a path where no journal file can be."""
+    """Raise JournalCannotOpen for a path where no journal file can be, JournalReadOnly for
+    a file this process cannot write."""
     if os.path.isdir(path):
         raise JournalCannotOpen(
             path,
@@ -168,6 +169,13 @@ def _check_place(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise JournalCannotOpen(path, f"the directory {directory} does not exist; create it first")
+    # SQLite would open it read-only and fail at the first write; opening writes nothing.
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise JournalReadOnly(
+            path,
+            "the file cannot be written; give the process write permission to it (and to "
+            "its directory, where SQLite keeps its -wal and -shm files)",
+        )
 
 
 def _refuse_foreign_file(path: str, busy_timeout: float) -> None:

@@ -175,11 +175,15 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = identify(conn, path)
-        db = sqlite_utils.Database(conn)
-        for migration in MIGRATIONS[found:]:
-            migration(db)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        # Only what must change is written: opening an up-to-date file changes no byte of it.
+        if found < SCHEMA_VERSION:
+            db = sqlite_utils.Database(conn)
+            for migration in MIGRATIONS[found:]:
+                migration(db)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        (application_id,) = conn.execute("PRAGMA application_id").fetchone()
+        if application_id != APPLICATION_ID:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
