@@ -37,17 +37,7 @@ UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
         "fluvial.SerializerRegistry.manifest_of",
         # entity/runtime.py
         # journal/api.py
-        "fluvial.SnapshotStore",
         # journal/sqlite_journal.py
-        "fluvial.SqliteJournal.append",
-        "fluvial.SqliteJournal.append_count",
-        "fluvial.SqliteJournal.append_soon",
-        "fluvial.SqliteJournal.highest_seq_nr",
-        "fluvial.SqliteJournal.load_snapshot",
-        "fluvial.SqliteJournal.read_events",
-        "fluvial.SqliteJournal.read_events_by_slices",
-        "fluvial.SqliteJournal.save_snapshot",
-        "fluvial.SqliteJournal.wait_for_new_events",
         # journal/sqlite_offset_store.py
         "fluvial.SqliteOffsetStore.load_entity",
         "fluvial.SqliteOffsetStore.save",
@@ -63,21 +53,11 @@ UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
         "fluvial.testing.BehaviorTestKit.persisted_events",
         "fluvial.testing.BehaviorTestKit.state",
         # testing/memory_journal.py
-        "fluvial.testing.MemoryJournal.append",
-        "fluvial.testing.MemoryJournal.append_count",
-        "fluvial.testing.MemoryJournal.highest_seq_nr",
-        "fluvial.testing.MemoryJournal.load_snapshot",
-        "fluvial.testing.MemoryJournal.read_events",
-        "fluvial.testing.MemoryJournal.read_events_by_slices",
-        "fluvial.testing.MemoryJournal.save_snapshot",
-        "fluvial.testing.MemoryJournal.wait_for_new_events",
     }
 )
 # Public objects with a section divider right above them, in those files.
 DIVIDER_ABOVE_ELSEWHERE: frozenset[str] = frozenset(
     {
-        "fluvial.SqliteJournal.append",  # journal/sqlite_journal.py
-        "fluvial.SqliteJournal.save_snapshot",  # journal/sqlite_journal.py
         "fluvial.SqliteOffsetStore.offsets",  # journal/sqlite_offset_store.py
     }
 )

@@ -22,6 +22,9 @@ from fluvial.core.serialization import SerializedPayload
 
 E_co = TypeVar("E_co", covariant=True)
 
+# The highest seq nr a journal stores: SQLite's INTEGER (and PostgreSQL's BIGINT) is signed 64-bit.
+MAX_SEQ_NR = 2**63 - 1
+
 
 class EventRecord(msgspec.Struct, frozen=True, gc=False):
     """One stored event of one entity.
@@ -78,16 +81,25 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
 
 
 class InvalidAppend(UsageError):
-    """An append whose events are not one entity's consecutive sequence numbers."""
+    """An append whose events are not one entity's consecutive sequence numbers within
+    1..MAX_SEQ_NR."""
 
 
 def check_append_batch(events: Sequence[EventRecord]) -> None:
-    """Raise InvalidAppend unless `events` are one entity's consecutive seq nrs from >= 1."""
+    """Raise InvalidAppend unless `events` are one entity's consecutive seq nrs within
+    1..MAX_SEQ_NR.
+
+    Whether they follow the entity's stored events is the journal's to check (`JournalGap`).
+    """
     if not events:
         return
     first = events[0]
     if first.seq_nr < 1:
         raise InvalidAppend(f"seq nrs start at 1: {first.persistence_id} seq nr {first.seq_nr}")
+    if events[-1].seq_nr > MAX_SEQ_NR:
+        raise InvalidAppend(
+            f"seq nrs end at {MAX_SEQ_NR}: {first.persistence_id} seq nr {events[-1].seq_nr}"
+        )
     for offset, event in enumerate(events):
         if event.persistence_id != first.persistence_id:
             raise InvalidAppend(

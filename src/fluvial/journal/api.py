@@ -15,9 +15,8 @@ import outcome
 from fluvial.core.errors import FluvialError
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import MAX_SEQ_NR as MAX_SEQ_NR
 from fluvial.core.records import EventRecord, SnapshotRecord
-
-MAX_SEQ_NR = 2**63 - 1
 
 
 class JournalError(FluvialError):
@@ -40,13 +39,48 @@ class JournalConflict(JournalError):
         self.seq_nr = seq_nr
 
 
+class JournalGap(JournalError):
+    """An append whose first seq nr is not the entity's highest stored seq nr + 1 (it would
+    leave a gap); nothing of the batch was stored.
+
+    The caller's idea of the entity is wrong (seq nrs come from its stored events): read
+    `highest_seq_nr` and append from the next one.
+    """
+
+    def __init__(self, persistence_id: str, seq_nr: int, highest_seq_nr: int) -> None:
+        super().__init__(
+            f"{persistence_id} seq nr {seq_nr} does not follow its highest stored seq nr "
+            f"{highest_seq_nr} (the next is {highest_seq_nr + 1}); nothing of this batch "
+            "was stored"
+        )
+        self.persistence_id = persistence_id
+        self.seq_nr = seq_nr
+        self.highest_seq_nr = highest_seq_nr
+
+
+class JournalClosed(JournalError):
+    """A call on a journal (or its database) after it was closed; nothing was done.
+
+    Keep using a journal only inside the `async with` block that opened it.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the journal {name} is closed: use it only inside the `async with` block "
+            "that opened it; nothing was done"
+        )
+        self.name = name
+
+
 class Journal(Protocol):
     """The append-only event store."""
 
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
         """Store one entity's consecutive events atomically; return them with timestamps.
 
-        Raises JournalConflict (nothing stored) if any seq nr is already taken.
+        Raises InvalidAppend for events that are not one entity's consecutive seq nrs,
+        JournalConflict if a seq nr is already taken, and JournalGap if the first seq nr is
+        not the entity's highest stored + 1; in each case nothing of the batch is stored.
         """
         ...
 
@@ -101,6 +135,8 @@ class AppendSoon(Protocol):
 
 
 class SnapshotStore(Protocol):
+    """Where an entity's snapshots are kept: the starting point of its recovery."""
+
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
         """Store a snapshot and delete all but the `keep` newest of its entity."""
         ...

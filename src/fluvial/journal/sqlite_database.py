@@ -23,17 +23,22 @@ import socket
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import outcome
 import trio
 
-from fluvial.journal.sqlite_schema import SCHEMA_VERSION, SchemaVersionTooNew, migrate
+from fluvial.journal.api import JournalClosed
+from fluvial.journal.sqlite_errors import storage_error
+from fluvial.journal.sqlite_file import CHECKPOINT_PAGES as _CHECKPOINT_PAGES
+from fluvial.journal.sqlite_file import DEFAULT_BUSY_TIMEOUT, FileOptions, checked_path, open_writer
+from fluvial.journal.sqlite_file import Durability as Durability
+from fluvial.journal.sqlite_file import connect as connect
 from fluvial.journal.sqlite_transaction import (
-    FileClock,
-    KnownKeys,
     PendingWrite,
+    WriterState,
     WriteTransaction,
     commit_batch,
     pages_written,
@@ -43,43 +48,8 @@ from fluvial.nursery_errors import open_service_nursery
 log = logging.getLogger("fluvial.journal")
 
 T = TypeVar("T")
-Durability = Literal["process", "power-loss"]
 
 _MAX_WRITES_PER_TRANSACTION = 2000
-# The writer checkpoints the WAL itself once about this many pages were written since the last
-# checkpoint, when it has nothing else to do (see `_checkpoint_when_idle`); SQLite's own
-# automatic checkpoint stays as a backstop at four times that, for a writer that never idles.
-_CHECKPOINT_PAGES = 4000
-
-
-def connect(path: str, durability: Durability, *, writer: bool = False) -> sqlite3.Connection:
-    """A connection set up the way every fluvial connection to a journal file is."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # WAL + NORMAL survives a killed process; FULL also survives power loss, at an fsync a commit.
-    conn.execute("PRAGMA synchronous=" + ("FULL" if durability == "power-loss" else "NORMAL"))
-    conn.execute("PRAGMA busy_timeout=10000")
-    if writer:
-        # The writer checkpoints when idle (`SqliteDatabase._checkpoint_when_idle`); SQLite's
-        # automatic checkpoint inside a commit is only the backstop.
-        conn.execute(f"PRAGMA wal_autocheckpoint={4 * _CHECKPOINT_PAGES}")
-        # 32 MiB of page cache instead of 2: a commit of 1,000 entities' events updates
-        # hundreds of pages of the per-entity index, which then stay in memory.
-        conn.execute("PRAGMA cache_size=-32768")
-    return conn
-
-
-def _refuse_newer_schema(path: str) -> None:
-    """Raise SchemaVersionTooNew before `connect` switches the file to WAL, so that a file of a
-    newer fluvial is not modified at all. (`migrate` checks again, inside its transaction.)"""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        (found,) = conn.execute("PRAGMA user_version").fetchone()
-    if found > SCHEMA_VERSION:
-        raise SchemaVersionTooNew(path, found, SCHEMA_VERSION)
-
-
-def _cannot_abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.FAILED
 
 
 class _EndOfTurn(trio.abc.Instrument):
@@ -89,6 +59,7 @@ class _EndOfTurn(trio.abc.Instrument):
         self._hook = hook
 
     def before_io_wait(self, timeout: float) -> None:
+        """Trio calls this at the end of each turn of its scheduler."""
         self._hook()
 
 
@@ -99,21 +70,14 @@ class SqliteDatabase:
     connection when that context exits.
     """
 
-    def __init__(
-        self,
-        path: str,
-        writer: sqlite3.Connection,
-        *,
-        durability: Durability,
-        readers: int,
-        poll_interval: float,
-    ) -> None:
+    def __init__(self, path: str, writer: sqlite3.Connection, options: FileOptions) -> None:
         self.path = path
         self._writer = writer
-        self._durability: Durability = durability
+        self._options = options
         self._reader_pool: list[sqlite3.Connection] = []
-        self._reader_limiter = trio.CapacityLimiter(readers)
-        self.poll_interval = poll_interval
+        self._reader_limiter = trio.CapacityLimiter(options.readers)
+        self.poll_interval = options.poll_interval
+        self._closed = False
         # Writes wait in the outbox until the end of the scheduler's turn (`_hand_over_writes`).
         self._outbox: list[PendingWrite[Any]] = []
         self._queue: queue.SimpleQueue[list[PendingWrite[Any]] | None] = queue.SimpleQueue()
@@ -124,23 +88,38 @@ class SqliteDatabase:
             target=self._writer_thread, name=f"fluvial-writer:{path}", daemon=True
         )
         self._commit_count = 0
-        self._clock = FileClock()
-        self._keys = KnownKeys()
+        self._state = WriterState(path)
         self._pages_since_checkpoint = 0
         self._committed: trio.Event | None = None  # exists only while someone waits
         self._thread.start()
 
-    # -- writing ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalClosed(self.path)
+
     async def write(self, function: Callable[[WriteTransaction], T]) -> T:
         """Run `function` in the writer thread inside a transaction, committed with others.
 
-        If `function` raises, its own changes are rolled back and the error is raised here;
-        the other writes of the transaction are not affected. Once queued, a write cannot be
-        cancelled: the caller waits for its commit (writes are short).
+        If `function` raises, its own changes are rolled back and the error is raised here
+        (SQLite's errors as a `JournalFileError`); the other writes of the transaction are not
+        affected. Cancelled while it waits in the outbox (until the end of the scheduler's
+        turn), the write did nothing; once handed to the writer thread it cannot be
+        cancelled: the caller waits for its commit (writes are short). Raises JournalClosed
+        after the database was closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._outbox.append(PendingWrite(function, trio.lowlevel.current_task()))
-        result: T = await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+        self._check_open()
+        pending = PendingWrite(function, trio.lowlevel.current_task())
+        self._outbox.append(pending)
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            # Still in the outbox: the writer has not seen it, so it can be taken back.
+            if any(waiting is pending for waiting in self._outbox):
+                self._outbox.remove(pending)
+                return trio.lowlevel.Abort.SUCCEEDED
+            return trio.lowlevel.Abort.FAILED
+
+        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
 
     def write_soon(
@@ -149,7 +128,10 @@ class SqliteDatabase:
         on_done: Callable[[outcome.Outcome[T]], None],
     ) -> None:
         """Like `write`, but without waiting: `on_done` gets the outcome once committed,
-        called by the task that wakes writers (so it must not raise)."""
+        called by the task that wakes writers (so it must not raise). Raises JournalClosed
+        (and `on_done` is not called) after the database was closed."""
+        if self._closed:  # not `_check_open()`: a call less for every command of an entity
+            raise JournalClosed(self.path)
         self._outbox.append(PendingWrite(function, None, on_done))
 
     def _hand_over_writes(self) -> None:
@@ -167,6 +149,7 @@ class SqliteDatabase:
             self._queue.put(outbox)
 
     def commit_count(self) -> int:
+        """A counter of this database's commits, for `wait_for_commit`."""
         return self._commit_count
 
     async def wait_for_commit(self, seen_commit_count: int) -> None:
@@ -195,7 +178,7 @@ class SqliteDatabase:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
-            commit_batch(self._writer, self._clock, self._keys, batch)
+            commit_batch(self._writer, self._state, batch)  # never raises
             self._committed_batches.put(batch)
             self._wake_send.send(b"\0")
             self._pages_since_checkpoint += pages_written(batch)
@@ -215,7 +198,7 @@ class SqliteDatabase:
         self._pages_since_checkpoint = 0
         try:
             self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
+        except Exception:
             log.warning("%s: checkpointing the WAL failed", self.path, exc_info=True)
 
     @trio.lowlevel.enable_ki_protection  # a Ctrl-C here would strand the batch's callers
@@ -253,23 +236,40 @@ class SqliteDatabase:
             self._committed = None
 
     async def _stop_writer(self) -> None:
+        """Refuse new calls, commit what was written so far, and end the writer thread."""
+        self._closed = True
         self._hand_over_writes()
         self._queue.put(None)
         await trio.to_thread.run_sync(self._thread.join)
 
-    # -- reading ----------------------------------------------------------------------------
     async def read(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `function` with a reader connection in a worker thread."""
+        """Run `function` with a reader connection in a worker thread.
+
+        SQLite's errors come out as a `JournalFileError` naming the file; raises JournalClosed
+        after the database was closed.
+        """
+        self._check_open()
         async with self._reader_limiter:
+            self._check_open()  # it may have closed while this read waited for a reader
             conn = self._reader_pool.pop() if self._reader_pool else None
-            if conn is None:
-                conn = await trio.to_thread.run_sync(connect, self.path, self._durability)
             try:
+                if conn is None:
+                    conn = await trio.to_thread.run_sync(self._connect_reader)
                 return await trio.to_thread.run_sync(function, conn)
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, exc) from exc
             finally:
-                self._reader_pool.append(conn)
+                if conn is not None:
+                    if self._closed:
+                        conn.close()
+                    else:
+                        self._reader_pool.append(conn)
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        return connect(self.path, self._options.durability, busy_timeout=self._options.busy_timeout)
 
     def _close_connections(self) -> None:
+        self._closed = True
         self._wake_send.close()
         self._wake_receive.close()
         for conn in self._reader_pool:
@@ -278,38 +278,42 @@ class SqliteDatabase:
         self._writer.close()
 
 
-@contextlib.asynccontextmanager
-@trio.lowlevel.enable_ki_protection  # Ctrl-C reaches the body, not the closing
-async def open_sqlite_database(
+def open_sqlite_database(
     path: str | Path,
     *,
     durability: Durability = "process",
     readers: int = 4,
     poll_interval: float = 0.5,
-) -> AsyncIterator[SqliteDatabase]:
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+) -> AbstractAsyncContextManager[SqliteDatabase]:
     """Open (creating or migrating) a SQLite database file for fluvial.
 
     `durability="process"` (the default) keeps every committed write across a killed process;
     `"power-loss"` also keeps it across an OS crash, at the cost of an fsync per transaction.
-    `poll_interval` bounds how late a follower notices writes made by another process.
-    Raises SchemaVersionTooNew for a file written by a newer fluvial.
+    `readers` bounds the reader connections; `poll_interval` (seconds) bounds how late a
+    follower notices writes made by another process; `busy_timeout` (seconds) is how long a
+    write waits for a lock another connection holds before it fails with JournalBusy.
+
+    Raises UsageError here for arguments that cannot work, before the file is touched; on
+    entering, SchemaVersionTooNew for a file of a newer fluvial, and a `JournalFileError`
+    (NotAJournal, JournalCorrupt, JournalCannotOpen, ...) for a file it cannot use, which is
+    then left as it was.
     """
-    path = str(path)
-
-    def connect_and_migrate() -> sqlite3.Connection:
-        _refuse_newer_schema(path)
-        conn = connect(path, durability, writer=True)
-        try:
-            migrate(conn, path)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    writer = await trio.to_thread.run_sync(connect_and_migrate)
-    database = SqliteDatabase(
-        path, writer, durability=durability, readers=readers, poll_interval=poll_interval
+    name = checked_path(path)
+    options = FileOptions.checked(
+        durability=durability,
+        readers=readers,
+        poll_interval=poll_interval,
+        busy_timeout=busy_timeout,
     )
+    return _open_sqlite_database(name, options)
+
+
+@contextlib.asynccontextmanager
+@trio.lowlevel.enable_ki_protection  # Ctrl-C reaches the body, not the closing
+async def _open_sqlite_database(path: str, options: FileOptions) -> AsyncIterator[SqliteDatabase]:
+    writer = await trio.to_thread.run_sync(open_writer, path, options)
+    database = SqliteDatabase(path, writer, options)
     try:
         async with open_service_nursery() as nursery:
             await nursery.start(database._wake_writers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.api import JournalConflict
+from fluvial.journal.api import JournalConflict, JournalGap
 from fluvial.journal.live import LivePublisher
-from fluvial.journal.sqlite_database import Durability, SqliteDatabase, open_sqlite_database
+from fluvial.journal.sqlite_database import SqliteDatabase, open_sqlite_database
+from fluvial.journal.sqlite_file import DEFAULT_BUSY_TIMEOUT, Durability
 from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
-from fluvial.journal.sqlite_transaction import EnsuredKeys, RowInsert, WriteTransaction
+from fluvial.journal.sqlite_transaction import RowInsert, WriteTransaction
+from fluvial.journal.sqlite_writer_memory import EnsuredKeys, SeqNrCheck
 
 _EVENT_COLUMNS = (
     "persistence_id, seq_nr, entity_type, slice, db_timestamp, tags, manifest, ser_version, "
@@ -36,6 +39,12 @@ _INSERT_EVENT = (
     "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
 )
 _ENTITY_KEYS = EnsuredKeys("INSERT OR IGNORE INTO entity (persistence_id) VALUES (?)")
+# An append must start right after the entity's highest stored seq nr; the writer remembers
+# that of each entity it has written, so this query runs once per entity (and again after
+# another process has written the file).
+_FOLLOWS_STORED = SeqNrCheck(
+    f"SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE {EVENTS_OF_ENTITY}", JournalGap
+)
 _json_encode = msgspec.json.Encoder().encode
 _json_decode_tags = msgspec.json.Decoder(list[str]).decode
 
@@ -46,7 +55,9 @@ def _conflict(rows: list[tuple[Any, ...]]) -> Exception:
 
 
 def _insert_events(events: Sequence[EventRecord]) -> RowInsert:
-    return RowInsert(_INSERT_EVENT, [_event_row(e) for e in events], _conflict, _ENTITY_KEYS)
+    return RowInsert(
+        _INSERT_EVENT, [_event_row(e) for e in events], _conflict, _ENTITY_KEYS, _FOLLOWS_STORED
+    )
 
 
 def _event_row(record: EventRecord) -> tuple[Any, ...]:
@@ -89,8 +100,8 @@ class SqliteJournal:
         self._appends = 0
         self._appended: trio.Event | None = None
 
-    # -- Journal ----------------------------------------------------------------------------
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        """See `Journal.append`."""
         check_append_batch(events)
         if not events:
             return []
@@ -102,6 +113,7 @@ class SqliteJournal:
         events: Sequence[EventRecord],
         on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
     ) -> None:
+        """See `AppendSoon.append_soon`."""
         check_append_batch(events)
         if not events:
             on_done(outcome.Value([]))
@@ -121,6 +133,8 @@ class SqliteJournal:
     async def read_events(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events`."""
+
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE {EVENTS_OF_ENTITY} "
@@ -132,6 +146,8 @@ class SqliteJournal:
         return await self.database.read(query)
 
     async def highest_seq_nr(self, persistence_id: str) -> int:
+        """See `Journal.highest_seq_nr`."""
+
         def query(conn: sqlite3.Connection) -> int:
             (highest,) = conn.execute(
                 f"SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE {EVENTS_OF_ENTITY}",
@@ -144,6 +160,8 @@ class SqliteJournal:
     async def read_events_by_slices(
         self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events_by_slices`."""
+
         # Records seen at exactly `after.timestamp` are re-read and dropped here, so ask for
         # that many more to still return up to `limit` new ones.
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
@@ -165,9 +183,11 @@ class SqliteJournal:
         return await self.database.read(query)
 
     def append_count(self) -> int:
+        """See `Journal.append_count`."""
         return self._appends
 
     async def wait_for_new_events(self, seen_append_count: int) -> None:
+        """See `Journal.wait_for_new_events`."""
         if self._appends != seen_append_count:
             await trio.lowlevel.checkpoint()
             return
@@ -177,8 +197,9 @@ class SqliteJournal:
         with trio.move_on_after(self.database.poll_interval):
             await self._appended.wait()
 
-    # -- SnapshotStore ----------------------------------------------------------------------
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
+        """See `SnapshotStore.save_snapshot`."""
+
         def save(txn: WriteTransaction) -> None:
             txn.connection.execute(
                 "INSERT OR REPLACE INTO snapshot (persistence_id, seq_nr, entity_type, slice, "
@@ -206,6 +227,8 @@ class SqliteJournal:
     async def load_snapshot(
         self, persistence_id: str, max_seq_nr: int = 2**63 - 1
     ) -> SnapshotRecord | None:
+        """See `SnapshotStore.load_snapshot`."""
+
         def query(conn: sqlite3.Connection) -> SnapshotRecord | None:
             row = conn.execute(
                 "SELECT persistence_id, seq_nr, entity_type, slice, db_timestamp, manifest, "
@@ -252,15 +275,32 @@ class _Committed:
             self.on_done(outcome.Error(result.error))
 
 
-@contextlib.asynccontextmanager
-async def open_sqlite_journal(
-    path: str | Path, *, durability: Durability = "process", poll_interval: float = 0.5
-) -> AsyncIterator[SqliteJournal]:
+def open_sqlite_journal(
+    path: str | Path,
+    *,
+    durability: Durability = "process",
+    poll_interval: float = 0.5,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    readers: int = 4,
+) -> AbstractAsyncContextManager[SqliteJournal]:
     """Open the SQLite journal (and snapshot store) in the file at `path`.
 
-    See `open_sqlite_database` for `durability` and `poll_interval`.
+    See `open_sqlite_database` for the arguments and what opening raises: arguments that
+    cannot work raise UsageError here, before the file is touched.
     """
-    async with open_sqlite_database(
-        path, durability=durability, poll_interval=poll_interval
-    ) as database:
+    database = open_sqlite_database(
+        path,
+        durability=durability,
+        poll_interval=poll_interval,
+        busy_timeout=busy_timeout,
+        readers=readers,
+    )
+    return _open_sqlite_journal(database)
+
+
+@contextlib.asynccontextmanager
+async def _open_sqlite_journal(
+    opening: AbstractAsyncContextManager[SqliteDatabase],
+) -> AsyncIterator[SqliteJournal]:
+    async with opening as database:
         yield SqliteJournal(database)

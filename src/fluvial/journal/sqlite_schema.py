@@ -12,6 +12,7 @@ from collections.abc import Callable
 import sqlite_utils
 
 from fluvial.journal.api import JournalError
+from fluvial.journal.sqlite_errors import NotAJournal
 
 
 class SchemaVersionTooNew(JournalError):
@@ -169,17 +170,84 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:
-    """Bring the schema of `conn` to SCHEMA_VERSION, or raise SchemaVersionTooNew."""
+    """Bring the schema of `conn` to SCHEMA_VERSION and mark the file as fluvial's, or raise
+    what `identify` raises (the file unchanged)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        (found,) = conn.execute("PRAGMA user_version").fetchone()
-        if found > SCHEMA_VERSION:
-            raise SchemaVersionTooNew(path, found, SCHEMA_VERSION)
-        db = sqlite_utils.Database(conn)
-        for migration in MIGRATIONS[found:]:
-            migration(db)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        found = identify(conn, path)
+        # Only what must change is written: opening an up-to-date file changes no byte of it.
+        if found < SCHEMA_VERSION:
+            db = sqlite_utils.Database(conn)
+            for migration in MIGRATIONS[found:]:
+                migration(db)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        (application_id,) = conn.execute("PRAGMA application_id").fetchone()
+        if application_id != APPLICATION_ID:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+# Marks a file as a fluvial journal in its header (`PRAGMA application_id`, "fluv"), so that
+# another application's database is told apart by one read. Files of fluvial before it was
+# set are told by their tables (`_has_journal_tables`), and marked when next opened.
+APPLICATION_ID = 0x666C7576
+
+# The columns of `event_journal` that every schema version has.
+_JOURNAL_COLUMNS = frozenset(
+    [
+        "persistence_id",
+        "seq_nr",
+        "entity_type",
+        "slice",
+        "db_timestamp",
+        "tags",
+        "manifest",
+        "ser_version",
+        "payload",
+        "metadata",
+    ]
+)
+
+
+def identify(conn: sqlite3.Connection, path: str) -> int:
+    """The schema version of a fluvial journal (0 for an empty database), read without
+    writing anything.
+
+    Raises NotAJournal for another application's database and SchemaVersionTooNew for a
+    journal of a newer fluvial.
+    """
+    (application_id,) = conn.execute("PRAGMA application_id").fetchone()
+    (found,) = conn.execute("PRAGMA user_version").fetchone()
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if application_id == 0 and found == 0 and not tables:
+        return 0
+    if application_id not in (0, APPLICATION_ID):
+        raise NotAJournal(
+            path,
+            f"it is another application's SQLite database (application id "
+            f"{application_id:#x}); fluvial changed nothing in it: use a file of its own for "
+            "the journal",
+        )
+    if application_id == 0 and not (found >= 1 and _has_journal_tables(conn, tables)):
+        named = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotAJournal(
+            path,
+            f"it is a SQLite database (user_version {found}, tables: {named or 'none'}) but "
+            "not a fluvial journal; fluvial changed nothing in it: use a file of its own for "
+            "the journal",
+        )
+    if found > SCHEMA_VERSION:
+        raise SchemaVersionTooNew(path, found, SCHEMA_VERSION)
+    return int(found)
+
+
+def _has_journal_tables(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    if not {"event_journal", "snapshot"} <= tables:
+        return False
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(event_journal)")}
+    return columns >= _JOURNAL_COLUMNS

@@ -1,12 +1,14 @@
-"""What runs inside the writer's transactions: the writes, the file's clock, the entity keys,
-and how a batch of writes commits as one transaction.
+"""What runs inside the writer's transactions: the writes, and how a batch of writes commits
+as one transaction (what the writer remembers in between is in sqlite_writer_memory.py).
 
 `SqliteDatabase` (sqlite_database.py) owns the writer thread and hands it batches; everything
-here runs in that thread, on its connection.
+here runs in that thread, on its connection. Nothing here may let an exception escape the
+writer thread: every write of a batch gets an outcome, whatever fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 import time
@@ -17,6 +19,16 @@ import attrs
 import outcome
 import trio
 
+from fluvial.core.errors import FluvialError
+from fluvial.journal.sqlite_errors import JournalFileError, storage_error
+from fluvial.journal.sqlite_writer_memory import (
+    EnsuredKeys,
+    FileClock,
+    HighestSeqNrs,
+    KnownKeys,
+    SeqNrCheck,
+)
+
 T = TypeVar("T")
 
 
@@ -24,15 +36,30 @@ class WriteTransaction:
     """What a write function receives: the writer's connection, inside an open transaction."""
 
     def __init__(
-        self, connection: sqlite3.Connection, last_timestamp: int, keys: KnownKeys
+        self,
+        connection: sqlite3.Connection,
+        last_timestamp: int,
+        keys: KnownKeys,
+        seq_nrs: HighestSeqNrs,
     ) -> None:
         self.connection = connection
         self._last_timestamp = last_timestamp
         self._keys = keys
+        self._seq_nrs = seq_nrs
 
     def ensure_keys(self, ensured: EnsuredKeys, keys: Iterable[str]) -> None:
         """Run `ensured` for each of `keys` not known to be committed already."""
         self._keys.ensure(self.connection, ensured, keys)
+
+    def check_follows(self, check: SeqNrCheck, rows: list[tuple[Any, ...]]) -> None:
+        """Raise `check.on_gap` unless `rows` (one key's, in seq nr order) start right after
+        the key's highest stored seq nr. A first seq nr at or below it passes: the unique
+        index refuses it as a conflict."""
+        key, first = rows[0][0], rows[0][1]
+        highest = self._seq_nrs.highest(self.connection, check.highest_sql, key)
+        if first > highest + 1:
+            raise check.on_gap(key, first, highest)
+        self._seq_nrs.appended(key, max(highest, rows[-1][1]))
 
     def next_timestamp(self) -> int:
         """A timestamp in microseconds, greater than every one handed out before."""
@@ -46,50 +73,8 @@ class WriteTransaction:
 
     @property
     def last_timestamp(self) -> int:
+        """The last timestamp handed out in this transaction (or before it)."""
         return self._last_timestamp
-
-
-@attrs.frozen
-class EnsuredKeys:
-    """A statement that makes sure a row exists for a key, such as `INSERT OR IGNORE INTO
-    entity (persistence_id) VALUES (?)`, run before a `RowInsert` whose rows lead with that
-    key. The writer remembers the keys it has committed, so it runs the statement only for
-    keys new to it."""
-
-    sql: str
-
-
-class KnownKeys:
-    """The keys a writer has committed rows for, per `EnsuredKeys` statement; those it added
-    in the open transaction count only once it commits."""
-
-    LIMIT = 100_000  # keys remembered per statement; past it, start over (it only costs time)
-
-    def __init__(self) -> None:
-        self._known: dict[str, set[str]] = {}
-        self._uncommitted: list[tuple[set[str], list[str]]] = []
-
-    def ensure(self, conn: sqlite3.Connection, ensured: EnsuredKeys, keys: Iterable[str]) -> None:
-        known = self._known.get(ensured.sql)
-        if known is None:
-            known = self._known[ensured.sql] = set()
-        missing = [key for key in dict.fromkeys(keys) if key not in known]
-        if missing:
-            conn.executemany(ensured.sql, [(key,) for key in missing])
-            self._uncommitted.append((known, missing))
-
-    def mark(self) -> int:
-        return len(self._uncommitted)
-
-    def rolled_back_to(self, mark: int) -> None:
-        del self._uncommitted[mark:]
-
-    def committed(self) -> None:
-        for known, keys in self._uncommitted:
-            if len(known) + len(keys) > self.LIMIT:
-                known.clear()
-            known.update(keys)
-        self._uncommitted.clear()
 
 
 @attrs.define(eq=False)
@@ -102,13 +87,15 @@ class RowInsert:
     if that fails, each runs alone, and a failing one raises `on_conflict(rows)` to its caller
     only. Rows are tuples, and each stamped row lives only while SQLite binds it, so a
     transaction of thousands of rows gives the garbage collector nothing to walk. With
-    `ensure`, the rows' first values are keys that `ensure` makes exist first.
+    `ensure`, the rows' first values are keys that `ensure` makes exist first; with `follows`,
+    the rows are one key's seq nrs, checked to follow its stored ones (`SeqNrCheck`).
     """
 
     sql: str
     rows: list[tuple[Any, ...]]
     on_conflict: Callable[[list[tuple[Any, ...]]], Exception]
     ensure: EnsuredKeys | None = None
+    follows: SeqNrCheck | None = None
 
     def __call__(self, txn: WriteTransaction) -> int:
         try:
@@ -121,6 +108,9 @@ def _insert_all(txn: WriteTransaction, inserts: list[RowInsert]) -> int:
     """Insert the rows of `inserts` (all with the first one's statement) with one
     `executemany`, stamped with consecutive timestamps; return the first timestamp."""
     head = inserts[0]
+    if head.follows is not None:
+        for insert in inserts:
+            txn.check_follows(head.follows, insert.rows)
     first = txn.next_timestamps(sum(len(insert.rows) for insert in inserts))
     if head.ensure is not None:
         txn.ensure_keys(head.ensure, (row[0] for insert in inserts for row in insert.rows))
@@ -146,67 +136,112 @@ class PendingWrite(Generic[T]):
         self.result: outcome.Outcome[T] | None = None
 
 
-class FileClock:
-    """The newest timestamp of a file, as its single writer connection knows it.
+class WriterState:
+    """What the writer of the file at `path` remembers between its transactions."""
 
-    Inside a write transaction, the newest event's timestamp is the file's clock: every write
-    continues from it. The writer keeps it in memory and reads the file again only when
-    another connection (another process) has committed since (`PRAGMA data_version`): a
-    clock row read and updated by every transaction cost a SELECT, an UPDATE and a page
-    written to the WAL each time.
-    """
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.clock = FileClock()
+        self.keys = KnownKeys()
+        self.seq_nrs = HighestSeqNrs()
 
-    def __init__(self) -> None:
-        self._data_version: int | None = None
-        self.last_timestamp = 0
+    def begin(self, conn: sqlite3.Connection) -> WriteTransaction:
+        """Begin a write transaction, reading again what another connection may have changed."""
+        conn.execute("BEGIN IMMEDIATE")
+        if self.clock.refresh(conn):
+            # Another process may have appended to any entity.
+            self.seq_nrs.forget()
+        return WriteTransaction(conn, self.clock.last_timestamp, self.keys, self.seq_nrs)
 
-    def read(self, conn: sqlite3.Connection) -> int:
-        """The last timestamp handed out; call inside the write transaction."""
-        (data_version,) = conn.execute("PRAGMA data_version").fetchone()
-        if data_version != self._data_version:
-            (newest,) = conn.execute(
-                "SELECT coalesce(max(db_timestamp), 0) FROM event_journal"
-            ).fetchone()
-            self.last_timestamp = max(self.last_timestamp, newest)
-            self._data_version = data_version
-        return self.last_timestamp
+    def mark(self) -> tuple[int, int]:
+        """A point to roll back to, before the next write."""
+        return self.keys.mark(), self.seq_nrs.mark()
+
+    def rolled_back_to(self, mark: tuple[int, int]) -> None:
+        """Forget what was noted since `mark` (its savepoint or transaction was rolled back)."""
+        self.keys.rolled_back_to(mark[0])
+        self.seq_nrs.rolled_back_to(mark[1])
+
+    def committed(self, txn: WriteTransaction) -> None:
+        """Keep what `txn` noted: it was committed."""
+        self.keys.committed()
+        self.seq_nrs.committed()
+        self.clock.last_timestamp = txn.last_timestamp
+
+
+_NOTHING_DONE = (0, 0)  # the mark of a transaction's start
 
 
 def commit_batch(
-    conn: sqlite3.Connection,
-    clock: FileClock,
-    keys: KnownKeys,
-    batch: list[PendingWrite[Any]],
+    conn: sqlite3.Connection, state: WriterState, batch: list[PendingWrite[Any]]
 ) -> None:
     """Run `batch` in one transaction; each write's outcome lands in its `result`.
 
     Writes rarely fail, so the batch first runs without savepoints; only if one fails is the
-    transaction rolled back and the batch run again with a savepoint around each write.
+    transaction rolled back and the batch run again with a savepoint around each write. If
+    the transaction itself fails (the lock, a full disk, a bug here), every write of the batch
+    gets a `JournalFileError` and nothing of the batch is stored. Never raises.
     """
     try:
-        if not _try_commit(conn, clock, keys, batch, savepoints=False):
+        if not _try_commit(conn, state, batch, savepoints=False):
             # The rollback undid the writes that succeeded too: every write runs again.
             for pending in batch:
                 pending.result = None
-            _try_commit(conn, clock, keys, batch, savepoints=True)
-    except sqlite3.Error as exc:
-        keys.rolled_back_to(0)
+            _try_commit(conn, state, batch, savepoints=True)
+    except BaseException as exc:  # the writer thread must go on, whatever failed
+        state.rolled_back_to(_NOTHING_DONE)
+        _rollback(conn)
+        for pending in batch:
+            pending.result = outcome.Error(_batch_failure(state.path, exc))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite may have rolled back already (it does on some errors, such as a full disk).
+    with contextlib.suppress(sqlite3.Error):
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        for pending in batch:
-            pending.result = outcome.Error(exc)
+
+
+def _batch_failure(path: str, error: BaseException) -> BaseException:
+    """One write's error for the failure of its whole transaction (a new one per write:
+    several tasks raising one exception object would tangle its traceback)."""
+    failure = (
+        storage_error(path, error)
+        if isinstance(error, sqlite3.Error)
+        else JournalFileError(
+            path, f"the transaction failed ({error!r}); nothing of this write was stored"
+        )
+    )
+    failure.__cause__ = error
+    return failure
+
+
+def _write_failure(path: str, function: object, error: BaseException) -> BaseException:
+    """What the caller of a failed write gets: a typed error for SQLite's errors and for
+    rows fluvial could not store, the write function's own error otherwise."""
+    if isinstance(error, sqlite3.Error):
+        failure: BaseException = storage_error(path, error)
+    elif isinstance(function, RowInsert) and not isinstance(error, FluvialError):
+        failure = JournalFileError(
+            path, f"storing the rows failed ({error!r}); nothing of this write was stored"
+        )
+    else:
+        return error
+    failure.__cause__ = error
+    return failure
 
 
 def _run_merged(txn: WriteTransaction, batch: list[PendingWrite[Any]]) -> bool:
     """Run each run of consecutive `RowInsert`s with one statement as one executemany.
-    False if one failed (the caller rolls back and runs the writes one by one)."""
+    False if one failed, however (the caller rolls back and runs the writes one by one, so
+    that only the failing one fails)."""
     index = 0
     while index < len(batch):
         run = _row_insert_run(batch, index)
         if len(run) > 1:
             try:
                 first = _insert_all(txn, run)
-            except sqlite3.IntegrityError:
+            except Exception:
                 return False
             # Each write's first timestamp (accumulate also yields the one after the last).
             firsts = itertools.accumulate((len(insert.rows) for insert in run), initial=first)
@@ -238,7 +273,9 @@ def _row_insert_run(batch: list[PendingWrite[Any]], start: int) -> list[RowInser
     for pending in batch[start:]:
         function = pending.function
         if not isinstance(function, RowInsert) or (
-            run and (function.sql, function.ensure) != (run[0].sql, run[0].ensure)
+            run
+            and (function.sql, function.ensure, function.follows)
+            != (run[0].sql, run[0].ensure, run[0].follows)
         ):
             break
         run.append(function)
@@ -247,35 +284,38 @@ def _row_insert_run(batch: list[PendingWrite[Any]], start: int) -> list[RowInser
 
 def _try_commit(
     conn: sqlite3.Connection,
-    clock: FileClock,
-    keys: KnownKeys,
+    state: WriterState,
     batch: list[PendingWrite[Any]],
     *,
     savepoints: bool,
 ) -> bool:
-    conn.execute("BEGIN IMMEDIATE")
-    txn = WriteTransaction(conn, clock.read(conn), keys)
+    txn = state.begin(conn)
     if not savepoints and not _run_merged(txn, batch):
-        conn.execute("ROLLBACK")
-        keys.rolled_back_to(0)
+        _rollback(conn)
+        state.rolled_back_to(_NOTHING_DONE)
         return False
     for pending in batch:
         if pending.result is not None:
             continue  # done by _run_merged
         if savepoints:
             conn.execute("SAVEPOINT write")
-        mark = keys.mark()
-        pending.result = outcome.capture(pending.function, txn)
-        if isinstance(pending.result, outcome.Error):
+        mark = state.mark()
+        result = outcome.capture(pending.function, txn)
+        if isinstance(result, outcome.Error):
             if not savepoints:
-                conn.execute("ROLLBACK")
-                keys.rolled_back_to(0)
+                _rollback(conn)
+                state.rolled_back_to(_NOTHING_DONE)
                 return False
+            if not conn.in_transaction:
+                # SQLite rolled back the whole transaction (it does so on a full disk, for
+                # one): the batch fails with this write's error.
+                result.unwrap()
             conn.execute("ROLLBACK TO write")
-            keys.rolled_back_to(mark)
+            state.rolled_back_to(mark)
+            result = outcome.Error(_write_failure(state.path, pending.function, result.error))
+        pending.result = result
         if savepoints:
             conn.execute("RELEASE write")
     conn.execute("COMMIT")
-    keys.committed()
-    clock.last_timestamp = txn.last_timestamp
+    state.committed(txn)
     return True

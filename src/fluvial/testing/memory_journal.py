@@ -11,7 +11,7 @@ import trio
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
-from fluvial.journal.api import MAX_SEQ_NR, JournalConflict
+from fluvial.journal.api import MAX_SEQ_NR, JournalConflict, JournalGap
 from fluvial.journal.live import LivePublisher
 
 
@@ -33,14 +33,18 @@ class MemoryJournal:
         return self._clock
 
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        """See `Journal.append`."""
         check_append_batch(events)
         await trio.lowlevel.checkpoint()
         if not events:
             return []
         pid = events[0].persistence_id
         history = self._by_pid.setdefault(pid, [])
-        if history and history[-1].seq_nr >= events[0].seq_nr:
+        highest = history[-1].seq_nr if history else 0
+        if events[0].seq_nr <= highest:
             raise JournalConflict(pid, events[0].seq_nr)
+        if events[0].seq_nr != highest + 1:
+            raise JournalGap(pid, events[0].seq_nr, highest)
         stamped = [msgspec.structs.replace(e, timestamp=self._next_timestamp()) for e in events]
         history.extend(stamped)
         self._by_time.extend(stamped)
@@ -53,11 +57,13 @@ class MemoryJournal:
     async def read_events(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events`."""
         await trio.lowlevel.checkpoint()
         history = self._by_pid.get(persistence_id, [])
         return [e for e in history if from_seq_nr <= e.seq_nr <= to_seq_nr][:limit]
 
     async def highest_seq_nr(self, persistence_id: str) -> int:
+        """See `Journal.highest_seq_nr`."""
         await trio.lowlevel.checkpoint()
         history = self._by_pid.get(persistence_id)
         return history[-1].seq_nr if history else 0
@@ -65,6 +71,7 @@ class MemoryJournal:
     async def read_events_by_slices(
         self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
     ) -> list[EventRecord]:
+        """See `Journal.read_events_by_slices`."""
         await trio.lowlevel.checkpoint()
         start = bisect.bisect_left(self._by_time, after.timestamp, key=lambda e: e.timestamp)
         found: list[EventRecord] = []
@@ -80,15 +87,18 @@ class MemoryJournal:
         return found
 
     def append_count(self) -> int:
+        """See `Journal.append_count`."""
         return self._appends
 
     async def wait_for_new_events(self, seen_append_count: int) -> None:
+        """See `Journal.wait_for_new_events`."""
         if self._appends == seen_append_count:
             await self._appended.wait()
         else:
             await trio.lowlevel.checkpoint()
 
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
+        """See `SnapshotStore.save_snapshot`."""
         await trio.lowlevel.checkpoint()
         stored = [
             s
@@ -102,6 +112,7 @@ class MemoryJournal:
     async def load_snapshot(
         self, persistence_id: str, max_seq_nr: int = MAX_SEQ_NR
     ) -> SnapshotRecord | None:
+        """See `SnapshotStore.load_snapshot`."""
         await trio.lowlevel.checkpoint()
         candidates = [s for s in self._snapshots.get(persistence_id, []) if s.seq_nr <= max_seq_nr]
         return candidates[-1] if candidates else None

@@ -1,0 +1,135 @@
+"""What the contract tests build and read: records of deterministic entities, and reads
+bounded in time so that a looping query fails its test instead of hanging the suite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+import trio.testing
+
+from fluvial.core.ids import PersistenceId, SliceRange
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord, SnapshotRecord
+from fluvial.core.serialization import SerializedPayload
+from fluvial.journal.api import Journal, SnapshotStore
+from fluvial.journal.queries import (
+    current_events_by_slices,
+    events_by_persistence_id,
+)
+
+# A bug in a follower or a writer must fail its test, not hang the suite.
+TIMEOUT = 10.0
+
+ENTITY_TYPE = "ContractA"
+OTHER_ENTITY_TYPE = "ContractB"
+LOW = SliceRange(0, 511)
+HIGH = SliceRange(512, 1023)
+
+
+class JournalUnderTest(Journal, SnapshotStore, Protocol):
+    """One object that is both the journal and its snapshot store, as the contract tests it."""
+
+
+def entity_ids(entity_type: str, slices: SliceRange, count: int) -> list[PersistenceId]:
+    """`count` persistence ids of `entity_type` whose slices are in `slices` (deterministic)."""
+    found: list[PersistenceId] = []
+    n = 0
+    while len(found) < count:
+        pid = PersistenceId(entity_type, f"entity-{n}")
+        n += 1
+        if pid.slice in slices:
+            found.append(pid)
+    return found
+
+
+def event(
+    pid: PersistenceId,
+    seq_nr: int,
+    *,
+    tags: frozenset[str] = frozenset(),
+    metadata: bytes = b"",
+    data: bytes | None = None,
+) -> EventRecord:
+    """An event record as an entity would hand it to `Journal.append` (no timestamp)."""
+    return EventRecord(
+        persistence_id=str(pid),
+        seq_nr=seq_nr,
+        entity_type=pid.entity_type,
+        slice=pid.slice,
+        payload=SerializedPayload(
+            "contract.Event", 1, f"{pid}#{seq_nr}".encode() if data is None else data
+        ),
+        tags=tags,
+        metadata=metadata,
+    )
+
+
+def events(pid: PersistenceId, first_seq_nr: int, count: int) -> list[EventRecord]:
+    """A batch of `count` consecutive events of `pid` from `first_seq_nr`."""
+    return [event(pid, seq_nr) for seq_nr in range(first_seq_nr, first_seq_nr + count)]
+
+
+def snapshot(pid: PersistenceId, seq_nr: int) -> SnapshotRecord:
+    """A snapshot record of `pid` at `seq_nr`, as an entity would hand it to `save_snapshot`."""
+    return SnapshotRecord(
+        persistence_id=str(pid),
+        seq_nr=seq_nr,
+        entity_type=pid.entity_type,
+        slice=pid.slice,
+        payload=SerializedPayload("contract.State", 2, f"state of {pid} at {seq_nr}".encode()),
+    )
+
+
+def without_timestamp(records: Sequence[EventRecord]) -> list[EventRecord]:
+    """`records` as they were before the journal stamped them."""
+    return [
+        EventRecord(
+            persistence_id=r.persistence_id,
+            seq_nr=r.seq_nr,
+            entity_type=r.entity_type,
+            slice=r.slice,
+            payload=r.payload,
+            tags=r.tags,
+            metadata=r.metadata,
+        )
+        for r in records
+    ]
+
+
+def timestamp_order(records: Sequence[EventRecord]) -> list[EventRecord]:
+    """`records` in the order an events-by-slices query returns them."""
+    return sorted(records, key=lambda r: (r.timestamp, r.persistence_id, r.seq_nr))
+
+
+async def snapshot_seq_nr(
+    snapshots: SnapshotStore, pid: PersistenceId, max_seq_nr: int
+) -> int | None:
+    """The seq nr of the snapshot `load_snapshot(pid, max_seq_nr)` returns, None if none."""
+    loaded = await snapshots.load_snapshot(str(pid), max_seq_nr)
+    return None if loaded is None else loaded.seq_nr
+
+
+async def read_all(journal: Journal, pid: PersistenceId) -> list[EventRecord]:
+    """Every stored event of `pid`, bounded in time so that a looping query fails."""
+    with trio.fail_after(TIMEOUT):
+        return [record async for record in events_by_persistence_id(journal, str(pid))]
+
+
+async def current_by_slices(
+    journal: Journal,
+    entity_type: str,
+    slices: SliceRange,
+    offset: TimestampOffset | None = None,
+    *,
+    page_size: int = 1000,
+) -> list[EventRecord]:
+    """The events a consumer would read now, bounded in time so that a looping query fails."""
+    with trio.fail_after(TIMEOUT):
+        return [
+            record
+            async for record in current_events_by_slices(
+                journal, entity_type, slices, offset, page_size=page_size
+            )
+        ]

@@ -1,0 +1,162 @@
+"""The SQLite writer under faults and misuse: nothing hangs, and a failing write takes nothing
+innocent with it.
+
+A hang here would be the bug itself: every test bounds its time, and a write that ignored
+cancellation would still be caught by pytest's timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import outcome
+import pytest
+import trio
+
+pytest.register_assert_rewrite("fluvial.testing.journal_contract")
+
+from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
+from fluvial.core.offsets import TimestampOffset  # noqa: E402
+from fluvial.core.records import EventRecord  # noqa: E402
+from fluvial.journal.api import JournalClosed  # noqa: E402
+from fluvial.journal.sqlite_errors import JournalFileError  # noqa: E402
+from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite_transaction import WriteTransaction  # noqa: E402
+from fluvial.testing.journal_contract import (  # noqa: E402
+    entity_ids,
+    events,
+    read_all,
+    snapshot,
+)
+
+ENTITY_TYPE = "Faults"
+ALL = SliceRange.all()
+
+
+async def _append_unbindable(journal: SqliteJournal, pid: PersistenceId) -> object:
+    # SQLite's integers have 64 bits: binding this slice raises OverflowError (not a sqlite3
+    # error) inside the writer's executemany, among the rows of the other appends.
+    (first,) = events(pid, 1, 1)
+    return await journal.append([msgspec.structs.replace(first, slice=2**64)])
+
+
+async def _write_out_of_memory(journal: SqliteJournal, _pid: PersistenceId) -> object:
+    def write(txn: WriteTransaction) -> None:
+        txn.connection.execute("DELETE FROM snapshot")  # undone with the failing write
+        raise MemoryError
+
+    return await journal.database.write(write)
+
+
+@pytest.mark.parametrize(
+    ("failing_write", "expected"),
+    [(_append_unbindable, JournalFileError), (_write_out_of_memory, MemoryError)],
+    ids=["unbindable-row", "memory-error"],
+)
+async def test_a_write_failing_with_a_non_sqlite_error_fails_alone_and_the_journal_closes(
+    tmp_path: Path,
+    failing_write: Callable[[SqliteJournal, PersistenceId], Awaitable[object]],
+    expected: type[BaseException],
+) -> None:
+    victim, *others = entity_ids(ENTITY_TYPE, ALL, 9)
+    results: dict[PersistenceId, outcome.Outcome[Any]] = {}
+
+    async def run(pid: PersistenceId, write: Callable[[], Awaitable[object]]) -> None:
+        results[pid] = await outcome.acapture(write)
+
+    with trio.fail_after(10):
+        async with open_sqlite_journal(tmp_path / "journal.db") as journal:
+            await journal.save_snapshot(snapshot(others[0], 1), keep=1)
+            # One scheduler turn: the writer gets them as one batch, the failing one amid
+            # appends of innocent entities.
+            async with trio.open_nursery() as nursery:
+                for pid in others[:4]:
+                    nursery.start_soon(run, pid, lambda pid=pid: journal.append(events(pid, 1, 2)))
+                nursery.start_soon(run, victim, lambda: failing_write(journal, victim))
+                for pid in others[4:]:
+                    nursery.start_soon(run, pid, lambda pid=pid: journal.append(events(pid, 1, 2)))
+
+            failed = results.pop(victim)
+            assert isinstance(failed, outcome.Error)
+            assert isinstance(failed.error, expected)
+            if isinstance(failed.error, JournalFileError):
+                assert str(tmp_path / "journal.db") in str(failed.error)
+                assert "nothing of this write was stored" in str(failed.error)
+            for pid, result in results.items():
+                assert await read_all(journal, pid) == list(result.unwrap())
+            assert await journal.highest_seq_nr(str(victim)) == 0
+            assert await journal.load_snapshot(str(others[0])) is not None
+            # The writer goes on.
+            stored = await journal.append(events(victim, 1, 1))
+            assert await read_all(journal, victim) == list(stored)
+
+
+async def test_every_call_after_close_raises_journal_closed_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    (pid,) = entity_ids(ENTITY_TYPE, ALL, 1)
+    async with open_sqlite_journal(path) as journal:
+        stored = await journal.append(events(pid, 1, 1))
+
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: journal.append(events(pid, 2, 1)),
+        lambda: journal.read_events(str(pid), 1, 10, 10),
+        lambda: journal.highest_seq_nr(str(pid)),
+        lambda: journal.read_events_by_slices(ENTITY_TYPE, ALL, TimestampOffset.start(), 10),
+        lambda: journal.save_snapshot(snapshot(pid, 1), keep=1),
+        lambda: journal.load_snapshot(str(pid)),
+        lambda: journal.database.write(lambda txn: None),
+        lambda: journal.database.read(lambda conn: None),
+    ]
+    answers: list[outcome.Outcome[Sequence[EventRecord]]] = []
+    written: list[outcome.Outcome[None]] = []
+    with trio.fail_after(5):
+        for call in calls:
+            with pytest.raises(JournalClosed) as closed:
+                await call()
+            assert str(path) in str(closed.value)
+        with pytest.raises(JournalClosed):
+            journal.append_soon(events(pid, 2, 1), answers.append)
+        with pytest.raises(JournalClosed):
+            journal.database.write_soon(lambda txn: None, written.append)
+    assert answers == []
+    assert written == []
+    async with open_sqlite_journal(path) as reopened:
+        assert await read_all(reopened, pid) == list(stored)
+
+
+class _CancelWhenParked(trio.abc.Instrument):
+    """Cancels `scope` as soon as `task` parks: within the scheduler's turn, so before the
+    journal hands the turn's writes to its writer thread."""
+
+    def __init__(self, task: trio.lowlevel.Task, scope: trio.CancelScope) -> None:
+        self._task = task
+        self._scope = scope
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self._task:
+            self._scope.cancel()
+
+
+async def test_a_write_cancelled_while_it_waits_in_the_outbox_did_nothing(
+    tmp_path: Path,
+) -> None:
+    (pid,) = entity_ids(ENTITY_TYPE, ALL, 1)
+    async with open_sqlite_journal(tmp_path / "journal.db") as journal:
+        commits_before = journal.database.commit_count()
+        with trio.CancelScope() as scope:
+            instrument = _CancelWhenParked(trio.lowlevel.current_task(), scope)
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                await journal.append(events(pid, 1, 1))
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+        assert scope.cancelled_caught
+        with trio.fail_after(5):
+            assert await journal.highest_seq_nr(str(pid)) == 0
+            assert journal.database.commit_count() == commits_before
+            # The entity starts at seq nr 1: the cancelled append left no trace.
+            stored = await journal.append(events(pid, 1, 1))
+            assert await read_all(journal, pid) == list(stored)
