@@ -60,7 +60,7 @@ def test_persist_needs_an_event_but_persist_all_may_be_empty() -> None:
 
 def test_then_reply_and_then_stop_keep_the_events() -> None:
     command = AddItem("apple", 2)
-    effect = Effect.persist(APPLE).then_reply(command, CartState.summary).then_stop()
+    effect = CartEffect.persist(APPLE).then_reply(command, CartState.summary).then_stop()
     assert effect.events == (APPLE,)
     assert effect.stop_after
     assert effect.reply_action is not None

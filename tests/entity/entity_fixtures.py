@@ -79,27 +79,30 @@ class Notes:
     texts: tuple[str, ...] = ()
 
 
-def notes_command(state: Notes, command: NotesCommand) -> Effect[Noted, Notes]:
+NotesEffect = Effect[Noted, Notes]
+
+
+def notes_command(state: Notes, command: NotesCommand) -> NotesEffect:
     match command:
         case Note(texts):
-            return Effect.persist_all(Noted(t) for t in texts).then_reply(
+            return NotesEffect.persist_all(Noted(t) for t in texts).then_reply(
                 command, lambda s: s.texts
             )
         case Read():
-            return Effect.reply(command, state.texts)
+            return NotesEffect.reply(command, state.texts)
         case Crash():
             raise RuntimeError("bug in the command handler")
         case Ignore():
-            return Effect.unhandled()
+            return NotesEffect.unhandled()
         case Forget():
-            return Effect.persist(Noted("forgotten"))
+            return NotesEffect.persist(Noted("forgotten"))
         case BadReply():
-            return Effect.persist(Noted("bad reply")).then_reply(command, lambda s: 1 // 0)
+            return NotesEffect.persist(Noted("bad reply")).then_reply(command, lambda s: 1 // 0)
         case Halt(last_words):
             if last_words is None:
-                return Effect.stop().then_reply(command, lambda s: "halted")
+                return NotesEffect.stop().then_reply(command, lambda s: "halted")
             return (
-                Effect.persist(Noted(last_words))
+                NotesEffect.persist(Noted(last_words))
                 .then_reply(command, lambda s: "halted")
                 .then_stop()
             )

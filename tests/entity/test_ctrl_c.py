@@ -114,8 +114,10 @@ class Probed:
 
 def probe(_state: None, command: Probe) -> Effect[Probed, None]:
     in_handler = trio.lowlevel.currently_ki_protected()
-    return Effect.persist(Probed(in_handler)).then_reply(
-        command, lambda _s: (in_handler, trio.lowlevel.currently_ki_protected())
+    return (
+        Effect[Probed, None]
+        .persist(Probed(in_handler))
+        .then_reply(command, lambda _s: (in_handler, trio.lowlevel.currently_ki_protected()))
     )
 
 

@@ -28,12 +28,12 @@ class Add(Command[int]):
 
 @attrs.frozen
 class Nothing(Command[int]):
-    """`Effect.none()`: no events, no reply."""
+    """`CounterEffect.none()`: no events, no reply."""
 
 
 @attrs.frozen
 class Peek(Command[int]):
-    """`Effect.none().then_reply(...)`: no events, reply from the current state."""
+    """`CounterEffect.none().then_reply(...)`: no events, reply from the current state."""
 
 
 @attrs.frozen
@@ -44,14 +44,17 @@ class Added:
 Counted = Add | Nothing | Peek
 
 
-def on_command(total: int, command: Counted) -> Effect[Added, int]:
+CounterEffect = Effect[Added, int]
+
+
+def on_command(total: int, command: Counted) -> CounterEffect:
     match command:
         case Add(amount):
-            return Effect.persist(Added(amount)).then_reply(command, lambda new: new)
+            return CounterEffect.persist(Added(amount)).then_reply(command, lambda new: new)
         case Nothing():
-            return Effect.none()
+            return CounterEffect.none()
         case Peek():
-            return Effect.none().then_reply(command, lambda current: current)
+            return CounterEffect.none().then_reply(command, lambda current: current)
 
 
 def counter(policy: SnapshotPolicy[Added]) -> EventSourcedBehavior[Counted, Added, int]:

@@ -282,7 +282,8 @@ class Loose:
 
 def test_restart_fails_when_the_state_does_not_survive_a_snapshot() -> None:
     def handle(state: Loose, command: Note) -> Effect[Noted, Loose]:
-        return Effect.persist_all(Noted(t) for t in command.texts).then_reply(command, lambda s: ())
+        effect = Effect[Noted, Loose].persist_all(Noted(t) for t in command.texts)
+        return effect.then_reply(command, lambda s: ())
 
     def apply(state: Loose, event: Noted) -> Loose:
         assert isinstance(state.texts, tuple)

@@ -6,18 +6,20 @@ fails the build.
 
 from __future__ import annotations
 
-from typing import Any, assert_type
+from typing import assert_type
 
 import attrs
 
-from fluvial import Effect
+from fluvial import Effect, EventSourcedBehavior
 from fluvial.examples.shopping_cart import (
     AddItem,
+    CartCommand,
     CartEffect,
     CartEvent,
     CartState,
     Get,
     ItemUpdated,
+    apply_event,
 )
 
 
@@ -48,9 +50,35 @@ def persist_mistakes() -> None:
     assert_type(CartEffect.persist(ItemUpdated("apple", 1)), Effect[CartEvent, CartState])
     CartEffect.persist(Deposited(1))  # type: ignore[arg-type]
     CartEffect.persist_all([Deposited(1)])  # type: ignore[list-item]
-    # The bare class infers the event type as it always did; the state stays open.
-    assert_type(Effect.persist(Deposited(1)), Effect[Deposited, Any])
+    # The bare class infers the event type; its state is unknown: `object`, not `Any`.
+    assert_type(Effect.persist(Deposited(1)), Effect[Deposited, object])
 
 
 def handler_returning_another_entitys_events(state: CartState, add: AddItem) -> CartEffect:
     return Effect.persist(Deposited(add.quantity))  # type: ignore[arg-type]
+
+
+def bare_effect_mistakes(add: AddItem) -> None:
+    # On the bare class, `then_reply` functions see `object`: use the alias (`CartEffect`).
+    Effect.persist(ItemUpdated("apple", 1)).then_reply(add, CartState.summary)  # type: ignore[arg-type]
+    Effect.none().then_reply(add, lambda cart: cart.summary())  # type: ignore[attr-defined]
+
+
+def bare_then_reply_in_a_typed_handler(state: CartState, add: AddItem) -> CartEffect:
+    return Effect.persist(ItemUpdated("apple", 1)).then_reply(  # type: ignore[return-value]
+        add,
+        lambda cart: cart.no_such_field,  # type: ignore[attr-defined]
+    )
+
+
+def bare_annotated_handler(state: CartState, command: CartCommand) -> Effect:
+    return Effect.none()
+
+
+def a_behavior_with_a_bare_annotated_handler() -> None:
+    EventSourcedBehavior[CartCommand, CartEvent, CartState](
+        entity_type="ShoppingCart",
+        empty_state=CartState(),
+        command_handler=bare_annotated_handler,  # type: ignore[arg-type]
+        event_handler=apply_event,
+    )

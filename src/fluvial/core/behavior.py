@@ -30,10 +30,13 @@ C = TypeVar("C")
 C_co = TypeVar("C_co", covariant=True)
 E = TypeVar("E")
 S = TypeVar("S")
-# Defaults (PEP 696, in `typing` from 3.13) keep the bare class as typed as it always was:
-# `Effect.persist(event)` is an `Effect[EventType, Any]`, `Effect.none()` an `Effect[Never, Any]`.
+# Defaults (PEP 696, in `typing` from 3.13) for the bare class: `Effect.persist(event)` outside a
+# typed return is an `Effect[EventType, object]`, `Effect.none()` an `Effect[Never, object]`. The
+# state is `object`, not `Any`, so that a `then_reply` on the bare class cannot read the state
+# unchecked, and a handler annotated `-> Effect` does not fit a behavior with a state type: the
+# bound alias (`CartEffect = Effect[CartEvent, CartState]`) is the way that type-checks.
 E_co = typing_extensions.TypeVar("E_co", covariant=True, default=Never)
-S_co = typing_extensions.TypeVar("S_co", covariant=True, default=Any)
+S_co = typing_extensions.TypeVar("S_co", covariant=True, default=object)
 
 
 class Command(Generic[ReplyT]):
@@ -106,8 +109,10 @@ class Effect(msgspec.Struct, Generic[E_co, S_co], frozen=True):
     Called on the class bound to the behavior's event and state types, they check both:
     with `CartEffect = Effect[CartEvent, CartState]` (an alias that also annotates the
     handler), `CartEffect.persist(...)` takes only `CartEvent`s and its `then_reply` function
-    sees a `CartState`. Called on the bare class (`Effect.persist(...)`), the event type is
-    inferred from the events and the state type is `Any`, as before such aliases existed.
+    sees a `CartState`. Called on the bare class, the state type is `object` unless the call is
+    returned as is from a typed handler (`return Effect.none()` takes the handler's types):
+    `Effect.persist(...).then_reply(cmd, fn)` gives `fn` an `object`, which mypy rejects for
+    any use of the state, so use the alias.
     (A msgspec Struct rather than an attrs class: every command builds one or two, and a Struct
     is built ~4x faster.)
     """
@@ -169,7 +174,13 @@ class Effect(msgspec.Struct, Generic[E_co, S_co], frozen=True):
         self, command: Command[ReplyT], reply: Callable[[S_co], ReplyT]
     ) -> Effect[E_co, S_co]:
         """After the events are persisted, reply with `reply(new_state)`, which must return the
-        command's reply type. A `reply` that raises fails the command with `CommandFailed`."""
+        command's reply type. A `reply` that raises fails the command with `CommandFailed`.
+
+        `reply` is typed by the effect's state type: call it on an effect built from the
+        behavior's alias (`CartEffect.persist(...).then_reply(cmd, fn)`, `fn` sees a
+        `CartState`). On the bare class (`Effect.persist(...)`) the state type is `object`,
+        so mypy rejects a `reply` that uses the state.
+        """
         return Effect(self.kind, self.events, ReplyAction(command, reply), self.stop_after)
 
     def then_stop(self) -> Effect[E_co, S_co]:
