@@ -21,7 +21,7 @@ import attrs
 import msgspec
 import typing_extensions
 
-from fluvial.core.command_classes import annotated_command_classes
+from fluvial.core.command_classes import AnnotatedCommandClasses, annotated_command_classes
 from fluvial.core.errors import FluvialError, UsageError
 
 ReplyT = TypeVar("ReplyT")
@@ -242,18 +242,28 @@ class EventSourcedBehavior(Generic[C, E, S]):
     empty_state: S
     command_handler: Callable[[S, C], Effect[E, S]]
     event_handler: Callable[[S, E], S]
+    # Read once per behavior, for both the default and the check of `command_types` (reading
+    # resolves the handler's annotations, which is not free). Not an argument, not compared.
+    _annotated: AnnotatedCommandClasses = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: annotated_command_classes(self.command_handler), takes_self=True
+        ),
+    )
     command_types: tuple[type[C], ...] = attrs.field()
     tagger: Callable[[E], frozenset[str]] = _no_tags
     snapshot_policy: SnapshotPolicy[E] = attrs.field(factory=SnapshotPolicy)
 
     @command_types.default
     def _command_types_of_the_handler(self) -> tuple[type[C], ...]:
-        annotated = annotated_command_classes(self.command_handler)
+        annotated = self._annotated.classes
         if annotated is None:
             raise UsageError(
-                f"entity type {self.entity_type!r}: the command handler's command parameter "
-                "is not annotated with command classes (a class or a union of classes); "
-                "annotate it, or pass command_types=(...)"
+                f"entity type {self.entity_type!r}: the command classes cannot be read from the "
+                f"command handler: {self._annotated.unreadable_because}; annotate its command "
+                "parameter with a class or a union of classes, or pass command_types=(...)"
             )
         return annotated
 
@@ -266,7 +276,7 @@ class EventSourcedBehavior(Generic[C, E, S]):
                 f"entity type {self.entity_type!r}: command_types must be a non-empty tuple of "
                 f"classes: {given!r}"
             )
-        annotated = annotated_command_classes(self.command_handler)
+        annotated = self._annotated.classes
         if annotated is None:
             return  # nothing to compare with
         problems = []
