@@ -34,7 +34,6 @@ _DIVIDER = re.compile(r"^\s*#+\s*(?:[-=#*~_]{2,}|.*[-=#*~_]{4,}\s*$)")
 UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
     {
         # core/serialization.py
-        "fluvial.SerializerRegistry.manifest_of",
         # entity/runtime.py
         # journal/api.py
         # journal/sqlite_journal.py
@@ -50,8 +49,6 @@ UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
         "fluvial.RecoveryStrategy.retry_and_fail",
         "fluvial.RecoveryStrategy.retry_and_skip",
         # testing/behavior_testkit.py
-        "fluvial.testing.BehaviorTestKit.persisted_events",
-        "fluvial.testing.BehaviorTestKit.state",
         # testing/memory_journal.py
     }
 )

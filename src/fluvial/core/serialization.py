@@ -199,6 +199,11 @@ class SerializerRegistry:
         self._by_manifest[manifest] = registration
 
     def manifest_of(self, cls: type[Any]) -> str:
+        """The manifest `cls` was registered under, as `encode` writes it for a `cls` value.
+
+        Raises `UnregisteredType` if `cls` itself was not registered (a registered base class
+        does not count).
+        """
         return self._registration_of(cls).manifest
 
     def encode(self, obj: object) -> SerializedPayload:

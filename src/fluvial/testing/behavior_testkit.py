@@ -70,6 +70,10 @@ class BehaviorTestKit(Generic[C, E, S]):
 
     @property
     def state(self) -> S:
+        """The entity's state: the empty state folded with every persisted event so far.
+
+        A command that fails (or persists nothing) leaves it as it was.
+        """
         return self._state
 
     @property
@@ -79,6 +83,7 @@ class BehaviorTestKit(Generic[C, E, S]):
 
     @property
     def persisted_events(self) -> tuple[E, ...]:
+        """Every event persisted so far, oldest first (event `i` has seq nr `i + 1`); a copy."""
         return tuple(self._events)
 
     def run_command(self, command: CommandOf[C, R]) -> CommandResult[E, S, R]:
