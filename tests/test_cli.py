@@ -139,6 +139,7 @@ def test_the_demo_help_says_what_it_writes_and_what_it_refuses(
     assert "shopping carts on an embedded SQLite journal" in text
     assert "A journal left there by an earlier `fluvial demo` is replaced" in text
     assert "Any other existing file at that path is refused and left unchanged" in text
+    assert "A symlink FILE is followed once" in text
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,3 +190,48 @@ def test_a_killed_demo_is_recognized_by_its_log_and_replaced(
     assert is_demo_journal(database)
     assert run_demo(database) == 0
     assert "caught up (backlog 0)" in capsys.readouterr().out
+
+
+def test_the_demo_refuses_a_database_whose_log_has_no_index_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "user.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE accounts (name TEXT)")
+    conn.close()
+    (tmp_path / "user.db-wal").write_bytes(b"")  # a log without its -shm index
+    files_before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    assert run_demo(database) == 2
+
+    assert "left unchanged" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files_before
+
+
+def test_a_dangling_symlink_is_followed_once_and_never_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    target = tmp_path / "elsewhere" / "target.db"
+    link = tmp_path / "dangling.db"
+    link.symlink_to(target)
+
+    assert run_demo(link) == 0  # creates the target, through the link
+    assert is_demo_journal(target)
+    assert run_demo(link) == 0  # replaces the target; the link stays a link to it
+
+    assert link.is_symlink()
+    assert link.readlink() == target
+    assert is_demo_journal(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.db", "elsewhere"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["target.db"]
+    assert capsys.readouterr().out.count("done.") == 2
+
+
+def test_a_symlink_loop_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    loop = tmp_path / "loop.db"
+    loop.symlink_to(loop)
+    assert run_demo(loop) == 2
+    assert "cannot be resolved" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["loop.db"]

@@ -21,7 +21,8 @@ catches up and then follows, and carts recovered from snapshots after a restart.
 The demo writes one new journal file, --db FILE (SQLite keeps FILE-wal and FILE-shm beside
 it while it runs). A journal left there by an earlier `fluvial demo` is replaced. Any other
 existing file at that path is refused and left unchanged (exit status 2): the demo deletes
-only its own files.
+only its own files. A symlink FILE is followed once: its target is the journal (created if
+missing, replaced or refused as above), and the link itself is never deleted.
 """
 
 
@@ -51,17 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _refuse_demo_file(path: Path) -> str | None:
-    """Clear an earlier demo journal at `path`; the refusal to print if the file is not one."""
-    from fluvial.examples.demo import DemoFileRefused, clear_previous_demo
-
-    try:
-        clear_previous_demo(path)
-    except DemoFileRefused as exc:
-        return f"fluvial demo: {exc}"
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `fluvial` command with `argv` (default: the process's arguments).
 
@@ -70,13 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Before trio starts: a refused file is a message and an exit status, not a traceback.
-    if args.command == "demo" and (refusal := _refuse_demo_file(args.db)):
-        print(refusal, file=sys.stderr)
-        return 2
     if args.command == "demo":
-        from fluvial.examples.demo import run_demo
+        from fluvial.examples.demo import DemoFileRefused, run_demo
 
-        with unwrap_lone_error():  # Ctrl-C: a plain KeyboardInterrupt, out of the demo's nurseries
-            trio.run(run_demo, args.db, args.carts)
+        try:
+            with unwrap_lone_error():  # Ctrl-C: a plain KeyboardInterrupt, out of the nurseries
+                trio.run(run_demo, args.db, args.carts)
+        except DemoFileRefused as exc:
+            # Raised before any nursery opens, so as itself: a message and a status, no traceback.
+            print(f"fluvial demo: {exc}", file=sys.stderr)
+            return 2
     return 0

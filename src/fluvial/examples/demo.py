@@ -62,18 +62,20 @@ def say(text: str) -> None:
 def is_demo_journal(path: Path) -> bool:
     """Whether `path` is a journal that `fluvial demo` wrote (it holds the demo's marker).
 
-    Reads without changing anything: a file that is not SQLite is not opened as a database,
-    and a database without a write-ahead log is opened immutable (no `-wal` / `-shm` appear).
-    Any file SQLite cannot read (locked, corrupt) answers False.
+    Reads without creating anything: a file that is not SQLite is not opened as a database,
+    and a database without both a write-ahead log and its index is opened immutable (a
+    read-only open of a log without its `-shm` would create one). Any file SQLite cannot read
+    (locked, corrupt) answers False.
     """
     if not path.is_file():
         return False
     with path.open("rb") as file:
         if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
             return False
-    # With a log, the marker may still be in it: read through SQLite's usual read-only path.
-    log_exists = path.with_name(path.name + "-wal").exists()
-    uri = path.resolve().as_uri() + ("?mode=ro" if log_exists else "?mode=ro&immutable=1")
+    # With a log and its index (a demo killed while running), the marker may still be in the
+    # log: read through SQLite's usual read-only path, which needs both to create nothing.
+    log_and_index = all(path.with_name(path.name + s).exists() for s in ("-wal", "-shm"))
+    uri = path.resolve().as_uri() + ("?mode=ro" if log_and_index else "?mode=ro&immutable=1")
     try:
         connection = sqlite3.connect(uri, uri=True)
         try:
@@ -110,6 +112,14 @@ def clear_previous_demo(path: Path) -> None:
         file.unlink(missing_ok=True)
 
 
+def _resolved(path: Path) -> Path:
+    """`path` with its symlinks followed, even to a file that does not exist yet."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13)
+        raise DemoFileRefused(f"{path} cannot be resolved: {exc}; choose another --db") from exc
+
+
 def _prepare_journal(txn: WriteTransaction) -> None:
     """Mark the new journal as the demo's and create the read model's tables."""
     connection = txn.connection
@@ -143,10 +153,14 @@ async def _wait_for_projection(store: SqliteOffsetStore) -> int:
 async def run_demo(path: Path, carts: int, seed: int = 7) -> None:
     """Run the demo's five steps with `carts` concurrent carts, on a new journal at `path`.
 
+    A symlink at `path` is resolved once, first: the journal (and SQLite's files beside it) is
+    its target, replaced or refused as a file there would be, and the link is left as it is.
     A demo journal already at `path` is replaced; any other file there makes it raise
-    `DemoFileRefused` before anything is written (see `clear_previous_demo`).
+    `DemoFileRefused` before anything is written and before any task is started (see
+    `clear_previous_demo`).
     """
     rng = random.Random(seed)
+    path = await trio.to_thread.run_sync(_resolved, path)
     await trio.to_thread.run_sync(clear_previous_demo, path)
     await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
     registry = register_cart(SerializerRegistry())
