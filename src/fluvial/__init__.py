@@ -12,6 +12,7 @@ from fluvial.core.errors import UsageError as UsageError
 from fluvial.core.ids import InvalidPersistenceId as InvalidPersistenceId
 from fluvial.core.ids import InvalidSliceRange as InvalidSliceRange
 from fluvial.core.ids import PersistenceId as PersistenceId
+from fluvial.core.ids import ReplicatedPersistenceId as ReplicatedPersistenceId
 from fluvial.core.ids import SliceRange as SliceRange
 from fluvial.core.ids import slice_for as slice_for
 from fluvial.core.ids import slice_ranges as slice_ranges

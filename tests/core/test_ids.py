@@ -12,7 +12,9 @@ from fluvial.core.ids import (
     InvalidPersistenceId,
     InvalidSliceRange,
     PersistenceId,
+    ReplicatedPersistenceId,
     SliceRange,
+    check_replica_id,
     java_string_hash,
     slice_for,
     slice_ranges,
@@ -40,7 +42,6 @@ JAVA_HASHES = [
 ]
 
 
-# -- persistence ids ----------------------------------------------------------------------------
 def test_persistence_id_formats_and_parses_back() -> None:
     pid = PersistenceId("ShoppingCart", "cart-1")
     assert str(pid) == "ShoppingCart|cart-1"
@@ -79,7 +80,81 @@ def test_any_valid_pair_round_trips_through_its_string(entity_type: str, entity_
     assert pid.slice == slice_for(str(pid))
 
 
-# -- the slice function -------------------------------------------------------------------------
+ENTITY_TYPES = st.text(min_size=1).filter(lambda t: "|" not in t)
+REPLICA_IDS = st.text(min_size=1).filter(lambda t: "|" not in t)
+# Entity ids rich in separators, where an ambiguous encoding would show.
+ENTITY_IDS = st.lists(st.sampled_from(["|", "a", "é", "", "||", "\\"]), min_size=1).map("".join)
+REPLICATED_IDS = st.builds(
+    ReplicatedPersistenceId,
+    ENTITY_TYPES,
+    ENTITY_IDS.filter(bool) | st.text(min_size=1),
+    REPLICA_IDS,
+)
+
+
+def test_replicated_persistence_id_formats_and_parses_back() -> None:
+    rid = ReplicatedPersistenceId("ShoppingCart", "cart|7", "eu-west")
+    assert str(rid) == "ShoppingCart|cart|7|eu-west"
+    assert ReplicatedPersistenceId.parse("ShoppingCart|cart|7|eu-west") == rid
+    assert rid.entity == PersistenceId("ShoppingCart", "cart|7")
+    assert rid.at_replica("us-east") == ReplicatedPersistenceId("ShoppingCart", "cart|7", "us-east")
+    assert rid.slice == slice_for("ShoppingCart|cart|7|eu-west")
+
+
+@given(REPLICATED_IDS)
+def test_any_replicated_id_round_trips_through_its_string(rid: ReplicatedPersistenceId) -> None:
+    assert ReplicatedPersistenceId.parse(str(rid)) == rid
+
+
+@given(REPLICATED_IDS, REPLICATED_IDS)
+def test_distinct_replicated_ids_have_distinct_strings(
+    first: ReplicatedPersistenceId, second: ReplicatedPersistenceId
+) -> None:
+    assert (str(first) == str(second)) == (first == second)
+
+
+@given(ENTITY_TYPES, ENTITY_IDS.filter(bool), REPLICA_IDS, REPLICA_IDS)
+def test_an_entity_id_ending_like_a_replica_still_parses_to_its_parts(
+    entity_type: str, entity_id: str, replica: str, other: str
+) -> None:
+    # "Cart|x|A" as an entity id ("x|A") at replica B: the replica is only the last part.
+    rid = ReplicatedPersistenceId(entity_type, f"{entity_id}|{other}", replica)
+    parsed = ReplicatedPersistenceId.parse(str(rid))
+    assert (parsed.entity_id, parsed.replica_id) == (f"{entity_id}|{other}", replica)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "Cart", "Cart|x", "|x|A", "Cart||A", "Cart|x|", "||", "Cart|x|A|"]
+)
+def test_parse_rejects_what_is_not_a_replicated_persistence_id(text: str) -> None:
+    with pytest.raises(InvalidPersistenceId):
+        ReplicatedPersistenceId.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("entity_type", "entity_id", "replica_id"),
+    [
+        ("", "x", "A"),
+        ("Ca|rt", "x", "A"),
+        ("Cart", "", "A"),
+        ("Cart", "x", ""),
+        ("Cart", "x", "A|B"),
+    ],
+)
+def test_replicated_constructor_rejects_invalid_parts(
+    entity_type: str, entity_id: str, replica_id: str
+) -> None:
+    with pytest.raises(InvalidPersistenceId):
+        ReplicatedPersistenceId(entity_type, entity_id, replica_id)
+
+
+def test_check_replica_id() -> None:
+    assert check_replica_id("eu-west") == "eu-west"
+    for bad in ("", "a|b", "|"):
+        with pytest.raises(InvalidPersistenceId):
+            check_replica_id(bad)
+
+
 @pytest.mark.parametrize(("text", "java_hash", "java_slice"), JAVA_HASHES)
 def test_string_hash_and_slice_match_java(text: str, java_hash: int, java_slice: int) -> None:
     assert java_string_hash(text) == java_hash
@@ -97,7 +172,6 @@ def test_hash_is_signed_32_bit_and_slice_in_range(text: str) -> None:
     assert 0 <= slice_for(text) < NUMBER_OF_SLICES
 
 
-# -- slice ranges -------------------------------------------------------------------------------
 @pytest.mark.parametrize("count", [2**k for k in range(11)])
 def test_slice_ranges_cover_every_slice_once_in_order(count: int) -> None:
     ranges = slice_ranges(count)

@@ -35,9 +35,9 @@ class PersistenceId:
     """`"{entity_type}|{entity_id}"`: the identity of one entity's event stream.
 
     The entity type may not contain ``|``; the entity id may (only the first ``|`` separates).
-    Replicated entities (later) append ``|{replica_id}``; that form is parsed by the replication
-    module, not here. Both parts must be non-empty: the constructor raises
-    `InvalidPersistenceId` otherwise. `str()` gives the string form journals store.
+    A replicated entity's copy at one replica has a `ReplicatedPersistenceId` instead. Both
+    parts must be non-empty: the constructor raises `InvalidPersistenceId` otherwise. `str()`
+    gives the string form journals store.
     """
 
     entity_type: str
@@ -70,6 +70,77 @@ class PersistenceId:
     def slice(self) -> int:
         """The entity's slice, `slice_for(str(self))` (see the module docstring)."""
         return slice_for(str(self))
+
+
+@attrs.frozen(order=True)
+class ReplicatedPersistenceId:
+    """`"{entity_type}|{entity_id}|{replica_id}"`: one replica's copy of a replicated entity.
+
+    Each replica of an entity writes its own event stream under its own persistence id (events
+    of other replicas are copied into it with their origin in `ReplicationMetadata`). The
+    string form is unambiguous although entity ids may contain ``|``: the entity type and the
+    replica id may not, so the first ``|`` ends the entity type and the last one starts the
+    replica id (`parse(str(x)) == x` for every valid `x`, and no two ids share a string).
+
+    Whether a string is a replicated or a plain persistence id is not in the string
+    (``"Cart|a|b"`` is also the plain id of entity ``a|b``): it is the entity type's, which is
+    either replicated or not, so parse with the class the entity type uses. The parts must be
+    non-empty and the type and replica free of ``|``, or the constructor raises
+    `InvalidPersistenceId`.
+    """
+
+    entity_type: str
+    entity_id: str
+    replica_id: str
+
+    def __attrs_post_init__(self) -> None:
+        # The entity type and id are checked as a plain persistence id's.
+        PersistenceId(self.entity_type, self.entity_id)
+        check_replica_id(self.replica_id)
+
+    @classmethod
+    def parse(cls, text: str) -> ReplicatedPersistenceId:
+        """The replicated persistence id whose `str()` is `text`: split at the first and at
+        the last ``|``.
+
+        `parse("Cart|a|b|B")` is entity type ``Cart``, entity id ``a|b``, replica ``B``.
+        Raises `InvalidPersistenceId` if `text` has fewer than two ``|`` or a part is empty.
+        """
+        entity_type, sep, rest = text.partition(_SEPARATOR)
+        entity_id, last_sep, replica_id = rest.rpartition(_SEPARATOR)
+        if not (sep and last_sep):
+            raise InvalidPersistenceId(
+                f"not a replicated persistence id (type{_SEPARATOR}id{_SEPARATOR}replica): {text!r}"
+            )
+        return cls(entity_type, entity_id, replica_id)
+
+    def __str__(self) -> str:
+        return f"{self.entity_type}{_SEPARATOR}{self.entity_id}{_SEPARATOR}{self.replica_id}"
+
+    @property
+    def entity(self) -> PersistenceId:
+        """The replicated entity itself, the same at every replica (its type and id)."""
+        return PersistenceId(self.entity_type, self.entity_id)
+
+    def at_replica(self, replica_id: str) -> ReplicatedPersistenceId:
+        """The same entity's persistence id at `replica_id`."""
+        return ReplicatedPersistenceId(self.entity_type, self.entity_id, replica_id)
+
+    @property
+    def slice(self) -> int:
+        """The slice of this replica's stream, `slice_for(str(self))`: each replica's copy
+        of an entity has its own slice."""
+        return slice_for(str(self))
+
+
+def check_replica_id(replica_id: str) -> str:
+    """Return `replica_id` if it can name a replica (non-empty, without ``|``), else raise
+    `InvalidPersistenceId`."""
+    if not replica_id or _SEPARATOR in replica_id:
+        raise InvalidPersistenceId(
+            f"replica id must be non-empty and contain no {_SEPARATOR!r}: {replica_id!r}"
+        )
+    return replica_id
 
 
 def java_string_hash(text: str) -> int:
