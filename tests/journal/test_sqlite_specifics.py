@@ -150,7 +150,9 @@ async def test_a_file_of_schema_version_2_is_migrated_with_its_events(tmp_path: 
         "payload, metadata"
     )
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-        rows = conn.execute(f"SELECT {columns} FROM event_journal").fetchall()
+        # The version vector was the opaque `metadata` blob until the replication columns.
+        current = columns.replace("metadata", "version_vector")
+        rows = conn.execute(f"SELECT {current} FROM event_journal").fetchall()
     v2 = tmp_path / "v2.db"
     with contextlib.closing(sqlite3.connect(v2, isolation_level=None)) as conn:
         database = sqlite_utils.Database(conn)

@@ -18,21 +18,28 @@ from typing import Generic, TypeVar
 import msgspec
 
 from fluvial.core.errors import UsageError
+from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
 
 E_co = TypeVar("E_co", covariant=True)
 
 # The highest seq nr a journal stores: SQLite's INTEGER (and PostgreSQL's BIGINT) is signed 64-bit.
 MAX_SEQ_NR = 2**63 - 1
+# The latest timestamp (microseconds since the epoch) a journal stores, for the same reason.
+MAX_TIMESTAMP = 2**63 - 1
 
 
 class EventRecord(msgspec.Struct, frozen=True, gc=False):
     """One stored event of one entity.
 
-    `timestamp` (microseconds since the epoch) is assigned by the journal when it commits the
-    event; records built for `Journal.append` leave it 0. `metadata` is opaque bytes reserved for
-    replication (origin replica, version vector); `payload` is None only for a placeholder of an
-    event filtered out of a stream.
+    `timestamp` (microseconds since the epoch) is the journal's `db_timestamp`: assigned by
+    the journal that stores the event, when it commits it; records built for `Journal.append`
+    leave it 0. `write_timestamp` is when the event was first written, at its origin: the same
+    as `timestamp` for events written here, kept from elsewhere for events another journal
+    wrote first (`WriteFromElsewhere`); 0 in a record not stored yet means "now, here".
+    `replication` is set for the events of a replicated entity (None for every other).
+    `payload` is None for an event stored without one (a placeholder of an event filtered out
+    of a stream) and in the records of a query that leaves payloads out.
     """
 
     persistence_id: str
@@ -42,11 +49,19 @@ class EventRecord(msgspec.Struct, frozen=True, gc=False):
     payload: SerializedPayload | None
     tags: frozenset[str] = frozenset()
     timestamp: int = 0
-    metadata: bytes = b""
+    write_timestamp: int = 0
+    replication: ReplicationMetadata | None = None
 
 
 class SnapshotRecord(msgspec.Struct, frozen=True, gc=False):
-    """A stored state of one entity after its event `seq_nr`."""
+    """A stored state of one entity after its event `seq_nr`.
+
+    `timestamp` is when the journal stored the snapshot. `event_timestamp` and `tags` are the
+    `timestamp` and tags of the event `seq_nr` as the journal holds it (filled in by the
+    snapshot store when it saves the snapshot), so that a stream can start from the snapshot
+    in that event's place: a consumer's offset after it is the event's. Both are left as the
+    record gives them (0 and none by default) when the journal holds no such event.
+    """
 
     persistence_id: str
     seq_nr: int
@@ -54,6 +69,8 @@ class SnapshotRecord(msgspec.Struct, frozen=True, gc=False):
     slice: int
     payload: SerializedPayload
     timestamp: int = 0
+    event_timestamp: int = 0
+    tags: frozenset[str] = frozenset()
 
 
 class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):

@@ -16,6 +16,7 @@ from fluvial.core.errors import FluvialError
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import MAX_SEQ_NR as MAX_SEQ_NR
+from fluvial.core.records import MAX_TIMESTAMP as MAX_TIMESTAMP
 from fluvial.core.records import EventRecord, SnapshotRecord
 
 
@@ -95,10 +96,27 @@ class Journal(Protocol):
         ...
 
     async def read_events_by_slices(
-        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+        self,
+        entity_type: str,
+        slices: SliceRange,
+        after: TimestampOffset,
+        limit: int,
+        *,
+        to_timestamp: int = MAX_TIMESTAMP,
+        with_payloads: bool = True,
     ) -> list[EventRecord]:
-        """Up to `limit` events of `entity_type` in `slices` that `after` has not seen, in
-        timestamp order (then persistence id, seq nr)."""
+        """Up to `limit` events of `entity_type` in `slices` that `after` has not seen, with
+        timestamps up to `to_timestamp` (inclusive), in timestamp order (then persistence id,
+        seq nr).
+
+        With `with_payloads=False` every record's payload is None (and the journal need not
+        read it): for queries that look ahead, such as backtracking, whose consumers load the
+        events they accept with `load_event`.
+        """
+        ...
+
+    async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
+        """The stored event `seq_nr` of an entity, with its payload; None if not stored."""
         ...
 
     def append_count(self) -> int:
@@ -145,4 +163,17 @@ class SnapshotStore(Protocol):
         self, persistence_id: str, max_seq_nr: int = MAX_SEQ_NR
     ) -> SnapshotRecord | None:
         """The newest snapshot of an entity at or below `max_seq_nr`."""
+        ...
+
+    async def read_snapshots_by_slices(
+        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+    ) -> list[SnapshotRecord]:
+        """Up to `limit` of the newest snapshots of the entities of `entity_type` in `slices`
+        (one per entity), in the order of their events' timestamps (`event_timestamp`, then
+        persistence id), those `after` has not seen: a snapshot stands in its event's place
+        in the events-by-slices order (see `snapshot_is_behind`).
+
+        The starting point of streams that begin with each entity's snapshot and continue with
+        its later events.
+        """
         ...

@@ -6,8 +6,8 @@ from collections.abc import AsyncGenerator
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord
-from fluvial.journal.api import MAX_SEQ_NR, Journal
+from fluvial.core.records import EventRecord, SnapshotRecord
+from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, Journal, SnapshotStore
 
 PAGE_SIZE = 1000
 
@@ -37,17 +37,70 @@ async def current_events_by_slices(
     slices: SliceRange,
     offset: TimestampOffset | None = None,
     *,
+    to_timestamp: int = MAX_TIMESTAMP,
+    with_payloads: bool = True,
     page_size: int = PAGE_SIZE,
 ) -> AsyncGenerator[EventRecord, None]:
-    """The events stored now, after `offset`, in timestamp order; ends when caught up."""
+    """The events stored now, after `offset` and up to `to_timestamp` (inclusive), in
+    timestamp order; ends when caught up. See `Journal.read_events_by_slices` for
+    `with_payloads`."""
     offset = offset or TimestampOffset.start()
     while True:
-        page = await journal.read_events_by_slices(entity_type, slices, offset, page_size)
+        page = await journal.read_events_by_slices(
+            entity_type,
+            slices,
+            offset,
+            page_size,
+            to_timestamp=to_timestamp,
+            with_payloads=with_payloads,
+        )
         for record in page:
             offset = offset.advanced_to(record)
             yield record
         if len(page) < page_size:
             return
+
+
+async def current_snapshots_by_slices(
+    snapshots: SnapshotStore,
+    entity_type: str,
+    slices: SliceRange,
+    offset: TimestampOffset | None = None,
+    *,
+    page_size: int = PAGE_SIZE,
+) -> AsyncGenerator[SnapshotRecord, None]:
+    """The newest snapshot of each entity of `entity_type` in `slices` stored now, after
+    `offset`, in the order of their events' timestamps; ends when caught up.
+
+    A stream that starts from snapshots reads these, then each entity's events after its
+    snapshot's seq nr; the offset after a snapshot is `offset_after_snapshot`.
+    """
+    offset = offset or TimestampOffset.start()
+    while True:
+        page = await snapshots.read_snapshots_by_slices(entity_type, slices, offset, page_size)
+        for snapshot in page:
+            offset = offset_after_snapshot(offset, snapshot)
+            yield snapshot
+        if len(page) < page_size:
+            return
+
+
+def snapshot_is_behind(offset: TimestampOffset, snapshot: SnapshotRecord) -> bool:
+    """Whether `snapshot` comes after `offset`, standing in the place of its event (at
+    `event_timestamp`, as the event's seq nr): `TimestampOffset.is_behind` for snapshots."""
+    if snapshot.event_timestamp != offset.timestamp:
+        return snapshot.event_timestamp > offset.timestamp
+    return offset.seen.get(snapshot.persistence_id, 0) < snapshot.seq_nr
+
+
+def offset_after_snapshot(offset: TimestampOffset, snapshot: SnapshotRecord) -> TimestampOffset:
+    """`offset` after seeing `snapshot` in its event's place (`TimestampOffset.advanced_to`
+    for snapshots, which come in the order of their events' timestamps)."""
+    if snapshot.event_timestamp == offset.timestamp:
+        return TimestampOffset(
+            offset.timestamp, {**offset.seen, snapshot.persistence_id: snapshot.seq_nr}
+        )
+    return TimestampOffset(snapshot.event_timestamp, {snapshot.persistence_id: snapshot.seq_nr})
 
 
 async def events_by_slices(

@@ -17,26 +17,43 @@ from msgspec.structs import replace
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
+from fluvial.core.replication_metadata import ReplicationMetadata, VersionVector
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.api import JournalConflict, JournalGap
+from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, JournalConflict, JournalGap
 from fluvial.journal.live import LivePublisher
+from fluvial.journal.queries import snapshot_is_behind
 from fluvial.journal.sqlite_database import SqliteDatabase, open_sqlite_database
 from fluvial.journal.sqlite_file import DEFAULT_BUSY_TIMEOUT, Durability
 from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
 from fluvial.journal.sqlite_transaction import RowInsert, WriteTransaction
 from fluvial.journal.sqlite_writer_memory import EnsuredKeys, SeqNrCheck
 
+# What a read returns of each event, in `_event_from_row`'s order. A write_timestamp is stored
+# only for events written elsewhere first: those written here were written at db_timestamp.
 _EVENT_COLUMNS = (
     "persistence_id, seq_nr, entity_type, slice, db_timestamp, tags, manifest, ser_version, "
-    "payload, metadata"
+    "payload, coalesce(write_timestamp, db_timestamp), origin_replica, origin_seq_nr, "
+    "version_vector"
+)
+# The same without payloads: SQLite then does not read their bytes (nor their overflow pages).
+_EVENT_COLUMNS_WITHOUT_PAYLOAD = _EVENT_COLUMNS.replace(
+    "manifest, ser_version, payload", "NULL, NULL, NULL"
 )
 # The timestamp goes last: the writer appends it to each row (see `RowInsert`). The entity's
 # integer key comes from the `entity` table, where the writer makes sure it exists
-# (`_ENTITY_KEYS`).
+# (`_ENTITY_KEYS`). Events of this journal's own entities leave the replication columns NULL,
+# so they bind four values fewer (`_INSERT_EVENT`); the others take `_INSERT_TRACED_EVENT`.
 _INSERT_EVENT = (
     "INSERT INTO event_journal (entity_id, persistence_id, seq_nr, entity_type, slice, tags, "
-    "manifest, ser_version, payload, metadata, db_timestamp) VALUES "
-    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+    "manifest, ser_version, payload, db_timestamp) VALUES "
+    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9)"
+)
+_INSERT_TRACED_EVENT = (
+    "INSERT INTO event_journal (entity_id, persistence_id, seq_nr, entity_type, slice, tags, "
+    "manifest, ser_version, payload, write_timestamp, origin_replica, origin_seq_nr, "
+    "version_vector, db_timestamp) VALUES "
+    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,"
+    "?12,?13)"
 )
 _ENTITY_KEYS = EnsuredKeys("INSERT OR IGNORE INTO entity (persistence_id) VALUES (?)")
 # An append must start right after the entity's highest stored seq nr; the writer remembers
@@ -49,12 +66,21 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode_tags = msgspec.json.Decoder(list[str]).decode
 
 
+def _tags_json(tags: frozenset[str]) -> str | None:
+    # NULL when untagged: most events are, and NULL costs a byte.
+    return _json_encode(sorted(tags)).decode() if tags else None
+
+
 def _conflict(rows: list[tuple[Any, ...]]) -> Exception:
     # The entity's first row: persistence_id and seq_nr lead every row (see _event_row).
     return JournalConflict(rows[0][0], rows[0][1])
 
 
 def _insert_events(events: Sequence[EventRecord]) -> RowInsert:
+    for record in events:
+        if record.replication is not None or record.write_timestamp:
+            rows = [_traced_event_row(e) for e in events]
+            return RowInsert(_INSERT_TRACED_EVENT, rows, _conflict, _ENTITY_KEYS, _FOLLOWS_STORED)
     return RowInsert(
         _INSERT_EVENT, [_event_row(e) for e in events], _conflict, _ENTITY_KEYS, _FOLLOWS_STORED
     )
@@ -67,25 +93,55 @@ def _event_row(record: EventRecord) -> tuple[Any, ...]:
         record.seq_nr,
         record.entity_type,
         record.slice,
-        _json_encode(sorted(record.tags)).decode() if record.tags else None,
+        _tags_json(record.tags),
         payload.manifest if payload else None,
         payload.version if payload else None,
         payload.data if payload else None,
-        record.metadata,
+    )
+
+
+def _traced_event_row(record: EventRecord) -> tuple[Any, ...]:
+    """The row of an event with replication metadata or a write timestamp of its own."""
+    replication = record.replication
+    return (
+        *_event_row(record),
+        record.write_timestamp or None,
+        replication.origin_replica if replication else None,
+        replication.origin_seq_nr if replication else None,
+        replication.version_vector.to_json() if replication else None,
     )
 
 
 def _event_from_row(row: tuple[Any, ...]) -> EventRecord:
-    pid, seq_nr, entity_type, slice_, timestamp, tags, manifest, version, data, metadata = row
+    (
+        pid,
+        seq_nr,
+        entity_type,
+        slice_,
+        timestamp,
+        tags,
+        manifest,
+        version,
+        data,
+        write_timestamp,
+        origin_replica,
+        origin_seq_nr,
+        version_vector,
+    ) = row
     return EventRecord(
         persistence_id=pid,
         seq_nr=seq_nr,
         entity_type=entity_type,
         slice=slice_,
         timestamp=timestamp,
+        write_timestamp=write_timestamp,
         tags=frozenset(_json_decode_tags(tags)) if tags else frozenset(),
         payload=SerializedPayload(manifest, version, data) if manifest is not None else None,
-        metadata=metadata or b"",
+        replication=None
+        if origin_replica is None
+        else ReplicationMetadata(
+            origin_replica, origin_seq_nr, VersionVector.from_json(version_vector)
+        ),
     )
 
 
@@ -122,7 +178,10 @@ class SqliteJournal:
 
     def _appended_at(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
         """`events` as stored from timestamp `first` on; tells followers and live subscribers."""
-        stamped = [replace(e, timestamp=first + i) for i, e in enumerate(events)]
+        stamped = [
+            replace(e, timestamp=first + i, write_timestamp=e.write_timestamp or first + i)
+            for i, e in enumerate(events)
+        ]
         self._appends += 1
         if self._appended is not None:
             self._appended.set()
@@ -158,27 +217,50 @@ class SqliteJournal:
         return await self.database.read(query)
 
     async def read_events_by_slices(
-        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+        self,
+        entity_type: str,
+        slices: SliceRange,
+        after: TimestampOffset,
+        limit: int,
+        *,
+        to_timestamp: int = MAX_TIMESTAMP,
+        with_payloads: bool = True,
     ) -> list[EventRecord]:
         """See `Journal.read_events_by_slices`."""
+        columns = _EVENT_COLUMNS if with_payloads else _EVENT_COLUMNS_WITHOUT_PAYLOAD
 
         # Records seen at exactly `after.timestamp` are re-read and dropped here, so ask for
         # that many more to still return up to `limit` new ones.
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE entity_type = ? "
-                "AND db_timestamp >= ? AND slice BETWEEN ? AND ? "
+                f"SELECT {columns} FROM event_journal WHERE entity_type = ? "
+                "AND db_timestamp BETWEEN ? AND ? AND slice BETWEEN ? AND ? "
                 # Timestamps are unique in a file (FileClock), so this order is total and
                 # the index delivers it without sorting what lies behind the page.
                 "ORDER BY db_timestamp LIMIT ?",
-                (entity_type, after.timestamp, slices.min, slices.max, limit + len(after.seen)),
+                (
+                    entity_type,
+                    after.timestamp,
+                    to_timestamp,
+                    slices.min,
+                    slices.max,
+                    limit + len(after.seen),
+                ),
             )
-            records = [_event_from_row(row) for row in rows]
-            # Only the leading records, at the offset's own timestamp, can have been seen.
-            skip = 0
-            while skip < len(records) and not after.is_behind(records[skip]):
-                skip += 1
-            return records[skip : skip + limit]
+            return _unseen(after, [_event_from_row(row) for row in rows], limit)
+
+        return await self.database.read(query)
+
+    async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
+        """See `Journal.load_event`."""
+
+        def query(conn: sqlite3.Connection) -> EventRecord | None:
+            row = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM event_journal WHERE {EVENTS_OF_ENTITY} "
+                "AND seq_nr = ?",
+                (persistence_id, seq_nr),
+            ).fetchone()
+            return None if row is None else _event_from_row(row)
 
         return await self.database.read(query)
 
@@ -201,9 +283,17 @@ class SqliteJournal:
         """See `SnapshotStore.save_snapshot`."""
 
         def save(txn: WriteTransaction) -> None:
-            txn.connection.execute(
+            conn = txn.connection
+            event = conn.execute(
+                f"SELECT db_timestamp, tags FROM event_journal WHERE {EVENTS_OF_ENTITY} "
+                "AND seq_nr = ?",
+                (snapshot.persistence_id, snapshot.seq_nr),
+            ).fetchone()
+            event_timestamp, tags = event or (snapshot.event_timestamp, _tags_json(snapshot.tags))
+            conn.execute(
                 "INSERT OR REPLACE INTO snapshot (persistence_id, seq_nr, entity_type, slice, "
-                "db_timestamp, manifest, ser_version, payload) VALUES (?,?,?,?,?,?,?,?)",
+                "db_timestamp, manifest, ser_version, payload, event_timestamp, tags) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     snapshot.persistence_id,
                     snapshot.seq_nr,
@@ -213,9 +303,11 @@ class SqliteJournal:
                     snapshot.payload.manifest,
                     snapshot.payload.version,
                     snapshot.payload.data,
+                    event_timestamp,
+                    tags,
                 ),
             )
-            txn.connection.execute(
+            conn.execute(
                 "DELETE FROM snapshot WHERE persistence_id = ? AND seq_nr NOT IN "
                 "(SELECT seq_nr FROM snapshot WHERE persistence_id = ? "
                 "ORDER BY seq_nr DESC LIMIT ?)",
@@ -225,30 +317,77 @@ class SqliteJournal:
         await self.database.write(save)
 
     async def load_snapshot(
-        self, persistence_id: str, max_seq_nr: int = 2**63 - 1
+        self, persistence_id: str, max_seq_nr: int = MAX_SEQ_NR
     ) -> SnapshotRecord | None:
         """See `SnapshotStore.load_snapshot`."""
 
         def query(conn: sqlite3.Connection) -> SnapshotRecord | None:
             row = conn.execute(
-                "SELECT persistence_id, seq_nr, entity_type, slice, db_timestamp, manifest, "
-                "ser_version, payload FROM snapshot WHERE persistence_id = ? AND seq_nr <= ? "
-                "ORDER BY seq_nr DESC LIMIT 1",
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshot WHERE persistence_id = ? "
+                "AND seq_nr <= ? ORDER BY seq_nr DESC LIMIT 1",
                 (persistence_id, max_seq_nr),
             ).fetchone()
-            if row is None:
-                return None
-            pid, seq_nr, entity_type, slice_, timestamp, manifest, version, data = row
-            return SnapshotRecord(
-                persistence_id=pid,
-                seq_nr=seq_nr,
-                entity_type=entity_type,
-                slice=slice_,
-                timestamp=timestamp,
-                payload=SerializedPayload(manifest, version, data),
-            )
+            return None if row is None else _snapshot_from_row(row)
 
         return await self.database.read(query)
+
+    async def read_snapshots_by_slices(
+        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+    ) -> list[SnapshotRecord]:
+        """See `SnapshotStore.read_snapshots_by_slices`."""
+
+        def query(conn: sqlite3.Connection) -> list[SnapshotRecord]:
+            rows = conn.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshot AS s WHERE entity_type = ? "
+                "AND event_timestamp >= ? AND slice BETWEEN ? AND ? AND seq_nr = "
+                "(SELECT max(seq_nr) FROM snapshot WHERE persistence_id = s.persistence_id) "
+                "ORDER BY event_timestamp, persistence_id LIMIT ?",
+                (entity_type, after.timestamp, slices.min, slices.max, limit + len(after.seen)),
+            )
+            return _unseen_snapshots(after, [_snapshot_from_row(row) for row in rows], limit)
+
+        return await self.database.read(query)
+
+
+_SNAPSHOT_COLUMNS = (
+    "persistence_id, seq_nr, entity_type, slice, db_timestamp, manifest, ser_version, payload, "
+    "event_timestamp, tags"
+)
+
+
+def _snapshot_from_row(row: tuple[Any, ...]) -> SnapshotRecord:
+    pid, seq_nr, entity_type, slice_, timestamp, manifest, version, data, event_timestamp, tags = (
+        row
+    )
+    return SnapshotRecord(
+        persistence_id=pid,
+        seq_nr=seq_nr,
+        entity_type=entity_type,
+        slice=slice_,
+        timestamp=timestamp,
+        payload=SerializedPayload(manifest, version, data),
+        event_timestamp=event_timestamp,
+        tags=frozenset(_json_decode_tags(tags)) if tags else frozenset(),
+    )
+
+
+def _unseen(after: TimestampOffset, records: list[EventRecord], limit: int) -> list[EventRecord]:
+    """The first `limit` of `records` (in timestamp order) that `after` has not seen: only
+    the leading ones, at the offset's own timestamp, can have been."""
+    skip = 0
+    while skip < len(records) and not after.is_behind(records[skip]):
+        skip += 1
+    return records[skip : skip + limit]
+
+
+def _unseen_snapshots(
+    after: TimestampOffset, snapshots: list[SnapshotRecord], limit: int
+) -> list[SnapshotRecord]:
+    """`_unseen` for snapshots, which stand at their event's timestamp."""
+    skip = 0
+    while skip < len(snapshots) and not snapshot_is_behind(after, snapshots[skip]):
+        skip += 1
+    return snapshots[skip : skip + limit]
 
 
 class _Committed:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-import msgspec
 import trio
+from msgspec.structs import replace
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
-from fluvial.journal.api import MAX_SEQ_NR, JournalConflict, JournalGap
+from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, JournalConflict, JournalGap
 from fluvial.journal.live import LivePublisher
+from fluvial.journal.queries import snapshot_is_behind
 
 
 class MemoryJournal:
@@ -45,7 +46,7 @@ class MemoryJournal:
             raise JournalConflict(pid, events[0].seq_nr)
         if events[0].seq_nr != highest + 1:
             raise JournalGap(pid, events[0].seq_nr, highest)
-        stamped = [msgspec.structs.replace(e, timestamp=self._next_timestamp()) for e in events]
+        stamped = [self._stamped(e) for e in events]
         history.extend(stamped)
         self._by_time.extend(stamped)
         self._appends += 1
@@ -53,6 +54,14 @@ class MemoryJournal:
         self._appended = trio.Event()
         self.live.publish(stamped)
         return stamped
+
+    def _stamped(self, record: EventRecord) -> EventRecord:
+        """`record` as stored now: with the next timestamp, which is also its write
+        timestamp unless it has one."""
+        timestamp = self._next_timestamp()
+        return replace(
+            record, timestamp=timestamp, write_timestamp=record.write_timestamp or timestamp
+        )
 
     async def read_events(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
@@ -69,22 +78,39 @@ class MemoryJournal:
         return history[-1].seq_nr if history else 0
 
     async def read_events_by_slices(
-        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+        self,
+        entity_type: str,
+        slices: SliceRange,
+        after: TimestampOffset,
+        limit: int,
+        *,
+        to_timestamp: int = MAX_TIMESTAMP,
+        with_payloads: bool = True,
     ) -> list[EventRecord]:
         """See `Journal.read_events_by_slices`."""
         await trio.lowlevel.checkpoint()
         start = bisect.bisect_left(self._by_time, after.timestamp, key=lambda e: e.timestamp)
         found: list[EventRecord] = []
         for record in self._by_time[start:]:
-            if len(found) == limit:
+            if len(found) == limit or record.timestamp > to_timestamp:
                 break
             if (
                 record.entity_type == entity_type
                 and record.slice in slices
                 and after.is_behind(record)
             ):
-                found.append(record)
+                found.append(record if with_payloads else replace(record, payload=None))
         return found
+
+    async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
+        """See `Journal.load_event`."""
+        await trio.lowlevel.checkpoint()
+        return self._event_at(persistence_id, seq_nr)
+
+    def _event_at(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
+        history = self._by_pid.get(persistence_id, [])
+        # Seq nrs are gapless from 1, so an event's place in its history is its seq nr - 1.
+        return history[seq_nr - 1] if 1 <= seq_nr <= len(history) else None
 
     def append_count(self) -> int:
         """See `Journal.append_count`."""
@@ -105,7 +131,10 @@ class MemoryJournal:
             for s in self._snapshots.get(snapshot.persistence_id, [])
             if s.seq_nr != snapshot.seq_nr
         ]
-        stored.append(msgspec.structs.replace(snapshot, timestamp=self._next_timestamp()))
+        event = self._event_at(snapshot.persistence_id, snapshot.seq_nr)
+        if event is not None:
+            snapshot = replace(snapshot, event_timestamp=event.timestamp, tags=event.tags)
+        stored.append(replace(snapshot, timestamp=self._next_timestamp()))
         stored.sort(key=lambda s: s.seq_nr)
         self._snapshots[snapshot.persistence_id] = stored[-keep:]
 
@@ -116,3 +145,19 @@ class MemoryJournal:
         await trio.lowlevel.checkpoint()
         candidates = [s for s in self._snapshots.get(persistence_id, []) if s.seq_nr <= max_seq_nr]
         return candidates[-1] if candidates else None
+
+    async def read_snapshots_by_slices(
+        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+    ) -> list[SnapshotRecord]:
+        """See `SnapshotStore.read_snapshots_by_slices`."""
+        await trio.lowlevel.checkpoint()
+        newest = [
+            stored[-1]
+            for stored in self._snapshots.values()
+            if stored
+            and stored[-1].entity_type == entity_type
+            and stored[-1].slice in slices
+            and snapshot_is_behind(after, stored[-1])
+        ]
+        newest.sort(key=lambda s: (s.event_timestamp, s.persistence_id))
+        return newest[:limit]

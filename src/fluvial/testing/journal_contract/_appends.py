@@ -11,6 +11,7 @@ import trio.testing
 
 from fluvial.core.ids import PersistenceId, SliceRange
 from fluvial.core.records import MAX_SEQ_NR, EventRecord, InvalidAppend
+from fluvial.core.replication_metadata import ReplicationMetadata, VersionVector
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import JournalConflict, JournalGap
 from fluvial.journal.queries import events_by_persistence_id
@@ -66,20 +67,24 @@ class AppendContract:
                 r for r in appended if r.persistence_id == str(pid)
             ]
 
-    async def test_tags_metadata_and_payload_round_trip(self, journal: JournalUnderTest) -> None:
+    async def test_tags_replication_metadata_and_payload_round_trip(
+        self, journal: JournalUnderTest
+    ) -> None:
         pid = PersistenceId(ENTITY_TYPE, "ünïcode|id with | bars")
+        vector = VersionVector.of({"eu-west": 3, "üs-east": 1, "edge-7": 12})
         batch = [
             event(
                 pid,
                 1,
                 tags=frozenset({"red", "blue", "car/ford", "ünïcode", ""}),
-                metadata=b"\x00\x01origin-replica\xff",
+                replication=ReplicationMetadata("eu-west", 3, vector),
                 data=bytes(range(256)),
             ),
-            event(pid, 2),  # no tags, no metadata
+            event(pid, 2),  # no tags, not replicated
+            event(pid, 3, replication=ReplicationMetadata("edge-7", 1), write_timestamp=17),
             EventRecord(
                 persistence_id=str(pid),
-                seq_nr=3,
+                seq_nr=4,
                 entity_type=pid.entity_type,
                 slice=pid.slice,
                 payload=SerializedPayload("contract.Other/v7", 7, b""),
@@ -90,6 +95,13 @@ class AppendContract:
         read = await read_all(journal, pid)
         assert without_timestamp(read) == batch
         assert read == list(stored)
+        assert read[0].replication == ReplicationMetadata("eu-west", 3, vector)
+        assert [r.write_timestamp for r in read] == [
+            read[0].timestamp,
+            read[1].timestamp,
+            17,
+            read[3].timestamp,
+        ]
         by_slice = await current_by_slices(journal, ENTITY_TYPE, SliceRange(pid.slice, pid.slice))
         assert by_slice == list(stored)
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import msgspec
 import trio
 import trio.testing
 
 from fluvial.core.ids import PersistenceId, SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord, SnapshotRecord
+from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import Journal, SnapshotStore
 from fluvial.journal.queries import (
@@ -49,8 +51,9 @@ def event(
     seq_nr: int,
     *,
     tags: frozenset[str] = frozenset(),
-    metadata: bytes = b"",
     data: bytes | None = None,
+    write_timestamp: int = 0,
+    replication: ReplicationMetadata | None = None,
 ) -> EventRecord:
     """An event record as an entity would hand it to `Journal.append` (no timestamp)."""
     return EventRecord(
@@ -62,7 +65,8 @@ def event(
             "contract.Event", 1, f"{pid}#{seq_nr}".encode() if data is None else data
         ),
         tags=tags,
-        metadata=metadata,
+        write_timestamp=write_timestamp,
+        replication=replication,
     )
 
 
@@ -83,16 +87,13 @@ def snapshot(pid: PersistenceId, seq_nr: int) -> SnapshotRecord:
 
 
 def without_timestamp(records: Sequence[EventRecord]) -> list[EventRecord]:
-    """`records` as they were before the journal stamped them."""
+    """`records` as they were before the journal stamped them (a write timestamp equal to
+    the timestamp was the journal's too)."""
     return [
-        EventRecord(
-            persistence_id=r.persistence_id,
-            seq_nr=r.seq_nr,
-            entity_type=r.entity_type,
-            slice=r.slice,
-            payload=r.payload,
-            tags=r.tags,
-            metadata=r.metadata,
+        msgspec.structs.replace(
+            r,
+            timestamp=0,
+            write_timestamp=0 if r.write_timestamp == r.timestamp else r.write_timestamp,
         )
         for r in records
     ]
