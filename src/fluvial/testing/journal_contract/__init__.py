@@ -27,6 +27,7 @@ ones.
 from __future__ import annotations
 
 from fluvial.testing.journal_contract._appends import AppendContract
+from fluvial.testing.journal_contract._lookups import LookupContract
 from fluvial.testing.journal_contract._records import JournalUnderTest as JournalUnderTest
 from fluvial.testing.journal_contract._records import current_by_slices as current_by_slices
 from fluvial.testing.journal_contract._records import entity_ids as entity_ids
@@ -51,5 +52,5 @@ __all__ = [
 ]
 
 
-class JournalContract(AppendContract, SliceQueryContract, SnapshotContract):
+class JournalContract(AppendContract, SliceQueryContract, LookupContract, SnapshotContract):
     """The contract tests. Subclass in a ``Test*`` class that defines a ``journal`` fixture."""

@@ -12,7 +12,7 @@ import trio.testing
 
 from fluvial.core.ids import PersistenceId, SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord, SnapshotRecord
+from fluvial.core.records import MAX_TIMESTAMP, EventRecord, SnapshotRecord
 from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import Journal, SnapshotStore
@@ -124,6 +124,8 @@ async def current_by_slices(
     slices: SliceRange,
     offset: TimestampOffset | None = None,
     *,
+    to_timestamp: int = MAX_TIMESTAMP,
+    with_payloads: bool = True,
     page_size: int = 1000,
 ) -> list[EventRecord]:
     """The events a consumer would read now, bounded in time so that a looping query fails."""
@@ -131,6 +133,12 @@ async def current_by_slices(
         return [
             record
             async for record in current_events_by_slices(
-                journal, entity_type, slices, offset, page_size=page_size
+                journal,
+                entity_type,
+                slices,
+                offset,
+                to_timestamp=to_timestamp,
+                with_payloads=with_payloads,
+                page_size=page_size,
             )
         ]

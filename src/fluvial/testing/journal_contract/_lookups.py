@@ -1,0 +1,87 @@
+"""The contract of the reads a consumer makes beside its stream: by slices up to a timestamp,
+by slices without payloads, and one event by persistence id and seq nr."""
+
+from __future__ import annotations
+
+import msgspec
+
+from fluvial.core.ids import SliceRange
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord
+from fluvial.testing.journal_contract._records import (
+    ENTITY_TYPE,
+    LOW,
+    OTHER_ENTITY_TYPE,
+    JournalUnderTest,
+    current_by_slices,
+    entity_ids,
+    event,
+    events,
+)
+
+
+class LookupContract:
+    """Bounded and payload-free reads by slices, and loading one event."""
+
+    async def _append_some(self, journal: JournalUnderTest) -> list[EventRecord]:
+        pids = entity_ids(ENTITY_TYPE, SliceRange.all(), 4)
+        (other,) = entity_ids(OTHER_ENTITY_TYPE, SliceRange.all(), 1)
+        stored: list[EventRecord] = []
+        for first in (1, 3, 5):
+            for pid in pids:
+                stored += await journal.append(events(pid, first, 2))
+            await journal.append(events(other, first, 2))
+        return stored
+
+    async def test_events_by_slices_stop_at_the_upper_timestamp_inclusive(
+        self, journal: JournalUnderTest
+    ) -> None:
+        stored = await self._append_some(journal)
+        for bound in (stored[0], stored[len(stored) // 2], stored[-1]):
+            expected = [r for r in stored if r.timestamp <= bound.timestamp]
+            for page_size in (1, 3, 1000):
+                got = await current_by_slices(
+                    journal,
+                    ENTITY_TYPE,
+                    SliceRange.all(),
+                    to_timestamp=bound.timestamp,
+                    page_size=page_size,
+                )
+                assert got == expected
+        assert (
+            await current_by_slices(
+                journal, ENTITY_TYPE, SliceRange.all(), to_timestamp=stored[0].timestamp - 1
+            )
+            == []
+        )
+        # From an offset, up to a bound: the window between them.
+        offset = TimestampOffset.start().advanced_to(stored[2])
+        window = await journal.read_events_by_slices(
+            ENTITY_TYPE, SliceRange.all(), offset, 1000, to_timestamp=stored[6].timestamp
+        )
+        assert window == stored[3:7]
+
+    async def test_events_by_slices_without_payloads_are_the_same_events_without_them(
+        self, journal: JournalUnderTest
+    ) -> None:
+        stored = await self._append_some(journal)
+        for slices in (SliceRange.all(), LOW):
+            with_payloads = await current_by_slices(journal, ENTITY_TYPE, slices, page_size=3)
+            without = await current_by_slices(
+                journal, ENTITY_TYPE, slices, with_payloads=False, page_size=3
+            )
+            assert without == [msgspec.structs.replace(r, payload=None) for r in with_payloads]
+        assert len(with_payloads) < len(stored)  # LOW is a part of them
+
+    async def test_load_event_returns_the_stored_event_with_its_payload(
+        self, journal: JournalUnderTest
+    ) -> None:
+        stored = await self._append_some(journal)
+        tagged_pid = entity_ids(ENTITY_TYPE, SliceRange.all(), 5)[4]
+        tagged = await journal.append([event(tagged_pid, 1, tags=frozenset({"t"}))])
+        for record in [*stored[::5], stored[-1], *tagged]:
+            assert await journal.load_event(record.persistence_id, record.seq_nr) == record
+        some = stored[0]
+        assert await journal.load_event(some.persistence_id, 7) is None
+        assert await journal.load_event(some.persistence_id, 0) is None
+        assert await journal.load_event(f"{ENTITY_TYPE}|unknown", 1) is None
