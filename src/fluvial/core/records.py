@@ -128,3 +128,18 @@ def check_append_batch(events: Sequence[EventRecord]) -> None:
                 f"seq nrs of {first.persistence_id} must be consecutive: "
                 f"{[e.seq_nr for e in events]}"
             )
+
+
+def check_from_elsewhere(events: Sequence[EventRecord]) -> None:
+    """Raise InvalidAppend unless each of `events` has a seq nr within 1..MAX_SEQ_NR and a
+    write timestamp: what `write_from_elsewhere` needs of events another journal wrote."""
+    for event in events:
+        if not 1 <= event.seq_nr <= MAX_SEQ_NR:
+            raise InvalidAppend(
+                f"seq nrs are within 1..{MAX_SEQ_NR}: {event.persistence_id} seq nr {event.seq_nr}"
+            )
+        if event.write_timestamp < 1:
+            raise InvalidAppend(
+                f"an event from elsewhere keeps its origin's write timestamp: "
+                f"{event.persistence_id} seq nr {event.seq_nr} has {event.write_timestamp}"
+            )

@@ -8,8 +8,9 @@ them live once, in `fluvial.journal.queries`. Every implementation passes the co
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
+import msgspec
 import outcome
 
 from fluvial.core.errors import FluvialError
@@ -175,5 +176,66 @@ class SnapshotStore(Protocol):
 
         The starting point of streams that begin with each entity's snapshot and continue with
         its later events.
+        """
+        ...
+
+
+class EventStored(msgspec.Struct, frozen=True, gc=False):
+    """`write_from_elsewhere` stored the event: `record` as the journal now holds it (its
+    `timestamp` is this journal's, its `write_timestamp` the origin's)."""
+
+    record: EventRecord
+
+
+class EventAlreadyStored(msgspec.Struct, frozen=True, gc=False):
+    """`write_from_elsewhere` found the seq nr stored already and left it (a redelivery):
+    the event counts as written. The stored one is not compared with it."""
+
+    persistence_id: str
+    seq_nr: int
+
+
+class EventGap(msgspec.Struct, frozen=True, gc=False):
+    """`write_from_elsewhere` did not store the event: the entity's highest stored seq nr is
+    `highest_seq_nr`, below `seq_nr - 1`, so the events in between must come first (ask the
+    origin for them from `highest_seq_nr + 1`)."""
+
+    persistence_id: str
+    seq_nr: int
+    highest_seq_nr: int
+
+
+WriteFromElsewhereResult: TypeAlias = EventStored | EventAlreadyStored | EventGap
+
+
+@runtime_checkable
+class WriteFromElsewhere(Protocol):
+    """A journal that stores events another journal wrote first (producer push from an edge,
+    replicated events of another replica), keeping their identity.
+
+    The seam that the gRPC push consumer and the replication runtime write through: events
+    keep their persistence id, seq nr, write timestamp (the origin's) and replication
+    metadata, and get this journal's own `timestamp` (its commit order, which local
+    consumers' offsets follow). Redelivery is harmless: a seq nr stored already is answered
+    `EventAlreadyStored`, so a sender can resend from any point after a lost answer.
+    """
+
+    async def write_from_elsewhere(
+        self, events: Sequence[EventRecord]
+    ) -> list[WriteFromElsewhereResult]:
+        """Store the events that follow their entity's stored ones; answer one result per
+        event, in order.
+
+        Events may be of several entities; each is taken in order, against its entity's
+        highest seq nr as stored by then (earlier events of the same call included): at or
+        below it, `EventAlreadyStored`; the next one, `EventStored`; beyond it, `EventGap`
+        (and nothing of it is stored). The stored events commit together, atomically, and
+        reach followers and live subscribers like appended ones; appends and these writes
+        of one entity check each other's seq nrs (`JournalConflict`, `JournalGap`).
+
+        Raises InvalidAppend (storing nothing) for an event with a seq nr outside
+        1..MAX_SEQ_NR or without a `write_timestamp` (events from elsewhere were written
+        somewhere at some time), and the journal's errors (`JournalClosed`, file errors),
+        also storing nothing.
         """
         ...

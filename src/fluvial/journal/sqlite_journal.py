@@ -16,10 +16,24 @@ from msgspec.structs import replace
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
+from fluvial.core.records import (
+    EventRecord,
+    SnapshotRecord,
+    check_append_batch,
+    check_from_elsewhere,
+)
 from fluvial.core.replication_metadata import ReplicationMetadata, VersionVector
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, JournalConflict, JournalGap
+from fluvial.journal.api import (
+    MAX_SEQ_NR,
+    MAX_TIMESTAMP,
+    EventAlreadyStored,
+    EventGap,
+    EventStored,
+    JournalConflict,
+    JournalGap,
+    WriteFromElsewhereResult,
+)
 from fluvial.journal.live import LivePublisher
 from fluvial.journal.queries import snapshot_is_behind
 from fluvial.journal.sqlite_database import SqliteDatabase, open_sqlite_database
@@ -146,7 +160,8 @@ def _event_from_row(row: tuple[Any, ...]) -> EventRecord:
 
 
 class SqliteJournal:
-    """Journal and SnapshotStore on one SQLite file; see `open_sqlite_journal`."""
+    """Journal, SnapshotStore and WriteFromElsewhere on one SQLite file; see
+    `open_sqlite_journal`."""
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
@@ -175,6 +190,20 @@ class SqliteJournal:
             on_done(outcome.Value([]))
             return
         self.database.write_soon(_insert_events(events), _Committed(self, events, on_done))
+
+    async def write_from_elsewhere(
+        self, events: Sequence[EventRecord]
+    ) -> list[WriteFromElsewhereResult]:
+        """See `WriteFromElsewhere.write_from_elsewhere`."""
+        check_from_elsewhere(events)
+        if not events:
+            return []
+        write = _WriteFromElsewhere(events)
+        first = await self.database.write(write)
+        stamped = iter(self._appended_at(write.stored, first) if write.stored else [])
+        return [
+            EventStored(next(stamped)) if verdict is None else verdict for verdict in write.verdicts
+        ]
 
     def _appended_at(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
         """`events` as stored from timestamp `first` on; tells followers and live subscribers."""
@@ -388,6 +417,49 @@ def _unseen_snapshots(
     while skip < len(snapshots) and not snapshot_is_behind(after, snapshots[skip]):
         skip += 1
     return snapshots[skip : skip + limit]
+
+
+class _WriteFromElsewhere:
+    """The writer's part of `write_from_elsewhere`: which events follow their entity's stored
+    ones (the writer's remembered seq nrs, kept up to date), inserting those in one statement.
+
+    Returns the first timestamp of the stored events; leaves in `verdicts` the answer for each
+    event (None for a stored one, whose record the caller stamps) and in `stored` those
+    stored. Both are filled again if the writer runs it again (after a rollback).
+    """
+
+    def __init__(self, events: Sequence[EventRecord]) -> None:
+        self.events = events
+        self.verdicts: list[EventAlreadyStored | EventGap | None] = []
+        self.stored: list[EventRecord] = []
+
+    def __call__(self, txn: WriteTransaction) -> int:
+        self.verdicts, self.stored = [], []
+        highest: dict[str, int] = {}
+        for record in self.events:
+            pid = record.persistence_id
+            known = highest.get(pid)
+            if known is None:
+                known = highest[pid] = txn.highest_seq_nr(_FOLLOWS_STORED, pid)
+            if record.seq_nr <= known:
+                self.verdicts.append(EventAlreadyStored(pid, record.seq_nr))
+            elif record.seq_nr == known + 1:
+                self.verdicts.append(None)
+                self.stored.append(record)
+                highest[pid] = record.seq_nr
+            else:
+                self.verdicts.append(EventGap(pid, record.seq_nr, known))
+        if not self.stored:
+            return 0
+        first = txn.next_timestamps(len(self.stored))
+        txn.ensure_keys(_ENTITY_KEYS, (record.persistence_id for record in self.stored))
+        txn.connection.executemany(
+            _INSERT_TRACED_EVENT,
+            [(*_traced_event_row(r), first + i) for i, r in enumerate(self.stored)],
+        )
+        for pid in dict.fromkeys(record.persistence_id for record in self.stored):
+            txn.appended(pid, highest[pid])
+        return first
 
 
 class _Committed:

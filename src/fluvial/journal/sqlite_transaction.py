@@ -61,6 +61,16 @@ class WriteTransaction:
             raise check.on_gap(key, first, highest)
         self._seq_nrs.appended(key, max(highest, rows[-1][1]))
 
+    def highest_seq_nr(self, check: SeqNrCheck, key: str) -> int:
+        """The highest seq nr of `key`, stored or written in this transaction, as the
+        writer remembers it (a query only for a key it has not seen)."""
+        return self._seq_nrs.highest(self.connection, check.highest_sql, key)
+
+    def appended(self, key: str, highest: int) -> None:
+        """Note that this transaction wrote `key`'s seq nrs up to `highest`, so that later
+        checks (`check_follows`, `highest_seq_nr`) see them; forgotten if it rolls back."""
+        self._seq_nrs.appended(key, highest)
+
     def next_timestamp(self) -> int:
         """A timestamp in microseconds, greater than every one handed out before."""
         return self.next_timestamps(1)

@@ -10,15 +10,29 @@ from msgspec.structs import replace
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord, SnapshotRecord, check_append_batch
-from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, JournalConflict, JournalGap
+from fluvial.core.records import (
+    EventRecord,
+    SnapshotRecord,
+    check_append_batch,
+    check_from_elsewhere,
+)
+from fluvial.journal.api import (
+    MAX_SEQ_NR,
+    MAX_TIMESTAMP,
+    EventAlreadyStored,
+    EventGap,
+    EventStored,
+    JournalConflict,
+    JournalGap,
+    WriteFromElsewhereResult,
+)
 from fluvial.journal.live import LivePublisher
 from fluvial.journal.queries import snapshot_is_behind
 
 
 class MemoryJournal:
-    """Journal and SnapshotStore in memory. Timestamps are a counter, not a clock, so tests
-    are deterministic."""
+    """Journal, SnapshotStore and WriteFromElsewhere in memory. Timestamps are a counter, not
+    a clock, so tests are deterministic."""
 
     def __init__(self) -> None:
         self._by_pid: dict[str, list[EventRecord]] = {}
@@ -48,12 +62,41 @@ class MemoryJournal:
             raise JournalGap(pid, events[0].seq_nr, highest)
         stamped = [self._stamped(e) for e in events]
         history.extend(stamped)
+        self._committed(stamped)
+        return stamped
+
+    async def write_from_elsewhere(
+        self, events: Sequence[EventRecord]
+    ) -> list[WriteFromElsewhereResult]:
+        """See `WriteFromElsewhere.write_from_elsewhere`."""
+        check_from_elsewhere(events)
+        await trio.lowlevel.checkpoint()
+        results: list[WriteFromElsewhereResult] = []
+        stored: list[EventRecord] = []
+        for record in events:
+            pid = record.persistence_id
+            history = self._by_pid.setdefault(pid, [])
+            highest = history[-1].seq_nr if history else 0
+            if record.seq_nr <= highest:
+                results.append(EventAlreadyStored(pid, record.seq_nr))
+            elif record.seq_nr == highest + 1:
+                stamped = self._stamped(record)
+                history.append(stamped)
+                stored.append(stamped)
+                results.append(EventStored(stamped))
+            else:
+                results.append(EventGap(pid, record.seq_nr, highest))
+        if stored:
+            self._committed(stored)
+        return results
+
+    def _committed(self, stamped: list[EventRecord]) -> None:
+        """Tell followers and live subscribers of `stamped`, just stored."""
         self._by_time.extend(stamped)
         self._appends += 1
         self._appended.set()
         self._appended = trio.Event()
         self.live.publish(stamped)
-        return stamped
 
     def _stamped(self, record: EventRecord) -> EventRecord:
         """`record` as stored now: with the next timestamp, which is also its write

@@ -27,6 +27,7 @@ ones.
 from __future__ import annotations
 
 from fluvial.testing.journal_contract._appends import AppendContract
+from fluvial.testing.journal_contract._from_elsewhere import FromElsewhereContract
 from fluvial.testing.journal_contract._lookups import LookupContract
 from fluvial.testing.journal_contract._records import JournalUnderTest as JournalUnderTest
 from fluvial.testing.journal_contract._records import current_by_slices as current_by_slices
@@ -52,5 +53,7 @@ __all__ = [
 ]
 
 
-class JournalContract(AppendContract, SliceQueryContract, LookupContract, SnapshotContract):
+class JournalContract(
+    AppendContract, SliceQueryContract, LookupContract, SnapshotContract, FromElsewhereContract
+):
     """The contract tests. Subclass in a ``Test*`` class that defines a ``journal`` fixture."""

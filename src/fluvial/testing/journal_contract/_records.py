@@ -15,7 +15,7 @@ from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import MAX_TIMESTAMP, EventRecord, SnapshotRecord
 from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.api import Journal, SnapshotStore
+from fluvial.journal.api import Journal, SnapshotStore, WriteFromElsewhere
 from fluvial.journal.queries import (
     current_events_by_slices,
     events_by_persistence_id,
@@ -30,8 +30,9 @@ LOW = SliceRange(0, 511)
 HIGH = SliceRange(512, 1023)
 
 
-class JournalUnderTest(Journal, SnapshotStore, Protocol):
-    """One object that is both the journal and its snapshot store, as the contract tests it."""
+class JournalUnderTest(Journal, SnapshotStore, WriteFromElsewhere, Protocol):
+    """One object that is the journal, its snapshot store and its writer of events from
+    elsewhere, as the contract tests it."""
 
 
 def entity_ids(entity_type: str, slices: SliceRange, count: int) -> list[PersistenceId]:
