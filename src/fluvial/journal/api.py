@@ -105,6 +105,7 @@ class Journal(Protocol):
         *,
         to_timestamp: int = MAX_TIMESTAMP,
         with_payloads: bool = True,
+        exclude_origin: str | None = None,
     ) -> list[EventRecord]:
         """Up to `limit` events of `entity_type` in `slices` that `after` has not seen, with
         timestamps up to `to_timestamp` (inclusive), in timestamp order (then persistence id,
@@ -112,7 +113,10 @@ class Journal(Protocol):
 
         With `with_payloads=False` every record's payload is None (and the journal need not
         read it): for queries that look ahead, such as backtracking, whose consumers load the
-        events they accept with `load_event`.
+        events they accept with `load_event`. With `exclude_origin`, the events whose
+        `replication.origin_replica` is that replica come without payload, as placeholders
+        (the query does not read their payloads): a producer does not send an event back to
+        the replica it came from, and the consumer's seq nrs stay gapless.
         """
         ...
 

@@ -39,11 +39,12 @@ async def current_events_by_slices(
     *,
     to_timestamp: int = MAX_TIMESTAMP,
     with_payloads: bool = True,
+    exclude_origin: str | None = None,
     page_size: int = PAGE_SIZE,
 ) -> AsyncGenerator[EventRecord, None]:
     """The events stored now, after `offset` and up to `to_timestamp` (inclusive), in
     timestamp order; ends when caught up. See `Journal.read_events_by_slices` for
-    `with_payloads`."""
+    `with_payloads` and `exclude_origin`."""
     offset = offset or TimestampOffset.start()
     while True:
         page = await journal.read_events_by_slices(
@@ -53,6 +54,7 @@ async def current_events_by_slices(
             page_size,
             to_timestamp=to_timestamp,
             with_payloads=with_payloads,
+            exclude_origin=exclude_origin,
         )
         for record in page:
             offset = offset.advanced_to(record)

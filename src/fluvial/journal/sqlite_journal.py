@@ -53,6 +53,13 @@ _EVENT_COLUMNS = (
 _EVENT_COLUMNS_WITHOUT_PAYLOAD = _EVENT_COLUMNS.replace(
     "manifest, ser_version, payload", "NULL, NULL, NULL"
 )
+# The same with the payloads of the events of one origin replica (`:origin`) left out: a NULL
+# manifest makes a record without payload.
+_EVENT_COLUMNS_NOT_FROM_ORIGIN = _EVENT_COLUMNS.replace(
+    "manifest, ser_version, payload",
+    "iif(origin_replica IS :origin, NULL, manifest), ser_version, "
+    "iif(origin_replica IS :origin, NULL, payload)",
+)
 # The timestamp goes last: the writer appends it to each row (see `RowInsert`). The entity's
 # integer key comes from the `entity` table, where the writer makes sure it exists
 # (`_ENTITY_KEYS`). Events of this journal's own entities leave the replication columns NULL,
@@ -254,27 +261,35 @@ class SqliteJournal:
         *,
         to_timestamp: int = MAX_TIMESTAMP,
         with_payloads: bool = True,
+        exclude_origin: str | None = None,
     ) -> list[EventRecord]:
         """See `Journal.read_events_by_slices`."""
-        columns = _EVENT_COLUMNS if with_payloads else _EVENT_COLUMNS_WITHOUT_PAYLOAD
+        if not with_payloads:
+            columns = _EVENT_COLUMNS_WITHOUT_PAYLOAD
+        elif exclude_origin is not None:
+            columns = _EVENT_COLUMNS_NOT_FROM_ORIGIN
+        else:
+            columns = _EVENT_COLUMNS
+        parameters = {
+            "entity_type": entity_type,
+            "from": after.timestamp,
+            "to": to_timestamp,
+            "min": slices.min,
+            "max": slices.max,
+            # Records seen at exactly `after.timestamp` are re-read and dropped here, so ask
+            # for that many more to still return up to `limit` new ones.
+            "limit": limit + len(after.seen),
+            "origin": exclude_origin,
+        }
 
-        # Records seen at exactly `after.timestamp` are re-read and dropped here, so ask for
-        # that many more to still return up to `limit` new ones.
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
-                f"SELECT {columns} FROM event_journal WHERE entity_type = ? "
-                "AND db_timestamp BETWEEN ? AND ? AND slice BETWEEN ? AND ? "
+                f"SELECT {columns} FROM event_journal WHERE entity_type = :entity_type "
+                "AND db_timestamp BETWEEN :from AND :to AND slice BETWEEN :min AND :max "
                 # Timestamps are unique in a file (FileClock), so this order is total and
                 # the index delivers it without sorting what lies behind the page.
-                "ORDER BY db_timestamp LIMIT ?",
-                (
-                    entity_type,
-                    after.timestamp,
-                    to_timestamp,
-                    slices.min,
-                    slices.max,
-                    limit + len(after.seen),
-                ),
+                "ORDER BY db_timestamp LIMIT :limit",
+                parameters,
             )
             return _unseen(after, [_event_from_row(row) for row in rows], limit)
 

@@ -129,6 +129,7 @@ class MemoryJournal:
         *,
         to_timestamp: int = MAX_TIMESTAMP,
         with_payloads: bool = True,
+        exclude_origin: str | None = None,
     ) -> list[EventRecord]:
         """See `Journal.read_events_by_slices`."""
         await trio.lowlevel.checkpoint()
@@ -142,7 +143,12 @@ class MemoryJournal:
                 and record.slice in slices
                 and after.is_behind(record)
             ):
-                found.append(record if with_payloads else replace(record, payload=None))
+                from_origin = (
+                    record.replication is not None
+                    and record.replication.origin_replica == exclude_origin
+                )
+                with_payload = with_payloads and not from_origin
+                found.append(record if with_payload else replace(record, payload=None))
         return found
 
     async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:

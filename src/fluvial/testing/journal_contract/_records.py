@@ -127,6 +127,7 @@ async def current_by_slices(
     *,
     to_timestamp: int = MAX_TIMESTAMP,
     with_payloads: bool = True,
+    exclude_origin: str | None = None,
     page_size: int = 1000,
 ) -> list[EventRecord]:
     """The events a consumer would read now, bounded in time so that a looping query fails."""
@@ -140,6 +141,7 @@ async def current_by_slices(
                 offset,
                 to_timestamp=to_timestamp,
                 with_payloads=with_payloads,
+                exclude_origin=exclude_origin,
                 page_size=page_size,
             )
         ]
