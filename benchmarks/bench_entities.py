@@ -85,7 +85,6 @@ def _raw(path: Path, durability: Durability, rows: int) -> tuple[float, float]:
             "cart.ItemUpdated",
             1,
             payload,
-            b"",
             timestamp,
         )
 
