@@ -20,6 +20,13 @@ from fluvial.core.offsets import TimestampOffset as TimestampOffset
 from fluvial.core.records import EventEnvelope as EventEnvelope
 from fluvial.core.records import EventRecord as EventRecord
 from fluvial.core.records import InvalidAppend as InvalidAppend
+from fluvial.core.records import SnapshotRecord as SnapshotRecord
+from fluvial.core.replication_metadata import (
+    InvalidReplicationMetadata as InvalidReplicationMetadata,
+)
+from fluvial.core.replication_metadata import ReplicationMetadata as ReplicationMetadata
+from fluvial.core.replication_metadata import VersionOrder as VersionOrder
+from fluvial.core.replication_metadata import VersionVector as VersionVector
 from fluvial.core.serialization import DuplicateManifest as DuplicateManifest
 from fluvial.core.serialization import PayloadDecodeError as PayloadDecodeError
 from fluvial.core.serialization import PayloadEncodeError as PayloadEncodeError
@@ -37,13 +44,19 @@ from fluvial.entity.errors import UnknownEntityType as UnknownEntityType
 from fluvial.entity.runtime import Entities as Entities
 from fluvial.entity.runtime import EntityRef as EntityRef
 from fluvial.entity.runtime import open_entities as open_entities
+from fluvial.journal.api import EventAlreadyStored as EventAlreadyStored
+from fluvial.journal.api import EventGap as EventGap
+from fluvial.journal.api import EventStored as EventStored
 from fluvial.journal.api import Journal as Journal
 from fluvial.journal.api import JournalClosed as JournalClosed
 from fluvial.journal.api import JournalConflict as JournalConflict
 from fluvial.journal.api import JournalError as JournalError
 from fluvial.journal.api import JournalGap as JournalGap
 from fluvial.journal.api import SnapshotStore as SnapshotStore
+from fluvial.journal.api import WriteFromElsewhere as WriteFromElsewhere
+from fluvial.journal.api import WriteFromElsewhereResult as WriteFromElsewhereResult
 from fluvial.journal.queries import current_events_by_slices as current_events_by_slices
+from fluvial.journal.queries import current_snapshots_by_slices as current_snapshots_by_slices
 from fluvial.journal.queries import events_by_persistence_id as events_by_persistence_id
 from fluvial.journal.queries import events_by_slices as events_by_slices
 from fluvial.journal.sqlite_errors import JournalBusy as JournalBusy
