@@ -24,7 +24,8 @@ from fluvial.core.serialization import SerializerRegistry
 from fluvial.entity.runtime import Entities, open_entities
 from fluvial.examples.shopping_cart import AddItem, ItemUpdated, ShoppingCart, register_cart
 from fluvial.journal.sqlite_database import Durability, connect
-from fluvial.journal.sqlite_journal import _INSERT_EVENT, open_sqlite_journal
+from fluvial.journal.sqlite_event_rows import INSERT_EVENT
+from fluvial.journal.sqlite_journal import open_sqlite_journal
 from fluvial.journal.sqlite_schema import migrate
 
 
@@ -94,13 +95,13 @@ def _raw(path: Path, durability: Durability, rows: int) -> tuple[float, float]:
     started = time.perf_counter()
     for seq_nr in range(1, rows // 4 + 1):
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(_INSERT_EVENT, row("raw|one", seq_nr, seq_nr))
+        conn.execute(INSERT_EVENT, row("raw|one", seq_nr, seq_nr))
         conn.execute("COMMIT")
     one_per_transaction = (rows // 4) / (time.perf_counter() - started)
     started = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(new_entity, [(f"raw|{i}",) for i in range(rows)])
-    conn.executemany(_INSERT_EVENT, [row(f"raw|{i}", 1, 10**9 + i) for i in range(rows)])
+    conn.executemany(INSERT_EVENT, [row(f"raw|{i}", 1, 10**9 + i) for i in range(rows)])
     conn.execute("COMMIT")
     batched = rows / (time.perf_counter() - started)
     conn.close()

@@ -19,9 +19,12 @@ pytest show the compared values when a contract test fails.
 What the contract promises users: appends are atomic and never overwrite (a taken seq nr raises
 `JournalConflict` and stores nothing of its batch), never leave a gap (a first seq nr beyond the
 entity's highest stored + 1 raises `JournalGap` and stores nothing), reads return exactly what
-was stored, the events-by-slices queries return one entity type and slice range in timestamp
-order, and resuming from any offset yields exactly the events not seen yet, then follows new
-ones.
+was stored (replication metadata and write timestamps included), the events-by-slices queries
+return one entity type and slice range in timestamp order (up to a timestamp, without payloads
+or without one origin's), and resuming from any offset yields exactly the events not seen yet,
+then follows new ones; one event loads by seq nr; snapshots keep their event's timestamp and
+tags, and the newest of each entity come by slices in their events' order; events written from
+elsewhere keep their identity and are answered stored, already stored or gap (docs/event-model.md).
 """
 
 from __future__ import annotations
