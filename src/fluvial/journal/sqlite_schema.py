@@ -154,6 +154,11 @@ def _v5_integer_entity_keys(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX event_journal_by_entity ON event_journal (entity_id, seq_nr)")
 
 
+# The condition that selects one entity's events by its integer key (schema v5), with the
+# persistence id as its one parameter: queries use it to go through event_journal_by_entity.
+EVENTS_OF_ENTITY = "entity_id = (SELECT id FROM entity WHERE persistence_id = ?)"
+
+
 def _replication_metadata_and_snapshot_events(db: sqlite_utils.Database) -> None:
     # Typed replication metadata instead of an opaque blob. The blob column, never written
     # with anything but b"" or NULL, becomes the version vector (JSON text; `origin_replica`
@@ -192,11 +197,6 @@ def _replication_metadata_and_snapshot_events(db: sqlite_utils.Database) -> None
     db.table("snapshot").create_index(
         ["entity_type", "event_timestamp", "slice"], index_name="snapshot_by_slices"
     )
-
-
-# The condition that selects one entity's events by its integer key (schema v5), with the
-# persistence id as its one parameter: queries use it to go through event_journal_by_entity.
-EVENTS_OF_ENTITY = "entity_id = (SELECT id FROM entity WHERE persistence_id = ?)"
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
