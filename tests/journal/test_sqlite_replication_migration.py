@@ -17,6 +17,10 @@ from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.records import EventRecord  # noqa: E402
 from fluvial.core.serialization import SerializedPayload  # noqa: E402
 from fluvial.journal.api import JournalGap  # noqa: E402
+from fluvial.journal.sqlite_event_rows import (  # noqa: E402
+    EVENT_COLUMNS_NOT_FROM_ORIGIN,
+    EVENTS_BY_SLICES,
+)
 from fluvial.journal.sqlite_journal import open_sqlite_journal  # noqa: E402
 from fluvial.journal.sqlite_schema import (  # noqa: E402
     APPLICATION_ID,
@@ -145,9 +149,13 @@ async def test_a_big_file_of_the_previous_version_keeps_its_events_and_snapshots
         plan = " ".join(
             str(row[-1])
             for row in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT payload FROM event_journal WHERE entity_type = ? "
-                "AND db_timestamp >= ? AND slice BETWEEN ? AND ? ORDER BY db_timestamp LIMIT 10",
-                (ENTITY_TYPE, 0, 0, 99),
+                "EXPLAIN QUERY PLAN "
+                + EVENTS_BY_SLICES.format(columns=EVENT_COLUMNS_NOT_FROM_ORIGIN),
+                {
+                    "entity_type": ENTITY_TYPE,
+                    **{"from": 0, "to": 2**63 - 1, "min": 0, "max": 99},
+                    **{"limit": 10, "origin": "A"},
+                },
             )
         )
     assert version == SCHEMA_VERSION

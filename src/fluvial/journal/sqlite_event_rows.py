@@ -35,6 +35,15 @@ EVENT_COLUMNS_NOT_FROM_ORIGIN = EVENT_COLUMNS.replace(
     "iif(origin_replica IS :origin, NULL, manifest), ser_version, "
     "iif(origin_replica IS :origin, NULL, payload)",
 )
+# The by-slices query, with one of the column lists above as `{columns}`. Timestamps are unique
+# in a file (FileClock), so its order is total, and event_journal_by_slices delivers it without
+# sorting what lies behind the page (tests/journal/test_sqlite_replication_migration.py checks
+# the plan).
+EVENTS_BY_SLICES = (
+    "SELECT {columns} FROM event_journal WHERE entity_type = :entity_type "
+    "AND db_timestamp BETWEEN :from AND :to AND slice BETWEEN :min AND :max "
+    "ORDER BY db_timestamp LIMIT :limit"
+)
 # The timestamp goes last: the writer appends it to each row (see `RowInsert`). The entity's
 # integer key comes from the `entity` table, where the writer makes sure it exists
 # (`ENTITY_KEYS`). Events of this journal's own entities leave the replication columns NULL,

@@ -33,6 +33,7 @@ from fluvial.journal.sqlite_event_rows import (
     EVENT_COLUMNS,
     EVENT_COLUMNS_NOT_FROM_ORIGIN,
     EVENT_COLUMNS_WITHOUT_PAYLOAD,
+    EVENTS_BY_SLICES,
     event_from_row,
     insert_events,
     unseen,
@@ -160,14 +161,7 @@ class SqliteJournal:
         }
 
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
-            rows = conn.execute(
-                f"SELECT {columns} FROM event_journal WHERE entity_type = :entity_type "
-                "AND db_timestamp BETWEEN :from AND :to AND slice BETWEEN :min AND :max "
-                # Timestamps are unique in a file (FileClock), so this order is total and
-                # the index delivers it without sorting what lies behind the page.
-                "ORDER BY db_timestamp LIMIT :limit",
-                parameters,
-            )
+            rows = conn.execute(EVENTS_BY_SLICES.format(columns=columns), parameters)
             return unseen(after, [event_from_row(row) for row in rows], limit)
 
         return await self.database.read(query)
