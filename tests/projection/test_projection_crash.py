@@ -33,6 +33,7 @@ import trio
 
 from fluvial.core.ids import slice_for
 from fluvial.core.offsets import TimestampOffset
+from fluvial.core.projection_errors import ProjectionLeaseHeld
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
 from fluvial.journal.sqlite_journal import open_sqlite_journal
@@ -47,6 +48,7 @@ ENTITIES = 40
 PREFILLED = 3000
 KILLS = 20
 APPENDED_PER_KILL = 25
+LEASE_DURATION = 0.3  # a killed child's lease blocks the next one for at most this long
 
 
 @attrs.frozen
@@ -83,11 +85,16 @@ def child(path: str, noted_path: str) -> None:
         entity_type=ENTITY_TYPE,
         handler=ExactlyOnce(handle),
         source=SourceSettings(page_size=100, backtracking_interval=0.5),
+        lease_duration=LEASE_DURATION,
     )
 
     async def main() -> None:
         async with open_sqlite_journal(path) as journal:
-            await serve_projection(journal, registry(), projection)
+            while True:
+                try:
+                    await serve_projection(journal, registry(), projection)
+                except ProjectionLeaseHeld as held:  # the killed child's, until it expires
+                    await trio.sleep(held.expires_in)
 
     trio.run(main)
 

@@ -83,14 +83,30 @@ class SeenEntity:
 
 @attrs.frozen
 class OffsetChanges:
-    """What changed since the last `take_changes`: to be persisted with the handler's writes."""
+    """What changed since the last `take_changes`: to be persisted with the handler's writes.
+
+    `previous` holds, per entity of `entities`, the seq nr the tracker had for it before
+    these changes (0: none stored): what the store must still hold for the changes to apply,
+    so that a store can compare and set, and refuse the changes of a second instance.
+    """
 
     entities: tuple[SeenEntity, ...]
     slice_offsets: Mapping[int, TimestampOffset]
+    previous: Mapping[str, int] = attrs.field(factory=dict)
 
     @property
     def empty(self) -> bool:
         return not self.entities and not self.slice_offsets
+
+    def then(self, later: OffsetChanges) -> OffsetChanges:
+        """These changes followed by `later`, as one set of changes (for one save)."""
+        entities = {e.persistence_id: e for e in self.entities}
+        entities.update((e.persistence_id, e) for e in later.entities)
+        return OffsetChanges(
+            tuple(entities.values()),
+            {**self.slice_offsets, **later.slice_offsets},
+            {**later.previous, **self.previous},
+        )
 
 
 class OffsetTracker:
@@ -121,6 +137,7 @@ class OffsetTracker:
         self._latest = max((e.timestamp for e in self._entities.values()), default=0)
         self._evicted_up_to = 0
         self._dirty_entities: dict[str, EventRecord] = {}
+        self._previous: dict[str, int] = {}  # of each dirty entity: see OffsetChanges
         self._dirty_slices: set[int] = set()
 
     # -- questions --------------------------------------------------------------------------
@@ -174,8 +191,12 @@ class OffsetTracker:
 
     def accept(self, record: EventRecord) -> None:
         """`record` was handled."""
-        self._entities[record.persistence_id] = record
-        self._dirty_entities[record.persistence_id] = record
+        pid = record.persistence_id
+        if pid not in self._dirty_entities:
+            seen = self._entities.get(pid)
+            self._previous[pid] = seen.seq_nr if seen else 0
+        self._entities[pid] = record
+        self._dirty_entities[pid] = record
         if record.timestamp > self._latest:
             self._latest = record.timestamp
             self._evict()
@@ -195,14 +216,17 @@ class OffsetTracker:
         self._dirty_slices.add(record.slice)
 
     def take_changes(self) -> OffsetChanges:
+        """What changed since the last call (the caller persists it); starts afresh."""
         changes = OffsetChanges(
             tuple(
                 SeenEntity(r.persistence_id, r.seq_nr, r.timestamp, r.slice)
                 for r in self._dirty_entities.values()
             ),
             {s: _offset_of(self._slice_tips[s]) for s in sorted(self._dirty_slices)},
+            self._previous,
         )
         self._dirty_entities.clear()
+        self._previous = {}
         self._dirty_slices.clear()
         return changes
 

@@ -3,8 +3,9 @@
 Four kinds, typed over the event type:
 - `ExactlyOnce`: a synchronous function that writes through the SQLite connection it is given;
   its writes and the offsets commit in one transaction, so each event is applied exactly once.
-  It runs in the writer thread and may be run again if the transaction is retried, so it must
-  do nothing but write through that connection.
+  It runs in the writer thread, once per attempt (a retry after it raised runs it again), so it
+  must do nothing but write through that connection. `migrations` create and migrate the
+  tables it writes (see `SqliteOffsetStore.migrate_read_model`).
 - `GroupedExactlyOnce`: the same for a group of envelopes at once.
 - `AtLeastOnce`: an async function per envelope; offsets are saved every `save_every` envelopes
   or `save_after` seconds, so after a crash the envelopes since the last save come again.
@@ -24,6 +25,11 @@ from fluvial.core.records import EventEnvelope
 
 E = TypeVar("E")
 
+# The connection an exactly-once handler and its migrations write through: the SQLite
+# writer's, inside the transaction that also stores the offsets.
+Connection = sqlite3.Connection
+Migration = Callable[[Connection], None]
+
 
 _positive_int = attrs.validators.gt(0)
 _positive_float = attrs.validators.gt(0.0)
@@ -31,18 +37,31 @@ _positive_float = attrs.validators.gt(0.0)
 
 @attrs.frozen
 class ExactlyOnce(Generic[E]):
-    handle: Callable[[sqlite3.Connection, EventEnvelope[E]], None]
+    """`handle(conn, envelope)` writes the read model for one envelope, in the transaction
+    that stores the offsets. `migrations` create and migrate its tables: the instance runs
+    those the file has not run yet (in order, once per file) before it starts."""
+
+    handle: Callable[[Connection, EventEnvelope[E]], None]
+    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen
 class GroupedExactlyOnce(Generic[E]):
-    handle: Callable[[sqlite3.Connection, Sequence[EventEnvelope[E]]], None]
+    """`handle(conn, envelopes)` for up to `max_size` envelopes, collected for at most
+    `max_wait` seconds after the first; otherwise as `ExactlyOnce`."""
+
+    handle: Callable[[Connection, Sequence[EventEnvelope[E]]], None]
     max_size: int = attrs.field(default=500, validator=_positive_int)
     max_wait: float = attrs.field(default=0.5, validator=_positive_float)
+    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen
 class AtLeastOnce(Generic[E]):
+    """`await handle(envelope)` per envelope; the offsets are saved every `save_every`
+    envelopes, `save_after` seconds after the first unsaved one, and when the instance is
+    cancelled (a clean stop), so envelopes come again only after a crash or a failure."""
+
     handle: Callable[[EventEnvelope[E]], Awaitable[None]]
     save_every: int = attrs.field(default=100, validator=_positive_int)
     save_after: float = attrs.field(default=1.0, validator=_positive_float)
@@ -50,6 +69,9 @@ class AtLeastOnce(Generic[E]):
 
 @attrs.frozen
 class GroupedAtLeastOnce(Generic[E]):
+    """`await handle(envelopes)` for up to `max_size` envelopes, collected for at most
+    `max_wait` seconds after the first; the offsets are saved after each group."""
+
     handle: Callable[[Sequence[EventEnvelope[E]]], Awaitable[None]]
     max_size: int = attrs.field(default=500, validator=_positive_int)
     max_wait: float = attrs.field(default=0.5, validator=_positive_float)

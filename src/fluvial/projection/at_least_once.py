@@ -1,0 +1,207 @@
+"""At-least-once consumption: the handler's effects at once, the offsets saved in batches.
+
+The tracker counts an envelope as handled when it is admitted, before the handler has run; the
+offsets saved are only those of envelopes whose handling finished (`Handled`), so a save, and
+the save of a clean stop (cancellation), never covers an envelope still in the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import trio
+
+from fluvial.core.offset_tracker import OffsetChanges, SeenEntity
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventEnvelope
+from fluvial.projection.handlers import AtLeastOnce, GroupedAtLeastOnce
+from fluvial.projection.instance import (
+    HandlerFailed,
+    Instance,
+    log_retry,
+    log_skipped,
+    receive_until,
+)
+from fluvial.projection.source import Batch
+
+log = logging.getLogger("fluvial.projection")
+
+E = TypeVar("E")
+
+# How long a clean stop may spend saving the offsets of what was handled.
+SAVE_ON_STOP_TIMEOUT = 5.0
+
+
+class Handled:
+    """The offset changes of the envelopes handled since the last save, merged."""
+
+    def __init__(self) -> None:
+        self._entities: dict[str, SeenEntity] = {}
+        self._slice_offsets: dict[int, TimestampOffset] = {}
+        self._previous: dict[str, int] = {}
+
+    def add(self, changes: OffsetChanges) -> None:
+        """`changes`, taken from the tracker when all it admitted was handled."""
+        for entity in changes.entities:
+            self._entities[entity.persistence_id] = entity
+        self._slice_offsets.update(changes.slice_offsets)
+        for pid, seq_nr in changes.previous.items():
+            self._previous.setdefault(pid, seq_nr)  # the first: what the store holds
+
+    def changes(self) -> OffsetChanges:
+        return OffsetChanges(
+            tuple(self._entities.values()), dict(self._slice_offsets), dict(self._previous)
+        )
+
+    def clear(self) -> None:
+        self._entities.clear()
+        self._slice_offsets.clear()
+        self._previous.clear()
+
+
+class _Saver:
+    """Saves what an instance has handled, now and on a clean stop."""
+
+    def __init__(self, instance: Instance[Any]) -> None:
+        self.instance = instance
+        self.handled = Handled()
+
+    def all_handled(self) -> None:
+        """Everything admitted so far has been handled."""
+        self.handled.add(self.instance.tracker.take_changes())
+
+    async def save(self) -> None:
+        """Save the offsets of everything admitted so far (all of it handled)."""
+        self.all_handled()
+        changes = self.handled.changes()
+        await self.instance.store.save(self.instance.name, self.instance.slices, changes)
+        self.handled.clear()
+        self.instance.committed(changes)
+
+    async def save_on_stop(self) -> None:
+        """Save what was handled, shielded from the cancellation that stops the instance
+        and bounded by SAVE_ON_STOP_TIMEOUT; a failure is logged (those envelopes come again
+        after a restart)."""
+        changes = self.handled.changes()
+        if changes.empty:
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + SAVE_ON_STOP_TIMEOUT
+            try:
+                await self.instance.store.save(self.instance.name, self.instance.slices, changes)
+            except Exception as exc:
+                log.warning(
+                    "projection %r (slices %s): saving its offsets on stop failed: %s",
+                    self.instance.name,
+                    self.instance.slices,
+                    exc,
+                )
+        if scope.cancelled_caught:
+            log.warning(
+                "projection %r (slices %s): saving its offsets on stop took over %.0fs; gave up",
+                self.instance.name,
+                self.instance.slices,
+                SAVE_ON_STOP_TIMEOUT,
+            )
+
+
+async def consume_at_least_once(
+    instance: Instance[E], receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
+) -> None:
+    """Hand what `receive` brings to `handler`, an envelope at a time, until cancelled."""
+    # Admitted one record at a time, so that a save within a source batch covers only
+    # the envelopes handled so far.
+    saver = _Saver(instance)
+    unsaved = 0
+    due = math.inf
+    try:
+        while True:
+            batch = await receive_until(receive, due)
+            if batch is not None:
+                records, source = batch
+                for record in records:
+                    if due == math.inf:
+                        due = trio.current_time() + handler.save_after
+                    for envelope in await instance.admit([record], source):
+                        await _call_with_recovery(instance, handler.handle, envelope, [envelope])
+                        unsaved += 1
+                    if unsaved >= handler.save_every or trio.current_time() >= due:
+                        await saver.save()
+                        unsaved, due = 0, math.inf
+                    else:
+                        saver.all_handled()
+            if trio.current_time() >= due:
+                await saver.save()
+                unsaved, due = 0, math.inf
+    except trio.Cancelled:
+        await saver.save_on_stop()
+        raise
+
+
+async def consume_grouped_at_least_once(
+    instance: Instance[E],
+    receive: trio.MemoryReceiveChannel[Batch],
+    handler: GroupedAtLeastOnce[E],
+) -> None:
+    """Hand what `receive` brings to `handler` in groups, until cancelled."""
+    saver = _Saver(instance)
+    plan: list[EventEnvelope[E]] = []
+    due = math.inf
+    try:
+        while True:
+            batch = await receive_until(receive, due)
+            if batch is not None:
+                records, source = batch
+                for record in records:
+                    if due == math.inf:
+                        due = trio.current_time() + handler.max_wait
+                    plan.extend(await instance.admit([record], source))
+                    if len(plan) >= handler.max_size:
+                        await _handle_groups(instance, handler, plan, saver)
+                        plan, due = [], math.inf
+            if trio.current_time() >= due:
+                await _handle_groups(instance, handler, plan, saver)
+                plan, due = [], math.inf
+    except trio.Cancelled:
+        # Only what a finished plan saved is handled: the groups of an unfinished plan
+        # come again.
+        await saver.save_on_stop()
+        raise
+
+
+async def _handle_groups(
+    instance: Instance[E],
+    handler: GroupedAtLeastOnce[E],
+    plan: list[EventEnvelope[E]],
+    saver: _Saver,
+) -> None:
+    """Hand `plan` over in groups of at most `max_size` (a replay can make it longer),
+    then save the offsets."""
+    for start in range(0, len(plan), handler.max_size):
+        group = plan[start : start + handler.max_size]
+        await _call_with_recovery(instance, handler.handle, group, group)
+    await saver.save()
+
+
+async def _call_with_recovery(
+    instance: Instance[E],
+    function: Callable[[Any], Awaitable[None]],
+    argument: object,
+    envelopes: Sequence[EventEnvelope[E]],
+) -> None:
+    recovery, backoff = instance.projection.recovery, instance.projection.backoff
+    for attempt in range(recovery.retries + 1):
+        try:
+            await function(argument)
+            return
+        except Exception as exc:
+            error = exc
+        if attempt < recovery.retries:
+            log_retry(instance.name, attempt, error)
+            await trio.sleep(backoff.delay(attempt))
+    if not recovery.skip:
+        raise HandlerFailed(envelopes[0].persistence_id, envelopes[0].seq_nr) from error
+    log_skipped(instance.name, envelopes, error)
