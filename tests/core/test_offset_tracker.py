@@ -52,7 +52,6 @@ def handle(tracker: OffsetTracker, r: EventRecord, source: EnvelopeSource = QUER
         tracker.passed(r)
 
 
-# -- verdicts ---------------------------------------------------------------------------------
 def test_seq_nr_1_of_an_unknown_entity_is_accepted_from_every_source() -> None:
     tracker = fresh()
     for source in EnvelopeSource:
@@ -122,7 +121,6 @@ def test_a_complete_tracker_never_asks_the_store() -> None:
         assert not isinstance(tracker.validate(r, LIVE), NeedsStoredSeqNr)
 
 
-# -- slice offsets ----------------------------------------------------------------------------
 def test_resume_offset_is_the_start_while_any_slice_of_the_range_has_none() -> None:
     assert fresh().resume_offset() == TimestampOffset.start()
     tracker = OffsetTracker(
@@ -167,7 +165,6 @@ def test_handling_does_not_move_the_slice_offset() -> None:
     assert tracker.take_changes().slice_offsets == {}
 
 
-# -- changes ----------------------------------------------------------------------------------
 def test_take_changes_returns_what_changed_since_the_last_call() -> None:
     tracker = fresh()
     handle(tracker, record("T|a", 1, 100, slice_=10))
@@ -206,7 +203,6 @@ def test_a_tracker_rebuilt_from_its_changes_decides_the_same() -> None:
         assert rebuilt.validate(r, LIVE) == tracker.validate(r, LIVE)
 
 
-# -- memory -----------------------------------------------------------------------------------
 def test_entities_older_than_the_window_leave_memory_and_are_then_looked_up() -> None:
     tracker = fresh(window=1000)
     handle(tracker, record("T|a", 1, 100))

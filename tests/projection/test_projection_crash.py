@@ -62,7 +62,6 @@ def registry() -> SerializerRegistry:
     return serializers
 
 
-# -- the child: a projection process ----------------------------------------------------------
 def child(path: str, noted_path: str) -> None:
     noted = open(noted_path, "a")  # noqa: SIM115 (open for the life of the process)
 
@@ -99,7 +98,6 @@ def child(path: str, noted_path: str) -> None:
     trio.run(main)
 
 
-# -- the parent -------------------------------------------------------------------------------
 MODEL_TABLES = (
     "CREATE TABLE IF NOT EXISTS model (pid TEXT NOT NULL, seq_nr INTEGER NOT NULL, "
     "amount INTEGER NOT NULL, times INTEGER NOT NULL, PRIMARY KEY (pid, seq_nr))",

@@ -112,7 +112,6 @@ class ProjectionMachine(RuleBasedStateMachine):
     def first_start(self, count: int) -> None:
         self.instances = self.start(count)
 
-    # -- the process --------------------------------------------------------------------------
     def load(self, slices: SliceRange) -> OffsetTracker:
         """As `SqliteOffsetStore.load`: the entities of `slices` within the window before
         the resume offset; complete if the store holds no older one."""
@@ -140,7 +139,6 @@ class ProjectionMachine(RuleBasedStateMachine):
             self.stored_entities[entity.persistence_id] = entity
         self.stored_offsets.update(changes.slice_offsets)
 
-    # -- admission, as in `_Instance._admit` --------------------------------------------------
     def admit(
         self, instance: Instance, record: EventRecord, source: EnvelopeSource
     ) -> list[EventRecord]:
@@ -175,7 +173,6 @@ class ProjectionMachine(RuleBasedStateMachine):
     def crash(self) -> None:
         raise NotImplementedError
 
-    # -- the journal --------------------------------------------------------------------------
     @rule(
         pid=st.sampled_from(PIDS),
         steps=st.lists(st.integers(0, 3), min_size=1, max_size=3),
@@ -195,7 +192,6 @@ class ProjectionMachine(RuleBasedStateMachine):
             self.by_time.append(record)
             self.instance_of(record).live.append(record)
 
-    # -- the sources --------------------------------------------------------------------------
     def query_page(self, instance: Instance, size: int) -> list[EventRecord]:
         # Timestamp order, then persistence id and seq nr: what the SQL query returns.
         ordered = sorted(self.by_time, key=lambda r: (r.timestamp, r.persistence_id, r.seq_nr))
@@ -256,7 +252,6 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.crash()
         self.instances = self.start(count)
 
-    # -- what holds at every step -------------------------------------------------------------
     @invariant()
     def memory_is_never_behind_the_store(self) -> None:
         for instance in self.instances:

@@ -140,7 +140,6 @@ class OffsetTracker:
         self._previous: dict[str, int] = {}  # of each dirty entity: see OffsetChanges
         self._dirty_slices: set[int] = set()
 
-    # -- questions --------------------------------------------------------------------------
     def resume_offset(self) -> TimestampOffset:
         """Where the query resumes: the earliest of the range's slice offsets, so no slice
         misses an event (events of later slices seen again are duplicates by seq nr)."""
@@ -181,7 +180,6 @@ class OffsetTracker:
             return RejectedBacktracking(previous + 1)
         return RejectedSeqNr(previous + 1)
 
-    # -- reports ----------------------------------------------------------------------------
     def learn(self, persistence_id: str, stored: SeenEntity | None) -> None:
         """The store's answer to `NeedsStoredSeqNr` (None: never seen)."""
         if stored is not None:

@@ -290,7 +290,6 @@ class SqliteOffsetStore:
         assert result is not None
         result.unwrap()
 
-    # -- leases -------------------------------------------------------------------------------
     async def acquire_lease(
         self, projection: str, entity_type: str, slices: SliceRange, *, owner: str, duration: float
     ) -> Lease:
@@ -368,7 +367,6 @@ class SqliteOffsetStore:
 
         await self.database.write(write)
 
-    # -- management ---------------------------------------------------------------------------
     async def offsets(
         self, projection: str, slices: SliceRange | None = None
     ) -> dict[int, TimestampOffset]:
