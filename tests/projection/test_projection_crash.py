@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import attrs
 import msgspec
@@ -62,8 +63,8 @@ def registry() -> SerializerRegistry:
     return serializers
 
 
-def child(path: str, noted_path: str) -> None:
-    noted = open(noted_path, "a")  # noqa: SIM115 (open for the life of the process)
+def crash_projection(noted: TextIO) -> Projection[Added]:
+    """The projection of the child processes: it notes every envelope in `noted`."""
 
     def handle(conn: sqlite3.Connection, envelope: EventEnvelope[Added]) -> None:
         noted.write(f"{envelope.persistence_id} {envelope.seq_nr}\n")
@@ -79,13 +80,18 @@ def child(path: str, noted_path: str) -> None:
             (envelope.persistence_id, envelope.seq_nr),
         )
 
-    projection = Projection[Added](
+    return Projection[Added](
         name=NAME,
         entity_type=ENTITY_TYPE,
         handler=ExactlyOnce(handle),
         source=SourceSettings(page_size=100, backtracking_interval=0.5),
         lease_duration=LEASE_DURATION,
     )
+
+
+def child(path: str, noted_path: str) -> None:
+    noted = open(noted_path, "a")  # noqa: SIM115 (open for the life of the process)
+    projection = crash_projection(noted)
 
     async def main() -> None:
         async with open_sqlite_journal(path) as journal:
@@ -249,6 +255,57 @@ def test_a_projection_killed_mid_batch_20_times_applies_every_event_once(
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+    check(path, noted)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        model = {(p, s): a for p, s, a in conn.execute("SELECT pid, seq_nr, amount FROM model")}
+    assert model == journal_fold(path)
+
+
+@pytest.mark.slow
+def test_another_process_is_refused_and_a_killed_owner_blocks_it_for_at_most_its_lease(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(8)
+    path, noted = tmp_path / "journal.db", tmp_path / "handled.txt"
+    noted.touch()
+    seq_nrs: dict[str, int] = defaultdict(int)
+    trio.run(append, path, seq_nrs, PREFILLED, rng)
+    process = start_child(path, noted)
+    try:
+        wait_until(lambda: noted.stat().st_size > 0, process)
+
+        async def refused() -> ProjectionLeaseHeld:
+            async with open_sqlite_journal(path) as journal:
+                with noted.open("a") as mine, pytest.raises(ProjectionLeaseHeld) as held:
+                    await serve_projection(journal, registry(), crash_projection(mine))
+                return held.value
+
+        held = trio.run(refused)
+        assert f"/{process.pid}/" in held.holder  # the running process's lease
+        assert 0 < held.expires_in <= LEASE_DURATION
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed = time.monotonic()
+
+    async def take_over() -> float:
+        async with open_sqlite_journal(path) as journal, trio.open_nursery() as nursery:
+            with noted.open("a") as mine:
+                projection = crash_projection(mine)
+                while True:
+                    try:
+                        await nursery.start(serve_projection, journal, registry(), projection)
+                        break
+                    except ProjectionLeaseHeld as held:
+                        await trio.sleep(held.expires_in)
+                started = time.monotonic()
+                while check(path, noted)[0] < PREFILLED:  # noqa: ASYNC110 (another file)
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        return started
+
+    started = trio.run(take_over)
+    assert started - killed < LEASE_DURATION + 0.5  # the lease, and opening the file
     check(path, noted)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         model = {(p, s): a for p, s, a in conn.execute("SELECT pid, seq_nr, amount FROM model")}
