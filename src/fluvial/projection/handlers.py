@@ -15,7 +15,7 @@ Four kinds, typed over the event type:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -31,6 +31,10 @@ Connection = sqlite3.Connection
 Migration = Callable[[Connection], None]
 
 
+def _migrations(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
+    return tuple(migrations)
+
+
 _positive_int = attrs.validators.gt(0)
 _positive_float = attrs.validators.gt(0.0)
 
@@ -42,7 +46,7 @@ class ExactlyOnce(Generic[E]):
     those the file has not run yet (in order, once per file) before it starts."""
 
     handle: Callable[[Connection, EventEnvelope[E]], None]
-    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=tuple)
+    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=_migrations)
 
 
 @attrs.frozen
@@ -53,7 +57,7 @@ class GroupedExactlyOnce(Generic[E]):
     handle: Callable[[Connection, Sequence[EventEnvelope[E]]], None]
     max_size: int = attrs.field(default=500, validator=_positive_int)
     max_wait: float = attrs.field(default=0.5, validator=_positive_float)
-    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=tuple)
+    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=_migrations)
 
 
 @attrs.frozen
