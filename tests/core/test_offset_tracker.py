@@ -188,6 +188,20 @@ def test_take_changes_returns_what_changed_since_the_last_call() -> None:
     assert tracker.take_changes().empty
 
 
+def test_changes_carry_the_seq_nr_each_entity_had_before_them() -> None:
+    """What the store must still hold for the changes to apply (its compare-and-set)."""
+    tracker = OffsetTracker(SLICES)
+    tracker.learn("T|a", SeenEntity("T|a", 4, 50, 10))
+    tracker.learn("T|b", None)
+    for r in (record("T|a", 5, 100), record("T|a", 6, 110), record("T|b", 1, 120)):
+        assert tracker.validate(r, LIVE) == Accepted()
+        tracker.accept(r)
+    assert tracker.take_changes().previous == {"T|a": 4, "T|b": 0}
+    tracker.accept(record("T|a", 7, 130))
+    assert tracker.take_changes().previous == {"T|a": 6}
+    assert tracker.take_changes().previous == {}
+
+
 def test_a_tracker_rebuilt_from_its_changes_decides_the_same() -> None:
     tracker = fresh()
     handle(tracker, record("T|a", 1, 100, slice_=10))

@@ -16,6 +16,8 @@ looked up in the store.
 
 - exactly-once: the handler's effects and the tracker's changes commit together (or not at
   all); every event is applied exactly once, in seq nr order per entity, with no gap.
+- the changes of every commit or save carry, per entity, the seq nr the store holds (what
+  the store's compare-and-set checks), so a lone instance never conflicts with itself.
 - at-least-once: effects happen at once, offsets are saved every `SAVE_EVERY` envelopes or
   when the timer says; every event is applied at least once, in order, with no gap, and an
   event is applied again only after a crash, and only if its offset was not yet saved.
@@ -136,6 +138,10 @@ class ProjectionMachine(RuleBasedStateMachine):
     def persist(self, instance: Instance) -> None:
         changes = instance.tracker.take_changes()
         for entity in changes.entities:
+            # The store's compare-and-set: what the instance last read is still stored, so a
+            # single instance never sees a conflict.
+            stored = self.stored_entities.get(entity.persistence_id)
+            assert changes.previous[entity.persistence_id] == (stored.seq_nr if stored else 0)
             self.stored_entities[entity.persistence_id] = entity
         self.stored_offsets.update(changes.slice_offsets)
 
