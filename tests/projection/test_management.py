@@ -3,14 +3,17 @@ read model's migrations, and waiting until a projection has caught up."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from projection_helpers import (
     ENTITY_TYPE,
+    MODEL_TABLES,
     NAME,
     REGISTRY,
     Appender,
@@ -30,7 +33,7 @@ from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.projection_errors import UnknownEvent, UnknownProjection
-from fluvial.journal.sqlite_journal import SqliteJournal
+from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
 from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
 from fluvial.projection.handlers import AtLeastOnce, ExactlyOnce, GroupedExactlyOnce
 from fluvial.projection.runner import serve_projection
@@ -241,3 +244,28 @@ async def test_wait_until_caught_up_returns_once_everything_appended_before_it_i
             await store.wait_until_caught_up(NAME, SliceRange(0, 1023))
         assert await stored_seq_nr(journal, "Counter|late") == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_file_of_schema_v5_knows_its_projections_after_the_migration(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    async with open_sqlite_journal(path) as journal:
+        await Appender(journal).append("a", 1, 2)
+        await journal.database.write(
+            lambda txn: [txn.connection.execute(statement) for statement in MODEL_TABLES]
+        )
+        await run_until_handled(journal, 2)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as schema v5 left it
+        conn.execute("DROP TABLE projection")
+        conn.execute("DROP TABLE projection_lease")
+        conn.execute("PRAGMA user_version = 5")
+        conn.commit()
+    async with open_sqlite_journal(path) as journal:
+        store = SqliteOffsetStore(journal.database)
+        assert await store.backlog(NAME, ENTITY_TYPE, SliceRange.all()) == 0
+        with pytest.raises(UnknownProjection):
+            await store.backlog(NAME, "Other", SliceRange.all())
+        await Appender(journal).append("b", 3)
+        await run_until_handled(journal, 3)
+        await assert_model_is_the_fold(journal)

@@ -282,7 +282,7 @@ def test_another_process_is_refused_and_a_killed_owner_blocks_it_for_at_most_its
 
         held = trio.run(refused)
         assert f"/{process.pid}/" in held.holder  # the running process's lease
-        assert 0 < held.expires_in <= LEASE_DURATION
+        assert 0 < held.expires_in <= LEASE_DURATION + 0.1  # its renewal may be newer
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

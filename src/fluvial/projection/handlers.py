@@ -3,9 +3,10 @@
 Four kinds, typed over the event type:
 - `ExactlyOnce`: a synchronous function that writes through the SQLite connection it is given;
   its writes and the offsets commit in one transaction, so each event is applied exactly once.
-  It runs in the writer thread, once per attempt (a retry after it raised runs it again), so it
-  must do nothing but write through that connection. `migrations` create and migrate the
-  tables it writes (see `SqliteOffsetStore.migrate_read_model`).
+  It runs in the writer thread, once per attempt (a retry after it raised runs it again; and
+  the writer runs a whole group commit again, after rolling it back, when another writer's
+  write in it failed), so it must do nothing but write through that connection. `migrations`
+  create and migrate the tables it writes (see `SqliteOffsetStore.migrate_read_model`).
 - `GroupedExactlyOnce`: the same for a group of envelopes at once.
 - `AtLeastOnce`: an async function per envelope; offsets are saved every `save_every` envelopes
   or `save_after` seconds, so after a crash the envelopes since the last save come again.
