@@ -82,9 +82,10 @@ class _Saver:
         self.instance.committed(changes)
 
     async def save_on_stop(self) -> None:
-        """Save what was handled, shielded from the cancellation that stops the instance
-        and bounded by SAVE_ON_STOP_TIMEOUT; a failure is logged (those envelopes come again
-        after a restart)."""
+        """Save what was handled, shielded from the cancellation that stops the instance;
+        a failure is logged (those envelopes come again after a restart). SAVE_ON_STOP_TIMEOUT
+        bounds the wait for the write to be taken; once taken, a write runs to its end (the
+        journal's busy timeout bounds that)."""
         changes = self.handled.changes()
         if changes.empty:
             return

@@ -188,12 +188,14 @@ async def receive_until(receive: trio.MemoryReceiveChannel[Batch], deadline: flo
 
 
 def log_retry(name: str, attempt: int, error: Exception) -> None:
+    """Log that the handler failed on attempt `attempt` (0-based) and is tried again."""
     log.warning(
         "projection %r: handler failed (attempt %d), retrying: %s", name, attempt + 1, error
     )
 
 
 def log_skipped(name: str, envelopes: Sequence[EventEnvelope[Any]], error: Exception) -> None:
+    """Log the envelopes that the recovery strategy skips, naming them."""
     log.warning(
         "projection %r: skipping %d envelope(s) after the handler kept failing (%s): %s",
         name,
