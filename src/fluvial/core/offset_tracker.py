@@ -98,16 +98,6 @@ class OffsetChanges:
     def empty(self) -> bool:
         return not self.entities and not self.slice_offsets
 
-    def then(self, later: OffsetChanges) -> OffsetChanges:
-        """These changes followed by `later`, as one set of changes (for one save)."""
-        entities = {e.persistence_id: e for e in self.entities}
-        entities.update((e.persistence_id, e) for e in later.entities)
-        return OffsetChanges(
-            tuple(entities.values()),
-            {**self.slice_offsets, **later.slice_offsets},
-            {**later.previous, **self.previous},
-        )
-
 
 class OffsetTracker:
     """The offsets of one projection instance over one slice range."""
