@@ -278,3 +278,19 @@ def test_a_tracker_loaded_with_old_entities_evicts_them_once_time_moves_on() -> 
     handle(tracker, record("T|new", 1, 50_000))
     assert tracker.entities_in_memory == 1
     assert tracker.validate(record("T|5", 4, 50_001), LIVE) == NeedsStoredSeqNr("T|5")
+
+
+def test_rolling_back_to_a_savepoint_undoes_the_admission_of_one_record() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    tracker.take_changes()
+    handle(tracker, record("T|b", 1, 150, slice_=10))
+    untouched = record("T|a", 2, 200, slice_=10)
+    savepoint = tracker.savepoint(untouched)
+    handle(tracker, untouched)
+    tracker.roll_back_to(savepoint)
+    assert tracker.validate(untouched, QUERY) == Accepted()  # not handled after all
+    changes = tracker.take_changes()
+    assert changes.entities == (SeenEntity("T|b", 1, 150, 10),)
+    assert changes.slice_offsets == {10: TimestampOffset(150, {"T|b": 1})}
+    assert changes.previous == {"T|b": 0}

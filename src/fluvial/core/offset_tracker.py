@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -97,6 +98,30 @@ class OffsetChanges:
     @property
     def empty(self) -> bool:
         return not self.entities and not self.slice_offsets
+
+    def then(self, later: OffsetChanges) -> OffsetChanges:
+        """These changes followed by `later`, as one set of changes (for one save)."""
+        entities = {e.persistence_id: e for e in self.entities}
+        entities.update((e.persistence_id, e) for e in later.entities)
+        return OffsetChanges(
+            tuple(entities.values()),
+            {**self.slice_offsets, **later.slice_offsets},
+            {**later.previous, **self.previous},
+        )
+
+
+@attrs.frozen
+class Savepoint:
+    """What the tracker knew of one record's entity and slice before it was admitted, so
+    that `roll_back_to` can undo the admission (its envelopes were not all handled)."""
+
+    persistence_id: str
+    slice: int
+    entity: SeenEntity | EventRecord | None
+    dirty: EventRecord | None
+    previous: int | None
+    tip: tuple[int, dict[str, int]] | None
+    slice_dirty: bool
 
 
 class OffsetTracker:
@@ -203,6 +228,34 @@ class OffsetTracker:
             return
         self._dirty_slices.add(record.slice)
 
+    def savepoint(self, record: EventRecord) -> Savepoint:
+        """Before admitting `record`: what its admission may change (its entity, replays of
+        that entity included, and its slice's offset)."""
+        pid, slice_ = record.persistence_id, record.slice
+        tip = self._slice_tips.get(slice_)
+        return Savepoint(
+            persistence_id=pid,
+            slice=slice_,
+            entity=self._entities.get(pid),
+            dirty=self._dirty_entities.get(pid),
+            previous=self._previous.get(pid),
+            tip=(tip[0], dict(tip[1])) if tip else None,
+            slice_dirty=slice_ in self._dirty_slices,
+        )
+
+    def roll_back_to(self, savepoint: Savepoint) -> None:
+        """Undo what happened to the savepoint's entity and slice since it was taken, e.g.
+        before saving the offsets of a stop that interrupted the handler."""
+        pid, slice_ = savepoint.persistence_id, savepoint.slice
+        _restore(self._entities, pid, savepoint.entity)
+        _restore(self._dirty_entities, pid, savepoint.dirty)
+        _restore(self._previous, pid, savepoint.previous)
+        _restore(self._slice_tips, slice_, savepoint.tip)
+        if savepoint.slice_dirty:
+            self._dirty_slices.add(slice_)
+        else:
+            self._dirty_slices.discard(slice_)
+
     def take_changes(self) -> OffsetChanges:
         """What changed since the last call (the caller persists it); starts afresh."""
         changes = OffsetChanges(
@@ -237,6 +290,13 @@ class OffsetTracker:
         if stale:
             self._complete = False
         self._evicted_up_to = self._latest
+
+
+def _restore(mapping: dict[Any, Any], key: object, value: object | None) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
 
 
 def _offset_of(tip: tuple[int, dict[str, int]]) -> TimestampOffset:

@@ -1,8 +1,9 @@
 """At-least-once consumption: the handler's effects at once, the offsets saved in batches.
 
-The tracker counts an envelope as handled when it is admitted, before the handler has run; the
-offsets saved are only those of envelopes whose handling finished (`Handled`), so a save, and
-the save of a clean stop (cancellation), never covers an envelope still in the handler.
+The tracker counts an envelope as handled when it is admitted, before the handler has run, so a
+save happens only when everything admitted has been handled; a clean stop (cancellation) that
+interrupts the handler first undoes the admission of the record in hand (`Savepoint`), so what
+it saves never covers an envelope still in the handler.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from fluvial.core.offset_tracker import OffsetChanges, SeenEntity
-from fluvial.core.offsets import TimestampOffset
+from fluvial.core.offset_tracker import OffsetChanges, Savepoint
 from fluvial.core.records import EventEnvelope
 from fluvial.projection.handlers import AtLeastOnce, GroupedAtLeastOnce
 from fluvial.projection.instance import (
@@ -31,54 +31,26 @@ log = logging.getLogger("fluvial.projection")
 
 E = TypeVar("E")
 
-# How long a clean stop may spend saving the offsets of what was handled.
+# How long a clean stop may wait for the save of the offsets of what was handled.
 SAVE_ON_STOP_TIMEOUT = 5.0
 
 
-class Handled:
-    """The offset changes of the envelopes handled since the last save, merged."""
-
-    def __init__(self) -> None:
-        self._entities: dict[str, SeenEntity] = {}
-        self._slice_offsets: dict[int, TimestampOffset] = {}
-        self._previous: dict[str, int] = {}
-
-    def add(self, changes: OffsetChanges) -> None:
-        """`changes`, taken from the tracker when all it admitted was handled."""
-        for entity in changes.entities:
-            self._entities[entity.persistence_id] = entity
-        self._slice_offsets.update(changes.slice_offsets)
-        for pid, seq_nr in changes.previous.items():
-            self._previous.setdefault(pid, seq_nr)  # the first: what the store holds
-
-    def changes(self) -> OffsetChanges:
-        return OffsetChanges(
-            tuple(self._entities.values()), dict(self._slice_offsets), dict(self._previous)
-        )
-
-    def clear(self) -> None:
-        self._entities.clear()
-        self._slice_offsets.clear()
-        self._previous.clear()
-
-
 class _Saver:
-    """Saves what an instance has handled, now and on a clean stop."""
+    """Saves an instance's offsets, now and on a clean stop."""
 
-    def __init__(self, instance: Instance[Any]) -> None:
+    def __init__(self, instance: Instance[Any], *, grouped: bool) -> None:
         self.instance = instance
-        self.handled = Handled()
-
-    def all_handled(self) -> None:
-        """Everything admitted so far has been handled."""
-        self.handled.add(self.instance.tracker.take_changes())
+        # Grouped, everything admitted since the last save waits in a plan: unhandled.
+        self.grouped = grouped
+        self.in_hand: Savepoint | None = None  # a record admitted, not all of it handled
+        self.unsaved: OffsetChanges | None = None  # taken by a save that did not finish
 
     async def save(self) -> None:
         """Save the offsets of everything admitted so far (all of it handled)."""
-        self.all_handled()
-        changes = self.handled.changes()
+        changes = self.instance.tracker.take_changes()
+        self.unsaved = changes
         await self.instance.store.save(self.instance.name, self.instance.slices, changes)
-        self.handled.clear()
+        self.unsaved = None
         self.instance.committed(changes)
 
     async def save_on_stop(self) -> None:
@@ -86,7 +58,15 @@ class _Saver:
         a failure is logged (those envelopes come again after a restart). SAVE_ON_STOP_TIMEOUT
         bounds the wait for the write to be taken; once taken, a write runs to its end (the
         journal's busy timeout bounds that)."""
-        changes = self.handled.changes()
+        tracker = self.instance.tracker
+        if self.grouped:
+            changes = OffsetChanges((), {})
+        else:
+            if self.in_hand is not None:
+                tracker.roll_back_to(self.in_hand)
+            changes = tracker.take_changes()
+        if self.unsaved is not None:
+            changes = self.unsaved.then(changes)
         if changes.empty:
             return
         with trio.CancelScope(shield=True) as scope:
@@ -115,7 +95,7 @@ async def consume_at_least_once(
     """Hand what `receive` brings to `handler`, an envelope at a time, until cancelled."""
     # Admitted one record at a time, so that a save within a source batch covers only
     # the envelopes handled so far.
-    saver = _Saver(instance)
+    saver = _Saver(instance, grouped=False)
     unsaved = 0
     due = math.inf
     try:
@@ -126,14 +106,14 @@ async def consume_at_least_once(
                 for record in records:
                     if due == math.inf:
                         due = trio.current_time() + handler.save_after
+                    saver.in_hand = instance.tracker.savepoint(record)
                     for envelope in await instance.admit([record], source):
                         await _call_with_recovery(instance, handler.handle, envelope, [envelope])
                         unsaved += 1
+                    saver.in_hand = None
                     if unsaved >= handler.save_every or trio.current_time() >= due:
                         await saver.save()
                         unsaved, due = 0, math.inf
-                    else:
-                        saver.all_handled()
             if trio.current_time() >= due:
                 await saver.save()
                 unsaved, due = 0, math.inf
@@ -148,7 +128,7 @@ async def consume_grouped_at_least_once(
     handler: GroupedAtLeastOnce[E],
 ) -> None:
     """Hand what `receive` brings to `handler` in groups, until cancelled."""
-    saver = _Saver(instance)
+    saver = _Saver(instance, grouped=True)
     plan: list[EventEnvelope[E]] = []
     due = math.inf
     try:
