@@ -15,9 +15,11 @@ from projection_helpers import (
     ENTITY_TYPE,
     MODEL_TABLES,
     NAME,
+    QUIET,
     REGISTRY,
     Appender,
     Envelope,
+    StallableQuery,
     apply_to_model,
     assert_model_is_the_fold,
     model_size,
@@ -269,3 +271,23 @@ async def test_a_file_of_schema_v5_knows_its_projections_after_the_migration(
         await Appender(journal).append("b", 3)
         await run_until_handled(journal, 3)
         await assert_model_is_the_fold(journal)
+
+
+async def test_wait_until_caught_up_waits_for_the_query_to_pass_what_the_live_path_handled(
+    journal: SqliteJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = StallableQuery(journal, monkeypatch)
+    appender = Appender(journal)
+    await appender.append("a", 1)
+    store = SqliteOffsetStore(journal.database)
+    async with trio.open_nursery() as nursery:
+        await start(nursery, journal, projection(ExactlyOnce(apply_to_model), source=QUIET))
+        await store.wait_until_caught_up(NAME)
+        await query.stall_now()
+        await appender.append("a", 2)
+        await wait_for_model(journal, 2)  # handled, by the live path only
+        with trio.move_on_after(0.5) as waited:
+            await store.wait_until_caught_up(NAME)
+        assert waited.cancelled_caught  # the backlog still counts a#2
+        assert await store.backlog(NAME, ENTITY_TYPE, SliceRange.all()) == 1
+        nursery.cancel_scope.cancel()

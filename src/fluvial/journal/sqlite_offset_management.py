@@ -7,7 +7,6 @@ their refusal as a value, raised on the trio side (see `sqlite_offset_store.py`)
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Callable
 
@@ -77,7 +76,8 @@ class OffsetManagement:
 
     async def wait_until_caught_up(self, projection: str, slices: SliceRange | None = None) -> None:
         """Return once `projection` has handled (and stored the offset of) every event of its
-        entity type in `slices` (default: all) that the journal held when this was called.
+        entity type in `slices` (default: all) that the journal held when this was called,
+        and its query has passed them (so `backlog` counts none of them).
 
         It waits on the instances that run the projection, wherever they run; bound it with
         a cancel scope (`trio.fail_after`). An at-least-once projection counts an event once
@@ -85,21 +85,34 @@ class OffsetManagement:
         """
         slices = slices or SliceRange.all()
 
-        def heads(conn: sqlite3.Connection) -> dict[str, int]:
+        def heads(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[int, int]]:
             entity_type = registered_entity_type(conn, projection)
-            return dict(
-                conn.execute(
-                    "SELECT persistence_id, max(seq_nr) FROM event_journal WHERE entity_type = ? "
-                    "AND slice BETWEEN ? AND ? GROUP BY persistence_id",
-                    (entity_type, slices.min, slices.max),
-                ).fetchall()
-            )
+            entities = conn.execute(
+                "SELECT persistence_id, max(seq_nr) FROM event_journal WHERE entity_type = ? "
+                "AND slice BETWEEN ? AND ? GROUP BY persistence_id",
+                (entity_type, slices.min, slices.max),
+            ).fetchall()
+            slice_heads = conn.execute(
+                "SELECT slice, max(db_timestamp) FROM event_journal WHERE entity_type = ? "
+                "AND slice BETWEEN ? AND ? GROUP BY slice",
+                (entity_type, slices.min, slices.max),
+            ).fetchall()
+            return dict(entities), dict(slice_heads)
 
-        waiting = await self.database.read(heads)
+        def behind(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[int, int]]:
+            offsets = read_slice_offsets(conn, projection, slices)
+            slices_behind = {
+                s: head
+                for s, head in waiting_slices.items()
+                if s not in offsets or offsets[s].timestamp < head
+            }
+            return not_yet(projection, waiting, conn), slices_behind
+
+        waiting, waiting_slices = await self.database.read(heads)
         while True:
             seen = self.database.commit_count()
-            waiting = await self.database.read(functools.partial(not_yet, projection, waiting))
-            if not waiting:
+            waiting, waiting_slices = await self.database.read(behind)
+            if not waiting and not waiting_slices:
                 return
             await self.database.wait_for_commit(seen)
 
