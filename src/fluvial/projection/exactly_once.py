@@ -70,24 +70,25 @@ class _Writes:
         self.error: Exception | None = None
 
     def __call__(self, conn: Connection) -> None:
-        try:
-            self._handle(conn)
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def _handle(self, conn: Connection) -> None:
-        handler = self.handler
+        handler, envelopes = self.handler, self.envelopes
         if isinstance(handler, GroupedExactlyOnce):
             # A source batch can hold more than max_size: several groups, one transaction.
-            for start in range(0, len(self.envelopes), handler.max_size):
-                group = self.envelopes[start : start + handler.max_size]
-                self.current = group[0]
-                handler.handle(conn, group)
-        else:
-            for envelope in self.envelopes:
-                self.current = envelope
-                handler.handle(conn, envelope)
+            for start in range(0, len(envelopes), handler.max_size):
+                group = envelopes[start : start + handler.max_size]
+                try:
+                    handler.handle(conn, group)
+                except Exception as exc:
+                    self.current, self.error = group[0], exc
+                    raise
+            return
+        handle = handler.handle
+        envelope = None
+        try:
+            for envelope in envelopes:  # after a failure, the envelope it failed on
+                handle(conn, envelope)
+        except Exception as exc:
+            self.current, self.error = envelope, exc
+            raise
 
 
 async def _commit(
