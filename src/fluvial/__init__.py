@@ -16,6 +16,11 @@ from fluvial.core.ids import SliceRange as SliceRange
 from fluvial.core.ids import slice_for as slice_for
 from fluvial.core.ids import slice_ranges as slice_ranges
 from fluvial.core.offsets import TimestampOffset as TimestampOffset
+from fluvial.core.projection_errors import ProjectionConflict as ProjectionConflict
+from fluvial.core.projection_errors import ProjectionFailed as ProjectionFailed
+from fluvial.core.projection_errors import ProjectionLeaseHeld as ProjectionLeaseHeld
+from fluvial.core.projection_errors import UnknownEvent as UnknownEvent
+from fluvial.core.projection_errors import UnknownProjection as UnknownProjection
 from fluvial.core.records import EventEnvelope as EventEnvelope
 from fluvial.core.records import EventRecord as EventRecord
 from fluvial.core.records import InvalidAppend as InvalidAppend
@@ -63,6 +68,5 @@ from fluvial.projection.handlers import GroupedAtLeastOnce as GroupedAtLeastOnce
 from fluvial.projection.handlers import GroupedExactlyOnce as GroupedExactlyOnce
 from fluvial.projection.handlers import RecoveryStrategy as RecoveryStrategy
 from fluvial.projection.runner import Projection as Projection
-from fluvial.projection.runner import ProjectionFailed as ProjectionFailed
 from fluvial.projection.runner import serve_projection as serve_projection
 from fluvial.projection.source import SourceSettings as SourceSettings

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from entity_fixtures import (
+
+from entity.entity_fixtures import (
     REGISTRY,
     BadReply,
     Crash,
@@ -27,7 +28,6 @@ from entity_fixtures import (
     stored_events,
     stored_texts,
 )
-
 from fluvial.core.behavior import SnapshotPolicy
 from fluvial.core.ids import slice_for
 from fluvial.core.records import EventRecord, SnapshotRecord
