@@ -24,20 +24,14 @@ import attrs
 import outcome
 import trio
 
-from fluvial.core.behavior import (
-    CommandOf,
-    EventSourcedBehavior,
-)
+from fluvial.core.behavior import CommandOf, EventSourcedBehavior, Handlers
+from fluvial.core.command_decisions import BatchDecision, answer, decide_commands, foreign_command
+from fluvial.core.entity_context import EntityContext
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.batch_decision import Decided, decide_batch, send_reply
-from fluvial.entity.errors import (
-    CommandTypeError,
-    EntityStopped,
-    UnknownEntityType,
-)
+from fluvial.entity.errors import EntityStopped, UnknownEntityType
 from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
 from fluvial.entity.recovery import recover, save_snapshot, should_snapshot
 from fluvial.journal.api import AppendSoon, Journal, SnapshotStore
@@ -73,12 +67,9 @@ class EntityRef(Generic[C]):
         events are persisted all the same. (Only closing the runtime drops a command that is
         still waiting in the mailbox: `EntityStopped`.)
         """
-        if not isinstance(command, self.behavior.command_types):
-            raise CommandTypeError(
-                f"{type(command).__name__} is not a command of entity type "
-                f"{self.behavior.entity_type!r} (accepts "
-                f"{', '.join(t.__name__ for t in self.behavior.command_types)})"
-            )
+        behavior = self.behavior
+        if not isinstance(command, behavior.command_types):
+            raise foreign_command(behavior.entity_type, behavior.command_types, command)
         # Handing the command over below does not wait, so it would not see a cancellation
         # already pending: look for one first, or a cancelled ask would still be carried out.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -102,12 +93,13 @@ class _LiveEntity:
     slice: int
     mailbox: Mailbox
     last_active: float
+    handlers: Handlers[Any, Any, Any]  # the behavior's, bound to this entity's context
     # What the stored events say, once recovered; updated when an append commits.
     state: Any = None
     seq_nr: int = 0
     reload: bool = False  # an append failed: recover before deciding again
-    # The batch whose append is out: its decisions, its events, the commands a stop leaves.
-    in_flight: tuple[list[Decided], list[Any], list[Ask] | None] | None = None
+    # The batch whose append is out: its decision, and the asks it decided (in its order).
+    in_flight: tuple[BatchDecision, list[Ask]] | None = None
     # `Entities._appended` bound to this entity, made once: the callback of every append.
     on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
 
@@ -180,7 +172,13 @@ class Entities:
     ) -> _LiveEntity:
         key = str(pid)
         live = _LiveEntity(
-            behavior, pid, key, slice_for(key), Mailbox(self._mailbox_size), trio.current_time()
+            behavior,
+            pid,
+            key,
+            slice_for(key),
+            Mailbox(self._mailbox_size),
+            trio.current_time(),
+            behavior.handlers_for(EntityContext(pid)),
         )
         live.on_appended = functools.partial(self._appended, live)
         self._live[pid] = live
@@ -250,6 +248,7 @@ class Entities:
             return
         mailbox = live.mailbox
         encode = self._serializers.encode
+        entity_type = live.behavior.entity_type
         while True:
             batch[:] = await mailbox.take_all()
             if not batch:
@@ -259,21 +258,28 @@ class Entities:
                 # The last append failed (a conflict means another writer): reload first.
                 live.state, live.seq_nr = await self._recover(live)
                 live.reload = False
-            decided, records, events, leftovers = decide_batch(
-                live.behavior, live.key, live.slice, live.state, live.seq_nr, batch, encode
+            decision = decide_commands(
+                live.handlers,
+                live.key,
+                entity_type,
+                live.slice,
+                live.state,
+                live.seq_nr,
+                [ask.command for ask in batch],
+                encode,
             )
+            records = decision.records
             if not records:
-                for item in decided:
-                    send_reply(live.key, item)
-                if leftovers is not None:
-                    self._retire(live, leftovers)
+                _answer_all(decision, batch)
+                if decision.stopped:
+                    self._retire(live, batch[len(decision.decided) :])
                     return
                 await trio.lowlevel.checkpoint()  # a stream of read-only commands must yield
                 continue
             # The entity decides nothing more until the append is answered (`_appended`
             # releases the mailbox), so it never decides against unstored events.
             mailbox.hold()
-            live.in_flight = decided, events, leftovers
+            live.in_flight = decision, batch[:]
             appended = live.on_appended
             assert appended is not None
             if self._append_soon is not None:
@@ -295,39 +301,36 @@ class Entities:
 
     async def _recover(self, live: _LiveEntity) -> tuple[Any, int]:
         return await recover(
-            self._journal, self._snapshots, self._serializers, live.behavior, live.key
+            self._journal,
+            self._snapshots,
+            self._serializers,
+            live.behavior.empty_state,
+            live.handlers.event_handler,
+            live.key,
         )
 
     def _appended(self, live: _LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]) -> None:
         """The journal's answer to the append of `live.in_flight`: reply to its commands, then
         let the entity take its mail again. Runs in the journal's task, so it must not raise."""
         assert live.in_flight is not None
-        (decided, events, leftovers), live.in_flight = live.in_flight, None
-        key = live.key
+        (decision, asks), live.in_flight = live.in_flight, None
+        leftovers = asks[len(decision.decided) :] if decision.stopped else None
         if isinstance(result, outcome.Error):
-            # Nothing of the batch is stored; the state stays as it was. A command decided
-            # after one with events saw those unstored events, so it shares their error.
-            saw_unstored = False
-            for item in decided:
-                ask, _action, _state_after, persisted = item
-                saw_unstored = saw_unstored or persisted
-                if saw_unstored:
-                    ask.fail(result.error)
-                else:
-                    send_reply(key, item)
+            # Nothing of the batch is stored; the state stays as it was. The decision says
+            # which commands saw the unstored events and so share the error.
+            _answer_all(decision, asks, result.error)
             live.reload = True
         else:
             stored = result.unwrap()
             first_seq_nr = live.seq_nr + 1
             live.seq_nr += len(stored)
-            live.state = decided[-1][2]
-            for item in decided:
-                send_reply(key, item)
+            live.state = decision.state
+            _answer_all(decision, asks)
             if (
                 self._snapshots is not None
                 and live.behavior.snapshot_policy.enabled
                 and not self._closed
-                and should_snapshot(live.behavior, key, first_seq_nr, events)
+                and should_snapshot(live.behavior, live.key, first_seq_nr, decision.events)
             ):
                 # The mailbox stays held: the next command waits until the snapshot is saved
                 # (snapshots never pile up, and a reader after the reply can find it).
@@ -362,6 +365,18 @@ class Entities:
 
     def _close(self) -> None:
         self._closed = True
+
+
+def _answer_all(
+    decision: BatchDecision, asks: list[Ask], append_error: BaseException | None = None
+) -> None:
+    """Answer every ask the decision decided, as `answer` says (the asks are in its order)."""
+    for index in range(len(decision.decided)):
+        reply, error = answer(decision, index, append_error)
+        if error is None:
+            asks[index].answer(reply)
+        else:
+            asks[index].fail(error)
 
 
 def open_entities(
