@@ -97,9 +97,15 @@ Cart = EventSourcedBehavior[TestCommand, ItemUpdated | CheckedOut, CartState](
 HANDLERS = Cart.handlers_for(EntityContext(PersistenceId("ShoppingCart", "c")))
 
 
+@attrs.frozen
+class Asked:
+    command: object
+
+
 def decide(commands: list[Any], seq_nr: int = 0) -> BatchDecision:
+    asks = [Asked(command) for command in commands]
     return decide_commands(
-        HANDLERS, PID, "ShoppingCart", 7, CartState(), seq_nr, commands, REGISTRY.encode
+        HANDLERS, PID, "ShoppingCart", 7, CartState(), seq_nr, asks, REGISTRY.encode
     )
 
 

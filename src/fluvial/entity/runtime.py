@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
 import outcome
@@ -98,8 +98,11 @@ class _LiveEntity:
     state: Any = None
     seq_nr: int = 0
     reload: bool = False  # an append failed: recover before deciding again
-    # The batch whose append is out: its decision, and the asks it decided (in its order).
-    in_flight: tuple[BatchDecision, list[Ask]] | None = None
+    # The asks taken from the mailbox and not yet handed on (answered, or their append out):
+    # if the task ends, they share its fate. Those already answered ignore that.
+    batch: Sequence[Ask] = ()
+    # The batch whose append is out (its asks with it).
+    in_flight: BatchDecision | None = None
     # `Entities._appended` bound to this entity, made once: the callback of every append.
     on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
 
@@ -218,24 +221,23 @@ class Entities:
 
     @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _run_entity(self, live: _LiveEntity) -> None:
-        batch: list[Ask] = []
         try:
-            await self._serve_entity(live, batch)
+            await self._serve_entity(live)
         except Exception as exc:
             # The journal failed while reloading after a failed append: this incarnation ends
             # and its commands share the error; the next command starts a new one.
             log.error("%s: stopped after a journal failure: %s", live.key, exc)
             self._forget(live)
-            for ask in [*batch, *live.mailbox.close()]:
+            for ask in [*live.batch, *live.mailbox.close()]:
                 ask.fail(exc)
         except BaseException:
             # Cancelled because the runtime closes: nobody else will answer these.
             stopped = EntityStopped(f"{live.pid}: the entity runtime closed")
-            for ask in [*batch, *live.mailbox.close()]:
+            for ask in [*live.batch, *live.mailbox.close()]:
                 ask.fail(stopped)
             raise
 
-    async def _serve_entity(self, live: _LiveEntity, batch: list[Ask]) -> None:
+    async def _serve_entity(self, live: _LiveEntity) -> None:
         try:
             live.state, live.seq_nr = await self._recover(live)
         except Exception as exc:
@@ -250,7 +252,7 @@ class Entities:
         encode = self._serializers.encode
         entity_type = live.behavior.entity_type
         while True:
-            batch[:] = await mailbox.take_all()
+            live.batch = batch = await mailbox.take_all()
             if not batch:
                 return  # retired: the mailbox was closed
             live.last_active = trio.current_time()
@@ -265,12 +267,12 @@ class Entities:
                 live.slice,
                 live.state,
                 live.seq_nr,
-                [ask.command for ask in batch],
+                batch,
                 encode,
             )
             records = decision.records
             if not records:
-                _answer_all(decision, batch)
+                _answer_all(decision)
                 if decision.stopped:
                     self._retire(live, batch[len(decision.decided) :])
                     return
@@ -279,11 +281,11 @@ class Entities:
             # The entity decides nothing more until the append is answered (`_appended`
             # releases the mailbox), so it never decides against unstored events.
             mailbox.hold()
-            live.in_flight = decision, batch[:]
+            live.in_flight = decision
             appended = live.on_appended
             assert appended is not None
             if self._append_soon is not None:
-                batch.clear()  # the journal's callback answers these asks now
+                live.batch = ()  # the journal's callback answers these asks now
                 try:
                     self._append_soon(records, appended)
                 except Exception as exc:
@@ -297,7 +299,7 @@ class Entities:
                 appended(outcome.Error(exc))
             else:
                 appended(outcome.Value(stored))
-            batch.clear()
+            live.batch = ()
 
     async def _recover(self, live: _LiveEntity) -> tuple[Any, int]:
         return await recover(
@@ -313,19 +315,19 @@ class Entities:
         """The journal's answer to the append of `live.in_flight`: reply to its commands, then
         let the entity take its mail again. Runs in the journal's task, so it must not raise."""
         assert live.in_flight is not None
-        (decision, asks), live.in_flight = live.in_flight, None
-        leftovers = asks[len(decision.decided) :] if decision.stopped else None
+        decision, live.in_flight = live.in_flight, None
+        leftovers = _asks_of(decision)[len(decision.decided) :] if decision.stopped else None
         if isinstance(result, outcome.Error):
             # Nothing of the batch is stored; the state stays as it was. The decision says
             # which commands saw the unstored events and so share the error.
-            _answer_all(decision, asks, result.error)
+            _answer_all(decision, result.error)
             live.reload = True
         else:
             stored = result.unwrap()
             first_seq_nr = live.seq_nr + 1
             live.seq_nr += len(stored)
             live.state = decision.state
-            _answer_all(decision, asks)
+            _answer_all(decision)
             if (
                 self._snapshots is not None
                 and live.behavior.snapshot_policy.enabled
@@ -367,10 +369,14 @@ class Entities:
         self._closed = True
 
 
-def _answer_all(
-    decision: BatchDecision, asks: list[Ask], append_error: BaseException | None = None
-) -> None:
-    """Answer every ask the decision decided, as `answer` says (the asks are in its order)."""
+def _asks_of(decision: BatchDecision) -> list[Ask]:
+    # The runtime decides only the lists of asks its mailbox gives.
+    return cast(list[Ask], decision.asks)
+
+
+def _answer_all(decision: BatchDecision, append_error: BaseException | None = None) -> None:
+    """Answer every ask the decision decided, as `answer` says."""
+    asks = _asks_of(decision)
     for index in range(len(decision.decided)):
         reply, error = answer(decision, index, append_error)
         if error is None:

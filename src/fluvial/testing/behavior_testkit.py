@@ -113,7 +113,7 @@ class BehaviorTestKit(Generic[C, E, S]):
             self._slice,
             self._state,
             self.seq_nr,
-            [asked],
+            [_Asked(asked)],
             registry.encode if registry is not None else _not_serialized,
         )
         # The append of a list cannot fail: the decision's records are stored.
@@ -159,6 +159,13 @@ class BehaviorTestKit(Generic[C, E, S]):
                 )
         self._state = recovered
         return recovered
+
+
+@attrs.frozen
+class _Asked:
+    """One command for the decision (the runtime's asks carry theirs the same way)."""
+
+    command: object
 
 
 def _not_serialized(_event: object) -> None:
