@@ -235,7 +235,7 @@ def _needs_a_context(*_args: object) -> Never:
 
 
 @attrs.frozen
-class Handlers(Generic[C, E, S]):
+class EntityHandlers(Generic[C, E, S]):
     """A behavior's handlers for one entity, as the runtime and the test kit call them.
 
     `EventSourcedBehavior.handlers_for(context)` gives them: the behavior's own functions, or,
@@ -299,12 +299,12 @@ class EventSourcedBehavior(Generic[C, E, S]):
     tagger: Callable[[E], frozenset[str]] = _no_tags
     snapshot_policy: SnapshotPolicy[E] = attrs.field(factory=SnapshotPolicy)
     # What `handlers_for` gives a behavior without a context: built once, shared by all.
-    _plain_handlers: Handlers[C, E, S] = attrs.field(
+    _plain_handlers: EntityHandlers[C, E, S] = attrs.field(
         init=False,
         repr=False,
         eq=False,
         default=attrs.Factory(
-            lambda self: Handlers(self.command_handler, self.event_handler, self.tagger),
+            lambda self: EntityHandlers(self.command_handler, self.event_handler, self.tagger),
             takes_self=True,
         ),
     )
@@ -345,14 +345,14 @@ class EventSourcedBehavior(Generic[C, E, S]):
             **optional,
         )
 
-    def handlers_for(self, context: EntityContext) -> Handlers[C, E, S]:
+    def handlers_for(self, context: EntityContext) -> EntityHandlers[C, E, S]:
         """The handlers to run for the entity `context` describes (its context bound, for a
         behavior built `with_context`)."""
         contextual = self._with_context
         if contextual is None:
             return self._plain_handlers
         tagger = contextual.tagger
-        return Handlers(
+        return EntityHandlers(
             functools.partial(contextual.command_handler, context),
             functools.partial(contextual.event_handler, context),
             _no_tags if tagger is None else functools.partial(tagger, context),
@@ -400,7 +400,7 @@ class EventSourcedBehavior(Generic[C, E, S]):
 
     def apply_events(self, state: S, events: Iterable[E]) -> S:
         """The fold of `events` over `state` (for a behavior without a context; see
-        `Handlers.apply_events`)."""
+        `EntityHandlers.apply_events`)."""
         for event in events:
             state = self.event_handler(state, event)
         return state

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from fluvial.core.behavior import EffectKind, Handlers, ReplyAction
+from fluvial.core.behavior import EffectKind, EntityHandlers, ReplyAction
 from fluvial.core.command_errors import (
     CommandFailed,
     CommandTypeError,
@@ -67,7 +67,7 @@ class BatchDecision(msgspec.Struct, frozen=True):
 
 
 def decide_commands(
-    handlers: Handlers[Any, Any, Any],
+    handlers: EntityHandlers[Any, Any, Any],
     persistence_id: str,
     entity_type: str,
     slice_: int,

@@ -24,7 +24,7 @@ import attrs
 import outcome
 import trio
 
-from fluvial.core.behavior import CommandOf, EventSourcedBehavior, Handlers
+from fluvial.core.behavior import CommandOf, EntityHandlers, EventSourcedBehavior
 from fluvial.core.command_decisions import BatchDecision, answer, decide_commands, foreign_command
 from fluvial.core.entity_context import EntityContext
 from fluvial.core.errors import UsageError
@@ -93,7 +93,7 @@ class _LiveEntity:
     slice: int
     mailbox: Mailbox
     last_active: float
-    handlers: Handlers[Any, Any, Any]  # the behavior's, bound to this entity's context
+    handlers: EntityHandlers[Any, Any, Any]  # the behavior's, bound to this entity's context
     # What the stored events say, once recovered; updated when an append commits.
     state: Any = None
     seq_nr: int = 0
