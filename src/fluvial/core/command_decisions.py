@@ -13,7 +13,7 @@ computed from values: the shell (`fluvial.entity`) only carries it out.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -32,6 +32,7 @@ from fluvial.core.serialization import SerializedPayload
 # persisted events, and the error it failed with at once (then nothing else counts). A plain
 # tuple: one is built per command.
 Decided = tuple[ReplyAction | None, Any, bool, EntityError | None]
+AppendErrorT = TypeVar("AppendErrorT", bound=BaseException)
 
 
 class CarriesCommand(Protocol):
@@ -156,8 +157,8 @@ def decide_commands(
 
 
 def answer(
-    decision: BatchDecision, index: int, append_error: BaseException | None = None
-) -> tuple[Any, BaseException | None]:
+    decision: BatchDecision, index: int, append_error: AppendErrorT | None = None
+) -> tuple[Any, Exception | AppendErrorT | None]:
     """The answer to `decision.asks[index]`, once the append of `decision.records` is
     answered (`append_error` None: stored, or there was nothing to store): `(reply, None)`,
     or `(None, error)` for the error its `ask` raises.

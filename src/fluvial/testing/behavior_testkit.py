@@ -35,7 +35,7 @@ class CommandResult(Generic[E, S, R]):
     events: tuple[E, ...]
     state: S
     reply: R | None = None
-    error: BaseException | None = None
+    error: Exception | None = None
     stopped: bool = False
 
     def unwrap(self) -> R:
@@ -50,8 +50,9 @@ class BehaviorTestKit(Generic[C, E, S]):
 
     With a `registry`, every persisted event is serialized as the runtime would (a class without
     a manifest fails the command), and `restart` recovers from the decoded payloads. The
-    handlers of a behavior built `with_context` see `context`: the entity `entity_id` of the
-    behavior's type, as the runtime would give them.
+    handlers of a behavior built `with_context` see `context` (an `EntityContext` for entity
+    `entity_id` of the behavior's type), the very context the runtime gives that entity's
+    handlers. Raises `InvalidPersistenceId` for an empty `entity_id`, as `Entities.ref` does.
     """
 
     def __init__(
