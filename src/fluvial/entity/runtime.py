@@ -17,21 +17,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Generic, TypeVar
 
-import attrs
 import outcome
 import trio
 
-from fluvial.core.behavior import CommandOf, EntityHandlers, EventSourcedBehavior
-from fluvial.core.command_decisions import BatchDecision, answer, decide_commands, foreign_command
+from fluvial.core.behavior import CommandOf, EventSourcedBehavior
+from fluvial.core.command_decisions import decide_commands, foreign_command
 from fluvial.core.entity_context import EntityContext
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.entity.errors import EntityStopped, UnknownEntityType
+from fluvial.entity.live_entity import LiveEntity, answer_all, asks_of
 from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
 from fluvial.entity.recovery import recover, save_snapshot, should_snapshot
 from fluvial.journal.api import AppendSoon, Journal, SnapshotStore
@@ -83,30 +83,6 @@ class EntityRef(Generic[C]):
         return reply
 
 
-@attrs.define(eq=False)
-class _LiveEntity:
-    """One incarnation of an entity: its mailbox and when it last had work."""
-
-    behavior: EventSourcedBehavior[Any, Any, Any]
-    pid: PersistenceId
-    key: str
-    slice: int
-    mailbox: Mailbox
-    last_active: float
-    handlers: EntityHandlers[Any, Any, Any]  # the behavior's, bound to this entity's context
-    # What the stored events say, once recovered; updated when an append commits.
-    state: Any = None
-    seq_nr: int = 0
-    reload: bool = False  # an append failed: recover before deciding again
-    # The asks taken from the mailbox and not yet handed on (answered, or their append out):
-    # if the task ends, they share its fate. Those already answered ignore that.
-    batch: Sequence[Ask] = ()
-    # The batch whose append is out (its asks with it).
-    in_flight: BatchDecision | None = None
-    # `Entities._appended` bound to this entity, made once: the callback of every append.
-    on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
-
-
 class Entities:
     """The live entities of one process. Create it with `open_entities`."""
 
@@ -128,7 +104,7 @@ class Entities:
         self._behaviors = {b.entity_type: b for b in behaviors}
         self._mailbox_size = mailbox_size
         self._passivate_after = passivate_after
-        self._live: dict[PersistenceId, _LiveEntity] = {}
+        self._live: dict[PersistenceId, LiveEntity] = {}
         self._closed = False
         # A journal that can answer an append with a callback saves the entity task a wake-up
         # per batch: the commit answers the commands, and the entity only wakes for new mail.
@@ -172,9 +148,9 @@ class Entities:
 
     def _spawn(
         self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId
-    ) -> _LiveEntity:
+    ) -> LiveEntity:
         key = str(pid)
-        live = _LiveEntity(
+        live = LiveEntity(
             behavior,
             pid,
             key,
@@ -188,11 +164,11 @@ class Entities:
         self._nursery.start_soon(self._run_entity, live, name=key)
         return live
 
-    def _forget(self, live: _LiveEntity) -> None:
+    def _forget(self, live: LiveEntity) -> None:
         if self._live.get(live.pid) is live:
             del self._live[live.pid]
 
-    def _retire(self, live: _LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
+    def _retire(self, live: LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
         """Take `live` out of service; its unhandled commands go to a new incarnation, or,
         once the runtime closes, fail with `EntityStopped`."""
         self._forget(live)
@@ -220,7 +196,7 @@ class Entities:
                     self._retire(live)
 
     @trio.lowlevel.enable_ki_protection  # see `_open_entities`
-    async def _run_entity(self, live: _LiveEntity) -> None:
+    async def _run_entity(self, live: LiveEntity) -> None:
         try:
             await self._serve_entity(live)
         except Exception as exc:
@@ -237,7 +213,7 @@ class Entities:
                 ask.fail(stopped)
             raise
 
-    async def _serve_entity(self, live: _LiveEntity) -> None:
+    async def _serve_entity(self, live: LiveEntity) -> None:
         try:
             live.state, live.seq_nr = await self._recover(live)
         except Exception as exc:
@@ -272,7 +248,7 @@ class Entities:
             )
             records = decision.records
             if not records:
-                _answer_all(decision)
+                answer_all(decision)
                 if decision.stopped:
                     self._retire(live, batch[len(decision.decided) :])
                     return
@@ -301,7 +277,7 @@ class Entities:
                 appended(outcome.Value(stored))
             live.batch = ()
 
-    async def _recover(self, live: _LiveEntity) -> tuple[Any, int]:
+    async def _recover(self, live: LiveEntity) -> tuple[Any, int]:
         return await recover(
             self._journal,
             self._snapshots,
@@ -311,23 +287,23 @@ class Entities:
             live.key,
         )
 
-    def _appended(self, live: _LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]) -> None:
+    def _appended(self, live: LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]) -> None:
         """The journal's answer to the append of `live.in_flight`: reply to its commands, then
         let the entity take its mail again. Runs in the journal's task, so it must not raise."""
         assert live.in_flight is not None
         decision, live.in_flight = live.in_flight, None
-        leftovers = _asks_of(decision)[len(decision.decided) :] if decision.stopped else None
+        leftovers = asks_of(decision)[len(decision.decided) :] if decision.stopped else None
         if isinstance(result, outcome.Error):
             # Nothing of the batch is stored; the state stays as it was. The decision says
             # which commands saw the unstored events and so share the error.
-            _answer_all(decision, result.error)
+            answer_all(decision, result.error)
             live.reload = True
         else:
             stored = result.unwrap()
             first_seq_nr = live.seq_nr + 1
             live.seq_nr += len(stored)
             live.state = decision.state
-            _answer_all(decision)
+            answer_all(decision)
             if (
                 self._snapshots is not None
                 and live.behavior.snapshot_policy.enabled
@@ -340,7 +316,7 @@ class Entities:
                 return
         self._resume(live, leftovers)
 
-    def _resume(self, live: _LiveEntity, leftovers: list[Ask] | None) -> None:
+    def _resume(self, live: LiveEntity, leftovers: list[Ask] | None) -> None:
         """After a batch: take the next mail, or retire if the batch stopped the entity."""
         if leftovers is not None:
             self._retire(live, leftovers)
@@ -349,7 +325,7 @@ class Entities:
 
     @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _save_snapshot_then_resume(
-        self, live: _LiveEntity, leftovers: list[Ask] | None
+        self, live: LiveEntity, leftovers: list[Ask] | None
     ) -> None:
         assert self._snapshots is not None
         try:
@@ -367,22 +343,6 @@ class Entities:
 
     def _close(self) -> None:
         self._closed = True
-
-
-def _asks_of(decision: BatchDecision) -> list[Ask]:
-    # The runtime decides only the lists of asks its mailbox gives.
-    return cast(list[Ask], decision.asks)
-
-
-def _answer_all(decision: BatchDecision, append_error: BaseException | None = None) -> None:
-    """Answer every ask the decision decided, as `answer` says."""
-    asks = _asks_of(decision)
-    for index in range(len(decision.decided)):
-        reply, error = answer(decision, index, append_error)
-        if error is None:
-            asks[index].answer(reply)
-        else:
-            asks[index].fail(error)
 
 
 def open_entities(
