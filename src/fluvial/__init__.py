@@ -4,8 +4,10 @@ from fluvial.core.behavior import Command as Command
 from fluvial.core.behavior import CommandOf as CommandOf
 from fluvial.core.behavior import CommandRejected as CommandRejected
 from fluvial.core.behavior import Effect as Effect
+from fluvial.core.behavior import EntityHandlers as EntityHandlers
 from fluvial.core.behavior import EventSourcedBehavior as EventSourcedBehavior
 from fluvial.core.behavior import SnapshotPolicy as SnapshotPolicy
+from fluvial.core.entity_context import EntityContext as EntityContext
 from fluvial.core.errors import DataError as DataError
 from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError

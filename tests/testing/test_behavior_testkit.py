@@ -11,6 +11,7 @@ import pytest
 from fluvial.core.behavior import Command, Effect, EventSourcedBehavior, SnapshotPolicy
 from fluvial.core.serialization import SerializerRegistry, UnregisteredType
 from fluvial.entity.errors import CommandFailed, CommandTypeError, MissingReply, UnhandledCommand
+from fluvial.entity.runtime import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,
@@ -27,7 +28,7 @@ from fluvial.examples.shopping_cart import (
     Summary,
     register_cart,
 )
-from fluvial.testing import BehaviorTestKit, CommandResult
+from fluvial.testing import BehaviorTestKit, CommandResult, MemoryJournal
 
 
 def cart_kit() -> BehaviorTestKit[CartCommand, CartEvent, CartState]:
@@ -308,3 +309,21 @@ def test_restart_fails_when_the_state_does_not_survive_a_snapshot() -> None:
     snapshotting.run_command(Note(("a",)))
     with pytest.raises(AssertionError, match="reads back from a snapshot"):
         snapshotting.restart()
+
+
+async def test_the_kit_refuses_and_fails_commands_with_the_runtimes_very_messages() -> None:
+    # They differed once (the kit's MissingReply and CommandTypeError said less).
+    registry = register_cart(SerializerRegistry())
+    registry.register(Noted, "notes.Noted")
+    kit = BehaviorTestKit(Notebook, registry, entity_id="n")
+    async with open_entities(MemoryJournal(), registry, [Notebook, ShoppingCart]) as entities:
+        notes = entities.ref(Notebook, "n")
+        for command in (Forget(), Ignore()):
+            with pytest.raises(Exception) as raised:
+                await notes.ask(command)
+            assert str(kit.run_command(command).error) == str(raised.value)
+        with pytest.raises(CommandTypeError) as refused:
+            await entities.ref_by_type("Notebook", "n").ask(Get())
+    with pytest.raises(CommandTypeError) as refused_by_kit:
+        kit.run_command(Get())  # type: ignore[arg-type]
+    assert str(refused_by_kit.value) == str(refused.value)
