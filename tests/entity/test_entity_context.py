@@ -4,9 +4,8 @@ kit gives them the very same context."""
 
 from __future__ import annotations
 
-from context_fixtures import BOOK_REGISTRY, Book, Guestbook, Sign, Signed
-from entity_fixtures import Storage
-
+from entity.context_fixtures import BOOK_REGISTRY, Book, Guestbook, Sign, Signed
+from entity.entity_fixtures import Storage
 from fluvial import EntityContext, PersistenceId, open_entities
 from fluvial.journal.api import MAX_SEQ_NR
 from fluvial.testing import BehaviorTestKit
