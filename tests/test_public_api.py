@@ -177,3 +177,13 @@ def test_every_error_fluvial_defines_has_a_row_in_docs_errors_md() -> None:
 
 def test_docs_errors_md_lists_only_errors_that_exist() -> None:
     assert sorted(set(_documented_errors()) - set(_error_classes())) == []
+
+
+def test_all_lists_exactly_the_public_names_each_public_module_exports() -> None:
+    for module in PUBLIC_MODULES:
+        exported = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        }
+        assert sorted(module.__all__) == sorted(exported), module.__name__
