@@ -28,37 +28,6 @@ ERRORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 # A comment line made of a rule: `# ----`, `# -- name ---`, `# ====`, `#####`, `# ****`.
 _DIVIDER = re.compile(r"^\s*#+\s*(?:[-=#*~_]{2,}|.*[-=#*~_]{4,}\s*$)")
 
-# Names in files that other engineers of issue 8 edit at the same time: they get their
-# docstrings there. Each entry is a public name still missing one today; the lead empties these
-# lists after merging (test_the_allow_lists_hold_only_names_still_needing_them says which).
-UNDOCUMENTED_ELSEWHERE: frozenset[str] = frozenset(
-    {
-        # core/serialization.py
-        # entity/runtime.py
-        # journal/api.py
-        # journal/sqlite_journal.py
-        # journal/sqlite_offset_store.py
-        "fluvial.SqliteOffsetStore.load_entity",
-        "fluvial.SqliteOffsetStore.save",
-        # projection/handlers.py
-        "fluvial.AtLeastOnce",
-        "fluvial.ExactlyOnce",
-        "fluvial.GroupedAtLeastOnce",
-        "fluvial.GroupedExactlyOnce",
-        "fluvial.RecoveryStrategy.fail",
-        "fluvial.RecoveryStrategy.retry_and_fail",
-        "fluvial.RecoveryStrategy.retry_and_skip",
-        # testing/behavior_testkit.py
-        # testing/memory_journal.py
-    }
-)
-# Public objects with a section divider right above them, in those files.
-DIVIDER_ABOVE_ELSEWHERE: frozenset[str] = frozenset(
-    {
-        "fluvial.SqliteOffsetStore.offsets",  # journal/sqlite_offset_store.py
-    }
-)
-
 
 def _public_objects() -> Iterator[tuple[str, Any]]:
     """(qualified name, object) of each public class and function, and of their methods and
@@ -137,26 +106,15 @@ def test_the_walk_finds_the_public_api() -> None:
 
 
 def test_every_public_class_function_and_method_has_a_docstring() -> None:
-    missing = sorted(
-        name
-        for name, value in PUBLIC
-        if not _has_own_docstring(value) and name not in UNDOCUMENTED_ELSEWHERE
-    )
+    missing = sorted(name for name, value in PUBLIC if not _has_own_docstring(value))
     assert missing == []
-
-
-def test_the_allow_lists_hold_only_names_still_needing_them() -> None:
-    undocumented = {name for name, value in PUBLIC if not _has_own_docstring(value)}
-    with_divider = {name for name, value in PUBLIC if _divider_above(value) is not None}
-    assert sorted(UNDOCUMENTED_ELSEWHERE - undocumented) == []
-    assert sorted(DIVIDER_ABOVE_ELSEWHERE - with_divider) == []
 
 
 def test_no_section_divider_is_shown_as_documentation() -> None:
     shown = sorted(
         f"{name}: {divider}"
         for name, value in PUBLIC
-        if (divider := _divider_above(value)) is not None and name not in DIVIDER_ABOVE_ELSEWHERE
+        if (divider := _divider_above(value)) is not None
     )
     assert shown == []
 
@@ -219,3 +177,13 @@ def test_every_error_fluvial_defines_has_a_row_in_docs_errors_md() -> None:
 
 def test_docs_errors_md_lists_only_errors_that_exist() -> None:
     assert sorted(set(_documented_errors()) - set(_error_classes())) == []
+
+
+def test_all_lists_exactly_the_public_names_each_public_module_exports() -> None:
+    for module in PUBLIC_MODULES:
+        exported = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        }
+        assert sorted(module.__all__) == sorted(exported), module.__name__

@@ -4,8 +4,10 @@ from fluvial.core.behavior import Command as Command
 from fluvial.core.behavior import CommandOf as CommandOf
 from fluvial.core.behavior import CommandRejected as CommandRejected
 from fluvial.core.behavior import Effect as Effect
+from fluvial.core.behavior import EntityHandlers as EntityHandlers
 from fluvial.core.behavior import EventSourcedBehavior as EventSourcedBehavior
 from fluvial.core.behavior import SnapshotPolicy as SnapshotPolicy
+from fluvial.core.entity_context import EntityContext as EntityContext
 from fluvial.core.errors import DataError as DataError
 from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError
@@ -17,6 +19,11 @@ from fluvial.core.ids import SliceRange as SliceRange
 from fluvial.core.ids import slice_for as slice_for
 from fluvial.core.ids import slice_ranges as slice_ranges
 from fluvial.core.offsets import TimestampOffset as TimestampOffset
+from fluvial.core.projection_errors import ProjectionConflict as ProjectionConflict
+from fluvial.core.projection_errors import ProjectionFailed as ProjectionFailed
+from fluvial.core.projection_errors import ProjectionLeaseHeld as ProjectionLeaseHeld
+from fluvial.core.projection_errors import UnknownEvent as UnknownEvent
+from fluvial.core.projection_errors import UnknownProjection as UnknownProjection
 from fluvial.core.records import EventEnvelope as EventEnvelope
 from fluvial.core.records import EventRecord as EventRecord
 from fluvial.core.records import InvalidAppend as InvalidAppend
@@ -77,6 +84,92 @@ from fluvial.projection.handlers import GroupedAtLeastOnce as GroupedAtLeastOnce
 from fluvial.projection.handlers import GroupedExactlyOnce as GroupedExactlyOnce
 from fluvial.projection.handlers import RecoveryStrategy as RecoveryStrategy
 from fluvial.projection.runner import Projection as Projection
-from fluvial.projection.runner import ProjectionFailed as ProjectionFailed
 from fluvial.projection.runner import serve_projection as serve_projection
 from fluvial.projection.source import SourceSettings as SourceSettings
+
+__all__ = [
+    "AtLeastOnce",
+    "Backoff",
+    "Command",
+    "CommandFailed",
+    "CommandOf",
+    "CommandRejected",
+    "CommandTypeError",
+    "DataError",
+    "DuplicateManifest",
+    "Effect",
+    "Entities",
+    "EntityContext",
+    "EntityError",
+    "EntityHandlers",
+    "EntityRef",
+    "EntityStopped",
+    "EventAlreadyStored",
+    "EventEnvelope",
+    "EventGap",
+    "EventRecord",
+    "EventSourcedBehavior",
+    "EventStored",
+    "ExactlyOnce",
+    "FluvialError",
+    "GroupedAtLeastOnce",
+    "GroupedExactlyOnce",
+    "InvalidAppend",
+    "InvalidPersistenceId",
+    "InvalidReplicationMetadata",
+    "InvalidSliceRange",
+    "Journal",
+    "JournalBusy",
+    "JournalCannotOpen",
+    "JournalClosed",
+    "JournalConflict",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalFileError",
+    "JournalFull",
+    "JournalGap",
+    "JournalReadOnly",
+    "MissingReply",
+    "NotAJournal",
+    "PayloadDecodeError",
+    "PayloadEncodeError",
+    "PersistenceId",
+    "Projection",
+    "ProjectionConflict",
+    "ProjectionFailed",
+    "ProjectionLeaseHeld",
+    "RecoveryStrategy",
+    "ReplicatedPersistenceId",
+    "ReplicationMetadata",
+    "SchemaVersionTooNew",
+    "SerializerRegistry",
+    "SliceRange",
+    "SnapshotPolicy",
+    "SnapshotRecord",
+    "SnapshotStore",
+    "SourceSettings",
+    "SqliteJournal",
+    "SqliteOffsetStore",
+    "TimestampOffset",
+    "UnhandledCommand",
+    "UnknownEntityType",
+    "UnknownEvent",
+    "UnknownManifest",
+    "UnknownProjection",
+    "UnregisteredType",
+    "UnsupportedType",
+    "UsageError",
+    "VersionOrder",
+    "VersionVector",
+    "WriteFromElsewhere",
+    "WriteFromElsewhereResult",
+    "current_events_by_slices",
+    "current_snapshots_by_slices",
+    "events_by_persistence_id",
+    "events_by_slices",
+    "open_entities",
+    "open_sqlite_journal",
+    "serve_projection",
+    "slice_for",
+    "slice_ranges",
+]

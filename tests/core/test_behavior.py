@@ -1,5 +1,5 @@
-"""The pure behavior API: effects are values, snapshot policies, the fold of events, and
-command types that match the command handler."""
+"""The pure behavior API: effects are values, snapshot policies, the fold of events, command
+types that match the command handler, and handlers that take their entity's context."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fluvial.core.behavior import Command, Effect, EffectKind, EventSourcedBehavior, SnapshotPolicy
+from fluvial.core.entity_context import EntityContext
 from fluvial.core.errors import UsageError
+from fluvial.core.ids import PersistenceId
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,
@@ -315,3 +317,62 @@ def test_an_annotation_naming_a_local_class_is_taken_as_unreadable() -> None:
 def test_command_types_must_be_a_non_empty_tuple_of_classes(bad: Any) -> None:
     with pytest.raises(UsageError, match="non-empty tuple of classes"):
         attrs.evolve(ShoppingCart, command_types=bad)
+
+
+def _contextual_handle(
+    context: EntityContext, state: CartState, command: CartCommand
+) -> CartEffect:
+    if isinstance(command, AddItem):
+        return CartEffect.persist(ItemUpdated(context.entity_id, 1)).then_reply(
+            command, CartState.summary
+        )
+    return handle_command(state, command)
+
+
+def _contextual_apply(context: EntityContext, state: CartState, event: CartEvent) -> CartState:
+    return apply_event(state, event)
+
+
+def test_a_behavior_with_context_reads_its_command_types_from_the_third_parameter() -> None:
+    behavior = EventSourcedBehavior[CartCommand, CartEvent, CartState].with_context(
+        entity_type="ShoppingCart",
+        empty_state=CartState(),
+        command_handler=_contextual_handle,
+        event_handler=_contextual_apply,
+    )
+    assert behavior.command_types == (AddItem, RemoveItem, Checkout, Get)
+    with pytest.raises(UsageError, match="command_types and the command handler's annotation"):
+        EventSourcedBehavior[CartCommand, CartEvent, CartState].with_context(
+            entity_type="ShoppingCart",
+            empty_state=CartState(),
+            command_handler=_contextual_handle,
+            event_handler=_contextual_apply,
+            command_types=(AddItem,),
+        )
+
+
+def test_handlers_for_binds_the_context_and_gives_a_plain_behavior_its_own_functions() -> None:
+    behavior = EventSourcedBehavior[CartCommand, CartEvent, CartState].with_context(
+        entity_type="ShoppingCart",
+        empty_state=CartState(),
+        command_handler=_contextual_handle,
+        event_handler=_contextual_apply,
+        tagger=lambda context, _event: frozenset({context.entity_id}),
+        snapshot_policy=SnapshotPolicy(every=5),
+    )
+    context = EntityContext(PersistenceId("ShoppingCart", "cart-7"))
+    handlers = behavior.handlers_for(context)
+    effect = handlers.command_handler(CartState(), AddItem("apple", 1))
+    assert effect.events == (ItemUpdated("cart-7", 1),)
+    assert handlers.apply_events(CartState(), effect.events) == CartState({"cart-7": 1})
+    assert handlers.tagger(ItemUpdated("x", 1)) == frozenset({"cart-7"})
+    assert behavior.snapshot_policy == SnapshotPolicy(every=5)
+    with pytest.raises(UsageError, match="take an EntityContext"):
+        behavior.command_handler(CartState(), Get())
+    plain = ShoppingCart.handlers_for(context)
+    assert (plain.command_handler, plain.event_handler, plain.tagger) == (
+        ShoppingCart.command_handler,
+        ShoppingCart.event_handler,
+        ShoppingCart.tagger,
+    )
+    assert ShoppingCart.handlers_for(context) is plain  # built once, not per entity

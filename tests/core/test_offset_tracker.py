@@ -52,7 +52,6 @@ def handle(tracker: OffsetTracker, r: EventRecord, source: EnvelopeSource = QUER
         tracker.passed(r)
 
 
-# -- verdicts ---------------------------------------------------------------------------------
 def test_seq_nr_1_of_an_unknown_entity_is_accepted_from_every_source() -> None:
     tracker = fresh()
     for source in EnvelopeSource:
@@ -122,7 +121,6 @@ def test_a_complete_tracker_never_asks_the_store() -> None:
         assert not isinstance(tracker.validate(r, LIVE), NeedsStoredSeqNr)
 
 
-# -- slice offsets ----------------------------------------------------------------------------
 def test_resume_offset_is_the_start_while_any_slice_of_the_range_has_none() -> None:
     assert fresh().resume_offset() == TimestampOffset.start()
     tracker = OffsetTracker(
@@ -167,7 +165,6 @@ def test_handling_does_not_move_the_slice_offset() -> None:
     assert tracker.take_changes().slice_offsets == {}
 
 
-# -- changes ----------------------------------------------------------------------------------
 def test_take_changes_returns_what_changed_since_the_last_call() -> None:
     tracker = fresh()
     handle(tracker, record("T|a", 1, 100, slice_=10))
@@ -191,6 +188,20 @@ def test_take_changes_returns_what_changed_since_the_last_call() -> None:
     assert tracker.take_changes().empty
 
 
+def test_changes_carry_the_seq_nr_each_entity_had_before_them() -> None:
+    """What the store must still hold for the changes to apply (its compare-and-set)."""
+    tracker = OffsetTracker(SLICES)
+    tracker.learn("T|a", SeenEntity("T|a", 4, 50, 10))
+    tracker.learn("T|b", None)
+    for r in (record("T|a", 5, 100), record("T|a", 6, 110), record("T|b", 1, 120)):
+        assert tracker.validate(r, LIVE) == Accepted()
+        tracker.accept(r)
+    assert tracker.take_changes().previous == {"T|a": 4, "T|b": 0}
+    tracker.accept(record("T|a", 7, 130))
+    assert tracker.take_changes().previous == {"T|a": 6}
+    assert tracker.take_changes().previous == {}
+
+
 def test_a_tracker_rebuilt_from_its_changes_decides_the_same() -> None:
     tracker = fresh()
     handle(tracker, record("T|a", 1, 100, slice_=10))
@@ -206,7 +217,6 @@ def test_a_tracker_rebuilt_from_its_changes_decides_the_same() -> None:
         assert rebuilt.validate(r, LIVE) == tracker.validate(r, LIVE)
 
 
-# -- memory -----------------------------------------------------------------------------------
 def test_entities_older_than_the_window_leave_memory_and_are_then_looked_up() -> None:
     tracker = fresh(window=1000)
     handle(tracker, record("T|a", 1, 100))
@@ -268,3 +278,19 @@ def test_a_tracker_loaded_with_old_entities_evicts_them_once_time_moves_on() -> 
     handle(tracker, record("T|new", 1, 50_000))
     assert tracker.entities_in_memory == 1
     assert tracker.validate(record("T|5", 4, 50_001), LIVE) == NeedsStoredSeqNr("T|5")
+
+
+def test_rolling_back_to_a_savepoint_undoes_the_admission_of_one_record() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    tracker.take_changes()
+    handle(tracker, record("T|b", 1, 150, slice_=10))
+    untouched = record("T|a", 2, 200, slice_=10)
+    savepoint = tracker.savepoint(untouched)
+    handle(tracker, untouched)
+    tracker.roll_back_to(savepoint)
+    assert tracker.validate(untouched, QUERY) == Accepted()  # not handled after all
+    changes = tracker.take_changes()
+    assert changes.entities == (SeenEntity("T|b", 1, 150, 10),)
+    assert changes.slice_offsets == {10: TimestampOffset(150, {"T|b": 1})}
+    assert changes.previous == {"T|b": 0}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from entity_fixtures import Storage
+
+from entity.entity_fixtures import Storage
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -12,116 +12,60 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any
 
 import attrs
 import trio
 import trio.testing
 
-from fluvial.core.behavior import Command, Effect, EventSourcedBehavior, SnapshotPolicy
+from fluvial.core.behavior import SnapshotPolicy
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.examples.shopping_cart import ShoppingCart, register_cart
 from fluvial.journal.api import MAX_SEQ_NR, Journal
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
 from fluvial.testing import MemoryJournal
-
-
-@attrs.frozen
-class Note(Command[tuple[str, ...]]):
-    """Persist one `Noted` per text (atomically), then reply with all texts."""
-
-    texts: tuple[str, ...]
-
-
-@attrs.frozen
-class Read(Command[tuple[str, ...]]):
-    pass
-
-
-@attrs.frozen
-class Crash(Command[None]):
-    """The command handler raises."""
-
-
-@attrs.frozen
-class Ignore(Command[None]):
-    """Effect.unhandled()."""
-
-
-@attrs.frozen
-class Forget(Command[None]):
-    """Persist, but forget to reply."""
-
-
-@attrs.frozen
-class BadReply(Command[int]):
-    """Persist, then raise while computing the reply."""
-
-
-@attrs.frozen
-class Halt(Command[str]):
-    """Effect.stop(), with a reply; with `last_words`, persist them first."""
-
-    last_words: str | None = None
-
-
-NotesCommand = Note | Read | Crash | Ignore | Forget | BadReply | Halt
-
-
-@attrs.frozen
-class Noted:
-    text: str
-
-
-@attrs.frozen
-class Notes:
-    texts: tuple[str, ...] = ()
-
-
-NotesEffect = Effect[Noted, Notes]
-
-
-def notes_command(state: Notes, command: NotesCommand) -> NotesEffect:
-    match command:
-        case Note(texts):
-            return NotesEffect.persist_all(Noted(t) for t in texts).then_reply(
-                command, lambda s: s.texts
-            )
-        case Read():
-            return NotesEffect.reply(command, state.texts)
-        case Crash():
-            raise RuntimeError("bug in the command handler")
-        case Ignore():
-            return NotesEffect.unhandled()
-        case Forget():
-            return NotesEffect.persist(Noted("forgotten"))
-        case BadReply():
-            return NotesEffect.persist(Noted("bad reply")).then_reply(command, lambda s: 1 // 0)
-        case Halt(last_words):
-            if last_words is None:
-                return NotesEffect.stop().then_reply(command, lambda s: "halted")
-            return (
-                NotesEffect.persist(Noted(last_words))
-                .then_reply(command, lambda s: "halted")
-                .then_stop()
-            )
-        case _:
-            assert_never(command)
-
-
-def notes_event(state: Notes, event: Noted) -> Notes:
-    if event.text == "boom":
-        raise ValueError("bug in the event handler")
-    return Notes((*state.texts, event.text))
-
-
-Notebook = EventSourcedBehavior[NotesCommand, Noted, Notes](
-    entity_type="Notebook",
-    empty_state=Notes(),
-    command_handler=notes_command,
-    event_handler=notes_event,
-    command_types=(Note, Read, Crash, Ignore, Forget, BadReply, Halt),
+from notes_behavior import (
+    BadReply as BadReply,
+)
+from notes_behavior import (
+    Crash as Crash,
+)
+from notes_behavior import (
+    Forget as Forget,
+)
+from notes_behavior import (
+    Halt as Halt,
+)
+from notes_behavior import (
+    Ignore as Ignore,
+)
+from notes_behavior import (
+    Note as Note,
+)
+from notes_behavior import (
+    Notebook as Notebook,
+)
+from notes_behavior import (
+    Noted as Noted,
+)
+from notes_behavior import (
+    Notes as Notes,
+)
+from notes_behavior import (
+    NotesCommand as NotesCommand,
+)
+from notes_behavior import (
+    NotesEffect as NotesEffect,
+)
+from notes_behavior import (
+    Read as Read,
+)
+from notes_behavior import (
+    notes_command as notes_command,
+)
+from notes_behavior import (
+    notes_event as notes_event,
 )
 
 REGISTRY = register_cart(SerializerRegistry())

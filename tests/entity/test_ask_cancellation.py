@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from entity_fixtures import REGISTRY, GatedJournal, Note, Notebook
 
+from entity.entity_fixtures import REGISTRY, GatedJournal, Note, Notebook
 from fluvial.entity.runtime import open_entities
 from fluvial.examples.shopping_cart import AddItem, Get, ItemUpdated, ShoppingCart
 from fluvial.journal.api import MAX_SEQ_NR, Journal

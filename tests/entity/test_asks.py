@@ -8,7 +8,8 @@ from typing import assert_type
 import pytest
 import trio
 import trio.testing
-from entity_fixtures import (
+
+from entity.entity_fixtures import (
     REGISTRY,
     GatedJournal,
     Note,
@@ -18,7 +19,6 @@ from entity_fixtures import (
     stored_events,
     stored_texts,
 )
-
 from fluvial.core.ids import slice_for
 from fluvial.entity.errors import CommandTypeError, UnknownEntityType
 from fluvial.entity.runtime import open_entities

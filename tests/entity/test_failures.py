@@ -10,7 +10,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from entity_fixtures import (
+
+from entity.entity_fixtures import (
     REGISTRY,
     BadReply,
     Crash,
@@ -27,7 +28,6 @@ from entity_fixtures import (
     stored_events,
     stored_texts,
 )
-
 from fluvial.core.behavior import SnapshotPolicy
 from fluvial.core.ids import slice_for
 from fluvial.core.records import EventRecord, SnapshotRecord
@@ -222,6 +222,56 @@ async def test_after_a_failed_write_no_reply_reports_the_unstored_events() -> No
         ItemUpdated("x", 1),
         other,
     ]
+
+
+async def test_after_a_failed_write_the_commands_that_failed_on_its_events_share_its_error() -> (
+    None
+):
+    # Unhandled in a state, or raising in it: that state held events that were never stored,
+    # so the answer the caller gets is the write's error, not what the unstored state said.
+    journal = GatedJournal()
+    pid = "Notebook|n"
+    outcomes: dict[str, object] = {}
+    async with (
+        open_entities(journal, REGISTRY, [Notebook]) as entities,
+        trio.open_nursery() as nursery,
+    ):
+        notes = entities.ref(Notebook, "n")
+
+        async def send(name: str, command: NotesCommand) -> None:
+            try:
+                outcomes[name] = await notes.ask(command)
+            except Exception as exc:
+                outcomes[name] = type(exc)
+
+        journal.hold()
+        queued: list[tuple[str, NotesCommand]] = [
+            ("a", Note(("a",))),  # held in its write (seq nr 1); the others form the next batch
+            ("ignored before", Ignore()),
+            ("b", Note(("b",))),
+            ("ignored after", Ignore()),
+            ("crash after", Crash()),
+        ]
+        for name, command in queued:
+            nursery.start_soon(send, name, command)
+            await trio.testing.wait_all_tasks_blocked()
+        journal.release()
+        journal.hold()
+        await trio.testing.wait_all_tasks_blocked()
+        assert journal.held == 1
+        other = Noted("other writer")
+        record = EventRecord(pid, 2, "Notebook", slice_for(pid), REGISTRY.encode(other))
+        await MemoryJournal.append(journal, [record])
+        journal.release()
+
+    assert outcomes == {
+        "a": ("a",),
+        "ignored before": UnhandledCommand,
+        "b": JournalConflict,
+        "ignored after": JournalConflict,
+        "crash after": JournalConflict,
+    }
+    assert await stored_texts(journal, "n") == ["a", "other writer"]
 
 
 class BrokenJournal(MemoryJournal):

@@ -10,7 +10,8 @@ import outcome
 import pytest
 import trio
 import trio.testing
-from entity_fixtures import (
+
+from entity.entity_fixtures import (
     REGISTRY,
     GatedJournal,
     Halt,
@@ -21,7 +22,6 @@ from entity_fixtures import (
     SnappyCart,
     stored_texts,
 )
-
 from fluvial.core.errors import UsageError
 from fluvial.core.records import EventRecord
 from fluvial.entity.errors import EntityStopped

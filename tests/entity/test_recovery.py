@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from entity_fixtures import REGISTRY, GatedJournal, SnappyCart, Storage, stored_events
 
+from entity.entity_fixtures import REGISTRY, GatedJournal, SnappyCart, Storage, stored_events
 from fluvial.core.ids import slice_for
 from fluvial.core.records import SnapshotRecord
 from fluvial.core.serialization import PayloadDecodeError, UnknownManifest

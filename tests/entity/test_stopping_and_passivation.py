@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from entity_fixtures import (
+
+from entity.entity_fixtures import (
     REGISTRY,
     GatedJournal,
     Halt,
@@ -16,7 +17,6 @@ from entity_fixtures import (
     Storage,
     stored_texts,
 )
-
 from fluvial.entity.runtime import open_entities
 from fluvial.examples.shopping_cart import AddItem, Get, ShoppingCart, Summary
 

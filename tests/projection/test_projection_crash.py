@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import attrs
 import msgspec
@@ -33,6 +34,7 @@ import trio
 
 from fluvial.core.ids import slice_for
 from fluvial.core.offsets import TimestampOffset
+from fluvial.core.projection_errors import ProjectionLeaseHeld
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
 from fluvial.journal.sqlite_journal import open_sqlite_journal
@@ -47,6 +49,9 @@ ENTITIES = 40
 PREFILLED = 3000
 KILLS = 20
 APPENDED_PER_KILL = 25
+LEASE_DURATION = 0.3  # a killed child's lease blocks the next one for at most this long
+# The lease test's: long enough that a child on a busy machine keeps renewing it in time.
+LONG_LEASE = 2.0
 
 
 @attrs.frozen
@@ -60,9 +65,8 @@ def registry() -> SerializerRegistry:
     return serializers
 
 
-# -- the child: a projection process ----------------------------------------------------------
-def child(path: str, noted_path: str) -> None:
-    noted = open(noted_path, "a")  # noqa: SIM115 (open for the life of the process)
+def crash_projection(noted: TextIO, lease_duration: float = LEASE_DURATION) -> Projection[Added]:
+    """The projection of the child processes: it notes every envelope in `noted`."""
 
     def handle(conn: sqlite3.Connection, envelope: EventEnvelope[Added]) -> None:
         noted.write(f"{envelope.persistence_id} {envelope.seq_nr}\n")
@@ -78,21 +82,30 @@ def child(path: str, noted_path: str) -> None:
             (envelope.persistence_id, envelope.seq_nr),
         )
 
-    projection = Projection[Added](
+    return Projection[Added](
         name=NAME,
         entity_type=ENTITY_TYPE,
         handler=ExactlyOnce(handle),
         source=SourceSettings(page_size=100, backtracking_interval=0.5),
+        lease_duration=lease_duration,
     )
+
+
+def child(path: str, noted_path: str, lease_duration: float) -> None:
+    noted = open(noted_path, "a")  # noqa: SIM115 (open for the life of the process)
+    projection = crash_projection(noted, lease_duration)
 
     async def main() -> None:
         async with open_sqlite_journal(path) as journal:
-            await serve_projection(journal, registry(), projection)
+            while True:
+                try:
+                    await serve_projection(journal, registry(), projection)
+                except ProjectionLeaseHeld as held:  # the killed child's, until it expires
+                    await trio.sleep(held.expires_in)
 
     trio.run(main)
 
 
-# -- the parent -------------------------------------------------------------------------------
 MODEL_TABLES = (
     "CREATE TABLE IF NOT EXISTS model (pid TEXT NOT NULL, seq_nr INTEGER NOT NULL, "
     "amount INTEGER NOT NULL, times INTEGER NOT NULL, PRIMARY KEY (pid, seq_nr))",
@@ -190,8 +203,10 @@ def journal_fold(path: Path) -> dict[tuple[str, int], int]:
     }
 
 
-def start_child(path: Path, noted: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, str(path), str(noted)])
+def start_child(
+    path: Path, noted: Path, lease_duration: float = LEASE_DURATION
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, str(path), str(noted), str(lease_duration)])
 
 
 def wait_until(done: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:
@@ -250,5 +265,56 @@ def test_a_projection_killed_mid_batch_20_times_applies_every_event_once(
     assert model == journal_fold(path)
 
 
+@pytest.mark.slow
+def test_another_process_is_refused_and_a_killed_owner_blocks_it_for_at_most_its_lease(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(8)
+    path, noted = tmp_path / "journal.db", tmp_path / "handled.txt"
+    noted.touch()
+    seq_nrs: dict[str, int] = defaultdict(int)
+    trio.run(append, path, seq_nrs, PREFILLED, rng)
+    process = start_child(path, noted, LONG_LEASE)
+    try:
+        wait_until(lambda: noted.stat().st_size > 0, process)
+
+        async def refused() -> ProjectionLeaseHeld:
+            async with open_sqlite_journal(path) as journal:
+                with noted.open("a") as mine, pytest.raises(ProjectionLeaseHeld) as held:
+                    await serve_projection(journal, registry(), crash_projection(mine, LONG_LEASE))
+                return held.value
+
+        held = trio.run(refused)
+        assert f"/{process.pid}/" in held.holder  # the running process's lease
+        assert 0 < held.expires_in <= LONG_LEASE + 0.1  # its renewal may be newer
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed = time.monotonic()
+
+    async def take_over() -> float:
+        async with open_sqlite_journal(path) as journal, trio.open_nursery() as nursery:
+            with noted.open("a") as mine:
+                projection = crash_projection(mine, LONG_LEASE)
+                while True:
+                    try:
+                        await nursery.start(serve_projection, journal, registry(), projection)
+                        break
+                    except ProjectionLeaseHeld as held:
+                        await trio.sleep(held.expires_in)
+                started = time.monotonic()
+                while check(path, noted)[0] < PREFILLED:  # noqa: ASYNC110 (another file)
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        return started
+
+    started = trio.run(take_over)
+    assert started - killed < LONG_LEASE + 1.0  # the lease, and opening the file
+    check(path, noted)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        model = {(p, s): a for p, s, a in conn.execute("SELECT pid, seq_nr, amount FROM model")}
+    assert model == journal_fold(path)
+
+
 if __name__ == "__main__":
-    child(sys.argv[1], sys.argv[2])
+    child(sys.argv[1], sys.argv[2], float(sys.argv[3]))

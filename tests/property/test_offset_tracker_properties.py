@@ -16,6 +16,8 @@ looked up in the store.
 
 - exactly-once: the handler's effects and the tracker's changes commit together (or not at
   all); every event is applied exactly once, in seq nr order per entity, with no gap.
+- the changes of every commit or save carry, per entity, the seq nr the store holds (what
+  the store's compare-and-set checks), so a lone instance never conflicts with itself.
 - at-least-once: effects happen at once, offsets are saved every `SAVE_EVERY` envelopes or
   when the timer says; every event is applied at least once, in order, with no gap, and an
   event is applied again only after a crash, and only if its offset was not yet saved.
@@ -112,7 +114,6 @@ class ProjectionMachine(RuleBasedStateMachine):
     def first_start(self, count: int) -> None:
         self.instances = self.start(count)
 
-    # -- the process --------------------------------------------------------------------------
     def load(self, slices: SliceRange) -> OffsetTracker:
         """As `SqliteOffsetStore.load`: the entities of `slices` within the window before
         the resume offset; complete if the store holds no older one."""
@@ -137,10 +138,13 @@ class ProjectionMachine(RuleBasedStateMachine):
     def persist(self, instance: Instance) -> None:
         changes = instance.tracker.take_changes()
         for entity in changes.entities:
+            # The store's compare-and-set: what the instance last read is still stored, so a
+            # single instance never sees a conflict.
+            stored = self.stored_entities.get(entity.persistence_id)
+            assert changes.previous[entity.persistence_id] == (stored.seq_nr if stored else 0)
             self.stored_entities[entity.persistence_id] = entity
         self.stored_offsets.update(changes.slice_offsets)
 
-    # -- admission, as in `_Instance._admit` --------------------------------------------------
     def admit(
         self, instance: Instance, record: EventRecord, source: EnvelopeSource
     ) -> list[EventRecord]:
@@ -175,7 +179,6 @@ class ProjectionMachine(RuleBasedStateMachine):
     def crash(self) -> None:
         raise NotImplementedError
 
-    # -- the journal --------------------------------------------------------------------------
     @rule(
         pid=st.sampled_from(PIDS),
         steps=st.lists(st.integers(0, 3), min_size=1, max_size=3),
@@ -195,7 +198,6 @@ class ProjectionMachine(RuleBasedStateMachine):
             self.by_time.append(record)
             self.instance_of(record).live.append(record)
 
-    # -- the sources --------------------------------------------------------------------------
     def query_page(self, instance: Instance, size: int) -> list[EventRecord]:
         # Timestamp order, then persistence id and seq nr: what the SQL query returns.
         ordered = sorted(self.by_time, key=lambda r: (r.timestamp, r.persistence_id, r.seq_nr))
@@ -256,7 +258,6 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.crash()
         self.instances = self.start(count)
 
-    # -- what holds at every step -------------------------------------------------------------
     @invariant()
     def memory_is_never_behind_the_store(self) -> None:
         for instance in self.instances:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from typing import assert_never, assert_type
+from typing import assert_type
 
 import attrs
 import pytest
 
-from fluvial.core.behavior import Command, Effect, EventSourcedBehavior, SnapshotPolicy
+from fluvial.core.behavior import Effect, EventSourcedBehavior, SnapshotPolicy
 from fluvial.core.serialization import SerializerRegistry, UnregisteredType
 from fluvial.entity.errors import CommandFailed, CommandTypeError, MissingReply, UnhandledCommand
+from fluvial.entity.runtime import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,
@@ -27,7 +28,19 @@ from fluvial.examples.shopping_cart import (
     Summary,
     register_cart,
 )
-from fluvial.testing import BehaviorTestKit, CommandResult
+from fluvial.testing import BehaviorTestKit, CommandResult, MemoryJournal
+from notes_behavior import (
+    BadReply,
+    Crash,
+    Forget,
+    Halt,
+    Ignore,
+    Note,
+    Notebook,
+    Noted,
+    Notes,
+    NotesCommand,
+)
 
 
 def cart_kit() -> BehaviorTestKit[CartCommand, CartEvent, CartState]:
@@ -107,89 +120,6 @@ def test_an_unregistered_event_class_fails_the_command() -> None:
     assert not result.error.persisted
     assert isinstance(result.error.__cause__, UnregisteredType)
     assert (kit.seq_nr, kit.state) == (0, CartState())
-
-
-@attrs.frozen
-class Note(Command[tuple[str, ...]]):
-    """Persist one `Noted` per text, then reply with all texts."""
-
-    texts: tuple[str, ...]
-
-
-@attrs.frozen
-class Crash(Command[None]):
-    pass
-
-
-@attrs.frozen
-class Ignore(Command[None]):
-    pass
-
-
-@attrs.frozen
-class Forget(Command[None]):
-    """Persist without replying."""
-
-
-@attrs.frozen
-class BadReply(Command[int]):
-    """Persist, then fail while computing the reply."""
-
-
-@attrs.frozen
-class Halt(Command[str]):
-    pass
-
-
-NotesCommand = Note | Crash | Ignore | Forget | BadReply | Halt
-
-
-@attrs.frozen
-class Noted:
-    text: str
-
-
-@attrs.frozen
-class Notes:
-    texts: tuple[str, ...] = ()
-
-
-NotesEffect = Effect[Noted, Notes]
-
-
-def notes_command(state: Notes, command: NotesCommand) -> NotesEffect:
-    match command:
-        case Note(texts):
-            return NotesEffect.persist_all(Noted(t) for t in texts).then_reply(
-                command, lambda s: s.texts
-            )
-        case Crash():
-            raise RuntimeError("bug in the command handler")
-        case Ignore():
-            return NotesEffect.unhandled()
-        case Forget():
-            return NotesEffect.persist(Noted("forgotten"))
-        case BadReply():
-            return NotesEffect.persist(Noted("bad")).then_reply(command, lambda s: 1 // 0)
-        case Halt():
-            return NotesEffect.stop().then_reply(command, lambda s: "halted")
-        case _:
-            assert_never(command)
-
-
-def notes_event(state: Notes, event: Noted) -> Notes:
-    if event.text == "boom":
-        raise ValueError("bug in the event handler")
-    return Notes((*state.texts, event.text))
-
-
-Notebook = EventSourcedBehavior[NotesCommand, Noted, Notes](
-    entity_type="Notebook",
-    empty_state=Notes(),
-    command_handler=notes_command,
-    event_handler=notes_event,
-    command_types=(Note, Crash, Ignore, Forget, BadReply, Halt),
-)
 
 
 def notes_registry() -> SerializerRegistry:
@@ -308,3 +238,21 @@ def test_restart_fails_when_the_state_does_not_survive_a_snapshot() -> None:
     snapshotting.run_command(Note(("a",)))
     with pytest.raises(AssertionError, match="reads back from a snapshot"):
         snapshotting.restart()
+
+
+async def test_the_kit_refuses_and_fails_commands_with_the_runtimes_very_messages() -> None:
+    # They differed once (the kit's MissingReply and CommandTypeError said less).
+    registry = register_cart(SerializerRegistry())
+    registry.register(Noted, "notes.Noted")
+    kit = BehaviorTestKit(Notebook, registry, entity_id="n")
+    async with open_entities(MemoryJournal(), registry, [Notebook, ShoppingCart]) as entities:
+        notes = entities.ref(Notebook, "n")
+        for command in (Forget(), Ignore()):
+            with pytest.raises(Exception) as raised:
+                await notes.ask(command)
+            assert str(kit.run_command(command).error) == str(raised.value)
+        with pytest.raises(CommandTypeError) as refused:
+            await entities.ref_by_type("Notebook", "n").ask(Get())
+    with pytest.raises(CommandTypeError) as refused_by_kit:
+        kit.run_command(Get())  # type: ignore[arg-type]
+    assert str(refused_by_kit.value) == str(refused.value)

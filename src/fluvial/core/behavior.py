@@ -13,6 +13,7 @@ accepts only a command of its entity (a `CommandOf[C, ReplyT]`) and returns its 
 from __future__ import annotations
 
 import enum
+import functools
 import types
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Never, Protocol, Self, TypeVar
@@ -22,6 +23,7 @@ import msgspec
 import typing_extensions
 
 from fluvial.core.command_classes import AnnotatedCommandClasses, annotated_command_classes
+from fluvial.core.entity_context import EntityContext
 from fluvial.core.errors import FluvialError, UsageError
 
 ReplyT = TypeVar("ReplyT")
@@ -225,6 +227,42 @@ def _no_tags(_event: object) -> frozenset[str]:
     return frozenset()
 
 
+def _needs_a_context(*_args: object) -> Never:
+    raise UsageError(
+        "this behavior's handlers take an EntityContext (EventSourcedBehavior.with_context): "
+        "call them through behavior.handlers_for(context)"
+    )
+
+
+@attrs.frozen
+class EntityHandlers(Generic[C, E, S]):
+    """A behavior's handlers for one entity, as the runtime and the test kit call them.
+
+    `EventSourcedBehavior.handlers_for(context)` gives them: the behavior's own functions, or,
+    for a behavior built `with_context`, its functions with the context bound.
+    """
+
+    command_handler: Callable[[S, C], Effect[E, S]]
+    event_handler: Callable[[S, E], S]
+    tagger: Callable[[E], frozenset[str]]
+
+    def apply_events(self, state: S, events: Iterable[E]) -> S:
+        """The fold of `events` over `state`."""
+        event_handler = self.event_handler
+        for event in events:
+            state = event_handler(state, event)
+        return state
+
+
+@attrs.frozen
+class _ContextHandlers(Generic[C, E, S]):
+    """The handlers of a behavior built `with_context`: each takes the context first."""
+
+    command_handler: Callable[[EntityContext, S, C], Effect[E, S]]
+    event_handler: Callable[[EntityContext, S, E], S]
+    tagger: Callable[[EntityContext, E], frozenset[str]] | None
+
+
 @attrs.frozen
 class EventSourcedBehavior(Generic[C, E, S]):
     """An entity type's pure logic: how commands become events and events become state.
@@ -236,25 +274,94 @@ class EventSourcedBehavior(Generic[C, E, S]):
     they must match that annotation when it can be read. Raises UsageError when they are left
     out and the annotation cannot be read (a lambda, `Any`), or when they and the annotation
     disagree: a command missing from either would otherwise fail only when it is first sent.
+
+    Handlers that need to know their entity (its id) take an `EntityContext` first: build
+    the behavior with `EventSourcedBehavior.with_context` instead.
     """
 
     entity_type: str
     empty_state: S
     command_handler: Callable[[S, C], Effect[E, S]]
     event_handler: Callable[[S, E], S]
+    # Set only by `with_context`; then the two handlers above only say to use `handlers_for`.
+    _with_context: _ContextHandlers[C, E, S] | None = attrs.field(
+        default=None, kw_only=True, alias="_with_context", repr=False
+    )
     # Read once per behavior, for both the default and the check of `command_types` (reading
     # resolves the handler's annotations, which is not free). Not an argument, not compared.
     _annotated: AnnotatedCommandClasses = attrs.field(
         init=False,
         repr=False,
         eq=False,
-        default=attrs.Factory(
-            lambda self: annotated_command_classes(self.command_handler), takes_self=True
-        ),
+        default=attrs.Factory(lambda self: self._read_command_classes(), takes_self=True),
     )
     command_types: tuple[type[C], ...] = attrs.field()
     tagger: Callable[[E], frozenset[str]] = _no_tags
     snapshot_policy: SnapshotPolicy[E] = attrs.field(factory=SnapshotPolicy)
+    # What `handlers_for` gives a behavior without a context: built once, shared by all.
+    _plain_handlers: EntityHandlers[C, E, S] = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: EntityHandlers(self.command_handler, self.event_handler, self.tagger),
+            takes_self=True,
+        ),
+    )
+
+    @classmethod
+    def with_context(
+        cls: type[EventSourcedBehavior[C, E, S]],
+        *,
+        entity_type: str,
+        empty_state: S,
+        command_handler: Callable[[EntityContext, S, C], Effect[E, S]],
+        event_handler: Callable[[EntityContext, S, E], S],
+        command_types: tuple[type[C], ...] | None = None,
+        tagger: Callable[[EntityContext, E], frozenset[str]] | None = None,
+        snapshot_policy: SnapshotPolicy[E] | None = None,
+    ) -> EventSourcedBehavior[C, E, S]:
+        """A behavior whose handlers see the entity they run for: `(context, state, command)`,
+        `(context, state, event)` and a tagger `(context, event)`.
+
+        Everything else is as in the constructor (`command_types` are read from the command
+        parameter's annotation, the third one here). The runtime and `BehaviorTestKit` give
+        the handlers the same `EntityContext`; `handlers_for(context)` binds them. The
+        behavior's `command_handler` and `event_handler` attributes then raise `UsageError`
+        (there is no context to call them with).
+        """
+        contextual = _ContextHandlers(command_handler, event_handler, tagger)
+        optional: dict[str, Any] = {}
+        if command_types is not None:
+            optional["command_types"] = command_types
+        if snapshot_policy is not None:
+            optional["snapshot_policy"] = snapshot_policy
+        return cls(
+            entity_type,
+            empty_state,
+            _needs_a_context,
+            _needs_a_context,
+            _with_context=contextual,
+            **optional,
+        )
+
+    def handlers_for(self, context: EntityContext) -> EntityHandlers[C, E, S]:
+        """The handlers to run for the entity `context` describes (its context bound, for a
+        behavior built `with_context`)."""
+        contextual = self._with_context
+        if contextual is None:
+            return self._plain_handlers
+        tagger = contextual.tagger
+        return EntityHandlers(
+            functools.partial(contextual.command_handler, context),
+            functools.partial(contextual.event_handler, context),
+            _no_tags if tagger is None else functools.partial(tagger, context),
+        )
+
+    def _read_command_classes(self) -> AnnotatedCommandClasses:
+        if self._with_context is not None:
+            return annotated_command_classes(self._with_context.command_handler, position=2)
+        return annotated_command_classes(self.command_handler)
 
     @command_types.default
     def _command_types_of_the_handler(self) -> tuple[type[C], ...]:
@@ -292,7 +399,8 @@ class EventSourcedBehavior(Generic[C, E, S]):
             )
 
     def apply_events(self, state: S, events: Iterable[E]) -> S:
-        """The fold of `events` over `state`."""
+        """The fold of `events` over `state` (for a behavior without a context; see
+        `EntityHandlers.apply_events`)."""
         for event in events:
             state = self.event_handler(state, event)
         return state

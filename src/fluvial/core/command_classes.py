@@ -26,8 +26,11 @@ class AnnotatedCommandClasses:
     unreadable_because: str = ""
 
 
-def annotated_command_classes(handler: Callable[..., object]) -> AnnotatedCommandClasses:
-    """The classes of the handler's second parameter's annotation, in the order written.
+def annotated_command_classes(
+    handler: Callable[..., object], *, position: int = 1
+) -> AnnotatedCommandClasses:
+    """The classes of the annotation of the handler's command parameter, in the order written:
+    the parameter at `position` (the second, after the state; the third after a context).
 
     `A | B` (or `Union[A, B]`, or a `type X = A | B` alias) gives `(A, B)`; a single class
     gives itself. No classes, with the reason, when it cannot be told: no annotation (a
@@ -39,9 +42,9 @@ def annotated_command_classes(handler: Callable[..., object]) -> AnnotatedComman
         parameters = list(inspect.signature(handler).parameters.values())
     except (TypeError, ValueError) as exc:
         return _unreadable(f"its signature cannot be read ({type(exc).__name__}: {exc})")
-    if len(parameters) < 2:
+    if len(parameters) <= position:
         return _unreadable("it takes no command parameter")
-    parameter = parameters[1]
+    parameter = parameters[position]
     if parameter.annotation is inspect.Parameter.empty:
         return _unreadable(f"its command parameter `{parameter.name}` is not annotated")
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -85,15 +86,45 @@ class SeenEntity:
 
 @attrs.frozen
 class OffsetChanges:
-    """What changed since the last `take_changes`: to be persisted with the handler's writes."""
+    """What changed since the last `take_changes`: to be persisted with the handler's writes.
+
+    `previous` holds, per entity of `entities`, the seq nr the tracker had for it before
+    these changes (0: none stored): what the store must still hold for the changes to apply,
+    so that a store can compare and set, and refuse the changes of a second instance.
+    """
 
     entities: tuple[SeenEntity, ...]
     slice_offsets: Mapping[int, TimestampOffset]
+    previous: Mapping[str, int] = attrs.field(factory=dict)
 
     @property
     def empty(self) -> bool:
         """Whether there is nothing to persist."""
         return not self.entities and not self.slice_offsets
+
+    def then(self, later: OffsetChanges) -> OffsetChanges:
+        """These changes followed by `later`, as one set of changes (for one save)."""
+        entities = {e.persistence_id: e for e in self.entities}
+        entities.update((e.persistence_id, e) for e in later.entities)
+        return OffsetChanges(
+            tuple(entities.values()),
+            {**self.slice_offsets, **later.slice_offsets},
+            {**later.previous, **self.previous},
+        )
+
+
+@attrs.frozen
+class Savepoint:
+    """What the tracker knew of one record's entity and slice before it was admitted, so
+    that `roll_back_to` can undo the admission (its envelopes were not all handled)."""
+
+    persistence_id: str
+    slice: int
+    entity: SeenEntity | EventRecord | None
+    dirty: EventRecord | None
+    previous: int | None
+    tip: tuple[int, dict[str, int]] | None
+    slice_dirty: bool
 
 
 class OffsetTracker:
@@ -124,6 +155,7 @@ class OffsetTracker:
         self._latest = max((e.timestamp for e in self._entities.values()), default=0)
         self._evicted_up_to = 0
         self._dirty_entities: dict[str, EventRecord] = {}
+        self._previous: dict[str, int] = {}  # of each dirty entity: see OffsetChanges
         self._dirty_slices: set[int] = set()
 
     def resume_offset(self) -> TimestampOffset:
@@ -175,8 +207,12 @@ class OffsetTracker:
 
     def accept(self, record: EventRecord) -> None:
         """`record` was handled."""
-        self._entities[record.persistence_id] = record
-        self._dirty_entities[record.persistence_id] = record
+        pid = record.persistence_id
+        if pid not in self._dirty_entities:
+            seen = self._entities.get(pid)
+            self._previous[pid] = seen.seq_nr if seen else 0
+        self._entities[pid] = record
+        self._dirty_entities[pid] = record
         if record.timestamp > self._latest:
             self._latest = record.timestamp
             self._evict()
@@ -195,17 +231,46 @@ class OffsetTracker:
             return
         self._dirty_slices.add(record.slice)
 
+    def savepoint(self, record: EventRecord) -> Savepoint:
+        """Before admitting `record`: what its admission may change (its entity, replays of
+        that entity included, and its slice's offset)."""
+        pid, slice_ = record.persistence_id, record.slice
+        tip = self._slice_tips.get(slice_)
+        return Savepoint(
+            persistence_id=pid,
+            slice=slice_,
+            entity=self._entities.get(pid),
+            dirty=self._dirty_entities.get(pid),
+            previous=self._previous.get(pid),
+            tip=(tip[0], dict(tip[1])) if tip else None,
+            slice_dirty=slice_ in self._dirty_slices,
+        )
+
+    def roll_back_to(self, savepoint: Savepoint) -> None:
+        """Undo what happened to the savepoint's entity and slice since it was taken, e.g.
+        before saving the offsets of a stop that interrupted the handler."""
+        pid, slice_ = savepoint.persistence_id, savepoint.slice
+        _restore(self._entities, pid, savepoint.entity)
+        _restore(self._dirty_entities, pid, savepoint.dirty)
+        _restore(self._previous, pid, savepoint.previous)
+        _restore(self._slice_tips, slice_, savepoint.tip)
+        if savepoint.slice_dirty:
+            self._dirty_slices.add(slice_)
+        else:
+            self._dirty_slices.discard(slice_)
+
     def take_changes(self) -> OffsetChanges:
-        """What `accept` and `passed` changed since the last call; the next call starts
-        afresh. The caller persists these with the handler's writes."""
+        """What changed since the last call (the caller persists it); starts afresh."""
         changes = OffsetChanges(
             tuple(
                 SeenEntity(r.persistence_id, r.seq_nr, r.timestamp, r.slice)
                 for r in self._dirty_entities.values()
             ),
             {s: _offset_of(self._slice_tips[s]) for s in sorted(self._dirty_slices)},
+            self._previous,
         )
         self._dirty_entities.clear()
+        self._previous = {}
         self._dirty_slices.clear()
         return changes
 
@@ -229,6 +294,13 @@ class OffsetTracker:
         if stale:
             self._complete = False
         self._evicted_up_to = self._latest
+
+
+def _restore(mapping: dict[Any, Any], key: object, value: object | None) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
 
 
 def _offset_of(tip: tuple[int, dict[str, int]]) -> TimestampOffset:

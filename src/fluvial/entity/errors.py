@@ -1,41 +1,21 @@
-"""Errors an `ask` raises besides the handler's own `CommandRejected` replies."""
+"""Errors an `ask` raises besides the handler's own `CommandRejected` replies.
+
+The errors of a command's outcome are decided in the core and defined there
+(`fluvial.core.command_errors`); this module adds the runtime's own and re-exports them all.
+"""
 
 from __future__ import annotations
 
-from fluvial.core.errors import FluvialError, UsageError
-
-
-class EntityError(FluvialError):
-    """A command could not be carried out by its entity."""
+from fluvial.core.command_errors import CommandFailed as CommandFailed
+from fluvial.core.command_errors import CommandTypeError as CommandTypeError
+from fluvial.core.command_errors import EntityError as EntityError
+from fluvial.core.command_errors import MissingReply as MissingReply
+from fluvial.core.command_errors import UnhandledCommand as UnhandledCommand
+from fluvial.core.errors import UsageError
 
 
 class UnknownEntityType(UsageError):
     """A reference to an entity type that was not given to `open_entities`."""
-
-
-class CommandTypeError(UsageError):
-    """A command that the entity's behavior does not accept (meant for another entity?)."""
-
-
-class CommandFailed(EntityError):
-    """A handler raised while handling the command. Nothing of the command was persisted
-    or applied, unless the failure was in the reply function, which runs after persisting:
-    `persisted` says which. The handler's exception is the `__cause__`."""
-
-    def __init__(self, persistence_id: str, command: object, *, persisted: bool) -> None:
-        where = "building the reply after persisting" if persisted else "handling it"
-        super().__init__(f"{persistence_id}: {type(command).__name__} failed while {where}")
-        self.persistence_id = persistence_id
-        self.command = command
-        self.persisted = persisted
-
-
-class UnhandledCommand(EntityError):
-    """The command handler returned `Effect.unhandled()` for this command in this state."""
-
-
-class MissingReply(EntityError):
-    """The command handler's effect carried out the command but did not reply to it."""
 
 
 class EntityStopped(EntityError):

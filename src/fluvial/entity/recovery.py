@@ -7,6 +7,7 @@ unreadable snapshot is ignored, and a snapshot that cannot be taken or saved is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fluvial.core.behavior import EventSourcedBehavior
@@ -23,13 +24,15 @@ async def recover(
     journal: Journal,
     snapshots: SnapshotStore | None,
     serializers: SerializerRegistry,
-    behavior: EventSourcedBehavior[Any, Any, Any],
+    empty_state: Any,
+    event_handler: Callable[[Any, Any], Any],
     persistence_id: str,
 ) -> tuple[Any, int]:
     """The entity's state and the seq nr it is stored up to: the latest readable snapshot,
-    then the events after it. Raises the journal's errors, and `DataError` for an event that
-    cannot be read (nothing is skipped)."""
-    state, seq_nr = behavior.empty_state, 0
+    then the events after it, folded with `event_handler` (the entity's, its context bound).
+    Raises the journal's errors, and `DataError` for an event that cannot be read (nothing is
+    skipped)."""
+    state, seq_nr = empty_state, 0
     if snapshots is not None:
         snapshot = await snapshots.load_snapshot(persistence_id)
         if snapshot is not None:
@@ -46,7 +49,7 @@ async def recover(
         event = serializers.decode(
             record.payload, persistence_id=persistence_id, seq_nr=record.seq_nr
         )
-        state = behavior.event_handler(state, event)
+        state = event_handler(state, event)
         seq_nr = record.seq_nr
     return state, seq_nr
 

@@ -17,27 +17,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Generic, TypeVar
 
-import attrs
 import outcome
 import trio
 
-from fluvial.core.behavior import (
-    CommandOf,
-    EventSourcedBehavior,
-)
+from fluvial.core.behavior import CommandOf, EventSourcedBehavior
+from fluvial.core.command_decisions import decide_commands, foreign_command
+from fluvial.core.entity_context import EntityContext
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.batch_decision import Decided, decide_batch, send_reply
-from fluvial.entity.errors import (
-    CommandTypeError,
-    EntityStopped,
-    UnknownEntityType,
-)
+from fluvial.entity.errors import EntityStopped, UnknownEntityType
+from fluvial.entity.live_entity import LiveEntity, answer_all, asks_of
 from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
 from fluvial.entity.recovery import recover, save_snapshot, should_snapshot
 from fluvial.journal.api import AppendSoon, Journal, SnapshotStore
@@ -73,12 +67,9 @@ class EntityRef(Generic[C]):
         events are persisted all the same. (Only closing the runtime drops a command that is
         still waiting in the mailbox: `EntityStopped`.)
         """
-        if not isinstance(command, self.behavior.command_types):
-            raise CommandTypeError(
-                f"{type(command).__name__} is not a command of entity type "
-                f"{self.behavior.entity_type!r} (accepts "
-                f"{', '.join(t.__name__ for t in self.behavior.command_types)})"
-            )
+        behavior = self.behavior
+        if not isinstance(command, behavior.command_types):
+            raise foreign_command(behavior.entity_type, behavior.command_types, command)
         # Handing the command over below does not wait, so it would not see a cancellation
         # already pending: look for one first, or a cancelled ask would still be carried out.
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -90,26 +81,6 @@ class EntityRef(Generic[C]):
             await entities._deliver(self.behavior, self.persistence_id, ask)
         reply: R = await ask.wait()
         return reply
-
-
-@attrs.define(eq=False)
-class _LiveEntity:
-    """One incarnation of an entity: its mailbox and when it last had work."""
-
-    behavior: EventSourcedBehavior[Any, Any, Any]
-    pid: PersistenceId
-    key: str
-    slice: int
-    mailbox: Mailbox
-    last_active: float
-    # What the stored events say, once recovered; updated when an append commits.
-    state: Any = None
-    seq_nr: int = 0
-    reload: bool = False  # an append failed: recover before deciding again
-    # The batch whose append is out: its decisions, its events, the commands a stop leaves.
-    in_flight: tuple[list[Decided], list[Any], list[Ask] | None] | None = None
-    # `Entities._appended` bound to this entity, made once: the callback of every append.
-    on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
 
 
 class Entities:
@@ -133,7 +104,7 @@ class Entities:
         self._behaviors = {b.entity_type: b for b in behaviors}
         self._mailbox_size = mailbox_size
         self._passivate_after = passivate_after
-        self._live: dict[PersistenceId, _LiveEntity] = {}
+        self._live: dict[PersistenceId, LiveEntity] = {}
         self._closed = False
         # A journal that can answer an append with a callback saves the entity task a wake-up
         # per batch: the commit answers the commands, and the entity only wakes for new mail.
@@ -177,21 +148,27 @@ class Entities:
 
     def _spawn(
         self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId
-    ) -> _LiveEntity:
+    ) -> LiveEntity:
         key = str(pid)
-        live = _LiveEntity(
-            behavior, pid, key, slice_for(key), Mailbox(self._mailbox_size), trio.current_time()
+        live = LiveEntity(
+            behavior,
+            pid,
+            key,
+            slice_for(key),
+            Mailbox(self._mailbox_size),
+            trio.current_time(),
+            behavior.handlers_for(EntityContext(pid)),
         )
         live.on_appended = functools.partial(self._appended, live)
         self._live[pid] = live
         self._nursery.start_soon(self._run_entity, live, name=key)
         return live
 
-    def _forget(self, live: _LiveEntity) -> None:
+    def _forget(self, live: LiveEntity) -> None:
         if self._live.get(live.pid) is live:
             del self._live[live.pid]
 
-    def _retire(self, live: _LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
+    def _retire(self, live: LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
         """Take `live` out of service; its unhandled commands go to a new incarnation, or,
         once the runtime closes, fail with `EntityStopped`."""
         self._forget(live)
@@ -219,25 +196,24 @@ class Entities:
                     self._retire(live)
 
     @trio.lowlevel.enable_ki_protection  # see `_open_entities`
-    async def _run_entity(self, live: _LiveEntity) -> None:
-        batch: list[Ask] = []
+    async def _run_entity(self, live: LiveEntity) -> None:
         try:
-            await self._serve_entity(live, batch)
+            await self._serve_entity(live)
         except Exception as exc:
             # The journal failed while reloading after a failed append: this incarnation ends
             # and its commands share the error; the next command starts a new one.
             log.error("%s: stopped after a journal failure: %s", live.key, exc)
             self._forget(live)
-            for ask in [*batch, *live.mailbox.close()]:
+            for ask in [*live.batch, *live.mailbox.close()]:
                 ask.fail(exc)
         except BaseException:
             # Cancelled because the runtime closes: nobody else will answer these.
             stopped = EntityStopped(f"{live.pid}: the entity runtime closed")
-            for ask in [*batch, *live.mailbox.close()]:
+            for ask in [*live.batch, *live.mailbox.close()]:
                 ask.fail(stopped)
             raise
 
-    async def _serve_entity(self, live: _LiveEntity, batch: list[Ask]) -> None:
+    async def _serve_entity(self, live: LiveEntity) -> None:
         try:
             live.state, live.seq_nr = await self._recover(live)
         except Exception as exc:
@@ -250,8 +226,9 @@ class Entities:
             return
         mailbox = live.mailbox
         encode = self._serializers.encode
+        entity_type = live.behavior.entity_type
         while True:
-            batch[:] = await mailbox.take_all()
+            live.batch = batch = await mailbox.take_all()
             if not batch:
                 return  # retired: the mailbox was closed
             live.last_active = trio.current_time()
@@ -259,25 +236,32 @@ class Entities:
                 # The last append failed (a conflict means another writer): reload first.
                 live.state, live.seq_nr = await self._recover(live)
                 live.reload = False
-            decided, records, events, leftovers = decide_batch(
-                live.behavior, live.key, live.slice, live.state, live.seq_nr, batch, encode
+            decision = decide_commands(
+                live.handlers,
+                live.key,
+                entity_type,
+                live.slice,
+                live.state,
+                live.seq_nr,
+                batch,
+                encode,
             )
+            records = decision.records
             if not records:
-                for item in decided:
-                    send_reply(live.key, item)
-                if leftovers is not None:
-                    self._retire(live, leftovers)
+                answer_all(decision)
+                if decision.stopped:
+                    self._retire(live, batch[len(decision.decided) :])
                     return
                 await trio.lowlevel.checkpoint()  # a stream of read-only commands must yield
                 continue
             # The entity decides nothing more until the append is answered (`_appended`
             # releases the mailbox), so it never decides against unstored events.
             mailbox.hold()
-            live.in_flight = decided, events, leftovers
+            live.in_flight = decision
             appended = live.on_appended
             assert appended is not None
             if self._append_soon is not None:
-                batch.clear()  # the journal's callback answers these asks now
+                live.batch = ()  # the journal's callback answers these asks now
                 try:
                     self._append_soon(records, appended)
                 except Exception as exc:
@@ -291,43 +275,40 @@ class Entities:
                 appended(outcome.Error(exc))
             else:
                 appended(outcome.Value(stored))
-            batch.clear()
+            live.batch = ()
 
-    async def _recover(self, live: _LiveEntity) -> tuple[Any, int]:
+    async def _recover(self, live: LiveEntity) -> tuple[Any, int]:
         return await recover(
-            self._journal, self._snapshots, self._serializers, live.behavior, live.key
+            self._journal,
+            self._snapshots,
+            self._serializers,
+            live.behavior.empty_state,
+            live.handlers.event_handler,
+            live.key,
         )
 
-    def _appended(self, live: _LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]) -> None:
+    def _appended(self, live: LiveEntity, result: outcome.Outcome[Sequence[EventRecord]]) -> None:
         """The journal's answer to the append of `live.in_flight`: reply to its commands, then
         let the entity take its mail again. Runs in the journal's task, so it must not raise."""
         assert live.in_flight is not None
-        (decided, events, leftovers), live.in_flight = live.in_flight, None
-        key = live.key
+        decision, live.in_flight = live.in_flight, None
+        leftovers = asks_of(decision)[len(decision.decided) :] if decision.stopped else None
         if isinstance(result, outcome.Error):
-            # Nothing of the batch is stored; the state stays as it was. A command decided
-            # after one with events saw those unstored events, so it shares their error.
-            saw_unstored = False
-            for item in decided:
-                ask, _action, _state_after, persisted = item
-                saw_unstored = saw_unstored or persisted
-                if saw_unstored:
-                    ask.fail(result.error)
-                else:
-                    send_reply(key, item)
+            # Nothing of the batch is stored; the state stays as it was. The decision says
+            # which commands saw the unstored events and so share the error.
+            answer_all(decision, result.error)
             live.reload = True
         else:
             stored = result.unwrap()
             first_seq_nr = live.seq_nr + 1
             live.seq_nr += len(stored)
-            live.state = decided[-1][2]
-            for item in decided:
-                send_reply(key, item)
+            live.state = decision.state
+            answer_all(decision)
             if (
                 self._snapshots is not None
                 and live.behavior.snapshot_policy.enabled
                 and not self._closed
-                and should_snapshot(live.behavior, key, first_seq_nr, events)
+                and should_snapshot(live.behavior, live.key, first_seq_nr, decision.events)
             ):
                 # The mailbox stays held: the next command waits until the snapshot is saved
                 # (snapshots never pile up, and a reader after the reply can find it).
@@ -335,7 +316,7 @@ class Entities:
                 return
         self._resume(live, leftovers)
 
-    def _resume(self, live: _LiveEntity, leftovers: list[Ask] | None) -> None:
+    def _resume(self, live: LiveEntity, leftovers: list[Ask] | None) -> None:
         """After a batch: take the next mail, or retire if the batch stopped the entity."""
         if leftovers is not None:
             self._retire(live, leftovers)
@@ -344,7 +325,7 @@ class Entities:
 
     @trio.lowlevel.enable_ki_protection  # see `_open_entities`
     async def _save_snapshot_then_resume(
-        self, live: _LiveEntity, leftovers: list[Ask] | None
+        self, live: LiveEntity, leftovers: list[Ask] | None
     ) -> None:
         assert self._snapshots is not None
         try:

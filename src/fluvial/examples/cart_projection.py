@@ -19,12 +19,14 @@ CREATE_TABLES = (
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
+    """Version 1 of the read model (a migration of `CartTotals`'s handler)."""
     # Not executescript: it commits, and this runs inside the writer's transaction.
     for statement in CREATE_TABLES:
         conn.execute(statement)
 
 
 def handle_cart_event(conn: sqlite3.Connection, envelope: EventEnvelope[CartEvent]) -> None:
+    """Fold one cart event into the read model, in the transaction that stores the offsets."""
     cart_id = envelope.entity_id
     match envelope.event:
         case ItemUpdated(item_id, quantity):
@@ -50,6 +52,15 @@ def popular_items(conn: sqlite3.Connection, limit: int = 5) -> list[tuple[str, i
     return [(str(item), int(total)) for item, total in rows]
 
 
+def clear_tables(conn: sqlite3.Connection) -> None:
+    """Empty the read model, to rebuild it: `store.reset(name, clear_read_model=clear_tables)`."""
+    conn.execute("DELETE FROM cart_items")
+    conn.execute("DELETE FROM checked_out_carts")
+
+
+# The read model's tables are created by the handler's migrations when the projection starts.
 CartTotals = Projection[CartEvent](
-    name="cart-totals", entity_type=ENTITY_TYPE, handler=ExactlyOnce(handle_cart_event)
+    name="cart-totals",
+    entity_type=ENTITY_TYPE,
+    handler=ExactlyOnce(handle_cart_event, migrations=[create_tables]),
 )

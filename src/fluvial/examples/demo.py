@@ -143,11 +143,9 @@ async def _backlog(store: SqliteOffsetStore) -> int:
 
 
 async def _wait_for_projection(store: SqliteOffsetStore) -> int:
-    """Poll the projection's backlog until it is 0 (the caller bounds the wait)."""
-    # The backlog is state in the file, which signals nothing in-process: poll it.
-    while behind := await _backlog(store):  # noqa: ASYNC110
-        await trio.sleep(0.05)
-    return behind
+    """Wait until the projection has caught up (the caller bounds the wait); its backlog."""
+    await store.wait_until_caught_up(CartTotals.name)
+    return await _backlog(store)
 
 
 async def run_demo(path: Path, carts: int, seed: int = 7) -> None:

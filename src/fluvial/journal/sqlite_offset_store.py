@@ -1,69 +1,95 @@
 """The SQLite offset store of projections, in the same file as the journal.
 
 Offsets live next to the events and the handlers' own tables, so an exactly-once handler's
-writes and the offsets that say "handled" commit in one transaction (`save_changes` runs inside
-the writer's transaction). Rows are keyed by projection name and slice.
+writes and the offsets that say "handled" commit in one transaction (`commit`). Rows are keyed
+by projection name and slice. Every save compares and sets: an entity's stored seq nr must
+still be the one the saving instance read, so a second instance of a projection can never
+apply an event twice; and a lease per projection and slice range (`acquire_lease`) refuses a
+second instance at start.
+
+Functions that run in the writer thread answer a refusal with a value, raised on the trio side:
+an exception there would make the writer run the whole batch of writes again.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-import msgspec
+import attrs
+import outcome
 
+from fluvial.core.errors import FluvialError, UsageError
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
-from fluvial.core.offsets import TimestampOffset
+from fluvial.core.projection_errors import ProjectionConflict, ProjectionLeaseHeld
 from fluvial.journal.sqlite_database import SqliteDatabase
-from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
+from fluvial.journal.sqlite_offset_management import OffsetManagement
+from fluvial.journal.sqlite_offset_rows import (
+    in_savepoint,
+    read_slice_offsets,
+    register_projection,
+    registered_entity_type,
+    write_changes,
+)
 from fluvial.journal.sqlite_transaction import WriteTransaction
 
-_encode_seen = msgspec.json.Encoder().encode
-_decode_seen = msgspec.json.Decoder(dict[str, int]).decode
+T = TypeVar("T")
+
+_CHANGED_UNDER_IT = (
+    "its stored offsets changed under it (another instance handled some of these events, or a "
+    "management call changed them); it stopped without writing"
+)
 
 
-def save_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChanges) -> None:
-    """Persist `changes` with `conn`, inside the caller's transaction."""
-    if changes.entities:
-        conn.executemany(
-            "INSERT OR REPLACE INTO projection_entity "
-            "(projection_name, persistence_id, slice, seq_nr, timestamp) VALUES (?,?,?,?,?)",
-            [
-                (projection, e.persistence_id, e.slice, e.seq_nr, e.timestamp)
-                for e in changes.entities
-            ],
-        )
-    if changes.slice_offsets:
-        _save_slice_offsets(conn, projection, changes.slice_offsets)
+@attrs.frozen
+class Lease:
+    """An instance's ownership of a projection's slice range, until `expires_at` (seconds on
+    the store's clock) unless renewed."""
+
+    projection: str
+    slices: SliceRange
+    owner: str
+    expires_at: float
 
 
-def _save_slice_offsets(
-    conn: sqlite3.Connection, projection: str, offsets: Mapping[int, TimestampOffset]
-) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO projection_offset (projection_name, slice, timestamp, seen) "
-        "VALUES (?,?,?,?)",
-        [
-            (projection, slice_, o.timestamp, _encode_seen(dict(o.seen)).decode())
-            for slice_, o in offsets.items()
-        ],
-    )
+class SqliteOffsetStore(OffsetManagement):
+    """Loads and saves projection offsets, holds their leases, and runs the transaction an
+    exactly-once handler writes through; also the management API (`offsets`, `backlog`,
+    `set_offset`, `skip_event`, `reset`, `wait_until_caught_up`).
 
+    `clock` gives the seconds that leases expire by; every process sharing the file must use
+    the same one (the wall clock, the default). Management calls on a projection the file does
+    not know raise UnknownProjection.
+    """
 
-class SqliteOffsetStore:
-    """Loads and saves projection offsets; also the management API (`offsets`, `backlog`,
-    `set_offset`, `skip_event`, `reset`)."""
-
-    def __init__(self, database: SqliteDatabase) -> None:
+    def __init__(self, database: SqliteDatabase, *, clock: Callable[[], float] = time.time) -> None:
         self.database = database
+        self.clock = clock
+
+    async def register(self, projection: str, entity_type: str) -> None:
+        """Make `projection`, a consumer of `entity_type` events, known to the store, e.g. to
+        `set_offset` it before its first run (`serve_projection` registers it too). Raises
+        UnknownProjection if the name is registered with another entity type."""
+
+        def write(txn: WriteTransaction) -> UsageError | None:
+            try:
+                register_projection(txn.connection, projection, entity_type)
+            except UsageError as exc:
+                return exc
+            return None
+
+        if (refused := await self.database.write(write)) is not None:
+            raise refused
 
     async def load(self, projection: str, slices: SliceRange, *, window: int) -> OffsetTracker:
         """The tracker of `projection` over `slices`, holding the entities seen within
         `window` microseconds before the resume point (older ones stay in the store)."""
 
         def query(conn: sqlite3.Connection) -> OffsetTracker:
-            offsets = _read_slice_offsets(conn, projection, slices)
+            offsets = read_slice_offsets(conn, projection, slices)
             tracker = OffsetTracker(slices, slice_offsets=offsets, window=window)
             horizon = tracker.resume_offset().timestamp - window
             rows = conn.execute(
@@ -87,6 +113,7 @@ class SqliteOffsetStore:
         return await self.database.read(query)
 
     async def load_entity(self, projection: str, persistence_id: str) -> SeenEntity | None:
+        """The stored seq nr of one entity for `projection` (None: never handled)."""
         slice_ = slice_for(persistence_id)
 
         def query(conn: sqlite3.Connection) -> SeenEntity | None:
@@ -99,135 +126,150 @@ class SqliteOffsetStore:
 
         return await self.database.read(query)
 
-    async def save(self, projection: str, changes: OffsetChanges) -> None:
-        if changes.empty:
-            return
+    async def save(self, projection: str, slices: SliceRange, changes: OffsetChanges) -> None:
+        """Store `changes` of the instance over `slices`; raises ProjectionConflict (and
+        stores nothing) if the stored offsets are not the ones it read."""
+        await self.commit(projection, slices, changes, None)
 
-        def write(txn: WriteTransaction) -> None:
-            save_changes(txn.connection, projection, changes)
+    async def commit(
+        self,
+        projection: str,
+        slices: SliceRange,
+        changes: OffsetChanges,
+        write: Callable[[sqlite3.Connection], T] | None,
+    ) -> T | None:
+        """Store `changes` and run `write` (an exactly-once handler's writes) in one
+        transaction, so both commit or neither; return what `write` returned.
 
-        await self.database.write(write)
+        The changes are compared and set first: if the store no longer holds the offsets
+        the instance read, `write` does not run, nothing is stored and ProjectionConflict is
+        raised. `write` runs once per call, in the writer thread, through the connection it
+        is given; if it raises, nothing of it or of the changes is stored and its exception
+        is raised here as itself.
+        """
+        if changes.empty and write is None:
+            return None
 
-    # -- management ---------------------------------------------------------------------------
-    async def offsets(
-        self, projection: str, slices: SliceRange | None = None
-    ) -> dict[int, TimestampOffset]:
-        """The stored offset of every slice of `projection` (in `slices`) that has one."""
+        def run(conn: sqlite3.Connection) -> outcome.Outcome[T | None] | None:
+            if not write_changes(conn, projection, changes):
+                return None
+            return outcome.Value(write(conn) if write is not None else None)
 
-        def query(conn: sqlite3.Connection) -> dict[int, TimestampOffset]:
-            return _read_slice_offsets(conn, projection, slices or SliceRange.all())
+        def transaction(txn: WriteTransaction) -> outcome.Outcome[T | None] | None:
+            return in_savepoint(txn.connection, lambda: run(txn.connection))
 
-        return await self.database.read(query)
+        result = await self.database.write(transaction)
+        if result is None:
+            raise ProjectionConflict(projection, slices, _CHANGED_UNDER_IT)
+        return result.unwrap()
 
-    async def backlog(self, projection: str, entity_type: str, slices: SliceRange) -> int:
-        """How many events of `entity_type` in `slices` are behind the journal head for
-        `projection` (per slice from its stored offset; all events where none is stored)."""
-
-        def query(conn: sqlite3.Connection) -> int:
-            offsets = _read_slice_offsets(conn, projection, slices)
-            total = 0
-            rows = conn.execute(
-                "SELECT slice, count(*) FROM event_journal WHERE entity_type = ? "
-                "AND slice BETWEEN ? AND ? GROUP BY slice",
-                (entity_type, slices.min, slices.max),
-            ).fetchall()
-            for slice_, count in rows:
-                offset = offsets.get(slice_)
-                if offset is None:
-                    total += count
-                    continue
-                (behind,) = conn.execute(
-                    "SELECT count(*) FROM event_journal WHERE entity_type = ? AND slice = ? "
-                    "AND db_timestamp > ?",
-                    (entity_type, slice_, offset.timestamp),
-                ).fetchone()
-                total += behind
-            return total
-
-        return await self.database.read(query)
-
-    async def set_offset(
-        self, projection: str, slices: SliceRange, offset: TimestampOffset
+    async def migrate_read_model(
+        self, projection: str, migrations: Sequence[Callable[[sqlite3.Connection], None]]
     ) -> None:
-        """Resume every slice in `slices` from `offset`: the events the journal holds before
-        it count as handled and those after it as not, so each entity's first event after
-        `offset` is the next one handled, whichever path (query, live, backtracking) brings
-        it. Moving an offset back makes the projection handle the events after it again.
+        """Bring the read model of `projection` to version `len(migrations)`: run, in one
+        transaction, the migrations it has not run yet (the store keeps its version), so each
+        runs once per file. A migration that raises undoes all and is raised as itself;
+        UsageError if the store holds a newer version than `migrations` reach."""
 
-        It records, per entity of those slices, its last seq nr before `offset` (the
-        projection's memory of each entity is what tells a duplicate from a gap)."""
-
-        def write(txn: WriteTransaction) -> None:
-            conn = txn.connection
-            conn.execute(
-                "DELETE FROM projection_entity WHERE projection_name = ? AND slice BETWEEN ? AND ?",
-                (projection, slices.min, slices.max),
-            )
-            conn.execute(
-                "INSERT INTO projection_entity "
-                "(projection_name, persistence_id, slice, seq_nr, timestamp) "
-                "SELECT ?, persistence_id, slice, max(seq_nr), max(db_timestamp) "
-                "FROM event_journal WHERE slice BETWEEN ? AND ? AND db_timestamp < ? "
-                "GROUP BY persistence_id",
-                (projection, slices.min, slices.max, offset.timestamp),
-            )
-            for pid, seq_nr in offset.seen.items():  # seen at the offset's own timestamp
-                conn.execute(
-                    "INSERT INTO projection_entity "
-                    "(projection_name, persistence_id, slice, seq_nr, timestamp) "
-                    "SELECT ?, persistence_id, slice, seq_nr, db_timestamp FROM event_journal "
-                    f"WHERE {EVENTS_OF_ENTITY} AND seq_nr = ? AND slice BETWEEN ? AND ? "
-                    "ON CONFLICT (projection_name, slice, persistence_id) DO UPDATE SET "
-                    "seq_nr = max(seq_nr, excluded.seq_nr), "
-                    "timestamp = max(timestamp, excluded.timestamp)",
-                    (projection, pid, seq_nr, slices.min, slices.max),
-                )
-            _save_slice_offsets(conn, projection, {s: offset for s in slices})
-
-        await self.database.write(write)
-
-    async def skip_event(self, projection: str, persistence_id: str, seq_nr: int) -> None:
-        """Mark an entity's events up to `seq_nr` as handled, e.g. to get past a poison
-        event. Never moves an entity backwards."""
-
-        def write(txn: WriteTransaction) -> None:
-            row = txn.connection.execute(
-                f"SELECT slice, db_timestamp FROM event_journal WHERE {EVENTS_OF_ENTITY} "
-                "AND seq_nr = ?",
-                (persistence_id, seq_nr),
+        def run(conn: sqlite3.Connection) -> outcome.Outcome[None]:
+            registered_entity_type(conn, projection)
+            (version,) = conn.execute(
+                "SELECT read_model_version FROM projection WHERE projection_name = ?",
+                (projection,),
             ).fetchone()
-            if row is None:
-                raise LookupError(f"no event {persistence_id} seq nr {seq_nr} in the journal")
-            slice_, timestamp = row
+            if version > len(migrations):
+                raise UsageError(
+                    f"the read model of projection {projection!r} is at version {version}, "
+                    f"newer than the {len(migrations)} migrations given (an older program?)"
+                )
+            for migration in migrations[version:]:
+                migration(conn)
+            conn.execute(
+                "UPDATE projection SET read_model_version = ? WHERE projection_name = ?",
+                (len(migrations), projection),
+            )
+            return outcome.Value(None)
+
+        def transaction(txn: WriteTransaction) -> outcome.Outcome[None] | None:
+            return in_savepoint(txn.connection, lambda: run(txn.connection))
+
+        result = await self.database.write(transaction)
+        assert result is not None
+        result.unwrap()
+
+    async def acquire_lease(
+        self, projection: str, entity_type: str, slices: SliceRange, *, owner: str, duration: float
+    ) -> Lease:
+        """Take the lease of `projection` over `slices` for `duration` seconds, for `owner`,
+        registering the projection if it is new; an expired lease of an overlapping range is
+        taken over. Raises ProjectionLeaseHeld if another owner holds a live lease of an
+        overlapping range, UnknownProjection if `projection` consumes another entity type."""
+        now = self.clock()
+
+        def write(txn: WriteTransaction) -> FluvialError | None:
+            conn = txn.connection
+            try:
+                register_projection(conn, projection, entity_type)
+            except UsageError as exc:
+                return exc
+            holder = conn.execute(
+                "SELECT owner, slice_min, slice_max, expires_at FROM projection_lease "
+                "WHERE projection_name = ? AND slice_min <= ? AND slice_max >= ? "
+                "AND owner != ? AND expires_at > ? ORDER BY expires_at DESC LIMIT 1",
+                (projection, slices.max, slices.min, owner, now),
+            ).fetchone()
+            if holder is not None:
+                holder_owner, holder_min, holder_max, expires_at = holder
+                return ProjectionLeaseHeld(
+                    projection,
+                    slices,
+                    holder=holder_owner,
+                    holder_slices=SliceRange(holder_min, holder_max),
+                    expires_in=expires_at - now,
+                )
+            conn.execute(
+                "DELETE FROM projection_lease WHERE projection_name = ? AND slice_min <= ? "
+                "AND slice_max >= ?",
+                (projection, slices.max, slices.min),
+            )
+            conn.execute(
+                "INSERT INTO projection_lease VALUES (?,?,?,?,?)",
+                (projection, slices.min, slices.max, owner, now + duration),
+            )
+            return None
+
+        if (refused := await self.database.write(write)) is not None:
+            raise refused
+        return Lease(projection, slices, owner, now + duration)
+
+    async def renew_lease(self, lease: Lease, duration: float) -> Lease:
+        """Extend `lease` to `duration` seconds from now. Raises ProjectionConflict if its
+        owner no longer holds it (another instance took it over after it expired)."""
+        now = self.clock()
+
+        def write(txn: WriteTransaction) -> int:
+            return txn.connection.execute(
+                "UPDATE projection_lease SET expires_at = ? WHERE projection_name = ? "
+                "AND slice_min = ? AND slice_max = ? AND owner = ?",
+                (now + duration, lease.projection, lease.slices.min, lease.slices.max, lease.owner),
+            ).rowcount
+
+        if await self.database.write(write) != 1:
+            raise ProjectionConflict(
+                lease.projection,
+                lease.slices,
+                "lost its lease: it was not renewed in time and another instance took it over",
+            )
+        return attrs.evolve(lease, expires_at=now + duration)
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give `lease` up, so that another instance can start at once (no-op if lost)."""
+
+        def write(txn: WriteTransaction) -> None:
             txn.connection.execute(
-                "INSERT INTO projection_entity (projection_name, persistence_id, slice, seq_nr,"
-                " timestamp) VALUES (?,?,?,?,?)"
-                " ON CONFLICT (projection_name, slice, persistence_id)"
-                " DO UPDATE SET seq_nr = max(seq_nr, excluded.seq_nr),"
-                " timestamp = max(timestamp, excluded.timestamp)",
-                (projection, persistence_id, slice_, seq_nr, timestamp),
+                "DELETE FROM projection_lease WHERE projection_name = ? AND slice_min = ? "
+                "AND slice_max = ? AND owner = ?",
+                (lease.projection, lease.slices.min, lease.slices.max, lease.owner),
             )
 
         await self.database.write(write)
-
-    async def reset(self, projection: str) -> None:
-        """Forget everything of `projection`: it starts again from the first event."""
-
-        def write(txn: WriteTransaction) -> None:
-            for table in ("projection_offset", "projection_entity"):
-                txn.connection.execute(
-                    f"DELETE FROM {table} WHERE projection_name = ?", (projection,)
-                )
-
-        await self.database.write(write)
-
-
-def _read_slice_offsets(
-    conn: sqlite3.Connection, projection: str, slices: SliceRange
-) -> dict[int, TimestampOffset]:
-    rows = conn.execute(
-        "SELECT slice, timestamp, seen FROM projection_offset WHERE projection_name = ? "
-        "AND slice BETWEEN ? AND ?",
-        (projection, slices.min, slices.max),
-    )
-    return {s: TimestampOffset(ts, _decode_seen(seen)) for s, ts, seen in rows}

@@ -154,6 +154,36 @@ def _v5_integer_entity_keys(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX event_journal_by_entity ON event_journal (entity_id, seq_nr)")
 
 
+def _v6_projection_registry_and_leases(db: sqlite_utils.Database) -> None:
+    # The projections this file knows, with the entity type each consumes and the version of
+    # its read model's migrations: management calls refuse names that are not here. Projections
+    # of older files are those with stored entities (the entity type prefixes the pid).
+    db.execute(
+        """CREATE TABLE projection (
+            projection_name TEXT PRIMARY KEY,
+            entity_type TEXT NOT NULL,
+            read_model_version INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute(
+        "INSERT INTO projection (projection_name, entity_type) SELECT projection_name, "
+        "min(substr(persistence_id, 1, instr(persistence_id, '|') - 1)) "
+        "FROM projection_entity GROUP BY projection_name"
+    )
+    # One owner per projection and slice range: a running instance renews its row; a row
+    # whose `expires_at` (seconds, on the offset store's clock) has passed can be taken over.
+    db.execute(
+        """CREATE TABLE projection_lease (
+            projection_name TEXT NOT NULL,
+            slice_min INTEGER NOT NULL,
+            slice_max INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (projection_name, slice_min, slice_max)
+        )"""
+    )
+
+
 # The condition that selects one entity's events by its integer key (schema v5), with the
 # persistence id as its one parameter: queries use it to go through event_journal_by_entity.
 EVENTS_OF_ENTITY = "entity_id = (SELECT id FROM entity WHERE persistence_id = ?)"
@@ -205,6 +235,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v3_journal_in_commit_order,
     _v4_clock_is_the_newest_event,
     _v5_integer_entity_keys,
+    _v6_projection_registry_and_leases,
     _replication_metadata_and_snapshot_events,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

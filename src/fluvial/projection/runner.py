@@ -1,39 +1,32 @@
 """`serve_projection`: one projection instance over one slice range of the local journal.
 
-The loop reads like the protocol: receive a batch from the source → ask the offset tracker
-about each envelope → hand the accepted ones to the handler → persist the tracker's changes
-(with the handler's writes, for exactly-once). When the handler fails, the recovery strategy
-decides between retrying, skipping and failing; a failed instance restarts from its stored
-offsets after an exponential backoff.
+The loop reads like the protocol: take the lease of the slice range → receive a batch from
+the source → ask the offset tracker about each envelope → hand the accepted ones to the
+handler → persist the tracker's changes (with the handler's writes, for exactly-once). When
+the handler fails, the recovery strategy decides between retrying, skipping and failing; a
+failed instance, like one whose storage or source failed, restarts from its stored offsets
+after an exponential backoff. A conflict with another instance of the projection ends it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Awaitable, Callable, Sequence
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
 
-from fluvial.core.errors import DataError, FluvialError
 from fluvial.core.ids import SliceRange
-from fluvial.core.offset_tracker import (
-    Accepted,
-    Duplicate,
-    EnvelopeSource,
-    NeedsStoredSeqNr,
-    OffsetChanges,
-    OffsetTracker,
-    RejectedBacktracking,
-    RejectedSeqNr,
-)
-from fluvial.core.records import EventEnvelope, EventRecord
+from fluvial.core.projection_errors import ProjectionConflict, ProjectionFailed
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore, save_changes
-from fluvial.journal.sqlite_transaction import WriteTransaction
+from fluvial.journal.sqlite_offset_store import Lease, SqliteOffsetStore
+from fluvial.projection.at_least_once import consume_at_least_once, consume_grouped_at_least_once
+from fluvial.projection.exactly_once import consume_exactly_once
 from fluvial.projection.handlers import (
     AtLeastOnce,
     Backoff,
@@ -43,20 +36,18 @@ from fluvial.projection.handlers import (
     Handler,
     RecoveryStrategy,
 )
-from fluvial.projection.source import Batch, LocalJournalSource, SourceSettings
+from fluvial.projection.instance import HandlerFailed, Instance
+from fluvial.projection.source import Batch, SourceSettings
+from fluvial.projection.supervision import open_supervisor
+
+__all__ = ["Projection", "ProjectionConflict", "ProjectionFailed", "serve_projection"]
 
 log = logging.getLogger("fluvial.projection")
 
 E = TypeVar("E")
-_Arrival = tuple[EventRecord, EnvelopeSource]
 
-
-class ProjectionFailed(FluvialError):
-    """The projection's handler kept failing past its recovery strategy and restart limit."""
-
-
-class _HandlerFailed(Exception):
-    """The recovery strategy gave up on an envelope: restart the instance."""
+# How long a stopping instance may spend giving its lease up.
+_RELEASE_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -64,6 +55,9 @@ class Projection(Generic[E]):
     """A named consumer of one entity type's events, with its handler and failure policy.
 
     `window` is how many seconds of event time of per-entity seq nrs stay in memory.
+    `lease_duration` is how many seconds the lease of a running instance's slice range lasts
+    unless renewed (every third of it): a second instance over an overlapping range is
+    refused while it lasts, so a killed instance blocks a restart for at most that long.
     """
 
     name: str
@@ -73,6 +67,7 @@ class Projection(Generic[E]):
     backoff: Backoff = attrs.field(factory=Backoff)
     window: float = 300.0
     source: SourceSettings = attrs.field(factory=SourceSettings)
+    lease_duration: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
 
 
 async def serve_projection(
@@ -81,376 +76,144 @@ async def serve_projection(
     projection: Projection[E],
     slices: SliceRange | None = None,
     *,
+    offsets: SqliteOffsetStore | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run `projection` over `slices` (default: all) until cancelled.
 
     Start it with `await nursery.start(serve_projection, ...)`: it returns once the instance
-    has loaded its offsets and subscribed to the live path, so events appended after that
-    reach it by the live path. Raises ProjectionFailed after `backoff.max_restarts`
-    consecutive failed restarts.
+    holds the lease of its slice range, has run the handler's read-model migrations, loaded
+    its offsets and subscribed to the live path, so events appended after that reach it by
+    the live path. `offsets` is the offset store (default: the journal file's, on the wall
+    clock).
+
+    Raises ProjectionLeaseHeld (at start) if another instance runs the projection over an
+    overlapping range; ProjectionConflict if another instance changed its offsets or took
+    its lease over while it ran (it stops without writing); ProjectionFailed after
+    `backoff.max_restarts` consecutive failed restarts. A failing handler, source or store
+    restarts the instance with the backoff, logged with the projection, slices and cause.
     """
-    store = SqliteOffsetStore(journal.database)
-    instance = _Instance(journal, serializers, store, projection, slices or SliceRange.all())
-    ready: Callable[[], None] = lambda: task_status.started()  # noqa: E731
+    slices = slices or SliceRange.all()
+    store = offsets if offsets is not None else SqliteOffsetStore(journal.database)
+    owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+    lease = await store.acquire_lease(
+        projection.name,
+        projection.entity_type,
+        slices,
+        owner=owner,
+        duration=projection.lease_duration,
+    )
+    keeper = _LeaseKeeper(store, lease, projection.lease_duration)
+    try:
+        handler = projection.handler
+        if isinstance(handler, ExactlyOnce | GroupedExactlyOnce) and handler.migrations:
+            await store.migrate_read_model(projection.name, handler.migrations)
+        instance = Instance(journal, serializers, store, projection, slices)
+        async with open_supervisor() as supervisor:
+            supervisor.start_soon(keeper.keep)
+            await supervisor.run(_restart_forever, instance, task_status)
+    finally:
+        await keeper.release()
+
+
+async def _restart_forever(instance: Instance[Any], task_status: trio.TaskStatus[None]) -> None:
+    projection, consume = instance.projection, _consumer(instance.projection.handler)
+    started = False
+
+    def ready() -> None:
+        nonlocal started
+        if not started:
+            started = True
+            task_status.started()
+
     restarts = 0
     while True:
+        failed_on: HandlerFailed | None = None
         try:
-            await instance.run(ready)
-        except _HandlerFailed as exc:
-            ready = _already_started
-            if instance.made_progress:
-                restarts = 0
-            limit = projection.backoff.max_restarts
-            if limit is not None and restarts >= limit:
-                raise ProjectionFailed(
-                    f"projection {projection.name!r} failed {restarts + 1} times in a row"
-                ) from exc.__cause__
-            delay = projection.backoff.delay(restarts)
-            log.warning(
-                "projection %r (slices %s) failed, restarting in %.2fs: %s",
+            await instance.run(ready, consume)
+        except ProjectionConflict:
+            raise
+        except HandlerFailed as exc:
+            failed_on, cause = exc, exc.__cause__
+        except Exception as exc:
+            cause = exc  # the store's or the source's
+        if instance.made_progress:
+            restarts = 0
+        limit = projection.backoff.max_restarts
+        if limit is not None and restarts >= limit:
+            raise ProjectionFailed(
                 projection.name,
                 instance.slices,
-                delay,
-                exc.__cause__,
+                restarts + 1,
+                persistence_id=failed_on.persistence_id if failed_on else None,
+                seq_nr=failed_on.seq_nr if failed_on else None,
+            ) from cause
+        delay = projection.backoff.delay(restarts)
+        log.warning(
+            "projection %r (slices %s) failed%s, restarting in %.2fs: %s: %s",
+            projection.name,
+            instance.slices,
+            f" on {failed_on}" if failed_on else "",
+            delay,
+            type(cause).__name__,
+            cause,
+        )
+        restarts += 1
+        await trio.sleep(delay)
+
+
+def _consumer(
+    handler: Handler[E],
+) -> Callable[[Instance[E], trio.MemoryReceiveChannel[Batch]], Awaitable[None]]:
+    match handler:
+        case ExactlyOnce() | GroupedExactlyOnce():
+            return lambda instance, receive: consume_exactly_once(instance, receive, handler)
+        case AtLeastOnce():
+            return lambda instance, receive: consume_at_least_once(instance, receive, handler)
+        case GroupedAtLeastOnce():
+            return lambda instance, receive: consume_grouped_at_least_once(
+                instance, receive, handler
             )
-            restarts += 1
-            await trio.sleep(delay)
 
 
-def _already_started() -> None:
-    pass
+class _LeaseKeeper:
+    """Renews an instance's lease every third of its duration, and gives it up at the end."""
 
-
-class _Instance(Generic[E]):
-    def __init__(
-        self,
-        journal: SqliteJournal,
-        serializers: SerializerRegistry,
-        store: SqliteOffsetStore,
-        projection: Projection[E],
-        slices: SliceRange,
-    ) -> None:
-        self.journal = journal
-        self.serializers = serializers
+    def __init__(self, store: SqliteOffsetStore, lease: Lease, duration: float) -> None:
         self.store = store
-        self.projection = projection
-        self.slices = slices
-        self.tracker = OffsetTracker(slices)
-        self.made_progress = False
+        self.lease = lease
+        self.duration = duration
 
-    async def run(self, ready: Callable[[], None]) -> None:
-        self.made_progress = False
-        await self._reload()
-        source = LocalJournalSource(
-            self.journal, self.projection.entity_type, self.slices, self.projection.source
-        )
-        send, receive = trio.open_memory_channel[Batch](4)
-        failed: _HandlerFailed | None = None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(source.run, self.tracker.resume_offset(), send)
-            ready()
-            try:
-                await self._consume(receive)
-            except _HandlerFailed as exc:
-                # Raised from here, not through the nursery, which would wrap it in an
-                # ExceptionGroup that `serve_projection` does not catch.
-                failed = exc
-            finally:
-                nursery.cancel_scope.cancel()
-        if failed is not None:
-            raise failed
-
-    async def _reload(self) -> None:
-        self.tracker = await self.store.load(
-            self.projection.name, self.slices, window=int(self.projection.window * 1_000_000)
-        )
-
-    async def _consume(self, receive: trio.MemoryReceiveChannel[Batch]) -> None:
-        handler = self.projection.handler
-        match handler:
-            case ExactlyOnce() | GroupedExactlyOnce():
-                await self._consume_exactly_once(receive, handler)
-            case AtLeastOnce():
-                await self._consume_at_least_once(receive, handler)
-            case GroupedAtLeastOnce():
-                await self._consume_grouped_at_least_once(receive, handler)
-
-    # -- exactly once -----------------------------------------------------------------------
-    async def _consume_exactly_once(
-        self,
-        receive: trio.MemoryReceiveChannel[Batch],
-        handler: ExactlyOnce[E] | GroupedExactlyOnce[E],
-    ) -> None:
-        # Ungrouped: one transaction per source batch. Grouped: until max_size envelopes or
-        # max_wait seconds after the first one.
-        max_size, max_wait = (
-            (handler.max_size, handler.max_wait)
-            if isinstance(handler, GroupedExactlyOnce)
-            else (0, 0.0)
-        )
-        arrivals: list[_Arrival] = []
-        plan: list[EventEnvelope[E]] = []
-        due = math.inf
+    async def keep(self) -> None:
+        """Renew until cancelled; raises ProjectionConflict once the lease is lost. A failed
+        renewal is logged and tried again (the compare-and-set still guards the offsets)."""
         while True:
-            batch = await _receive_until(receive, due)
-            if batch is not None:
-                records, source = batch
-                arrivals.extend((r, source) for r in records)
-                plan.extend(await self._admit(records, source))
-                if plan and len(plan) < max_size:
-                    due = min(due, trio.current_time() + max_wait)
-                    continue
-            if arrivals:
-                await self._commit_exactly_once(handler, arrivals, plan)
-            arrivals, plan, due = [], [], math.inf
-
-    async def _commit_exactly_once(
-        self,
-        handler: ExactlyOnce[E] | GroupedExactlyOnce[E],
-        arrivals: list[_Arrival],
-        plan: list[EventEnvelope[E]],
-    ) -> None:
-        name = self.projection.name
-        recovery, backoff = self.projection.recovery, self.projection.backoff
-        attempt = 0
-        while True:
-            changes = self.tracker.take_changes()
-            transaction = _exactly_once_transaction(handler, list(plan), name, changes)
+            await trio.sleep(self.duration / 3)
             try:
-                await self.journal.database.write(transaction)
-                self._committed(changes)
-                return
+                self.lease = await self.store.renew_lease(self.lease, self.duration)
+            except ProjectionConflict:
+                raise
             except Exception as exc:
-                error = exc
-            # Nothing of it was committed: start again from what the store says.
-            await self._reload()
-            plan = await self._readmit(arrivals)
-            if attempt < recovery.retries:
                 log.warning(
-                    "projection %r: handler failed (attempt %d), retrying: %s",
-                    name,
-                    attempt + 1,
-                    error,
+                    "projection %r (slices %s): renewing its lease failed, retrying: %s: %s",
+                    self.lease.projection,
+                    self.lease.slices,
+                    type(exc).__name__,
+                    exc,
                 )
-                await trio.sleep(backoff.delay(attempt))
-                attempt += 1
-                continue
-            if not recovery.skip:
-                raise _HandlerFailed() from error
-            if len(arrivals) > 1 and not isinstance(handler, GroupedExactlyOnce):
-                # Find the envelopes that fail on their own; skip only those.
-                await self._reload()
-                for arrival in arrivals:
-                    single = await self._readmit([arrival])
-                    await self._commit_exactly_once(handler, [arrival], single)
-                return
-            _log_skipped(name, plan, error)
-            plan = []
 
-    # -- at least once ----------------------------------------------------------------------
-    async def _consume_at_least_once(
-        self, receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
-    ) -> None:
-        # Admitted one record at a time, so that a save within a source batch covers only
-        # the envelopes handled so far.
-        unsaved = 0
-        due = math.inf
-        while True:
-            batch = await _receive_until(receive, due)
-            if batch is not None:
-                records, source = batch
-                for record in records:
-                    if due == math.inf:
-                        due = trio.current_time() + handler.save_after
-                    for envelope in await self._admit([record], source):
-                        await self._call_with_recovery(handler.handle, envelope, [envelope])
-                        unsaved += 1
-                    if unsaved >= handler.save_every or trio.current_time() >= due:
-                        await self._save_offsets()
-                        unsaved, due = 0, math.inf
-            if trio.current_time() >= due:
-                await self._save_offsets()
-                unsaved, due = 0, math.inf
-
-    async def _consume_grouped_at_least_once(
-        self, receive: trio.MemoryReceiveChannel[Batch], handler: GroupedAtLeastOnce[E]
-    ) -> None:
-        plan: list[EventEnvelope[E]] = []
-        due = math.inf
-        while True:
-            batch = await _receive_until(receive, due)
-            if batch is not None:
-                records, source = batch
-                for record in records:
-                    if due == math.inf:
-                        due = trio.current_time() + handler.max_wait
-                    plan.extend(await self._admit([record], source))
-                    if len(plan) >= handler.max_size:
-                        await self._handle_groups(handler, plan)
-                        plan, due = [], math.inf
-            if trio.current_time() >= due:
-                await self._handle_groups(handler, plan)
-                plan, due = [], math.inf
-
-    async def _handle_groups(
-        self, handler: GroupedAtLeastOnce[E], plan: list[EventEnvelope[E]]
-    ) -> None:
-        """Hand `plan` over in groups of at most `max_size` (a replay can make it longer),
-        then save the offsets."""
-        for start in range(0, len(plan), handler.max_size):
-            group = plan[start : start + handler.max_size]
-            await self._call_with_recovery(handler.handle, group, group)
-        await self._save_offsets()
-
-    async def _call_with_recovery(
-        self,
-        function: Callable[[Any], Awaitable[None]],
-        argument: object,
-        envelopes: Sequence[EventEnvelope[E]],
-    ) -> None:
-        recovery, backoff = self.projection.recovery, self.projection.backoff
-        for attempt in range(recovery.retries + 1):
+    async def release(self) -> None:
+        """Give the lease up, shielded and bounded in time; a failure is logged (the lease
+        then expires by itself)."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _RELEASE_TIMEOUT
             try:
-                await function(argument)
-                return
+                await self.store.release_lease(self.lease)
             except Exception as exc:
-                error = exc
-            if attempt < recovery.retries:
                 log.warning(
-                    "projection %r: handler failed (attempt %d), retrying: %s",
-                    self.projection.name,
-                    attempt + 1,
-                    error,
+                    "projection %r (slices %s): giving its lease up failed: %s: %s",
+                    self.lease.projection,
+                    self.lease.slices,
+                    type(exc).__name__,
+                    exc,
                 )
-                await trio.sleep(backoff.delay(attempt))
-        if not recovery.skip:
-            raise _HandlerFailed() from error
-        _log_skipped(self.projection.name, envelopes, error)
-
-    async def _save_offsets(self) -> None:
-        changes = self.tracker.take_changes()
-        await self.store.save(self.projection.name, changes)
-        self._committed(changes)
-
-    def _committed(self, changes: OffsetChanges) -> None:
-        # Progress is an envelope handled for good. One handled again after a restart (its
-        # offset was not saved) or a duplicate passed again is none: the backoff keeps growing.
-        if changes.entities:
-            self.made_progress = True
-
-    # -- admission --------------------------------------------------------------------------
-    async def _readmit(self, arrivals: list[_Arrival]) -> list[EventEnvelope[E]]:
-        plan: list[EventEnvelope[E]] = []
-        for record, source in arrivals:
-            plan.extend(await self._admit([record], source))
-        return plan
-
-    async def _admit(
-        self, records: Sequence[EventRecord], source: EnvelopeSource
-    ) -> list[EventEnvelope[E]]:
-        """The envelopes among `records` to hand to the handler, in order, with any missing
-        events replayed before them; the tracker counts them as handled."""
-        tracker, accepted = self.tracker, []
-        for record in records:
-            verdict = tracker.validate(record, source)
-            if isinstance(verdict, NeedsStoredSeqNr):
-                stored = await self.store.load_entity(self.projection.name, record.persistence_id)
-                tracker.learn(record.persistence_id, stored)
-                verdict = tracker.validate(record, source)
-            match verdict:
-                case Accepted():
-                    accepted.extend(self._decode(record))
-                    tracker.accept(record)
-                case RejectedSeqNr(expected) | RejectedBacktracking(expected):
-                    accepted.extend(await self._replay(record, expected))
-                case Duplicate() | NeedsStoredSeqNr():
-                    pass
-            if source is EnvelopeSource.QUERY:
-                tracker.passed(record)
-        return accepted
-
-    async def _replay(self, record: EventRecord, from_seq_nr: int) -> list[EventEnvelope[E]]:
-        """Fill the gap before `record` from the journal, `record` included."""
-        missing = await self.journal.read_events(
-            record.persistence_id, from_seq_nr, record.seq_nr, record.seq_nr - from_seq_nr + 1
-        )
-        replayed: list[EventEnvelope[E]] = []
-        for event in missing:
-            if isinstance(self.tracker.validate(event, EnvelopeSource.REPLAY), Accepted):
-                replayed.extend(self._decode(event))
-                self.tracker.accept(event)
-        if not missing or missing[-1].seq_nr != record.seq_nr:
-            log.warning(
-                "projection %r: could not replay %s seq nrs %d..%d; the query will deliver them",
-                self.projection.name,
-                record.persistence_id,
-                from_seq_nr,
-                record.seq_nr,
-            )
-        return replayed
-
-    def _decode(self, record: EventRecord) -> list[EventEnvelope[E]]:
-        """The envelope of `record`, or none if it cannot be decoded and the recovery
-        strategy skips (else the instance fails: nothing is skipped silently)."""
-        assert record.payload is not None, "the local journal holds no placeholders"
-        try:
-            event = self.serializers.decode(
-                record.payload, persistence_id=record.persistence_id, seq_nr=record.seq_nr
-            )
-        except DataError as exc:
-            if not self.projection.recovery.skip:
-                raise _HandlerFailed() from exc
-            log.warning("projection %r: skipping undecodable event: %s", self.projection.name, exc)
-            return []
-        return [
-            EventEnvelope(
-                persistence_id=record.persistence_id,
-                seq_nr=record.seq_nr,
-                entity_type=record.entity_type,
-                slice=record.slice,
-                timestamp=record.timestamp,
-                event=event,
-                tags=record.tags,
-            )
-        ]
-
-
-def _exactly_once_transaction(
-    handler: ExactlyOnce[E] | GroupedExactlyOnce[E],
-    envelopes: list[EventEnvelope[E]],
-    projection: str,
-    changes: OffsetChanges,
-) -> Callable[[WriteTransaction], None]:
-    """The handler's writes and the offsets that record them, as one write transaction."""
-
-    def transaction(txn: WriteTransaction) -> None:
-        if isinstance(handler, GroupedExactlyOnce):
-            # A source batch can hold more than max_size: several groups, one transaction.
-            for start in range(0, len(envelopes), handler.max_size):
-                handler.handle(txn.connection, envelopes[start : start + handler.max_size])
-        else:
-            for envelope in envelopes:
-                handler.handle(txn.connection, envelope)
-        save_changes(txn.connection, projection, changes)
-
-    return transaction
-
-
-async def _receive_until(
-    receive: trio.MemoryReceiveChannel[Batch], deadline: float
-) -> Batch | None:
-    """The next batch, or None at `deadline`."""
-    with trio.move_on_at(deadline):
-        return await receive.receive()
-    return None
-
-
-def _log_skipped(name: str, envelopes: Sequence[EventEnvelope[Any]], error: Exception) -> None:
-    log.warning(
-        "projection %r: skipping %d envelope(s) after the handler kept failing (%s): %s",
-        name,
-        len(envelopes),
-        error,
-        ", ".join(f"{e.persistence_id}#{e.seq_nr}" for e in envelopes[:20]),
-    )

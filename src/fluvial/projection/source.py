@@ -23,6 +23,7 @@ from fluvial.core.offset_tracker import EnvelopeSource
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.journal.sqlite_journal import SqliteJournal
+from fluvial.projection.supervision import open_supervisor
 
 Batch = tuple[Sequence[EventRecord], EnvelopeSource]
 
@@ -46,6 +47,9 @@ class SourceSettings:
 
 
 class LocalJournalSource:
+    """The events of one entity type and slice range of the local journal, by the query, the
+    live path and the backtracking query (see the module docstring)."""
+
     def __init__(
         self,
         journal: SqliteJournal,
@@ -66,15 +70,16 @@ class LocalJournalSource:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Feed `send` from `offset` on, until cancelled."""
+        """Feed `send` from `offset` on, until cancelled; a read error ends it, raised as
+        itself."""
         self._query_offset = offset
-        async with trio.open_nursery() as nursery:
+        async with open_supervisor() as supervisor:  # errors come out as themselves
             if self.settings.live:
-                await nursery.start(self._live, send)
+                await supervisor.start(self._live, send)
             if self.settings.backtracking_interval is not None:
-                nursery.start_soon(self._backtracking, send, self.settings.backtracking_interval)
+                supervisor.start_soon(self._backtracking, send, self.settings.backtracking_interval)
             task_status.started()
-            await self._query(send)
+            await supervisor.run(self._query, send)
 
     async def _query(self, send: trio.MemorySendChannel[Batch]) -> None:
         journal, page_size = self.journal, self.settings.page_size

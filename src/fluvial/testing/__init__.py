@@ -3,3 +3,9 @@
 from fluvial.testing.behavior_testkit import BehaviorTestKit as BehaviorTestKit
 from fluvial.testing.behavior_testkit import CommandResult as CommandResult
 from fluvial.testing.memory_journal import MemoryJournal as MemoryJournal
+
+__all__ = [
+    "BehaviorTestKit",
+    "CommandResult",
+    "MemoryJournal",
+]

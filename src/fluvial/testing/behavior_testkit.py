@@ -1,9 +1,11 @@
 """Run commands against one behavior in memory, synchronously: events, state and reply.
 
 The shape of Akka's `EventSourcedBehaviorTestKit`: `run_command` returns what the command did,
-with the runtime's semantics (`fluvial.entity.runtime`) but no trio, no journal and no tasks, so
-a behavior's unit tests and hypothesis properties stay plain functions. `restart` recovers the
-state from the events persisted so far, as a restarted entity would, and checks it is the same.
+with no trio, no journal and no tasks, so a behavior's unit tests and hypothesis properties stay
+plain functions. It asks the very decision the entity runtime asks
+(`fluvial.core.command_decisions`), with the same `EntityContext`, so its events, states,
+replies and errors are the runtime's, message for message. `restart` recovers the state from
+the events persisted so far, as a restarted entity would, and checks it is the same.
 """
 
 from __future__ import annotations
@@ -12,15 +14,11 @@ from typing import Any, Generic, TypeVar, cast
 
 import attrs
 
-from fluvial.core.behavior import (
-    Command,
-    CommandOf,
-    EffectKind,
-    EventSourcedBehavior,
-    ReplyAction,
-)
+from fluvial.core.behavior import Command, CommandOf, EventSourcedBehavior
+from fluvial.core.command_decisions import answer, decide_commands, foreign_command
+from fluvial.core.entity_context import EntityContext
+from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
-from fluvial.entity.errors import CommandFailed, CommandTypeError, MissingReply, UnhandledCommand
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -51,7 +49,10 @@ class BehaviorTestKit(Generic[C, E, S]):
     """One entity of `behavior`, starting from its empty state, with its journal in a list.
 
     With a `registry`, every persisted event is serialized as the runtime would (a class without
-    a manifest fails the command), and `restart` recovers from the decoded payloads.
+    a manifest fails the command), and `restart` recovers from the decoded payloads. The
+    handlers of a behavior built `with_context` see `context` (an `EntityContext` for entity
+    `entity_id` of the behavior's type), the very context the runtime gives that entity's
+    handlers. Raises `InvalidPersistenceId` for an empty `entity_id`, as `Entities.ref` does.
     """
 
     def __init__(
@@ -62,7 +63,11 @@ class BehaviorTestKit(Generic[C, E, S]):
         entity_id: str = "testkit",
     ) -> None:
         self.behavior = behavior
-        self.persistence_id = f"{behavior.entity_type}|{entity_id}"
+        pid = PersistenceId(behavior.entity_type, entity_id)
+        self.context = EntityContext(pid)
+        self.persistence_id = str(pid)
+        self._slice = slice_for(self.persistence_id)
+        self._handlers = behavior.handlers_for(self.context)
         self._registry = registry
         self._state = behavior.empty_state
         self._events: list[E] = []
@@ -97,35 +102,31 @@ class BehaviorTestKit(Generic[C, E, S]):
         """
         behavior = self.behavior
         if not isinstance(command, behavior.command_types):
-            raise CommandTypeError(
-                f"{type(command).__name__} is not a command of entity type {behavior.entity_type!r}"
-            )
+            raise foreign_command(behavior.entity_type, behavior.command_types, command)
         # A `CommandOf[C, R]` that passed the check is a `C` and a `Command[R]` (types have no
         # intersection to say both at once).
         asked = cast(Command[R], command)
-        before = self._state
-        try:
-            effect = behavior.command_handler(before, cast(C, asked))
-            after = behavior.apply_events(before, effect.events)
-            for event in effect.events:
-                behavior.tagger(event)
-            registry = self._registry
-            payloads = [registry.encode(e) for e in effect.events] if registry else []
-        except Exception as exc:
-            failure = CommandFailed(self.persistence_id, asked, persisted=False)
-            failure.__cause__ = exc
-            return CommandResult(asked, (), before, error=failure)
-        if effect.kind is EffectKind.UNHANDLED:
-            unhandled = UnhandledCommand(
-                f"{self.persistence_id}: {type(asked).__name__} is not handled in this state"
-            )
-            return CommandResult(asked, (), before, error=unhandled)
-        self._events.extend(effect.events)
-        self._payloads.extend(payloads)
-        self._state = after
-        answered = self._answer(asked, effect.reply_action, after, bool(effect.events))
-        reply, error = answered
-        return CommandResult(asked, effect.events, after, reply, error, effect.stop_after)
+        registry = self._registry
+        decision = decide_commands(
+            self._handlers,
+            self.persistence_id,
+            behavior.entity_type,
+            self._slice,
+            self._state,
+            self.seq_nr,
+            [_Asked(asked)],
+            registry.encode if registry is not None else _not_serialized,
+        )
+        # The append of a list cannot fail: the decision's records are stored.
+        reply, error = answer(decision, 0)
+        _action, state, _persisted, failed_at_once = decision.decided[0]
+        if failed_at_once is not None:
+            return CommandResult(asked, (), state, error=failed_at_once)
+        events = tuple(decision.events)
+        self._events.extend(events)
+        self._payloads.extend(r.payload for r in decision.records if r.payload is not None)
+        self._state = decision.state
+        return CommandResult(asked, events, state, cast(R | None, reply), error, decision.stopped)
 
     def restart(self) -> S:
         """Recover the state from the persisted events and return it.
@@ -142,7 +143,7 @@ class BehaviorTestKit(Generic[C, E, S]):
                 registry.decode(payload, persistence_id=self.persistence_id, seq_nr=seq_nr)
                 for seq_nr, payload in enumerate(self._payloads, start=1)
             ]
-        recovered = self.behavior.apply_events(self.behavior.empty_state, events)
+        recovered = self._handlers.apply_events(self.behavior.empty_state, events)
         if recovered != self._state:
             raise AssertionError(
                 f"{self.persistence_id}: recovery from {self.seq_nr} events gives "
@@ -160,19 +161,14 @@ class BehaviorTestKit(Generic[C, E, S]):
         self._state = recovered
         return recovered
 
-    def _answer(
-        self, command: Command[R], action: ReplyAction | None, state: S, persisted: bool
-    ) -> tuple[R | None, Exception | None]:
-        if action is None:
-            return None, MissingReply(
-                f"{self.persistence_id}: the effect for {type(command).__name__} has no reply"
-            )
-        if action.error is not None:
-            return None, action.error
-        assert action.compute is not None
-        try:
-            return action.compute(state), None
-        except Exception as exc:
-            failure = CommandFailed(self.persistence_id, command, persisted=persisted)
-            failure.__cause__ = exc
-            return None, failure
+
+@attrs.frozen
+class _Asked:
+    """One command for the decision (the runtime's asks carry theirs the same way)."""
+
+    command: object
+
+
+def _not_serialized(_event: object) -> None:
+    # Without a registry the events stay objects: their records carry no payload.
+    return None

@@ -1,0 +1,101 @@
+"""The errors of projections and their offset stores.
+
+They live in the core, beside the offsets they are about, because both the runner
+(`fluvial.projection`) and every offset store (SQLite today, PostgreSQL later) raise them.
+"""
+
+from __future__ import annotations
+
+from fluvial.core.errors import FluvialError, UsageError
+from fluvial.core.ids import SliceRange
+
+
+class UnknownProjection(UsageError):
+    """A management call named a projection the store has never seen, or gave it an entity
+    type other than the one it consumes. A projection becomes known when it first runs
+    (`serve_projection`) or is registered (`SqliteOffsetStore.register`)."""
+
+    def __init__(self, message: str, projection: str) -> None:
+        super().__init__(message)
+        self.projection = projection
+
+
+class UnknownEvent(UsageError, LookupError):
+    """`skip_event` named an event that is not in the journal."""
+
+    def __init__(self, persistence_id: str, seq_nr: int) -> None:
+        super().__init__(f"no event {persistence_id} seq nr {seq_nr} in the journal")
+        self.persistence_id = persistence_id
+        self.seq_nr = seq_nr
+
+
+class ProjectionConflict(UsageError):
+    """Another instance of the same projection owns (part of) this slice range, or changed its
+    stored offsets under this one; this instance stopped without writing anything.
+
+    The usual cause is a misconfiguration: two processes, or two `serve_projection` calls,
+    running one projection over overlapping slice ranges; or a management call (`reset`,
+    `set_offset`, `skip_event`) made while the projection runs. Stop the other instance
+    (or run the management call while the projection is stopped), then start this one again.
+    """
+
+    def __init__(self, projection: str, slices: SliceRange, reason: str) -> None:
+        super().__init__(f"projection {projection!r} (slices {slices}): {reason}")
+        self.projection = projection
+        self.slices = slices
+
+
+class ProjectionLeaseHeld(ProjectionConflict):
+    """A live instance holds the lease of an overlapping slice range, so this one is refused
+    at start. `holder` names that instance (host, process id, a random part) and
+    `expires_in` says in how many seconds its lease expires if it is not renewed: an owner
+    that was killed blocks a restart for at most that long."""
+
+    def __init__(
+        self,
+        projection: str,
+        slices: SliceRange,
+        *,
+        holder: str,
+        holder_slices: SliceRange,
+        expires_in: float,
+    ) -> None:
+        super().__init__(
+            projection,
+            slices,
+            f"refused: instance {holder} holds the lease of slices {holder_slices}, for "
+            f"{expires_in:.1f}s more unless it renews it (a stopped or killed instance's "
+            "lease expires by then)",
+        )
+        self.holder = holder
+        self.holder_slices = holder_slices
+        self.expires_in = expires_in
+
+
+class ProjectionFailed(FluvialError):
+    """The projection kept failing past its recovery strategy and `backoff.max_restarts`.
+
+    `persistence_id` and `seq_nr` name the envelope the last attempt failed on (the first
+    of its group, for a grouped handler), so that `skip_event` can get past it; both are
+    None when the failure was not an envelope's (a storage or source error). The last
+    error is the `__cause__`.
+    """
+
+    def __init__(
+        self,
+        projection: str,
+        slices: SliceRange,
+        failures: int,
+        *,
+        persistence_id: str | None = None,
+        seq_nr: int | None = None,
+    ) -> None:
+        where = f" on {persistence_id} seq nr {seq_nr}" if persistence_id is not None else ""
+        super().__init__(
+            f"projection {projection!r} (slices {slices}) failed {failures} times in a row{where}"
+        )
+        self.projection = projection
+        self.slices = slices
+        self.failures = failures
+        self.persistence_id = persistence_id
+        self.seq_nr = seq_nr

@@ -1,0 +1,188 @@
+"""At-least-once consumption: the handler's effects at once, the offsets saved in batches.
+
+The tracker counts an envelope as handled when it is admitted, before the handler has run, so a
+save happens only when everything admitted has been handled; a clean stop (cancellation) that
+interrupts the handler first undoes the admission of the record in hand (`Savepoint`), so what
+it saves never covers an envelope still in the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import trio
+
+from fluvial.core.offset_tracker import OffsetChanges, Savepoint
+from fluvial.core.records import EventEnvelope
+from fluvial.projection.handlers import AtLeastOnce, GroupedAtLeastOnce
+from fluvial.projection.instance import (
+    HandlerFailed,
+    Instance,
+    log_retry,
+    log_skipped,
+    receive_until,
+)
+from fluvial.projection.source import Batch
+
+log = logging.getLogger("fluvial.projection")
+
+E = TypeVar("E")
+
+# How long a clean stop may wait for the save of the offsets of what was handled.
+SAVE_ON_STOP_TIMEOUT = 5.0
+
+
+class _Saver:
+    """Saves an instance's offsets, now and on a clean stop."""
+
+    def __init__(self, instance: Instance[Any], *, grouped: bool) -> None:
+        self.instance = instance
+        # Grouped, everything admitted since the last save waits in a plan: unhandled.
+        self.grouped = grouped
+        self.in_hand: Savepoint | None = None  # a record admitted, not all of it handled
+        self.unsaved: OffsetChanges | None = None  # taken by a save that did not finish
+
+    async def save(self) -> None:
+        """Save the offsets of everything admitted so far (all of it handled)."""
+        changes = self.instance.tracker.take_changes()
+        self.unsaved = changes
+        await self.instance.store.save(self.instance.name, self.instance.slices, changes)
+        self.unsaved = None
+        self.instance.committed(changes)
+
+    async def save_on_stop(self) -> None:
+        """Save what was handled, shielded from the cancellation that stops the instance;
+        a failure is logged (those envelopes come again after a restart). SAVE_ON_STOP_TIMEOUT
+        bounds the wait for the write to be taken; once taken, a write runs to its end (the
+        journal's busy timeout bounds that)."""
+        tracker = self.instance.tracker
+        if self.grouped:
+            changes = OffsetChanges((), {})
+        else:
+            if self.in_hand is not None:
+                tracker.roll_back_to(self.in_hand)
+            changes = tracker.take_changes()
+        if self.unsaved is not None:
+            changes = self.unsaved.then(changes)
+        if changes.empty:
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + SAVE_ON_STOP_TIMEOUT
+            try:
+                await self.instance.store.save(self.instance.name, self.instance.slices, changes)
+            except Exception as exc:
+                log.warning(
+                    "projection %r (slices %s): saving its offsets on stop failed: %s",
+                    self.instance.name,
+                    self.instance.slices,
+                    exc,
+                )
+        if scope.cancelled_caught:
+            log.warning(
+                "projection %r (slices %s): saving its offsets on stop took over %.0fs; gave up",
+                self.instance.name,
+                self.instance.slices,
+                SAVE_ON_STOP_TIMEOUT,
+            )
+
+
+async def consume_at_least_once(
+    instance: Instance[E], receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
+) -> None:
+    """Hand what `receive` brings to `handler`, an envelope at a time, until cancelled."""
+    # Admitted one record at a time, so that a save within a source batch covers only
+    # the envelopes handled so far.
+    saver = _Saver(instance, grouped=False)
+    unsaved = 0
+    due = math.inf
+    try:
+        while True:
+            batch = await receive_until(receive, due)
+            if batch is not None:
+                records, source = batch
+                for record in records:
+                    if due == math.inf:
+                        due = trio.current_time() + handler.save_after
+                    saver.in_hand = instance.tracker.savepoint(record)
+                    for envelope in await instance.admit([record], source):
+                        await _call_with_recovery(instance, handler.handle, envelope, [envelope])
+                        unsaved += 1
+                    saver.in_hand = None
+                    if unsaved >= handler.save_every or trio.current_time() >= due:
+                        await saver.save()
+                        unsaved, due = 0, math.inf
+            if trio.current_time() >= due:
+                await saver.save()
+                unsaved, due = 0, math.inf
+    except trio.Cancelled:
+        await saver.save_on_stop()
+        raise
+
+
+async def consume_grouped_at_least_once(
+    instance: Instance[E],
+    receive: trio.MemoryReceiveChannel[Batch],
+    handler: GroupedAtLeastOnce[E],
+) -> None:
+    """Hand what `receive` brings to `handler` in groups, until cancelled."""
+    saver = _Saver(instance, grouped=True)
+    plan: list[EventEnvelope[E]] = []
+    due = math.inf
+    try:
+        while True:
+            batch = await receive_until(receive, due)
+            if batch is not None:
+                records, source = batch
+                for record in records:
+                    if due == math.inf:
+                        due = trio.current_time() + handler.max_wait
+                    plan.extend(await instance.admit([record], source))
+                    if len(plan) >= handler.max_size:
+                        await _handle_groups(instance, handler, plan, saver)
+                        plan, due = [], math.inf
+            if trio.current_time() >= due:
+                await _handle_groups(instance, handler, plan, saver)
+                plan, due = [], math.inf
+    except trio.Cancelled:
+        # Only what a finished plan saved is handled: the groups of an unfinished plan
+        # come again.
+        await saver.save_on_stop()
+        raise
+
+
+async def _handle_groups(
+    instance: Instance[E],
+    handler: GroupedAtLeastOnce[E],
+    plan: list[EventEnvelope[E]],
+    saver: _Saver,
+) -> None:
+    """Hand `plan` over in groups of at most `max_size` (a replay can make it longer),
+    then save the offsets."""
+    for start in range(0, len(plan), handler.max_size):
+        group = plan[start : start + handler.max_size]
+        await _call_with_recovery(instance, handler.handle, group, group)
+    await saver.save()
+
+
+async def _call_with_recovery(
+    instance: Instance[E],
+    function: Callable[[Any], Awaitable[None]],
+    argument: object,
+    envelopes: Sequence[EventEnvelope[E]],
+) -> None:
+    recovery, backoff = instance.projection.recovery, instance.projection.backoff
+    for attempt in range(recovery.retries + 1):
+        try:
+            await function(argument)
+            return
+        except Exception as exc:
+            error = exc
+        if attempt < recovery.retries:
+            log_retry(instance.name, attempt, error)
+            await trio.sleep(backoff.delay(attempt))
+    if not recovery.skip:
+        raise HandlerFailed(envelopes[0].persistence_id, envelopes[0].seq_nr) from error
+    log_skipped(instance.name, envelopes, error)

@@ -1,0 +1,131 @@
+"""Exactly-once consumption: the handler's writes and the offsets in one transaction.
+
+Ungrouped, one transaction per source batch; grouped, per group of up to `max_size` envelopes
+or `max_wait` seconds after the first. The offset store compares the stored offsets with the
+ones this instance read before it runs the handler, so a second instance cannot apply an event
+twice (it gets ProjectionConflict instead). A failing transaction is retried, skipped or fails
+the instance as the recovery strategy says; the handler runs once per attempt.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import trio
+
+from fluvial.core.records import EventEnvelope
+from fluvial.projection.handlers import Connection, ExactlyOnce, GroupedExactlyOnce
+from fluvial.projection.instance import (
+    Arrival,
+    HandlerFailed,
+    Instance,
+    log_retry,
+    log_skipped,
+    receive_until,
+)
+from fluvial.projection.source import Batch
+
+E = TypeVar("E")
+
+
+async def consume_exactly_once(
+    instance: Instance[E],
+    receive: trio.MemoryReceiveChannel[Batch],
+    handler: ExactlyOnce[E] | GroupedExactlyOnce[E],
+) -> None:
+    """Hand what `receive` brings to `handler`, a transaction at a time, until cancelled."""
+    max_size, max_wait = (
+        (handler.max_size, handler.max_wait)
+        if isinstance(handler, GroupedExactlyOnce)
+        else (0, 0.0)
+    )
+    arrivals: list[Arrival] = []
+    plan: list[EventEnvelope[E]] = []
+    due = math.inf
+    while True:
+        batch = await receive_until(receive, due)
+        if batch is not None:
+            records, source = batch
+            arrivals.extend((r, source) for r in records)
+            plan.extend(await instance.admit(records, source))
+            if plan and len(plan) < max_size:
+                due = min(due, trio.current_time() + max_wait)
+                continue
+        if arrivals:
+            await _commit(instance, handler, arrivals, plan)
+        arrivals, plan, due = [], [], math.inf
+
+
+class _Writes:
+    """The handler's writes of one transaction; remembers the handler's error and the
+    envelope it failed on (the first of a group), which name the failure."""
+
+    def __init__(
+        self, handler: ExactlyOnce[E] | GroupedExactlyOnce[E], envelopes: list[EventEnvelope[E]]
+    ) -> None:
+        self.handler = handler
+        self.envelopes = envelopes
+        self.current: EventEnvelope[E] | None = None
+        self.error: Exception | None = None
+
+    def __call__(self, conn: Connection) -> None:
+        handler, envelopes = self.handler, self.envelopes
+        if isinstance(handler, GroupedExactlyOnce):
+            # A source batch can hold more than max_size: several groups, one transaction.
+            for start in range(0, len(envelopes), handler.max_size):
+                group = envelopes[start : start + handler.max_size]
+                try:
+                    handler.handle(conn, group)
+                except Exception as exc:
+                    self.current, self.error = group[0], exc
+                    raise
+            return
+        handle = handler.handle
+        envelope = None
+        try:
+            for envelope in envelopes:  # after a failure, the envelope it failed on
+                handle(conn, envelope)
+        except Exception as exc:
+            self.current, self.error = envelope, exc
+            raise
+
+
+async def _commit(
+    instance: Instance[E],
+    handler: ExactlyOnce[E] | GroupedExactlyOnce[E],
+    arrivals: list[Arrival],
+    plan: list[EventEnvelope[E]],
+) -> None:
+    recovery, backoff = instance.projection.recovery, instance.projection.backoff
+    attempt = 0
+    while True:
+        changes = instance.tracker.take_changes()
+        writes = _Writes(handler, list(plan))
+        try:
+            await instance.store.commit(instance.name, instance.slices, changes, writes)
+            instance.committed(changes)
+            return
+        except Exception as exc:
+            if exc is not writes.error or writes.current is None:
+                raise  # not the handler's: a conflict or a storage error
+            error, failed_on = exc, writes.current
+        # Nothing of it was committed: start again from what the store says.
+        await instance.reload()
+        plan = await instance.readmit(arrivals)
+        if attempt < recovery.retries:
+            log_retry(instance.name, attempt, error)
+            await trio.sleep(backoff.delay(attempt))
+            attempt += 1
+            continue
+        if not recovery.skip:
+            raise HandlerFailed(failed_on.persistence_id, failed_on.seq_nr) from error
+        if len(arrivals) > 1 and not isinstance(handler, GroupedExactlyOnce):
+            # Find the envelopes that fail on their own; skip only those.
+            await instance.reload()
+            for arrival in arrivals:
+                single = await instance.readmit([arrival])
+                await _commit(instance, handler, [arrival], single)
+            return
+        log_skipped(instance.name, plan, error)
+        plan = []

@@ -1,0 +1,205 @@
+"""One run of a projection instance: its source, its tracker, and admission of envelopes.
+
+`Instance.run` loads the offsets, starts the source and hands its batches to the handler
+kind's consumer (`exactly_once.py`, `at_least_once.py`). Admission reads like the protocol:
+ask the offset tracker about each record → look up an entity that left memory, replay a gap
+from the journal, decode what is accepted → the envelopes to hand to the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import trio
+
+from fluvial.core.errors import DataError, FluvialError
+from fluvial.core.ids import SliceRange
+from fluvial.core.offset_tracker import (
+    Accepted,
+    Duplicate,
+    EnvelopeSource,
+    NeedsStoredSeqNr,
+    OffsetChanges,
+    OffsetTracker,
+    RejectedBacktracking,
+    RejectedSeqNr,
+)
+from fluvial.core.records import EventEnvelope, EventRecord
+from fluvial.core.serialization import SerializerRegistry
+from fluvial.projection.source import Batch, LocalJournalSource
+from fluvial.projection.supervision import open_supervisor
+
+if TYPE_CHECKING:
+    from fluvial.journal.sqlite_journal import SqliteJournal
+    from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
+    from fluvial.projection.runner import Projection
+
+log = logging.getLogger("fluvial.projection")
+
+E = TypeVar("E")
+Arrival = tuple[EventRecord, EnvelopeSource]
+
+
+class HandlerFailed(FluvialError):
+    """The recovery strategy gave up on an envelope (the `__cause__` is why): restart the
+    instance. `persistence_id` and `seq_nr` name it (the first of a group)."""
+
+    def __init__(self, persistence_id: str, seq_nr: int) -> None:
+        super().__init__(f"{persistence_id} seq nr {seq_nr}")
+        self.persistence_id = persistence_id
+        self.seq_nr = seq_nr
+
+
+class Instance(Generic[E]):
+    """A projection instance over one slice range; `run` is one attempt, from the store."""
+
+    def __init__(
+        self,
+        journal: SqliteJournal,
+        serializers: SerializerRegistry,
+        store: SqliteOffsetStore,
+        projection: Projection[E],
+        slices: SliceRange,
+    ) -> None:
+        self.journal = journal
+        self.serializers = serializers
+        self.store = store
+        self.projection = projection
+        self.name = projection.name
+        self.slices = slices
+        self.tracker = OffsetTracker(slices)
+        self.made_progress = False
+
+    async def run(
+        self,
+        ready: Callable[[], None],
+        consume: Callable[[Instance[E], trio.MemoryReceiveChannel[Batch]], Any],
+    ) -> None:
+        """Load the offsets, start the source, call `ready`, and `consume` its batches until
+        cancelled; the first error of the source or the consumer is raised as itself."""
+        self.made_progress = False
+        await self.reload()
+        source = LocalJournalSource(
+            self.journal, self.projection.entity_type, self.slices, self.projection.source
+        )
+        send, receive = trio.open_memory_channel[Batch](4)
+        async with open_supervisor() as supervisor:
+            await supervisor.start(source.run, self.tracker.resume_offset(), send)
+            ready()
+            await supervisor.run(consume, self, receive)
+
+    async def reload(self) -> None:
+        """Start again from what the store holds."""
+        self.tracker = await self.store.load(
+            self.name, self.slices, window=int(self.projection.window * 1_000_000)
+        )
+
+    def committed(self, changes: OffsetChanges) -> None:
+        """`changes` are stored."""
+        # Progress is an envelope handled for good. One handled again after a restart (its
+        # offset was not saved) or a duplicate passed again is none: the backoff keeps growing.
+        if changes.entities:
+            self.made_progress = True
+
+    async def readmit(self, arrivals: Sequence[Arrival]) -> list[EventEnvelope[E]]:
+        """Admit `arrivals` again, one at a time, after a reload."""
+        plan: list[EventEnvelope[E]] = []
+        for record, source in arrivals:
+            plan.extend(await self.admit([record], source))
+        return plan
+
+    async def admit(
+        self, records: Sequence[EventRecord], source: EnvelopeSource
+    ) -> list[EventEnvelope[E]]:
+        """The envelopes among `records` to hand to the handler, in order, with any missing
+        events replayed before them; the tracker counts them as handled."""
+        tracker, accepted = self.tracker, []
+        for record in records:
+            verdict = tracker.validate(record, source)
+            if isinstance(verdict, NeedsStoredSeqNr):
+                stored = await self.store.load_entity(self.name, record.persistence_id)
+                tracker.learn(record.persistence_id, stored)
+                verdict = tracker.validate(record, source)
+            match verdict:
+                case Accepted():
+                    accepted.extend(self._decode(record))
+                    tracker.accept(record)
+                case RejectedSeqNr(expected) | RejectedBacktracking(expected):
+                    accepted.extend(await self._replay(record, expected))
+                case Duplicate() | NeedsStoredSeqNr():
+                    pass
+            if source is EnvelopeSource.QUERY:
+                tracker.passed(record)
+        return accepted
+
+    async def _replay(self, record: EventRecord, from_seq_nr: int) -> list[EventEnvelope[E]]:
+        """Fill the gap before `record` from the journal, `record` included."""
+        missing = await self.journal.read_events(
+            record.persistence_id, from_seq_nr, record.seq_nr, record.seq_nr - from_seq_nr + 1
+        )
+        replayed: list[EventEnvelope[E]] = []
+        for event in missing:
+            if isinstance(self.tracker.validate(event, EnvelopeSource.REPLAY), Accepted):
+                replayed.extend(self._decode(event))
+                self.tracker.accept(event)
+        if not missing or missing[-1].seq_nr != record.seq_nr:
+            log.warning(
+                "projection %r: could not replay %s seq nrs %d..%d; the query will deliver them",
+                self.name,
+                record.persistence_id,
+                from_seq_nr,
+                record.seq_nr,
+            )
+        return replayed
+
+    def _decode(self, record: EventRecord) -> list[EventEnvelope[E]]:
+        """The envelope of `record`, or none if it cannot be decoded and the recovery
+        strategy skips (else the instance fails: nothing is skipped silently)."""
+        assert record.payload is not None, "the local journal holds no placeholders"
+        try:
+            event = self.serializers.decode(
+                record.payload, persistence_id=record.persistence_id, seq_nr=record.seq_nr
+            )
+        except DataError as exc:
+            if not self.projection.recovery.skip:
+                raise HandlerFailed(record.persistence_id, record.seq_nr) from exc
+            log.warning("projection %r: skipping undecodable event: %s", self.name, exc)
+            return []
+        return [
+            EventEnvelope(
+                persistence_id=record.persistence_id,
+                seq_nr=record.seq_nr,
+                entity_type=record.entity_type,
+                slice=record.slice,
+                timestamp=record.timestamp,
+                event=event,
+                tags=record.tags,
+            )
+        ]
+
+
+async def receive_until(receive: trio.MemoryReceiveChannel[Batch], deadline: float) -> Batch | None:
+    """The next batch, or None at `deadline`."""
+    with trio.move_on_at(deadline):
+        return await receive.receive()
+    return None
+
+
+def log_retry(name: str, attempt: int, error: Exception) -> None:
+    """Log that the handler failed on attempt `attempt` (0-based) and is tried again."""
+    log.warning(
+        "projection %r: handler failed (attempt %d), retrying: %s", name, attempt + 1, error
+    )
+
+
+def log_skipped(name: str, envelopes: Sequence[EventEnvelope[Any]], error: Exception) -> None:
+    """Log the envelopes that the recovery strategy skips, naming them."""
+    log.warning(
+        "projection %r: skipping %d envelope(s) after the handler kept failing (%s): %s",
+        name,
+        len(envelopes),
+        error,
+        ", ".join(f"{e.persistence_id}#{e.seq_nr}" for e in envelopes[:20]),
+    )

@@ -1,0 +1,1 @@
+"""Entity runtime tests (a package, so that its conftest has its own module name)."""
