@@ -111,9 +111,12 @@ async def events_by_slices(
     slices: SliceRange,
     offset: TimestampOffset | None = None,
     *,
+    with_payloads: bool = True,
+    exclude_origin: str | None = None,
     page_size: int = PAGE_SIZE,
 ) -> AsyncGenerator[EventRecord, None]:
-    """Catch up from `offset`, then follow new events forever, in timestamp order.
+    """Catch up from `offset`, then follow new events forever, in timestamp order. See
+    `Journal.read_events_by_slices` for `with_payloads` and `exclude_origin`.
 
     Close the iterator (or cancel its task) to stop following.
     """
@@ -121,7 +124,14 @@ async def events_by_slices(
     while True:
         # Taken before the read, so a commit that lands during it is not waited for.
         seen = journal.append_count()
-        page = await journal.read_events_by_slices(entity_type, slices, offset, page_size)
+        page = await journal.read_events_by_slices(
+            entity_type,
+            slices,
+            offset,
+            page_size,
+            with_payloads=with_payloads,
+            exclude_origin=exclude_origin,
+        )
         for record in page:
             offset = offset.advanced_to(record)
             yield record

@@ -4,16 +4,22 @@ and seq nr."""
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
+import trio
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.core.replication_metadata import ReplicationMetadata
+from fluvial.journal.api import EventStored
+from fluvial.journal.queries import events_by_slices
 from fluvial.testing.journal_contract._records import (
     ENTITY_TYPE,
     LOW,
     OTHER_ENTITY_TYPE,
+    TIMEOUT,
     JournalUnderTest,
     current_by_slices,
     entity_ids,
@@ -116,3 +122,29 @@ class LookupContract:
             await current_by_slices(journal, ENTITY_TYPE, SliceRange.all(), exclude_origin="C")
             == everything
         )
+
+    async def test_a_follower_gets_one_origins_events_as_placeholders(
+        self, journal: JournalUnderTest
+    ) -> None:
+        pid, local = entity_ids(ENTITY_TYPE, SliceRange.all(), 2)
+
+        def from_a(records: list[EventRecord]) -> list[EventRecord]:
+            return [
+                msgspec.structs.replace(
+                    e, write_timestamp=e.seq_nr, replication=ReplicationMetadata("A", e.seq_nr)
+                )
+                for e in records
+            ]
+
+        with trio.fail_after(TIMEOUT):
+            query = events_by_slices(journal, ENTITY_TYPE, SliceRange.all(), exclude_origin="A")
+            async with contextlib.aclosing(query) as stream:
+                await journal.write_from_elsewhere(from_a(events(pid, 1, 1)))
+                assert (await anext(stream)).payload is None  # caught up
+                appended = await journal.append(events(local, 1, 1))
+                assert await anext(stream) == appended[0]
+                stored = await journal.write_from_elsewhere(from_a(events(pid, 2, 1)))
+                assert isinstance(stored[0], EventStored)
+                assert await anext(stream) == msgspec.structs.replace(
+                    stored[0].record, payload=None
+                )  # followed
