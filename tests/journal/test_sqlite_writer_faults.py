@@ -7,6 +7,7 @@ cancellation would still be caught by pytest's timeout.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ import msgspec
 import outcome
 import pytest
 import trio
+import trio.testing
 
 pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 
 from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.offsets import TimestampOffset  # noqa: E402
 from fluvial.core.records import EventRecord  # noqa: E402
-from fluvial.journal.api import JournalClosed  # noqa: E402
+from fluvial.journal.api import JournalClosed, JournalConflict  # noqa: E402
 from fluvial.journal.sqlite_errors import JournalFileError  # noqa: E402
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
 from fluvial.journal.sqlite_transaction import WriteTransaction  # noqa: E402
@@ -160,3 +162,90 @@ async def test_a_write_cancelled_while_it_waits_in_the_outbox_did_nothing(
             # The entity starts at seq nr 1: the cancelled append left no trace.
             stored = await journal.append(events(pid, 1, 1))
             assert await read_all(journal, pid) == list(stored)
+
+
+class _ReadModelWrite:
+    """A projection-style function write: one row into a read-model table, counted per run."""
+
+    def __init__(self, *, fails: bool) -> None:
+        self.fails = fails
+        self.runs = 0
+
+    def __call__(self, txn: WriteTransaction) -> str:
+        self.runs += 1
+        txn.connection.execute("INSERT INTO read_model (run) VALUES (?)", (self.runs,))
+        if self.fails:
+            raise ValueError("the handler failed")
+        return "written"
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["function", "conflict"],
+        ["append", "function", "conflict"],
+        ["conflict", "function", "append"],
+        ["append", "conflict", "function"],
+        ["failing-function", "append"],
+        ["failing-function", "conflict"],
+    ],
+    ids="-".join,
+)
+async def test_a_function_write_runs_once_when_another_write_of_its_transaction_fails(
+    tmp_path: Path, order: list[str]
+) -> None:
+    """A rollback of the shared transaction must not run a function write again: an
+    exactly-once handler, a read-model migration or a reset clearing a read model would
+    run twice."""
+    victim, innocent = entity_ids(ENTITY_TYPE, ALL, 2)
+    function = _ReadModelWrite(fails=order[0] == "failing-function")
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_the_writer(_txn: WriteTransaction) -> None:
+        entered.set()
+        release.wait(10)
+
+    writes: dict[str, Callable[[], Awaitable[object]]] = {
+        "function": lambda: journal.database.write(function),
+        "failing-function": lambda: journal.database.write(function),
+        "append": lambda: journal.append(events(innocent, 1, 2)),
+        "conflict": lambda: journal.append(events(victim, 1, 1)),
+    }
+    results: dict[str, outcome.Outcome[Any]] = {}
+
+    async def run(name: str) -> None:
+        results[name] = await outcome.acapture(writes[name])
+
+    with trio.fail_after(10):
+        async with open_sqlite_journal(tmp_path / "journal.db") as journal:
+            await journal.database.write(
+                lambda txn: txn.connection.execute("CREATE TABLE read_model (run INTEGER)")
+            )
+            await journal.append(events(victim, 1, 1))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(journal.database.write, hold_the_writer)
+                await trio.to_thread.run_sync(entered.wait)
+                for name in order:  # one by one: the next transaction holds them in this order
+                    nursery.start_soon(run, name)
+                    await trio.testing.wait_all_tasks_blocked()
+                release.set()
+
+            assert function.runs == 1
+            stored = await journal.database.read(
+                lambda conn: conn.execute("SELECT run FROM read_model").fetchall()
+            )
+            if function.fails:
+                failed = results.pop("failing-function")
+                assert isinstance(failed, outcome.Error)
+                assert isinstance(failed.error, ValueError)
+                assert stored == []
+            else:
+                assert results.pop("function").unwrap() == "written"
+                assert stored == [(1,)]
+            if "conflict" in results:
+                conflict = results.pop("conflict")
+                assert isinstance(conflict, outcome.Error)
+                assert isinstance(conflict.error, JournalConflict)
+            if "append" in results:
+                assert await read_all(journal, innocent) == list(results.pop("append").unwrap())
+            assert [r.seq_nr for r in await read_all(journal, victim)] == [1]

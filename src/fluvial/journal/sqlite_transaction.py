@@ -177,14 +177,17 @@ def commit_batch(
 ) -> None:
     """Run `batch` in one transaction; each write's outcome lands in its `result`.
 
-    Writes rarely fail, so the batch first runs without savepoints; only if one fails is the
-    transaction rolled back and the batch run again with a savepoint around each write. If
+    Writes rarely fail, so the row inserts of the batch first run without savepoints; only if
+    one fails is the transaction rolled back and the batch run again with a savepoint around
+    each write. A function write runs once per call all the same: it gets a savepoint in the
+    first run too, and so does every write after it (see `_try_commit`). If
     the transaction itself fails (the lock, a full disk, a bug here), every write of the batch
     gets a `JournalFileError` and nothing of the batch is stored. Never raises.
     """
     try:
         if not _try_commit(conn, state, batch, savepoints=False):
-            # The rollback undid the writes that succeeded too: every write runs again.
+            # The rollback undid the row inserts that succeeded too: they run again (no
+            # function write has run yet).
             for pending in batch:
                 pending.result = None
             _try_commit(conn, state, batch, savepoints=True)
@@ -289,6 +292,9 @@ def _try_commit(
     *,
     savepoints: bool,
 ) -> bool:
+    """Run `batch` in one transaction: False (rolled back) if a write without a savepoint
+    failed. Only row inserts run without one, and only until the first function write: a
+    function may have done anything, so a rollback must never make it run again."""
     txn = state.begin(conn)
     if not savepoints and not _run_merged(txn, batch):
         _rollback(conn)
@@ -297,6 +303,7 @@ def _try_commit(
     for pending in batch:
         if pending.result is not None:
             continue  # done by _run_merged
+        savepoints = savepoints or not isinstance(pending.function, RowInsert)
         if savepoints:
             conn.execute("SAVEPOINT write")
         mark = state.mark()
