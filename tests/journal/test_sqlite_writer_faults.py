@@ -23,10 +23,11 @@ pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.offsets import TimestampOffset  # noqa: E402
 from fluvial.core.records import EventRecord  # noqa: E402
+from fluvial.journal import sqlite_database  # noqa: E402
 from fluvial.journal.api import JournalClosed, JournalConflict  # noqa: E402
 from fluvial.journal.sqlite_errors import JournalFileError  # noqa: E402
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
-from fluvial.journal.sqlite_transaction import WriteTransaction  # noqa: E402
+from fluvial.journal.sqlite_transaction import WriterState, WriteTransaction  # noqa: E402
 from fluvial.testing.journal_contract import (  # noqa: E402
     entity_ids,
     events,
@@ -249,3 +250,114 @@ async def test_a_function_write_runs_once_when_another_write_of_its_transaction_
             if "append" in results:
                 assert await read_all(journal, innocent) == list(results.pop("append").unwrap())
             assert [r.seq_nr for r in await read_all(journal, victim)] == [1]
+
+
+class _FailOnce:
+    """`step`, but raising RuntimeError at its first call once armed, before it runs or
+    `after` it (`replacement` stands in for it, a plain function, so that it binds as a
+    method too)."""
+
+    def __init__(self, step: Callable[..., Any], *, after: bool = False) -> None:
+        self.armed = False
+
+        def replacement(*args: Any) -> Any:
+            if not self.armed:
+                return step(*args)
+            self.armed = False
+            if after:
+                step(*args)
+            raise RuntimeError("a bug in the writer")
+
+        self.replacement = replacement
+
+
+async def test_a_transaction_failing_outside_its_writes_fails_its_batch_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the writer's own steps (here, beginning the transaction) fails the writes of
+    that transaction with a typed error, not the writer thread."""
+    path = tmp_path / "journal.db"
+    pids = entity_ids(ENTITY_TYPE, ALL, 3)
+    begin = _FailOnce(WriterState.begin)
+    monkeypatch.setattr(WriterState, "begin", begin.replacement)
+    results: dict[PersistenceId, outcome.Outcome[Any]] = {}
+
+    async def append(pid: PersistenceId) -> None:
+        results[pid] = await outcome.acapture(journal.append, events(pid, 1, 1))
+
+    with trio.fail_after(10):
+        async with open_sqlite_journal(path) as journal:
+            begin.armed = True
+            async with trio.open_nursery() as nursery:
+                for pid in pids:
+                    nursery.start_soon(append, pid)
+            for pid in pids:
+                failed = results[pid]
+                assert isinstance(failed, outcome.Error)
+                assert isinstance(failed.error, JournalFileError)
+                assert str(path) in str(failed.error)
+                assert "RuntimeError" in str(failed.error)
+                assert await journal.highest_seq_nr(str(pid)) == 0
+            stored = await journal.append(events(pids[0], 1, 1))
+            assert await read_all(journal, pids[0]) == list(stored)
+
+
+@pytest.mark.timeout(30)  # without the fix the callers ignore cancellation: they hang
+@pytest.mark.parametrize("step", ["pages_written", "commit_batch"])
+async def test_a_writer_thread_that_dies_fails_every_waiting_write_and_the_journal_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """The writer thread dying (a bug in counting the pages a transaction wrote, between
+    transactions; or in committing one, which it then holds) strands no caller: each write it
+    will never confirm fails with a typed error naming the file and the cause, later calls fail
+    at once, and the journal closes."""
+    path = tmp_path / "journal.db"
+    held, *queued = entity_ids(ENTITY_TYPE, ALL, 4)
+    failing = _FailOnce(getattr(sqlite_database, step), after=True)
+    monkeypatch.setattr(sqlite_database, step, failing.replacement)
+    entered, release = threading.Event(), threading.Event()
+    results: dict[PersistenceId, outcome.Outcome[Any]] = {}
+
+    def hold_the_writer(txn: WriteTransaction) -> None:
+        entered.set()
+        release.wait(10)
+
+    async def append(pid: PersistenceId) -> None:
+        results[pid] = await outcome.acapture(journal.append, events(pid, 1, 1))
+
+    def assert_fails_for_the_writer(error: BaseException) -> None:
+        assert isinstance(error, JournalFileError), repr(error)
+        assert str(path) in str(error)
+        assert isinstance(error.__cause__, RuntimeError)
+
+    async def hold() -> None:
+        results[held] = await outcome.acapture(journal.database.write, hold_the_writer)
+
+    with trio.fail_after(10):
+        async with open_sqlite_journal(path) as journal:
+            failing.armed = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hold)
+                await trio.to_thread.run_sync(entered.wait)
+                # Queued behind the held transaction; the writer dies right after it.
+                for pid in queued:
+                    nursery.start_soon(append, pid)
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            if step == "commit_batch":
+                queued.append(held)  # the batch the writer held is not confirmed either
+            else:
+                assert results.pop(held).unwrap() is None
+            for pid in queued:
+                failed = results[pid]
+                assert isinstance(failed, outcome.Error)
+                assert_fails_for_the_writer(failed.error)
+            with pytest.raises(JournalFileError) as later:
+                await journal.append(events(held, 1, 1))
+            assert_fails_for_the_writer(later.value)
+            with pytest.raises(JournalFileError) as later:
+                journal.append_soon(events(held, 1, 1), lambda _: None)
+            assert_fails_for_the_writer(later.value)
+    async with open_sqlite_journal(path) as reopened:
+        for pid in queued:
+            assert await reopened.highest_seq_nr(str(pid)) == 0
