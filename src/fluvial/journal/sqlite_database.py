@@ -17,6 +17,7 @@ has already read.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import socket
@@ -30,8 +31,8 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from fluvial.journal.api import JournalClosed
-from fluvial.journal.sqlite_errors import storage_error
+from fluvial.journal.api import JournalClosed, JournalError
+from fluvial.journal.sqlite_errors import JournalFileError, storage_error
 from fluvial.journal.sqlite_file import CHECKPOINT_PAGES as _CHECKPOINT_PAGES
 from fluvial.journal.sqlite_file import DEFAULT_BUSY_TIMEOUT, FileOptions, checked_path, open_writer
 from fluvial.journal.sqlite_file import Durability as Durability
@@ -91,11 +92,25 @@ class SqliteDatabase:
         self._state = WriterState(path)
         self._pages_since_checkpoint = 0
         self._committed: trio.Event | None = None  # exists only while someone waits
+        self._in_flight: list[PendingWrite[Any]] | None = None  # taken, not yet committed
+        self._writer_failure: BaseException | None = None  # why the writer thread died
+        self._trio_token = trio.lowlevel.current_trio_token()
         self._thread.start()
 
     def _check_open(self) -> None:
         if self._closed:
-            raise JournalClosed(self.path)
+            raise self._closed_error()
+
+    def _closed_error(self) -> JournalError:
+        if self._writer_failure is None:
+            return JournalClosed(self.path)
+        error = JournalFileError(
+            self.path,
+            f"the writer thread failed ({self._writer_failure!r}); this write may not have "
+            "been stored, and the journal takes no more calls: close it and open it again",
+        )
+        error.__cause__ = self._writer_failure
+        return error
 
     async def write(self, function: Callable[[WriteTransaction], T]) -> T:
         """Run `function` in the writer thread inside a transaction, committed with others.
@@ -105,7 +120,7 @@ class SqliteDatabase:
         affected. Cancelled while it waits in the outbox (until the end of the scheduler's
         turn), the write did nothing; once handed to the writer thread it cannot be
         cancelled: the caller waits for its commit (writes are short). Raises JournalClosed
-        after the database was closed.
+        after the database was closed, and a `JournalFileError` once the writer thread failed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
@@ -131,7 +146,7 @@ class SqliteDatabase:
         called by the task that wakes writers (so it must not raise). Raises JournalClosed
         (and `on_done` is not called) after the database was closed."""
         if self._closed:  # not `_check_open()`: a call less for every command of an entity
-            raise JournalClosed(self.path)
+            raise self._closed_error()
         self._outbox.append(PendingWrite(function, None, on_done))
 
     def _hand_over_writes(self) -> None:
@@ -164,6 +179,15 @@ class SqliteDatabase:
             await self._committed.wait()
 
     def _writer_thread(self) -> None:
+        try:
+            self._serve_writes()
+        except BaseException as exc:  # a bug: no caller may wait for this thread forever
+            log.critical("%s: the writer thread failed", self.path, exc_info=True)
+            self._writer_failure = exc
+            with contextlib.suppress(trio.RunFinishedError):
+                self._trio_token.run_sync_soon(self._fail_stranded_writes)
+
+    def _serve_writes(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -178,8 +202,10 @@ class SqliteDatabase:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
+            self._in_flight = batch
             commit_batch(self._writer, self._state, batch)  # never raises
             self._committed_batches.put(batch)
+            self._in_flight = None
             self._wake_send.send(b"\0")
             self._pages_since_checkpoint += pages_written(batch)
             self._checkpoint_when_idle()
@@ -235,6 +261,25 @@ class SqliteDatabase:
             self._committed.set()
             self._committed = None
 
+    def _fail_stranded_writes(self) -> None:
+        """Once the writer thread has died, close the database and fail every write it will
+        never commit (the one it held, the queued ones, the outbox) with a `JournalFileError`.
+        Runs in the trio thread, as often as it is called."""
+        if self._writer_failure is None:
+            return
+        self._closed = True
+        self._dispatch_committed()  # the batches it committed before it died
+        stranded = [self._in_flight or [], self._outbox]
+        self._in_flight, self._outbox = None, []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                stranded.append(self._queue.get_nowait() or [])
+        if writes := list(itertools.chain.from_iterable(stranded)):
+            for pending in writes:
+                pending.result = outcome.Error(self._closed_error())
+            self._committed_batches.put(writes)
+            self._dispatch_committed()
+
     async def _stop_writer(self) -> None:
         """Refuse new calls, commit what was written so far, and end the writer thread."""
         self._closed = True
@@ -246,7 +291,7 @@ class SqliteDatabase:
         """Run `function` with a reader connection in a worker thread.
 
         SQLite's errors come out as a `JournalFileError` naming the file; raises JournalClosed
-        after the database was closed.
+        after the database was closed (a `JournalFileError` once the writer thread failed).
         """
         self._check_open()
         async with self._reader_limiter:
@@ -326,6 +371,7 @@ async def _open_sqlite_database(path: str, options: FileOptions) -> AsyncIterato
                 with trio.CancelScope(shield=True):
                     await database._stop_writer()
                 database._dispatch_committed()  # the callers of the last batches
+                database._fail_stranded_writes()
                 nursery.cancel_scope.cancel()
     finally:
         database._close_connections()

@@ -188,15 +188,18 @@ def commit_batch(
     """Run `batch` in one transaction; each write's outcome lands in its `result`.
 
     Writes rarely fail, so the batch first runs without savepoints; only if one fails is the
-    transaction rolled back and the batch run again with a savepoint around each write. If
+    transaction rolled back and the batch run again with a savepoint around each write. A
+    function write runs once per call all the same (see `_try_commit`). If
     the transaction itself fails (the lock, a full disk, a bug here), every write of the batch
     gets a `JournalFileError` and nothing of the batch is stored. Never raises.
     """
     try:
         if not _try_commit(conn, state, batch, savepoints=False):
-            # The rollback undid the writes that succeeded too: every write runs again.
+            # The rollback undid the row inserts that succeeded too: they run again. No
+            # function write has run, but the one that failed (it keeps its error).
             for pending in batch:
-                pending.result = None
+                if isinstance(pending.function, RowInsert):
+                    pending.result = None
             _try_commit(conn, state, batch, savepoints=True)
     except BaseException as exc:  # the writer thread must go on, whatever failed
         state.rolled_back_to(_NOTHING_DONE)
@@ -299,6 +302,10 @@ def _try_commit(
     *,
     savepoints: bool,
 ) -> bool:
+    """Run `batch` in one transaction: False (rolled back) if a write without a savepoint
+    failed. A function may have done anything, so a rollback must never make it run again:
+    every write after the first function write gets a savepoint, and a first function write
+    that fails keeps its error as its outcome."""
     txn = state.begin(conn)
     if not savepoints and not _run_merged(txn, batch):
         _rollback(conn)
@@ -306,7 +313,7 @@ def _try_commit(
         return False
     for pending in batch:
         if pending.result is not None:
-            continue  # done by _run_merged
+            continue  # done by _run_merged, or a function write that failed alone
         if savepoints:
             conn.execute("SAVEPOINT write")
         mark = state.mark()
@@ -315,6 +322,10 @@ def _try_commit(
             if not savepoints:
                 _rollback(conn)
                 state.rolled_back_to(_NOTHING_DONE)
+                if not isinstance(pending.function, RowInsert):
+                    pending.result = outcome.Error(
+                        _write_failure(state.path, pending.function, result.error)
+                    )
                 return False
             if not conn.in_transaction:
                 # SQLite rolled back the whole transaction (it does so on a full disk, for
@@ -326,6 +337,7 @@ def _try_commit(
         pending.result = result
         if savepoints:
             conn.execute("RELEASE write")
+        savepoints = savepoints or not isinstance(pending.function, RowInsert)
     conn.execute("COMMIT")
     state.committed(txn)
     return True
