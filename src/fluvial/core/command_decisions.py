@@ -95,6 +95,7 @@ def decide_commands(
     events: list[Any] = []
     speculative = state
     unstored_from = -1
+    stopped = False
     for ask in asks:
         command = ask.command
         records_before = len(records)
@@ -134,16 +135,8 @@ def decide_commands(
                 unstored_from = len(decided)
         decided.append((effect.reply_action, after, persisted, None))
         if effect.stop_after:
-            return BatchDecision(
-                persistence_id,
-                asks,
-                decided,
-                records,
-                events,
-                speculative,
-                True,
-                len(decided) if unstored_from < 0 else unstored_from,
-            )
+            stopped = True
+            break
     return BatchDecision(
         persistence_id,
         asks,
@@ -151,7 +144,7 @@ def decide_commands(
         records,
         events,
         speculative,
-        False,
+        stopped,
         len(decided) if unstored_from < 0 else unstored_from,
     )
 
