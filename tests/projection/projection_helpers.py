@@ -270,6 +270,13 @@ async def run_until_failed(
     raise AssertionError("serve_projection returned")
 
 
+def trio_clock() -> Callable[[], float]:
+    """The trio clock (virtual under `virtual_clock`) as an offset store's `clock`: the store
+    reads it in the journal's writer thread, inside its writes."""
+    token = trio.lowlevel.current_trio_token()
+    return lambda: trio.from_thread.run_sync(trio.current_time, trio_token=token)
+
+
 def exactly(seconds: float) -> Any:
     """`seconds` of virtual time, up to float rounding (0.2 + 0.4 != 0.6)."""
     return pytest.approx(seconds, abs=1e-9)

@@ -31,6 +31,7 @@ from projection.projection_helpers import (
     projection,
     read_model,
     start,
+    trio_clock,
     wait_for_model,
 )
 
@@ -115,7 +116,7 @@ async def test_a_second_instance_over_an_overlapping_range_is_refused_at_start(
 async def test_the_lease_is_renewed_while_running_and_a_lost_lease_stops_the_instance(
     journal: SqliteJournal, monkeypatch: pytest.MonkeyPatch, virtual_clock: trio.testing.MockClock
 ) -> None:
-    store = SqliteOffsetStore(journal.database, clock=trio.current_time)
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
     renewals: list[float] = []
     renew = SqliteOffsetStore.renew_lease
     failing = False
@@ -166,7 +167,7 @@ async def test_the_lease_is_renewed_while_running_and_a_lost_lease_stops_the_ins
 async def test_the_lease_of_a_killed_owner_is_taken_over_once_it_expires(
     journal: SqliteJournal, virtual_clock: trio.testing.MockClock
 ) -> None:
-    store = SqliteOffsetStore(journal.database, clock=trio.current_time)
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
     t0 = trio.current_time()
     # An owner that took the lease and never renewed it: a process killed with SIGKILL.
     await store.acquire_lease(NAME, ENTITY_TYPE, SliceRange.all(), owner="killed", duration=3.0)
