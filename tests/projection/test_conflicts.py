@@ -188,3 +188,62 @@ async def test_the_lease_of_a_killed_owner_is_taken_over_once_it_expires(
         nursery.cancel_scope.cancel()
     assert conflicts == []
     assert set(await read_model(journal)) == {("Counter|a", 1)}
+
+
+async def test_a_read_model_migration_longer_than_the_lease_keeps_the_lease(
+    journal: SqliteJournal, virtual_clock: trio.testing.MockClock
+) -> None:
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
+    token = trio.lowlevel.current_trio_token()
+
+    def slow_migration(conn: sqlite3.Connection) -> None:
+        trio.from_thread.run(trio.sleep, 7.0, trio_token=token)  # over twice the lease
+        conn.execute("CREATE TABLE totals (pid TEXT PRIMARY KEY)")
+
+    p = projection(
+        ExactlyOnce(apply_to_model, migrations=[slow_migration]), source=QUIET, lease_duration=3.0
+    )
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        await start(nursery, journal, p, None, store)
+        assert trio.current_time() == exactly(t0 + 7.0)
+        # The renewal due during the migration ran right after it, from the time it ran.
+        with pytest.raises(ProjectionLeaseHeld) as held:
+            await store.acquire_lease(
+                NAME, ENTITY_TYPE, SliceRange.all(), owner="rival", duration=3.0
+            )
+        assert held.value.expires_in == exactly(3.0)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("call", ["acquire", "renew"])
+async def test_a_lease_write_that_waits_for_the_writer_still_gets_the_whole_duration(
+    journal: SqliteJournal, virtual_clock: trio.testing.MockClock, call: str
+) -> None:
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
+    token = trio.lowlevel.current_trio_token()
+    lease = await store.acquire_lease(NAME, ENTITY_TYPE, SliceRange.all(), owner="me", duration=3)
+
+    writing = trio.Event()
+
+    def long_write(txn: Any) -> None:  # the lock held by another process, as the writer sees it
+        trio.from_thread.run_sync(writing.set, trio_token=token)
+        trio.from_thread.run(trio.sleep, 2.0, trio_token=token)
+
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        nursery.start_soon(journal.database.write, long_write)
+        await writing.wait()  # the lease's write waits for the writer from now on
+        if call == "acquire":
+            lease = await store.acquire_lease(
+                NAME, ENTITY_TYPE, SliceRange.all(), owner="me", duration=3
+            )
+        else:
+            lease = await store.renew_lease(lease, 3)
+    assert trio.current_time() == exactly(t0 + 2.0)
+    assert lease.expires_at == exactly(t0 + 2.0 + 3)
+
+    def expires_at(conn: sqlite3.Connection) -> float:
+        return float(conn.execute("SELECT expires_at FROM projection_lease").fetchone()[0])
+
+    assert await journal.database.read(expires_at) == exactly(t0 + 2.0 + 3)
