@@ -12,10 +12,15 @@ from typing import Any
 import pytest
 import trio
 
-from fluvial.core.errors import UsageError
+from fluvial.core.errors import DataError, UsageError
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.projection_errors import UnknownEvent, UnknownProjection
+from fluvial.core.projection_errors import (
+    ReadModelClearFailed,
+    ReadModelMigrationFailed,
+    UnknownEvent,
+    UnknownProjection,
+)
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
 from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
 from fluvial.projection.handlers import AtLeastOnce, ExactlyOnce, GroupedExactlyOnce
@@ -210,6 +215,54 @@ async def test_a_failing_migration_undoes_all_and_is_raised_at_start(
     async with trio.open_nursery() as nursery:  # the failed start gave its lease up
         await start(nursery, journal, projection(ExactlyOnce(apply_to_model)))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_migration_failing_in_sqlite_raises_read_model_migration_failed_naming_it(
+    journal: SqliteJournal,
+) -> None:
+    def v1(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE totals (pid TEXT PRIMARY KEY)")
+
+    def v2(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE INDEX totals_by_total ON totals (total)")  # no such column
+
+    def tables(conn: sqlite3.Connection) -> set[str]:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    for already_run in ([], [v1]):
+        if already_run:
+            await SqliteOffsetStore(journal.database).migrate_read_model(NAME, already_run)
+        with pytest.raises(ReadModelMigrationFailed) as failed:
+            p = projection(ExactlyOnce(apply_to_model, migrations=[v1, v2]))
+            await serve_projection(journal, REGISTRY, p)
+        assert isinstance(failed.value, DataError)
+        assert (failed.value.projection, failed.value.version) == (NAME, 2)
+        assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+        assert "read-model migration 2 failed in SQLite (no such column: total)" in str(
+            failed.value
+        )
+        assert ("totals" in await journal.database.read(tables)) == bool(already_run)
+
+
+async def test_a_clear_read_model_failing_in_sqlite_raises_read_model_clear_failed(
+    journal: SqliteJournal,
+) -> None:
+    appender = Appender(journal)
+    await appender.append("a", 1, 2)
+    await run_until_handled(journal, 2)
+    store = SqliteOffsetStore(journal.database)
+
+    def clear(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM model")
+        conn.execute("DELETE FROM model_ordr")  # a typo
+
+    with pytest.raises(ReadModelClearFailed) as failed:
+        await store.reset(NAME, clear_read_model=clear)
+    assert isinstance(failed.value, DataError) and failed.value.projection == NAME
+    assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+    assert "no such table: model_ordr" in str(failed.value)
+    assert await model_size(journal) == 2  # the reset did not happen
+    assert await stored_seq_nr(journal, "Counter|a") == 2
 
 
 @pytest.mark.parametrize("kind", ["exactly-once", "at-least-once"])
