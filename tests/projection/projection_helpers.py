@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from fluvial.core.ids import SliceRange, slice_for
+from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
 from fluvial.journal.sqlite_journal import SqliteJournal
@@ -338,6 +339,21 @@ class SaveLog:
                 )
 
         monkeypatch.setattr(SqliteOffsetStore, "save", logging_save)
+
+
+def management_calls(
+    store: SqliteOffsetStore, name: str
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """Each management call of the offset store on projection `name`, by its name (the
+    writes: `set_offset` to the start, `skip_event` of Counter|a #1, `reset`)."""
+    return {
+        "offsets": lambda: store.offsets(name),
+        "backlog": lambda: store.backlog(name, ENTITY_TYPE, SliceRange.all()),
+        "set_offset": lambda: store.set_offset(name, SliceRange.all(), TimestampOffset.start()),
+        "skip_event": lambda: store.skip_event(name, "Counter|a", 1),
+        "reset": lambda: store.reset(name),
+        "wait_until_caught_up": lambda: store.wait_until_caught_up(name),
+    }
 
 
 async def stored_seq_nr(journal: SqliteJournal, pid: str, name: str = NAME) -> int:

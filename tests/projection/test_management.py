@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import trio
 
 from fluvial.core.errors import DataError, UsageError
 from fluvial.core.ids import SliceRange
-from fluvial.core.offsets import TimestampOffset
 from fluvial.core.projection_errors import (
     ReadModelClearFailed,
     ReadModelMigrationFailed,
@@ -36,6 +35,7 @@ from projection.projection_helpers import (
     StallableQuery,
     apply_to_model,
     assert_model_is_the_fold,
+    management_calls,
     model_size,
     projection,
     read_model,
@@ -51,19 +51,6 @@ async def run_until_handled(journal: SqliteJournal, size: int) -> None:
         await start(nursery, journal, projection(ExactlyOnce(apply_to_model)))
         await wait_for_model(journal, size)
         nursery.cancel_scope.cancel()
-
-
-def management_calls(
-    store: SqliteOffsetStore, name: str
-) -> dict[str, Callable[[], Awaitable[Any]]]:
-    return {
-        "offsets": lambda: store.offsets(name),
-        "backlog": lambda: store.backlog(name, ENTITY_TYPE, SliceRange.all()),
-        "set_offset": lambda: store.set_offset(name, SliceRange.all(), TimestampOffset.start()),
-        "skip_event": lambda: store.skip_event(name, "Counter|a", 1),
-        "reset": lambda: store.reset(name),
-        "wait_until_caught_up": lambda: store.wait_until_caught_up(name),
-    }
 
 
 @pytest.mark.parametrize(
