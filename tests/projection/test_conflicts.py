@@ -31,6 +31,7 @@ from projection.projection_helpers import (
     projection,
     read_model,
     start,
+    stored_seq_nr,
     trio_clock,
     wait_for_model,
 )
@@ -247,3 +248,33 @@ async def test_a_lease_write_that_waits_for_the_writer_still_gets_the_whole_dura
         return float(conn.execute("SELECT expires_at FROM projection_lease").fetchone()[0])
 
     assert await journal.database.read(expires_at) == exactly(t0 + 2.0 + 3)
+
+
+@pytest.mark.parametrize("kind", ["exactly-once", "at-least-once"])
+async def test_a_running_instance_stops_at_its_next_save_after_a_reset_and_keeps_it(
+    journal: SqliteJournal, kind: str
+) -> None:
+    recorder = Recorder()
+    handler: Handler[Any] = (
+        ExactlyOnce(apply_to_model)
+        if kind == "exactly-once"
+        else AtLeastOnce(recorder.handle, save_every=1)
+    )
+    appender = Appender(journal)
+    await appender.append("a", 1, 2)
+    store = SqliteOffsetStore(journal.database)
+    conflicts: list[tuple[float, ProjectionConflict]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_until_conflict, journal, projection(handler), conflicts)
+        with trio.fail_after(10):
+            await store.wait_until_caught_up(NAME)
+        await store.reset(NAME)
+        await appender.append("b", 3)  # new to the instance: its save inserts, nothing else
+        with trio.fail_after(10):
+            while not conflicts:  # noqa: ASYNC110 (the instance ends; nothing to wait on)
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    [(_, conflict)] = conflicts
+    assert "stopped without writing" in str(conflict)
+    assert await store.offsets(NAME) == {}  # the reset stands
+    assert await stored_seq_nr(journal, "Counter|b") == 0
