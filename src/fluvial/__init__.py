@@ -22,6 +22,8 @@ from fluvial.core.offsets import TimestampOffset as TimestampOffset
 from fluvial.core.projection_errors import ProjectionConflict as ProjectionConflict
 from fluvial.core.projection_errors import ProjectionFailed as ProjectionFailed
 from fluvial.core.projection_errors import ProjectionLeaseHeld as ProjectionLeaseHeld
+from fluvial.core.projection_errors import ReadModelClearFailed as ReadModelClearFailed
+from fluvial.core.projection_errors import ReadModelMigrationFailed as ReadModelMigrationFailed
 from fluvial.core.projection_errors import UnknownEvent as UnknownEvent
 from fluvial.core.projection_errors import UnknownProjection as UnknownProjection
 from fluvial.core.records import EventEnvelope as EventEnvelope

@@ -202,6 +202,18 @@ def test_changes_carry_the_seq_nr_each_entity_had_before_them() -> None:
     assert tracker.take_changes().previous == {}
 
 
+def test_changes_carry_the_generation_the_tracker_was_loaded_with() -> None:
+    """What the store compares with its own: a management call since makes a newer one."""
+    tracker = OffsetTracker(SLICES, generation=3, complete=True)
+    handle(tracker, record("T|a", 1, 100))
+    first = tracker.take_changes()
+    handle(tracker, record("T|a", 2, 200))
+    later = tracker.take_changes()
+    assert (first.generation, later.generation) == (3, 3)
+    assert first.then(later).generation == 3
+    assert OffsetChanges((), {}).generation == 0
+
+
 def test_a_tracker_rebuilt_from_its_changes_decides_the_same() -> None:
     tracker = fresh()
     handle(tracker, record("T|a", 1, 100, slice_=10))

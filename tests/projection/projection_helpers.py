@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from fluvial.core.ids import SliceRange, slice_for
+from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
 from fluvial.journal.sqlite_journal import SqliteJournal
@@ -270,6 +271,13 @@ async def run_until_failed(
     raise AssertionError("serve_projection returned")
 
 
+def trio_clock() -> Callable[[], float]:
+    """The trio clock (virtual under `virtual_clock`) as an offset store's `clock`: the store
+    reads it in the journal's writer thread, inside its writes."""
+    token = trio.lowlevel.current_trio_token()
+    return lambda: trio.from_thread.run_sync(trio.current_time, trio_token=token)
+
+
 def exactly(seconds: float) -> Any:
     """`seconds` of virtual time, up to float rounding (0.2 + 0.4 != 0.6)."""
     return pytest.approx(seconds, abs=1e-9)
@@ -331,6 +339,21 @@ class SaveLog:
                 )
 
         monkeypatch.setattr(SqliteOffsetStore, "save", logging_save)
+
+
+def management_calls(
+    store: SqliteOffsetStore, name: str
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """Each management call of the offset store on projection `name`, by its name (the
+    writes: `set_offset` to the start, `skip_event` of Counter|a #1, `reset`)."""
+    return {
+        "offsets": lambda: store.offsets(name),
+        "backlog": lambda: store.backlog(name, ENTITY_TYPE, SliceRange.all()),
+        "set_offset": lambda: store.set_offset(name, SliceRange.all(), TimestampOffset.start()),
+        "skip_event": lambda: store.skip_event(name, "Counter|a", 1),
+        "reset": lambda: store.reset(name),
+        "wait_until_caught_up": lambda: store.wait_until_caught_up(name),
+    }
 
 
 async def stored_seq_nr(journal: SqliteJournal, pid: str, name: str = NAME) -> int:

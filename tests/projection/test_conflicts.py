@@ -31,6 +31,8 @@ from projection.projection_helpers import (
     projection,
     read_model,
     start,
+    stored_seq_nr,
+    trio_clock,
     wait_for_model,
 )
 
@@ -115,7 +117,7 @@ async def test_a_second_instance_over_an_overlapping_range_is_refused_at_start(
 async def test_the_lease_is_renewed_while_running_and_a_lost_lease_stops_the_instance(
     journal: SqliteJournal, monkeypatch: pytest.MonkeyPatch, virtual_clock: trio.testing.MockClock
 ) -> None:
-    store = SqliteOffsetStore(journal.database, clock=trio.current_time)
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
     renewals: list[float] = []
     renew = SqliteOffsetStore.renew_lease
     failing = False
@@ -166,7 +168,7 @@ async def test_the_lease_is_renewed_while_running_and_a_lost_lease_stops_the_ins
 async def test_the_lease_of_a_killed_owner_is_taken_over_once_it_expires(
     journal: SqliteJournal, virtual_clock: trio.testing.MockClock
 ) -> None:
-    store = SqliteOffsetStore(journal.database, clock=trio.current_time)
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
     t0 = trio.current_time()
     # An owner that took the lease and never renewed it: a process killed with SIGKILL.
     await store.acquire_lease(NAME, ENTITY_TYPE, SliceRange.all(), owner="killed", duration=3.0)
@@ -187,3 +189,92 @@ async def test_the_lease_of_a_killed_owner_is_taken_over_once_it_expires(
         nursery.cancel_scope.cancel()
     assert conflicts == []
     assert set(await read_model(journal)) == {("Counter|a", 1)}
+
+
+async def test_a_read_model_migration_longer_than_the_lease_keeps_the_lease(
+    journal: SqliteJournal, virtual_clock: trio.testing.MockClock
+) -> None:
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
+    token = trio.lowlevel.current_trio_token()
+
+    def slow_migration(conn: sqlite3.Connection) -> None:
+        trio.from_thread.run(trio.sleep, 7.0, trio_token=token)  # over twice the lease
+        conn.execute("CREATE TABLE totals (pid TEXT PRIMARY KEY)")
+
+    p = projection(
+        ExactlyOnce(apply_to_model, migrations=[slow_migration]), source=QUIET, lease_duration=3.0
+    )
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        await start(nursery, journal, p, None, store)
+        assert trio.current_time() == exactly(t0 + 7.0)
+        # The renewal due during the migration ran right after it, from the time it ran.
+        with pytest.raises(ProjectionLeaseHeld) as held:
+            await store.acquire_lease(
+                NAME, ENTITY_TYPE, SliceRange.all(), owner="rival", duration=3.0
+            )
+        assert held.value.expires_in == exactly(3.0)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("call", ["acquire", "renew"])
+async def test_a_lease_write_that_waits_for_the_writer_still_gets_the_whole_duration(
+    journal: SqliteJournal, virtual_clock: trio.testing.MockClock, call: str
+) -> None:
+    store = SqliteOffsetStore(journal.database, clock=trio_clock())
+    token = trio.lowlevel.current_trio_token()
+    lease = await store.acquire_lease(NAME, ENTITY_TYPE, SliceRange.all(), owner="me", duration=3)
+
+    writing = trio.Event()
+
+    def long_write(txn: Any) -> None:  # the lock held by another process, as the writer sees it
+        trio.from_thread.run_sync(writing.set, trio_token=token)
+        trio.from_thread.run(trio.sleep, 2.0, trio_token=token)
+
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        nursery.start_soon(journal.database.write, long_write)
+        await writing.wait()  # the lease's write waits for the writer from now on
+        if call == "acquire":
+            lease = await store.acquire_lease(
+                NAME, ENTITY_TYPE, SliceRange.all(), owner="me", duration=3
+            )
+        else:
+            lease = await store.renew_lease(lease, 3)
+    assert trio.current_time() == exactly(t0 + 2.0)
+    assert lease.expires_at == exactly(t0 + 2.0 + 3)
+
+    def expires_at(conn: sqlite3.Connection) -> float:
+        return float(conn.execute("SELECT expires_at FROM projection_lease").fetchone()[0])
+
+    assert await journal.database.read(expires_at) == exactly(t0 + 2.0 + 3)
+
+
+@pytest.mark.parametrize("kind", ["exactly-once", "at-least-once"])
+async def test_a_running_instance_stops_at_its_next_save_after_a_reset_and_keeps_it(
+    journal: SqliteJournal, kind: str
+) -> None:
+    recorder = Recorder()
+    handler: Handler[Any] = (
+        ExactlyOnce(apply_to_model)
+        if kind == "exactly-once"
+        else AtLeastOnce(recorder.handle, save_every=1)
+    )
+    appender = Appender(journal)
+    await appender.append("a", 1, 2)
+    store = SqliteOffsetStore(journal.database)
+    conflicts: list[tuple[float, ProjectionConflict]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_until_conflict, journal, projection(handler), conflicts)
+        with trio.fail_after(10):
+            await store.wait_until_caught_up(NAME)
+        await store.reset(NAME)
+        await appender.append("b", 3)  # new to the instance: its save inserts, nothing else
+        with trio.fail_after(10):
+            while not conflicts:  # noqa: ASYNC110 (the instance ends; nothing to wait on)
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    [(_, conflict)] = conflicts
+    assert "stopped without writing" in str(conflict)
+    assert await store.offsets(NAME) == {}  # the reset stands
+    assert await stored_seq_nr(journal, "Counter|b") == 0

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from fluvial.core.errors import UsageError
+from fluvial.core.errors import DataError, UsageError
 from fluvial.core.ids import SliceRange
-from fluvial.core.offsets import TimestampOffset
-from fluvial.core.projection_errors import UnknownEvent, UnknownProjection
+from fluvial.core.projection_errors import (
+    ReadModelClearFailed,
+    ReadModelMigrationFailed,
+    UnknownEvent,
+    UnknownProjection,
+)
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
 from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
 from fluvial.projection.handlers import AtLeastOnce, ExactlyOnce, GroupedExactlyOnce
@@ -31,6 +35,7 @@ from projection.projection_helpers import (
     StallableQuery,
     apply_to_model,
     assert_model_is_the_fold,
+    management_calls,
     model_size,
     projection,
     read_model,
@@ -46,19 +51,6 @@ async def run_until_handled(journal: SqliteJournal, size: int) -> None:
         await start(nursery, journal, projection(ExactlyOnce(apply_to_model)))
         await wait_for_model(journal, size)
         nursery.cancel_scope.cancel()
-
-
-def management_calls(
-    store: SqliteOffsetStore, name: str
-) -> dict[str, Callable[[], Awaitable[Any]]]:
-    return {
-        "offsets": lambda: store.offsets(name),
-        "backlog": lambda: store.backlog(name, ENTITY_TYPE, SliceRange.all()),
-        "set_offset": lambda: store.set_offset(name, SliceRange.all(), TimestampOffset.start()),
-        "skip_event": lambda: store.skip_event(name, "Counter|a", 1),
-        "reset": lambda: store.reset(name),
-        "wait_until_caught_up": lambda: store.wait_until_caught_up(name),
-    }
 
 
 @pytest.mark.parametrize(
@@ -190,26 +182,60 @@ async def test_read_model_migrations_run_once_per_file_in_order(journal: SqliteJ
         )
 
 
+def tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+@pytest.mark.parametrize("failure", ["its own exception", "a sqlite3 error"])
 async def test_a_failing_migration_undoes_all_and_is_raised_at_start(
-    journal: SqliteJournal,
+    journal: SqliteJournal, failure: str
 ) -> None:
     def v1(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE totals (pid TEXT PRIMARY KEY)")
 
     def v2(conn: sqlite3.Connection) -> None:
-        raise ValueError("bad migration")
+        if failure == "its own exception":
+            raise ValueError("bad migration")
+        conn.execute("CREATE INDEX totals_by_total ON totals (total)")  # no such column
 
-    with pytest.raises(ValueError, match="bad migration"):  # before it started
-        p = projection(ExactlyOnce(apply_to_model, migrations=[v1, v2]))
-        await serve_projection(journal, REGISTRY, p)
-
-    def tables(conn: sqlite3.Connection) -> set[str]:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-    assert "totals" not in await journal.database.read(tables)
+    raised = ValueError if failure == "its own exception" else ReadModelMigrationFailed
+    for already_run in ([], [v1]):
+        if already_run:
+            await SqliteOffsetStore(journal.database).migrate_read_model(NAME, already_run)
+        with pytest.raises(raised) as failed:  # before it started
+            p = projection(ExactlyOnce(apply_to_model, migrations=[v1, v2]))
+            await serve_projection(journal, REGISTRY, p)
+        assert ("totals" in await journal.database.read(tables)) == bool(already_run)
+        if isinstance(failed.value, ReadModelMigrationFailed):
+            assert isinstance(failed.value, DataError)
+            assert (failed.value.projection, failed.value.version) == (NAME, 2)
+            assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+            message = "read-model migration 2 failed in SQLite (no such column: total)"
+            assert message in str(failed.value)
     async with trio.open_nursery() as nursery:  # the failed start gave its lease up
         await start(nursery, journal, projection(ExactlyOnce(apply_to_model)))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_clear_read_model_failing_in_sqlite_raises_read_model_clear_failed(
+    journal: SqliteJournal,
+) -> None:
+    appender = Appender(journal)
+    await appender.append("a", 1, 2)
+    await run_until_handled(journal, 2)
+    store = SqliteOffsetStore(journal.database)
+
+    def clear(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM model")
+        conn.execute("DELETE FROM model_ordr")  # a typo
+
+    with pytest.raises(ReadModelClearFailed) as failed:
+        await store.reset(NAME, clear_read_model=clear)
+    assert isinstance(failed.value, DataError) and failed.value.projection == NAME
+    assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+    assert "no such table: model_ordr" in str(failed.value)
+    assert await model_size(journal) == 2  # the reset did not happen
+    assert await stored_seq_nr(journal, "Counter|a") == 2
 
 
 @pytest.mark.parametrize("kind", ["exactly-once", "at-least-once"])

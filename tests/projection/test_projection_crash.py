@@ -217,15 +217,22 @@ def wait_until(done: Callable[[], bool], process: subprocess.Popen[bytes]) -> No
         time.sleep(0.002)  # another process: polling the file is the signal there is
 
 
-@pytest.mark.slow
-def test_a_projection_killed_mid_batch_20_times_applies_every_event_once(
-    tmp_path: Path,
-) -> None:
-    rng = random.Random(20)
+def prefilled(tmp_path: Path, *, seed: int) -> tuple[Path, Path, dict[str, int], random.Random]:
+    """A journal of PREFILLED events, an empty file for the children's notes, each entity's
+    last seq nr, and the random source that chose the events."""
+    rng = random.Random(seed)
     path, noted = tmp_path / "journal.db", tmp_path / "handled.txt"
     noted.touch()
     seq_nrs: dict[str, int] = defaultdict(int)
     trio.run(append, path, seq_nrs, PREFILLED, rng)
+    return path, noted, seq_nrs, rng
+
+
+@pytest.mark.slow
+def test_a_projection_killed_mid_batch_20_times_applies_every_event_once(
+    tmp_path: Path,
+) -> None:
+    path, noted, seq_nrs, rng = prefilled(tmp_path, seed=20)
     sizes, kills_mid_batch = [], 0
     for _ in range(KILLS):
         process = start_child(path, noted)
@@ -269,11 +276,7 @@ def test_a_projection_killed_mid_batch_20_times_applies_every_event_once(
 def test_another_process_is_refused_and_a_killed_owner_blocks_it_for_at_most_its_lease(
     tmp_path: Path,
 ) -> None:
-    rng = random.Random(8)
-    path, noted = tmp_path / "journal.db", tmp_path / "handled.txt"
-    noted.touch()
-    seq_nrs: dict[str, int] = defaultdict(int)
-    trio.run(append, path, seq_nrs, PREFILLED, rng)
+    path, noted, _, _ = prefilled(tmp_path, seed=8)
     process = start_child(path, noted, LONG_LEASE)
     try:
         wait_until(lambda: noted.stat().st_size > 0, process)

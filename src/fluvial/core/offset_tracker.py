@@ -91,11 +91,14 @@ class OffsetChanges:
     `previous` holds, per entity of `entities`, the seq nr the tracker had for it before
     these changes (0: none stored): what the store must still hold for the changes to apply,
     so that a store can compare and set, and refuse the changes of a second instance.
+    `generation` is the generation of the stored offsets the tracker was loaded from (see
+    `OffsetTracker`): a store refuses the changes once a management call made a newer one.
     """
 
     entities: tuple[SeenEntity, ...]
     slice_offsets: Mapping[int, TimestampOffset]
     previous: Mapping[str, int] = attrs.field(factory=dict)
+    generation: int = 0
 
     @property
     def empty(self) -> bool:
@@ -110,6 +113,7 @@ class OffsetChanges:
             tuple(entities.values()),
             {**self.slice_offsets, **later.slice_offsets},
             {**later.previous, **self.previous},
+            self.generation,
         )
 
 
@@ -138,11 +142,18 @@ class OffsetTracker:
         entities: Iterable[SeenEntity] = (),
         window: int = 5 * 60 * 1_000_000,
         complete: bool = False,
+        generation: int = 0,
     ) -> None:
         """`complete` says that `entities` holds every entity this projection has ever seen
-        (a fresh projection), so an entity not in memory needs no store lookup."""
+        (a fresh projection), so an entity not in memory needs no store lookup.
+
+        `generation` is the store's count of management calls that changed the stored
+        offsets (`reset`, `set_offset`, `skip_event`) when it loaded them; the changes the
+        tracker hands out carry it, so that the store refuses them after such a call (the
+        tracker's memory no longer says what the store holds)."""
         self.slices = slices
         self.window = window
+        self.generation = generation
         # Per slice: the timestamp and the (pid -> seq nr) seen at it. Kept as mutable pairs,
         # and entities as the records themselves, because these change for every envelope.
         self._slice_tips: dict[int, tuple[int, dict[str, int]]] = {
@@ -268,6 +279,7 @@ class OffsetTracker:
             ),
             {s: _offset_of(self._slice_tips[s]) for s in sorted(self._dirty_slices)},
             self._previous,
+            self.generation,
         )
         self._dirty_entities.clear()
         self._previous = {}

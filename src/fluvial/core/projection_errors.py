@@ -6,7 +6,7 @@ They live in the core, beside the offsets they are about, because both the runne
 
 from __future__ import annotations
 
-from fluvial.core.errors import FluvialError, UsageError
+from fluvial.core.errors import DataError, FluvialError, UsageError
 from fluvial.core.ids import SliceRange
 
 
@@ -70,6 +70,34 @@ class ProjectionLeaseHeld(ProjectionConflict):
         self.holder = holder
         self.holder_slices = holder_slices
         self.expires_in = expires_in
+
+
+class ReadModelMigrationFailed(DataError):
+    """A read-model migration of an exactly-once projection failed in SQLite (its SQL does
+    not fit the tables the file holds, or is not valid): `version` is the number of that
+    migration (1 for the first of `migrations`), the sqlite3 error is the `__cause__`.
+    Nothing of that start's migrations is stored; the read model stays at its version."""
+
+    def __init__(self, projection: str, version: int, error: Exception) -> None:
+        super().__init__(
+            f"projection {projection!r}: read-model migration {version} failed in SQLite "
+            f"({error}); no migration of this start was stored, so fix it and start again"
+        )
+        self.projection = projection
+        self.version = version
+
+
+class ReadModelClearFailed(DataError):
+    """The `clear_read_model` function given to `reset` failed in SQLite; the sqlite3 error
+    is the `__cause__`. Nothing of the reset was stored: offsets and read model are as
+    they were."""
+
+    def __init__(self, projection: str, error: Exception) -> None:
+        super().__init__(
+            f"projection {projection!r}: clear_read_model failed in SQLite ({error}); the "
+            "reset did not happen (offsets and read model are unchanged)"
+        )
+        self.projection = projection
 
 
 class ProjectionFailed(FluvialError):

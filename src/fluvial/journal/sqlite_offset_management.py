@@ -1,32 +1,33 @@
 """The management API of the SQLite offset store (`offsets`, `backlog`, `wait_until_caught_up`,
 `set_offset`, `skip_event`, `reset`), a base of `SqliteOffsetStore`.
 
-Each call on a projection the file does not know raises UnknownProjection; the writes return
-their refusal as a value, raised on the trio side (see `sqlite_offset_store.py`).
+Each call on a projection the file does not know raises UnknownProjection. The writes go
+through `write_in_savepoint` (a refusal raised in the writer thread comes out here as itself),
+and each bumps the projection's generation, so that a running instance's next save fails with
+ProjectionConflict instead of undoing them.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable
 
-import outcome
-
-from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.projection_errors import UnknownEvent, UnknownProjection
+from fluvial.core.projection_errors import ReadModelClearFailed, UnknownEvent, UnknownProjection
 from fluvial.journal.sqlite_database import SqliteDatabase
 from fluvial.journal.sqlite_offset_rows import (
+    bump_generation,
     check_entity_type,
-    in_savepoint,
     not_yet,
     read_slice_offsets,
     registered_entity_type,
     save_slice_offsets,
+    users_sql,
+    write_in_savepoint,
 )
 from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
-from fluvial.journal.sqlite_transaction import WriteTransaction
 
 
 class OffsetManagement:
@@ -126,15 +127,13 @@ class OffsetManagement:
 
         It records, per entity of those slices, its last seq nr before `offset` (the
         projection's memory of each entity is what tells a duplicate from a gap). Call it
-        while the projection is stopped: a running instance stops with ProjectionConflict.
+        while the projection is stopped: a running instance stops with ProjectionConflict
+        at its next save.
         Raises UnknownProjection."""
 
-        def write(txn: WriteTransaction) -> UsageError | None:
-            conn = txn.connection
-            try:
-                entity_type = registered_entity_type(conn, projection)
-            except UsageError as exc:
-                return exc
+        def write(conn: sqlite3.Connection) -> None:
+            entity_type = registered_entity_type(conn, projection)
+            bump_generation(conn, projection)
             conn.execute(
                 "DELETE FROM projection_entity WHERE projection_name = ? AND slice BETWEEN ? AND ?",
                 (projection, slices.min, slices.max),
@@ -159,32 +158,28 @@ class OffsetManagement:
                     (projection, pid, seq_nr, slices.min, slices.max),
                 )
             save_slice_offsets(conn, projection, {s: offset for s in slices})
-            return None
 
-        if (refused := await self.database.write(write)) is not None:
-            raise refused
+        await write_in_savepoint(self.database, write)
 
     async def skip_event(self, projection: str, persistence_id: str, seq_nr: int) -> None:
         """Mark an entity's events up to `seq_nr` as handled, e.g. to get past a poison
-        event (`ProjectionFailed` names it). Never moves an entity backwards. Raises
-        UnknownProjection, or UnknownEvent if the journal has no such event."""
+        event (`ProjectionFailed` names it). Never moves an entity backwards. Call it while
+        the projection is stopped (or failing): a running instance stops with
+        ProjectionConflict at its next save. Raises UnknownProjection, or UnknownEvent if
+        the journal has no such event."""
 
-        def write(txn: WriteTransaction) -> UsageError | None:
-            conn = txn.connection
-            try:
-                entity_type = registered_entity_type(conn, projection)
-            except UsageError as exc:
-                return exc
+        def write(conn: sqlite3.Connection) -> None:
+            entity_type = registered_entity_type(conn, projection)
             row = conn.execute(
                 f"SELECT slice, db_timestamp, entity_type FROM event_journal "
                 f"WHERE {EVENTS_OF_ENTITY} AND seq_nr = ?",
                 (persistence_id, seq_nr),
             ).fetchone()
             if row is None:
-                return UnknownEvent(persistence_id, seq_nr)
+                raise UnknownEvent(persistence_id, seq_nr)
             slice_, timestamp, event_type = row
             if event_type != entity_type:
-                return UnknownProjection(
+                raise UnknownProjection(
                     f"projection {projection!r} consumes {entity_type!r} events; "
                     f"{persistence_id} is a {event_type!r}",
                     projection,
@@ -197,10 +192,9 @@ class OffsetManagement:
                 " timestamp = max(timestamp, excluded.timestamp)",
                 (projection, persistence_id, slice_, seq_nr, timestamp),
             )
-            return None
+            bump_generation(conn, projection)
 
-        if (refused := await self.database.write(write)) is not None:
-            raise refused
+        await write_in_savepoint(self.database, write)
 
     async def reset(
         self,
@@ -213,21 +207,19 @@ class OffsetManagement:
         The read model is kept: an exactly-once projection that runs again applies every
         event once more on top of it. To rebuild it, pass `clear_read_model`, a function
         that empties its tables through the connection it gets; it runs in the same
-        transaction, so offsets and read model are cleared together or not at all (its
-        exception is raised as itself). The read model's migration version is kept: clear
-        rows, do not drop tables. Raises UnknownProjection."""
+        transaction, so offsets and read model are cleared together or not at all (a
+        sqlite3 error of it is raised as ReadModelClearFailed, any other exception as
+        itself). The read model's migration version is kept: clear rows, do not drop
+        tables. Call it while the projection is stopped: a running instance stops with
+        ProjectionConflict at its next save. Raises UnknownProjection."""
 
-        def run(conn: sqlite3.Connection) -> outcome.Outcome[None]:
+        def run(conn: sqlite3.Connection) -> None:
             registered_entity_type(conn, projection)
+            bump_generation(conn, projection)
             for table in ("projection_offset", "projection_entity"):
                 conn.execute(f"DELETE FROM {table} WHERE projection_name = ?", (projection,))
             if clear_read_model is not None:
-                clear_read_model(conn)
-            return outcome.Value(None)
+                with users_sql(conn, functools.partial(ReadModelClearFailed, projection)):
+                    clear_read_model(conn)
 
-        def transaction(txn: WriteTransaction) -> outcome.Outcome[None] | None:
-            return in_savepoint(txn.connection, lambda: run(txn.connection))
-
-        result = await self.database.write(transaction)
-        assert result is not None
-        result.unwrap()
+        await write_in_savepoint(self.database, run)

@@ -1,20 +1,25 @@
 """The rows of the projections' tables in a SQLite journal file: the SQL that the offset store
 (`sqlite_offset_store.py`) and its management API (`sqlite_offset_management.py`) run with a
-connection, in a reader thread or inside the writer's transaction."""
+connection, in a reader thread or inside the writer's transaction, and `write_in_savepoint`,
+the one way they write."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 import msgspec
 import outcome
 
+from fluvial.core.errors import FluvialError
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.projection_errors import UnknownProjection
+from fluvial.journal.sqlite_database import SqliteDatabase
+from fluvial.journal.sqlite_transaction import WriteTransaction
 
 T = TypeVar("T")
 
@@ -32,8 +37,12 @@ _UPDATE_ENTITY = (
 
 
 def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChanges) -> bool:
-    """Write `changes` with `conn` if the store still holds, per entity, the seq nr that
-    `changes.previous` says; False if not (the caller rolls back what was written)."""
+    """Write `changes` with `conn` if the store still holds what they were made from: the
+    generation of `changes.generation` (no management call since) and, per entity, the seq
+    nr that `changes.previous` says; False if not (the caller rolls back what was written).
+    Raises UnknownProjection if the file does not know `projection`."""
+    if _registration(conn, projection)[1] != changes.generation:
+        return False
     new: list[tuple[str, str, int, int, int]] = []
     known: list[tuple[int, int, str, int, str, int]] = []
     previous = changes.previous
@@ -69,32 +78,75 @@ def save_slice_offsets(
     )
 
 
-def in_savepoint(
-    conn: sqlite3.Connection, function: Callable[[], outcome.Outcome[T] | None]
-) -> outcome.Outcome[T] | None:
-    """Run `function` in a savepoint, rolled back unless it answers `outcome.Value`.
+async def write_in_savepoint(
+    database: SqliteDatabase, function: Callable[[sqlite3.Connection], T]
+) -> T:
+    """Run `function` in the writer thread, in a savepoint of the writer's transaction, and
+    return what it returned; if it raised, its writes are rolled back and its exception is
+    raised here as itself (a refusal, a conflict, a user's error).
 
-    An exception of `function` is answered as `outcome.Error`, unless SQLite rolled back the
-    whole transaction (a storage error such as a full disk): that one propagates, failing
-    the writer's batch.
+    The exception crosses as a value: one escaping the write would make the writer run its
+    whole batch of writes again, `function` included. A storage error that made SQLite roll
+    back the whole transaction (a full disk) fails the writer's batch instead, and comes out
+    as the journal's typed error.
     """
-    conn.execute("SAVEPOINT projection_write")
+
+    def transaction(txn: WriteTransaction) -> outcome.Outcome[T]:
+        conn = txn.connection
+        conn.execute("SAVEPOINT projection_write")
+        try:
+            result: outcome.Outcome[T] = outcome.Value(function(conn))
+        except Exception as exc:
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO projection_write")
+            result = outcome.Error(exc)
+        conn.execute("RELEASE projection_write")
+        return result
+
+    return (await database.write(transaction)).unwrap()
+
+
+@contextlib.contextmanager
+def users_sql(
+    conn: sqlite3.Connection, failure: Callable[[sqlite3.Error], FluvialError]
+) -> Iterator[None]:
+    """Around the user's own SQL (a read-model migration, `clear_read_model`): a sqlite3
+    error it raises comes out as `failure(error)`, with the error as its `__cause__`.
+    One that rolled back the whole transaction (a storage error) propagates as itself, to
+    fail the writer's batch."""
     try:
-        result = function()
-    except Exception as exc:
+        yield
+    except sqlite3.Error as exc:
         if not conn.in_transaction:
             raise
-        result = outcome.Error(exc)
-    if not isinstance(result, outcome.Value):
-        conn.execute("ROLLBACK TO projection_write")
-    conn.execute("RELEASE projection_write")
-    return result
+        raise failure(exc) from exc
+
+
+def bump_generation(conn: sqlite3.Connection, projection: str) -> None:
+    """Record that a management call changed `projection`'s stored offsets: a running
+    instance, whose tracker holds the generation it loaded, then fails every save."""
+    conn.execute(
+        "UPDATE projection SET generation = generation + 1 WHERE projection_name = ?",
+        (projection,),
+    )
+
+
+def generation(conn: sqlite3.Connection, projection: str) -> int:
+    """The generation of `projection`'s stored offsets (see `bump_generation`); raises
+    UnknownProjection if the file does not know it."""
+    return _registration(conn, projection)[1]
 
 
 def registered_entity_type(conn: sqlite3.Connection, projection: str) -> str:
     """The entity type `projection` consumes; UnknownProjection if the file does not know it."""
+    return _registration(conn, projection)[0]
+
+
+def _registration(conn: sqlite3.Connection, projection: str) -> tuple[str, int]:
+    """The entity type and the generation of `projection` (UnknownProjection if unknown)."""
     row = conn.execute(
-        "SELECT entity_type FROM projection WHERE projection_name = ?", (projection,)
+        "SELECT entity_type, generation FROM projection WHERE projection_name = ?", (projection,)
     ).fetchone()
     if row is None:
         raise UnknownProjection(
@@ -102,7 +154,7 @@ def registered_entity_type(conn: sqlite3.Connection, projection: str) -> str:
             "registered; check the name)",
             projection,
         )
-    return str(row[0])
+    return str(row[0]), int(row[1])
 
 
 def check_entity_type(conn: sqlite3.Connection, projection: str, entity_type: str) -> None:

@@ -3,36 +3,43 @@
 Offsets live next to the events and the handlers' own tables, so an exactly-once handler's
 writes and the offsets that say "handled" commit in one transaction (`commit`). Rows are keyed
 by projection name and slice. Every save compares and sets: an entity's stored seq nr must
-still be the one the saving instance read, so a second instance of a projection can never
-apply an event twice; and a lease per projection and slice range (`acquire_lease`) refuses a
-second instance at start.
+still be the one the saving instance read, and the projection's generation (bumped by the
+management calls that change offsets) the one it loaded, so a second instance of a
+projection can never apply an event twice and a reset is never undone by a running one; and
+a lease per projection and slice range (`acquire_lease`) refuses a second instance at start.
 
-Functions that run in the writer thread answer a refusal with a value, raised on the trio side:
-an exception there would make the writer run the whole batch of writes again.
+Every write goes through `write_in_savepoint`: a refusal raised in the writer thread comes
+out on the trio side as itself.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import attrs
-import outcome
 
-from fluvial.core.errors import FluvialError, UsageError
+from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
-from fluvial.core.projection_errors import ProjectionConflict, ProjectionLeaseHeld
+from fluvial.core.projection_errors import (
+    ProjectionConflict,
+    ProjectionLeaseHeld,
+    ReadModelMigrationFailed,
+)
 from fluvial.journal.sqlite_database import SqliteDatabase
 from fluvial.journal.sqlite_offset_management import OffsetManagement
 from fluvial.journal.sqlite_offset_rows import (
-    in_savepoint,
+    generation,
     read_slice_offsets,
     register_projection,
     registered_entity_type,
+    users_sql,
     write_changes,
+    write_in_savepoint,
 )
 from fluvial.journal.sqlite_transaction import WriteTransaction
 
@@ -61,7 +68,8 @@ class SqliteOffsetStore(OffsetManagement):
     `set_offset`, `skip_event`, `reset`, `wait_until_caught_up`).
 
     `clock` gives the seconds that leases expire by; every process sharing the file must use
-    the same one (the wall clock, the default). Management calls on a projection the file does
+    the same one (the wall clock, the default). It is called in the journal's writer thread,
+    inside the write that takes or renews a lease. Management calls on a projection the file does
     not know raise UnknownProjection.
     """
 
@@ -73,22 +81,18 @@ class SqliteOffsetStore(OffsetManagement):
         """Make `projection`, a consumer of `entity_type` events, known to the store, e.g. to
         `set_offset` it before its first run (`serve_projection` registers it too). Raises
         UnknownProjection if the name is registered with another entity type."""
-
-        def write(txn: WriteTransaction) -> UsageError | None:
-            try:
-                register_projection(txn.connection, projection, entity_type)
-            except UsageError as exc:
-                return exc
-            return None
-
-        if (refused := await self.database.write(write)) is not None:
-            raise refused
+        await write_in_savepoint(
+            self.database, lambda conn: register_projection(conn, projection, entity_type)
+        )
 
     async def load(self, projection: str, slices: SliceRange, *, window: int) -> OffsetTracker:
         """The tracker of `projection` over `slices`, holding the entities seen within
-        `window` microseconds before the resume point (older ones stay in the store)."""
+        `window` microseconds before the resume point (older ones stay in the store), and
+        the generation of the stored offsets (the tracker's changes are refused once a
+        management call changed them). Raises UnknownProjection if it is not registered."""
 
         def query(conn: sqlite3.Connection) -> OffsetTracker:
+            loaded = generation(conn, projection)
             offsets = read_slice_offsets(conn, projection, slices)
             tracker = OffsetTracker(slices, slice_offsets=offsets, window=window)
             horizon = tracker.resume_offset().timestamp - window
@@ -108,6 +112,7 @@ class SqliteOffsetStore(OffsetManagement):
                 entities=[SeenEntity(*row) for row in rows],
                 window=window,
                 complete=not any_older,
+                generation=loaded,
             )
 
         return await self.database.read(query)
@@ -142,36 +147,32 @@ class SqliteOffsetStore(OffsetManagement):
         transaction, so both commit or neither; return what `write` returned.
 
         The changes are compared and set first: if the store no longer holds the offsets
-        the instance read, `write` does not run, nothing is stored and ProjectionConflict is
-        raised. `write` runs once per call, in the writer thread, through the connection it
-        is given; if it raises, nothing of it or of the changes is stored and its exception
-        is raised here as itself.
+        the instance read (another instance stored some of these entities, or a management
+        call changed the projection's offsets since it loaded them), `write` does not run,
+        nothing is stored and ProjectionConflict is raised. `write` runs once per call, in
+        the writer thread, through the connection it is given; if it raises, nothing of it
+        or of the changes is stored and its exception is raised here as itself.
         """
         if changes.empty and write is None:
             return None
 
-        def run(conn: sqlite3.Connection) -> outcome.Outcome[T | None] | None:
+        def run(conn: sqlite3.Connection) -> T | None:
             if not write_changes(conn, projection, changes):
-                return None
-            return outcome.Value(write(conn) if write is not None else None)
+                raise ProjectionConflict(projection, slices, _CHANGED_UNDER_IT)
+            return write(conn) if write is not None else None
 
-        def transaction(txn: WriteTransaction) -> outcome.Outcome[T | None] | None:
-            return in_savepoint(txn.connection, lambda: run(txn.connection))
-
-        result = await self.database.write(transaction)
-        if result is None:
-            raise ProjectionConflict(projection, slices, _CHANGED_UNDER_IT)
-        return result.unwrap()
+        return await write_in_savepoint(self.database, run)
 
     async def migrate_read_model(
         self, projection: str, migrations: Sequence[Callable[[sqlite3.Connection], None]]
     ) -> None:
         """Bring the read model of `projection` to version `len(migrations)`: run, in one
         transaction, the migrations it has not run yet (the store keeps its version), so each
-        runs once per file. A migration that raises undoes all and is raised as itself;
+        runs once per file. A migration that raises undoes all: a sqlite3 error as
+        ReadModelMigrationFailed (naming the migration), any other exception as itself;
         UsageError if the store holds a newer version than `migrations` reach."""
 
-        def run(conn: sqlite3.Connection) -> outcome.Outcome[None]:
+        def run(conn: sqlite3.Connection) -> None:
             registered_entity_type(conn, projection)
             (version,) = conn.execute(
                 "SELECT read_model_version FROM projection WHERE projection_name = ?",
@@ -182,20 +183,17 @@ class SqliteOffsetStore(OffsetManagement):
                     f"the read model of projection {projection!r} is at version {version}, "
                     f"newer than the {len(migrations)} migrations given (an older program?)"
                 )
-            for migration in migrations[version:]:
-                migration(conn)
+            for number, migration in enumerate(migrations[version:], start=version + 1):
+                with users_sql(
+                    conn, functools.partial(ReadModelMigrationFailed, projection, number)
+                ):
+                    migration(conn)
             conn.execute(
                 "UPDATE projection SET read_model_version = ? WHERE projection_name = ?",
                 (len(migrations), projection),
             )
-            return outcome.Value(None)
 
-        def transaction(txn: WriteTransaction) -> outcome.Outcome[None] | None:
-            return in_savepoint(txn.connection, lambda: run(txn.connection))
-
-        result = await self.database.write(transaction)
-        assert result is not None
-        result.unwrap()
+        await write_in_savepoint(self.database, run)
 
     async def acquire_lease(
         self, projection: str, entity_type: str, slices: SliceRange, *, owner: str, duration: float
@@ -203,15 +201,13 @@ class SqliteOffsetStore(OffsetManagement):
         """Take the lease of `projection` over `slices` for `duration` seconds, for `owner`,
         registering the projection if it is new; an expired lease of an overlapping range is
         taken over. Raises ProjectionLeaseHeld if another owner holds a live lease of an
-        overlapping range, UnknownProjection if `projection` consumes another entity type."""
-        now = self.clock()
+        overlapping range, UnknownProjection if `projection` consumes another entity type.
+        The clock is read inside the write, so time spent waiting for the writer does not
+        shorten the lease."""
 
-        def write(txn: WriteTransaction) -> FluvialError | None:
-            conn = txn.connection
-            try:
-                register_projection(conn, projection, entity_type)
-            except UsageError as exc:
-                return exc
+        def write(conn: sqlite3.Connection) -> Lease:
+            now = self.clock()
+            register_projection(conn, projection, entity_type)
             holder = conn.execute(
                 "SELECT owner, slice_min, slice_max, expires_at FROM projection_lease "
                 "WHERE projection_name = ? AND slice_min <= ? AND slice_max >= ? "
@@ -220,7 +216,7 @@ class SqliteOffsetStore(OffsetManagement):
             ).fetchone()
             if holder is not None:
                 holder_owner, holder_min, holder_max, expires_at = holder
-                return ProjectionLeaseHeld(
+                raise ProjectionLeaseHeld(
                     projection,
                     slices,
                     holder=holder_owner,
@@ -236,31 +232,31 @@ class SqliteOffsetStore(OffsetManagement):
                 "INSERT INTO projection_lease VALUES (?,?,?,?,?)",
                 (projection, slices.min, slices.max, owner, now + duration),
             )
-            return None
+            return Lease(projection, slices, owner, now + duration)
 
-        if (refused := await self.database.write(write)) is not None:
-            raise refused
-        return Lease(projection, slices, owner, now + duration)
+        return await write_in_savepoint(self.database, write)
 
     async def renew_lease(self, lease: Lease, duration: float) -> Lease:
-        """Extend `lease` to `duration` seconds from now. Raises ProjectionConflict if its
-        owner no longer holds it (another instance took it over after it expired)."""
-        now = self.clock()
+        """Extend `lease` to `duration` seconds from now (read inside the write). Raises
+        ProjectionConflict if its owner no longer holds it (another instance took it over
+        after it expired)."""
 
-        def write(txn: WriteTransaction) -> int:
-            return txn.connection.execute(
+        def write(conn: sqlite3.Connection) -> Lease:
+            expires_at = self.clock() + duration
+            renewed = conn.execute(
                 "UPDATE projection_lease SET expires_at = ? WHERE projection_name = ? "
                 "AND slice_min = ? AND slice_max = ? AND owner = ?",
-                (now + duration, lease.projection, lease.slices.min, lease.slices.max, lease.owner),
+                (expires_at, lease.projection, lease.slices.min, lease.slices.max, lease.owner),
             ).rowcount
+            if renewed != 1:
+                raise ProjectionConflict(
+                    lease.projection,
+                    lease.slices,
+                    "lost its lease: it was not renewed in time and another instance took it over",
+                )
+            return attrs.evolve(lease, expires_at=expires_at)
 
-        if await self.database.write(write) != 1:
-            raise ProjectionConflict(
-                lease.projection,
-                lease.slices,
-                "lost its lease: it was not renewed in time and another instance took it over",
-            )
-        return attrs.evolve(lease, expires_at=now + duration)
+        return await write_in_savepoint(self.database, write)
 
     async def release_lease(self, lease: Lease) -> None:
         """Give `lease` up, so that another instance can start at once (no-op if lost)."""

@@ -158,11 +158,14 @@ def _v6_projection_registry_and_leases(db: sqlite_utils.Database) -> None:
     # The projections this file knows, with the entity type each consumes and the version of
     # its read model's migrations: management calls refuse names that are not here. Projections
     # of older files are those with stored entities (the entity type prefixes the pid).
+    # `generation` counts the management calls that changed a projection's offsets: every
+    # save of a running instance compares it with the one it loaded.
     db.execute(
         """CREATE TABLE projection (
             projection_name TEXT PRIMARY KEY,
             entity_type TEXT NOT NULL,
-            read_model_version INTEGER NOT NULL DEFAULT 0
+            read_model_version INTEGER NOT NULL DEFAULT 0,
+            generation INTEGER NOT NULL DEFAULT 0
         )"""
     )
     db.execute(

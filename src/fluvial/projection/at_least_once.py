@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from fluvial.core.offset_tracker import OffsetChanges, Savepoint
-from fluvial.core.records import EventEnvelope
+from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, Savepoint
+from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.projection.handlers import AtLeastOnce, GroupedAtLeastOnce
 from fluvial.projection.instance import (
     HandlerFailed,
@@ -93,33 +93,7 @@ async def consume_at_least_once(
     instance: Instance[E], receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
 ) -> None:
     """Hand what `receive` brings to `handler`, an envelope at a time, until cancelled."""
-    # Admitted one record at a time, so that a save within a source batch covers only
-    # the envelopes handled so far.
-    saver = _Saver(instance, grouped=False)
-    unsaved = 0
-    due = math.inf
-    try:
-        while True:
-            batch = await receive_until(receive, due)
-            if batch is not None:
-                records, source = batch
-                for record in records:
-                    if due == math.inf:
-                        due = trio.current_time() + handler.save_after
-                    saver.in_hand = instance.tracker.savepoint(record)
-                    for envelope in await instance.admit([record], source):
-                        await _call_with_recovery(instance, handler.handle, envelope, [envelope])
-                        unsaved += 1
-                    saver.in_hand = None
-                    if unsaved >= handler.save_every or trio.current_time() >= due:
-                        await saver.save()
-                        unsaved, due = 0, math.inf
-            if trio.current_time() >= due:
-                await saver.save()
-                unsaved, due = 0, math.inf
-    except trio.Cancelled:
-        await saver.save_on_stop()
-        raise
+    await _consume(receive, _OneAtATime(instance, handler))
 
 
 async def consume_grouped_at_least_once(
@@ -128,8 +102,23 @@ async def consume_grouped_at_least_once(
     handler: GroupedAtLeastOnce[E],
 ) -> None:
     """Hand what `receive` brings to `handler` in groups, until cancelled."""
-    saver = _Saver(instance, grouped=True)
-    plan: list[EventEnvelope[E]] = []
+    await _consume(receive, _InGroups(instance, handler))
+
+
+class _Batching(Protocol):
+    """How a kind of at-least-once handler takes records, between two saves."""
+
+    saver: _Saver
+    wait: float  # seconds after the first record since the last save, at most, to the next
+
+    async def add(self, record: EventRecord, source: EnvelopeSource) -> bool:
+        """Take `record`; True if enough are waiting for a flush."""
+
+    async def flush(self) -> None:
+        """Hand over what waits, and save the offsets."""
+
+
+async def _consume(receive: trio.MemoryReceiveChannel[Batch], batching: _Batching) -> None:
     due = math.inf
     try:
         while True:
@@ -138,33 +127,70 @@ async def consume_grouped_at_least_once(
                 records, source = batch
                 for record in records:
                     if due == math.inf:
-                        due = trio.current_time() + handler.max_wait
-                    plan.extend(await instance.admit([record], source))
-                    if len(plan) >= handler.max_size:
-                        await _handle_groups(instance, handler, plan, saver)
-                        plan, due = [], math.inf
+                        due = trio.current_time() + batching.wait
+                    if await batching.add(record, source) or trio.current_time() >= due:
+                        await batching.flush()
+                        due = math.inf
             if trio.current_time() >= due:
-                await _handle_groups(instance, handler, plan, saver)
-                plan, due = [], math.inf
-    except trio.Cancelled:
-        # Only what a finished plan saved is handled: the groups of an unfinished plan
-        # come again.
-        await saver.save_on_stop()
+                await batching.flush()
+                due = math.inf
+    except* trio.Cancelled:
+        # A group too: a handler that opens a nursery of its own gets the Cancelled of the
+        # stop wrapped in an ExceptionGroup.
+        await batching.saver.save_on_stop()
         raise
 
 
-async def _handle_groups(
-    instance: Instance[E],
-    handler: GroupedAtLeastOnce[E],
-    plan: list[EventEnvelope[E]],
-    saver: _Saver,
-) -> None:
-    """Hand `plan` over in groups of at most `max_size` (a replay can make it longer),
-    then save the offsets."""
-    for start in range(0, len(plan), handler.max_size):
-        group = plan[start : start + handler.max_size]
-        await _call_with_recovery(instance, handler.handle, group, group)
-    await saver.save()
+class _OneAtATime(Generic[E]):
+    """An envelope at a time; a save every `save_every` envelopes or `save_after` seconds."""
+
+    def __init__(self, instance: Instance[E], handler: AtLeastOnce[E]) -> None:
+        self.instance = instance
+        self.handler = handler
+        self.saver = _Saver(instance, grouped=False)
+        self.wait = handler.save_after
+        self.unsaved = 0
+
+    async def add(self, record: EventRecord, source: EnvelopeSource) -> bool:
+        # Admitted one record at a time, so that a save within a source batch covers only
+        # the envelopes handled so far.
+        instance, saver = self.instance, self.saver
+        saver.in_hand = instance.tracker.savepoint(record)
+        for envelope in await instance.admit([record], source):
+            await _call_with_recovery(instance, self.handler.handle, envelope, [envelope])
+            self.unsaved += 1
+        saver.in_hand = None
+        return self.unsaved >= self.handler.save_every
+
+    async def flush(self) -> None:
+        await self.saver.save()
+        self.unsaved = 0
+
+
+class _InGroups(Generic[E]):
+    """Groups of at most `max_size` envelopes, collected for at most `max_wait` seconds; a
+    save after each plan of groups. On a stop, only what a finished plan saved is handled:
+    the groups of an unfinished plan come again."""
+
+    def __init__(self, instance: Instance[E], handler: GroupedAtLeastOnce[E]) -> None:
+        self.instance = instance
+        self.handler = handler
+        self.saver = _Saver(instance, grouped=True)
+        self.wait = handler.max_wait
+        self.plan: list[EventEnvelope[E]] = []
+
+    async def add(self, record: EventRecord, source: EnvelopeSource) -> bool:
+        self.plan.extend(await self.instance.admit([record], source))
+        return len(self.plan) >= self.handler.max_size
+
+    async def flush(self) -> None:
+        # A replay can make the plan longer than max_size: several groups.
+        plan, size = self.plan, self.handler.max_size
+        for start in range(0, len(plan), size):
+            group = plan[start : start + size]
+            await _call_with_recovery(self.instance, self.handler.handle, group, group)
+        await self.saver.save()
+        self.plan = []
 
 
 async def _call_with_recovery(

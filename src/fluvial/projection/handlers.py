@@ -44,7 +44,8 @@ _positive_float = attrs.validators.gt(0.0)
 class ExactlyOnce(Generic[E]):
     """`handle(conn, envelope)` writes the read model for one envelope, in the transaction
     that stores the offsets. `migrations` create and migrate its tables: the instance runs
-    those the file has not run yet (in order, once per file) before it starts."""
+    those the file has not run yet (in order, once per file) before it starts; a sqlite3
+    error of one comes out of `serve_projection` as ReadModelMigrationFailed."""
 
     handle: Callable[[Connection, EventEnvelope[E]], None]
     migrations: tuple[Migration, ...] = attrs.field(default=(), converter=_migrations)

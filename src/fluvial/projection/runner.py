@@ -105,15 +105,22 @@ async def serve_projection(
     )
     keeper = _LeaseKeeper(store, lease, projection.lease_duration)
     try:
-        handler = projection.handler
-        if isinstance(handler, ExactlyOnce | GroupedExactlyOnce) and handler.migrations:
-            await store.migrate_read_model(projection.name, handler.migrations)
         instance = Instance(journal, serializers, store, projection, slices)
         async with open_supervisor() as supervisor:
+            # Renewing from the start: read-model migrations may outlast the lease.
             supervisor.start_soon(keeper.keep)
-            await supervisor.run(_restart_forever, instance, task_status)
+            await supervisor.run(_migrate_then_restart_forever, instance, task_status)
     finally:
         await keeper.release()
+
+
+async def _migrate_then_restart_forever(
+    instance: Instance[Any], task_status: trio.TaskStatus[None]
+) -> None:
+    handler = instance.projection.handler
+    if isinstance(handler, ExactlyOnce | GroupedExactlyOnce) and handler.migrations:
+        await instance.store.migrate_read_model(instance.name, handler.migrations)
+    await _restart_forever(instance, task_status)
 
 
 async def _restart_forever(instance: Instance[Any], task_status: trio.TaskStatus[None]) -> None:
