@@ -140,6 +140,8 @@ __all__ = [
     "ProjectionConflict",
     "ProjectionFailed",
     "ProjectionLeaseHeld",
+    "ReadModelClearFailed",
+    "ReadModelMigrationFailed",
     "RecoveryStrategy",
     "ReplicatedPersistenceId",
     "ReplicationMetadata",
