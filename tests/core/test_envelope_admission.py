@@ -17,6 +17,7 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
+from fluvial.core.serialization import SerializedPayload
 
 QUERY = EnvelopeSource.QUERY
 LIVE = EnvelopeSource.LIVE
@@ -27,7 +28,14 @@ NOT_THE_QUERY = [LIVE, BACKTRACKING, REPLAY]
 SLICES = SliceRange(10, 10)
 
 
+PAYLOAD = SerializedPayload("T.Event", 1, b"")
+
+
 def record(pid: str, seq_nr: int, timestamp: int, slice_: int = 10) -> EventRecord:
+    return EventRecord(pid, seq_nr, "T", slice_, PAYLOAD, timestamp=timestamp)
+
+
+def placeholder(pid: str, seq_nr: int, timestamp: int, slice_: int = 10) -> EventRecord:
     return EventRecord(pid, seq_nr, "T", slice_, None, timestamp=timestamp)
 
 
@@ -119,3 +127,96 @@ def test_an_entity_out_of_memory_is_looked_up_before_anything_changes() -> None:
     tracker.learn("T|a", SeenEntity("T|a", 5, 500, 10))
     assert admit(tracker, r, QUERY) is HANDLE
     assert tracker.slice_offset(10) == TimestampOffset(600, {"T|a": 6})
+
+
+def test_a_placeholder_moves_the_seq_nr_and_the_offset_and_is_not_handled() -> None:
+    tracker = fresh()
+    admit(tracker, record("T|a", 1, 100), QUERY)
+    assert admit(tracker, placeholder("T|a", 2, 200), QUERY) is DROP
+    assert tracker.seq_nr_of("T|a") == 2
+    assert tracker.handled_seq_nr_of("T|a") == 1
+    assert tracker.slice_offset(10) == TimestampOffset(200, {"T|a": 2})
+    # The seq nrs stay gapless: the next event is no gap, and a placeholder seen again is
+    # a duplicate.
+    assert admit(tracker, placeholder("T|a", 2, 200), LIVE) is DROP
+    assert admit(tracker, record("T|a", 3, 300), LIVE) is HANDLE
+    assert tracker.handled_seq_nr_of("T|a") == 3
+
+
+def test_an_entity_included_later_gets_its_history_replayed_not_dropped() -> None:
+    """Its events came as placeholders (a filter excluded it); the filter now includes it
+    and the producer replays its history: what was only a placeholder is handled."""
+    tracker = fresh()
+    assert admit(tracker, record("T|a", 1, 100), QUERY) is HANDLE
+    for seq_nr in (2, 3, 4):
+        assert admit(tracker, placeholder("T|a", seq_nr, seq_nr * 100), QUERY) is DROP
+    history = [record("T|a", n, n * 100) for n in (1, 2, 3, 4)]
+    assert admit_replayed(tracker, history) == history[1:]
+    assert tracker.seq_nr_of("T|a") == tracker.handled_seq_nr_of("T|a") == 4
+    assert admit_replayed(tracker, history) == []  # now they are duplicates
+    assert admit(tracker, record("T|a", 5, 500), LIVE) is HANDLE
+
+
+def test_a_replay_fills_placeholders_in_order_only() -> None:
+    tracker = fresh()
+    for seq_nr in (1, 2, 3):
+        admit(tracker, placeholder("T|a", seq_nr, seq_nr * 100), LIVE)
+    assert tracker.handled_seq_nr_of("T|a") == 0
+    assert admit(tracker, record("T|a", 2, 200), REPLAY) is DROP  # 1 first
+    assert tracker.handled_seq_nr_of("T|a") == 0
+    assert admit(tracker, record("T|a", 1, 100), REPLAY) is HANDLE
+    assert admit(tracker, record("T|a", 2, 200), REPLAY) is HANDLE
+    assert tracker.seq_nr_of("T|a") == 3
+    assert tracker.handled_seq_nr_of("T|a") == 2
+
+
+def test_a_placeholder_in_a_replay_is_settled() -> None:
+    """The producer's transformation drops it whatever the filter: nothing more to wait for."""
+    tracker = fresh()
+    admit(tracker, record("T|a", 1, 100), LIVE)
+    for seq_nr in (2, 3, 4):
+        admit(tracker, placeholder("T|a", seq_nr, seq_nr * 100), LIVE)
+    replayed = [record("T|a", 2, 200), placeholder("T|a", 3, 300), record("T|a", 4, 400)]
+    assert admit_replayed(tracker, replayed) == [replayed[0], replayed[2]]
+    assert tracker.handled_seq_nr_of("T|a") == 4
+    # And one that a gap's replay brings moves the entity on without waiting either.
+    assert admit(tracker, record("T|a", 7, 700), LIVE) == Replay("T|a", 5, 7)
+    gap = [placeholder("T|a", 5, 500), record("T|a", 6, 600), record("T|a", 7, 700)]
+    assert admit_replayed(tracker, gap) == gap[1:]
+    assert tracker.seq_nr_of("T|a") == tracker.handled_seq_nr_of("T|a") == 7
+
+
+def test_a_gap_after_placeholders_is_replayed_from_the_first_placeholder() -> None:
+    tracker = fresh()
+    admit(tracker, record("T|a", 1, 100), LIVE)
+    admit(tracker, placeholder("T|a", 2, 200), LIVE)
+    admit(tracker, placeholder("T|a", 3, 300), LIVE)
+    assert admit(tracker, record("T|a", 5, 500), LIVE) == Replay("T|a", 2, 5)
+    assert admit(tracker, record("T|a", 5, 500), BACKTRACKING) == Replay("T|a", 2, 5)
+    missing = [record("T|a", n, n * 100) for n in (2, 3, 4, 5)]
+    assert admit_replayed(tracker, missing) == missing
+
+
+def test_a_handled_event_after_placeholders_settles_them() -> None:
+    """An entity's events are handled in seq nr order: once a later one is handled, the
+    placeholders before it are no longer replayed."""
+    tracker = fresh()
+    admit(tracker, placeholder("T|a", 1, 100), LIVE)
+    assert admit(tracker, record("T|a", 2, 200), LIVE) is HANDLE
+    assert tracker.handled_seq_nr_of("T|a") == 2
+    assert admit(tracker, record("T|a", 1, 100), REPLAY) is DROP
+
+
+def test_placeholders_are_persisted_with_the_changes_and_survive_a_restart() -> None:
+    tracker = fresh()
+    admit(tracker, record("T|a", 1, 100), QUERY)
+    admit(tracker, placeholder("T|a", 2, 200), QUERY)
+    admit(tracker, placeholder("T|a", 3, 300), QUERY)
+    changes = tracker.take_changes()
+    assert changes.entities == (SeenEntity("T|a", 3, 300, 10, placeholders=2),)
+    assert changes.previous == {"T|a": 0}
+    tracker = OffsetTracker(SLICES, slice_offsets=changes.slice_offsets)
+    assert admit(tracker, record("T|a", 2, 200), REPLAY) == LookUp("T|a")
+    tracker.learn("T|a", changes.entities[0])
+    assert admit(tracker, record("T|a", 2, 200), REPLAY) is HANDLE
+    assert tracker.take_changes().entities == (SeenEntity("T|a", 3, 300, 10, placeholders=1),)

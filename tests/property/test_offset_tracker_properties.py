@@ -44,6 +44,7 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
+from fluvial.core.serialization import SerializedPayload
 
 SPLITS = {
     1: [SliceRange(0, 3)],
@@ -54,6 +55,7 @@ PIDS = [f"T|{i}" for i in range(6)]  # pid i on slice i % 4: some slices hold tw
 WINDOW = 5  # event time units; appends move time by 0..3 per event
 SAVE_EVERY = 4
 BACKTRACKING_SPAN = 3
+PAYLOAD = SerializedPayload("T.Event", 1, b"")  # no placeholders here: see test_placeholders
 SETTINGS = settings(max_examples=300, stateful_step_count=50, deadline=None)
 
 
@@ -179,7 +181,7 @@ class ProjectionMachine(RuleBasedStateMachine):
                 seq_nr=len(self.journal[pid]) + 1,
                 entity_type="T",
                 slice=slice_of(pid),
-                payload=None,
+                payload=PAYLOAD,
                 timestamp=self.clock,
             )
             self.journal[pid].append(record)

@@ -6,7 +6,8 @@ offset when (and only when) the record came by the reliable, timestamp-ordered q
 left for the shell is the I/O, named by the answer:
 
 - `HANDLE`: decode the record and hand it to the handler (the tracker already counts it);
-- `DROP`: nothing to hand over (a duplicate, or a replayed event that cannot fill its gap);
+- `DROP`: nothing to hand over (a duplicate, a placeholder, or a replayed event that cannot
+  fill its gap);
 - `LookUp`: the entity left memory: load its stored seq nr, `tracker.learn` it, admit again;
 - `Replay`: a gap: read the entity's events `from_seq_nr..to_seq_nr` and admit each with
   `EnvelopeSource.REPLAY` (`admit_replayed` does that loop), handling those answered `HANDLE`.
@@ -26,6 +27,7 @@ import attrs
 
 from fluvial.core.offset_tracker import (
     ACCEPTED,
+    FILLS_PLACEHOLDER,
     EnvelopeSource,
     NeedsStoredSeqNr,
     OffsetTracker,
@@ -74,6 +76,10 @@ Admission = Outcome | LookUp | Replay
 def admit(tracker: OffsetTracker, record: EventRecord, source: EnvelopeSource) -> Admission:
     """Decide what to do with `record`, delivered by `source`, and record it in `tracker`.
 
+    A record without payload is a placeholder (`EventRecord.payload`): never handed over; from
+    a stream its seq nr counts as seen but not handled (`OffsetTracker.saw_placeholder`), so a
+    later replay of it is handled; from a replay it is settled.
+
     Promises: an answer `HANDLE` counts the record as handled; only `EnvelopeSource.QUERY`
     moves the record's slice offset (live, backtracking and replayed records arrive out of
     timestamp order, so moving the offset for them could pass an event the query has not
@@ -86,8 +92,17 @@ def admit(tracker: OffsetTracker, record: EventRecord, source: EnvelopeSource) -
     if source is QUERY:  # the one rule for the slice offset: see the docstring
         tracker.passed(record)
     if verdict is ACCEPTED:
-        tracker.accept(record)
-        return HANDLE
+        if record.payload is not None:
+            tracker.accept(record)
+            return HANDLE
+        if source is REPLAY:  # dropped by the producer even in a replay: settled
+            tracker.accept(record)
+        else:
+            tracker.saw_placeholder(record)
+        return DROP
+    if verdict is FILLS_PLACEHOLDER:
+        tracker.fill_placeholder(record)
+        return DROP if record.payload is None else HANDLE
     match verdict:
         case RejectedSeqNr(expected) | RejectedBacktracking(expected) if source is not REPLAY:
             return Replay(record.persistence_id, expected, record.seq_nr)

@@ -161,7 +161,7 @@ class Instance(Generic[E]):
     def _decode(self, record: EventRecord) -> list[EventEnvelope[E]]:
         """The envelope of `record`, or none if it cannot be decoded and the recovery
         strategy skips (else the instance fails: nothing is skipped silently)."""
-        assert record.payload is not None, "the local journal holds no placeholders"
+        assert record.payload is not None, "admit hands over no placeholder"
         try:
             event = self.serializers.decode(
                 record.payload, persistence_id=record.persistence_id, seq_nr=record.seq_nr
