@@ -10,9 +10,10 @@ own writes.
 Two kinds of position are kept:
 - per slice, the timestamp offset of the timestamp-ordered query (where to resume), advanced
   only by envelopes from the query, since live and replayed envelopes arrive out of that order;
-- per entity, the highest seq nr handled, which decides duplicates and gaps whatever path an
-  envelope took. Entities not seen for `window` microseconds of event time leave memory; the
-  store keeps them, and the verdict `NeedsStoredSeqNr` asks the shell to look one up.
+- per entity, the highest seq nr handled (or seen as a placeholder, below), which decides
+  duplicates and gaps whatever path an envelope took. Entities not seen for `window`
+  microseconds of event time leave memory; the store keeps them, and the verdict
+  `NeedsStoredSeqNr` asks the shell to look one up.
 
 Placeholders (events without payload: a filter or a transformation dropped them on the way)
 keep an entity's seq nrs gapless: from a stream they move its seq nr like a handled event, but
@@ -206,6 +207,7 @@ class OffsetTracker:
         return TimestampOffset(earliest, seen)
 
     def slice_offset(self, slice_: int) -> TimestampOffset | None:
+        """Where the query has passed in `slice_` (None: nowhere yet)."""
         tip = self._slice_tips.get(slice_)
         return _offset_of(tip) if tip else None
 
