@@ -8,6 +8,7 @@ from fluvial.core.offset_tracker import (
     Accepted,
     Duplicate,
     EnvelopeSource,
+    FillsPlaceholder,
     NeedsStoredSeqNr,
     OffsetChanges,
     OffsetTracker,
@@ -306,3 +307,23 @@ def test_rolling_back_to_a_savepoint_undoes_the_admission_of_one_record() -> Non
     assert changes.entities == (SeenEntity("T|b", 1, 150, 10),)
     assert changes.slice_offsets == {10: TimestampOffset(150, {"T|b": 1})}
     assert changes.previous == {"T|b": 0}
+
+
+def test_a_replay_is_judged_against_what_was_handled_a_stream_against_what_was_seen() -> None:
+    """After placeholders (seen, not handled), a replay of them fills them in order."""
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100))
+    tracker.saw_placeholder(record("T|a", 2, 200))
+    tracker.saw_placeholder(record("T|a", 3, 300))
+    assert (tracker.seq_nr_of("T|a"), tracker.handled_seq_nr_of("T|a")) == (3, 1)
+    for source in (QUERY, LIVE, BACKTRACKING):
+        assert tracker.validate(record("T|a", 2, 200), source) == Duplicate()
+        assert tracker.validate(record("T|a", 4, 400), source) == Accepted()
+    assert tracker.validate(record("T|a", 1, 100), REPLAY) == Duplicate()
+    assert tracker.validate(record("T|a", 2, 200), REPLAY) == FillsPlaceholder()
+    assert tracker.validate(record("T|a", 3, 300), REPLAY) == RejectedSeqNr(2)
+    assert tracker.validate(record("T|a", 6, 600), LIVE) == RejectedSeqNr(2)
+    assert tracker.validate(record("T|a", 6, 600), BACKTRACKING) == RejectedBacktracking(2)
+    tracker.fill_placeholder(record("T|a", 2, 200))
+    assert (tracker.seq_nr_of("T|a"), tracker.handled_seq_nr_of("T|a")) == (3, 2)
+    assert tracker.take_changes().entities == (SeenEntity("T|a", 3, 300, 10, placeholders=1),)

@@ -4,10 +4,10 @@ A model journal of a few entities over four slices is read the ways projection i
 it: the ordered query (in pages, resumed from the stored offsets after a restart), the live
 path (events offered at append, delivered late, out of order, twice, or lost to a full
 buffer), the backtracking query (events the query has passed, again) and replays by
-persistence id. Each arrival goes through the runner's admission logic (`_Instance._admit`):
-validate → on NeedsStoredSeqNr look the entity up in the store and `learn` → handle
-(Accepted), drop (Duplicate) or replay the gap from the journal (Rejected…) → `passed` for the
-query.
+persistence id. Each arrival goes through the runner's own decision,
+`fluvial.core.envelope_admission.admit` (not a copy of it): handle, drop, look the entity up in
+the store and `learn` it, or replay the gap from the journal; the machine does only the I/O it
+asks for, as `fluvial.projection.instance.Instance.admit` does.
 
 The process crashes at any step: what was not committed is lost, and it restarts with one,
 two or four instances (slice ranges), each rebuilt from what was persisted the way
@@ -39,18 +39,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from fluvial.core.envelope_admission import HANDLE, LookUp, Replay, admit, admit_replayed
 from fluvial.core.ids import SliceRange
-from fluvial.core.offset_tracker import (
-    Accepted,
-    EnvelopeSource,
-    NeedsStoredSeqNr,
-    OffsetTracker,
-    RejectedBacktracking,
-    RejectedSeqNr,
-    SeenEntity,
-)
+from fluvial.core.offset_tracker import EnvelopeSource, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
+from fluvial.core.serialization import SerializedPayload
 
 SPLITS = {
     1: [SliceRange(0, 3)],
@@ -61,6 +55,7 @@ PIDS = [f"T|{i}" for i in range(6)]  # pid i on slice i % 4: some slices hold tw
 WINDOW = 5  # event time units; appends move time by 0..3 per event
 SAVE_EVERY = 4
 BACKTRACKING_SPAN = 3
+PAYLOAD = SerializedPayload("T.Event", 1, b"")  # no placeholders here: see test_placeholders
 SETTINGS = settings(max_examples=300, stateful_step_count=50, deadline=None)
 
 
@@ -148,28 +143,23 @@ class ProjectionMachine(RuleBasedStateMachine):
     def admit(
         self, instance: Instance, record: EventRecord, source: EnvelopeSource
     ) -> list[EventRecord]:
-        tracker, handled = instance.tracker, []
-        verdict = tracker.validate(record, source)
-        if isinstance(verdict, NeedsStoredSeqNr):
+        """The runner's admission: the core's decision, and the I/O it asks for done against
+        the model store and journal."""
+        tracker = instance.tracker
+        admission = admit(tracker, record, source)
+        if isinstance(admission, LookUp):
             stored = self.stored_entities.get(record.persistence_id)
             self.coverage.saw("lookup found" if stored else "lookup missed")
             tracker.learn(record.persistence_id, stored)
-            verdict = tracker.validate(record, source)
-        match verdict:
-            case Accepted():
-                tracker.accept(record)
-                handled.append(record)
-            case RejectedSeqNr(expected) | RejectedBacktracking(expected):
-                self.coverage.saw("replay")
-                for event in self.journal[record.persistence_id][expected - 1 : record.seq_nr]:
-                    if isinstance(tracker.validate(event, EnvelopeSource.REPLAY), Accepted):
-                        tracker.accept(event)
-                        handled.append(event)
-            case _:
-                self.coverage.saw("dropped")
-        if source is EnvelopeSource.QUERY:
-            tracker.passed(record)
-        return handled
+            admission = admit(tracker, record, source)
+        if admission is HANDLE:
+            return [record]
+        if isinstance(admission, Replay):
+            self.coverage.saw("replay")
+            events = self.journal[record.persistence_id]
+            return admit_replayed(tracker, events[admission.from_seq_nr - 1 : admission.to_seq_nr])
+        self.coverage.saw("dropped")
+        return []
 
     def deliver(
         self, instance: Instance, records: list[EventRecord], source: EnvelopeSource
@@ -191,7 +181,7 @@ class ProjectionMachine(RuleBasedStateMachine):
                 seq_nr=len(self.journal[pid]) + 1,
                 entity_type="T",
                 slice=slice_of(pid),
-                payload=None,
+                payload=PAYLOAD,
                 timestamp=self.clock,
             )
             self.journal[pid].append(record)

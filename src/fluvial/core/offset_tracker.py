@@ -10,9 +10,17 @@ own writes.
 Two kinds of position are kept:
 - per slice, the timestamp offset of the timestamp-ordered query (where to resume), advanced
   only by envelopes from the query, since live and replayed envelopes arrive out of that order;
-- per entity, the highest seq nr handled, which decides duplicates and gaps whatever path an
-  envelope took. Entities not seen for `window` microseconds of event time leave memory; the
-  store keeps them, and the verdict `NeedsStoredSeqNr` asks the shell to look one up.
+- per entity, the highest seq nr handled (or seen as a placeholder, below), which decides
+  duplicates and gaps whatever path an envelope took. Entities not seen for `window`
+  microseconds of event time leave memory; the store keeps them, and the verdict
+  `NeedsStoredSeqNr` asks the shell to look one up.
+
+Placeholders (events without payload: a filter or a transformation dropped them on the way)
+keep an entity's seq nrs gapless: from a stream they move its seq nr like a handled event, but
+the tracker remembers that its latest seq nrs were seen only as placeholders
+(`SeenEntity.placeholders`), so that a replay of them (a filter that now includes the entity
+asks for its history) is handled instead of dropped as a duplicate: replayed events are judged
+against the highest seq nr handled, stream events against the highest seen.
 """
 
 from __future__ import annotations
@@ -68,20 +76,46 @@ class NeedsStoredSeqNr:
     persistence_id: str
 
 
-Verdict = Accepted | Duplicate | RejectedSeqNr | RejectedBacktracking | NeedsStoredSeqNr
+@attrs.frozen
+class FillsPlaceholder:
+    """A replayed event at a seq nr seen so far only as a placeholder, the first of them: handle
+    it (the entity's seq nr stays where the stream has it)."""
 
+
+Verdict = (
+    Accepted
+    | Duplicate
+    | FillsPlaceholder
+    | RejectedSeqNr
+    | RejectedBacktracking
+    | NeedsStoredSeqNr
+)
+
+# `validate` answers these very objects, so that the shell may compare with `is`.
 ACCEPTED = Accepted()
 DUPLICATE = Duplicate()
+FILLS_PLACEHOLDER = FillsPlaceholder()
 
 
 @attrs.frozen
 class SeenEntity:
-    """The highest seq nr handled for one entity, and that event's timestamp and slice."""
+    """The highest seq nr seen of one entity, and that event's timestamp and slice.
+
+    `placeholders`: how many of its highest seq nrs (`seq_nr - placeholders + 1` .. `seq_nr`)
+    were seen only as placeholders and not handled (0: everything up to `seq_nr` was handled,
+    or settled); a replay may still deliver them. A store that does not keep it loads 0.
+    """
 
     persistence_id: str
     seq_nr: int
     timestamp: int
     slice: int
+    placeholders: int = 0
+
+    @property
+    def handled_seq_nr(self) -> int:
+        """The highest seq nr below which no event waits for a replay."""
+        return self.seq_nr - self.placeholders
 
 
 @attrs.frozen
@@ -125,7 +159,7 @@ class Savepoint:
     persistence_id: str
     slice: int
     entity: SeenEntity | EventRecord | None
-    dirty: EventRecord | None
+    dirty: SeenEntity | EventRecord | None
     previous: int | None
     tip: tuple[int, dict[str, int]] | None
     slice_dirty: bool
@@ -165,7 +199,7 @@ class OffsetTracker:
         self._complete = complete
         self._latest = max((e.timestamp for e in self._entities.values()), default=0)
         self._evicted_up_to = 0
-        self._dirty_entities: dict[str, EventRecord] = {}
+        self._dirty_entities: dict[str, SeenEntity | EventRecord] = {}
         self._previous: dict[str, int] = {}  # of each dirty entity: see OffsetChanges
         self._dirty_slices: set[int] = set()
 
@@ -184,18 +218,31 @@ class OffsetTracker:
         return TimestampOffset(earliest, seen)
 
     def slice_offset(self, slice_: int) -> TimestampOffset | None:
+        """Where the query has passed in `slice_` (None: nowhere yet)."""
         tip = self._slice_tips.get(slice_)
         return _offset_of(tip) if tip else None
 
     def seq_nr_of(self, persistence_id: str) -> int | None:
+        """The highest seq nr seen of the entity (handled or a placeholder); None: not in
+        memory."""
         seen = self._entities.get(persistence_id)
         return seen.seq_nr if seen else None
+
+    def handled_seq_nr_of(self, persistence_id: str) -> int | None:
+        """The seq nr below which no event of the entity waits for a replay (below its seq nr
+        when its latest ones were seen only as placeholders); None: not in memory."""
+        seen = self._entities.get(persistence_id)
+        if seen is None:
+            return None
+        return seen.handled_seq_nr if isinstance(seen, SeenEntity) else seen.seq_nr
 
     def validate(self, record: EventRecord, source: EnvelopeSource) -> Verdict:
         """What to do with `record`, which arrived by `source`."""
         seen = self._entities.get(record.persistence_id)
         if seen is None and not self._complete:
             return NeedsStoredSeqNr(record.persistence_id)
+        if seen.__class__ is SeenEntity and seen.placeholders:
+            return _validate_after_placeholders(record, source, seen)
         previous = seen.seq_nr if seen else 0
         if record.seq_nr <= previous:
             return DUPLICATE
@@ -217,7 +264,8 @@ class OffsetTracker:
             self._entities[persistence_id] = SeenEntity(persistence_id, 0, 0, 0)
 
     def accept(self, record: EventRecord) -> None:
-        """`record` was handled."""
+        """`record` (verdict `Accepted`) is done with: handled, or a placeholder that a replay
+        delivered (the producer still drops it: nothing to handle, nothing to replay)."""
         pid = record.persistence_id
         if pid not in self._dirty_entities:
             seen = self._entities.get(pid)
@@ -226,6 +274,40 @@ class OffsetTracker:
         self._dirty_entities[pid] = record
         if record.timestamp > self._latest:
             self._latest = record.timestamp
+            self._evict()
+
+    def saw_placeholder(self, record: EventRecord) -> None:
+        """A stream (not a replay) delivered `record` (verdict `Accepted`) as a placeholder:
+        its seq nr is seen, but not handled, until a replay fills it."""
+        seen = self._entities.get(record.persistence_id)
+        if seen is not None and seen.seq_nr == record.seq_nr - 1:
+            placeholders = (seen.placeholders if isinstance(seen, SeenEntity) else 0) + 1
+        else:  # first seen here: what precedes it precedes where the projection started
+            placeholders = 1
+        self._changed(
+            SeenEntity(
+                record.persistence_id, record.seq_nr, record.timestamp, record.slice, placeholders
+            )
+        )
+
+    def fill_placeholder(self, record: EventRecord) -> None:
+        """A replay delivered `record` (verdict `FillsPlaceholder`): it was handled, or it is
+        a placeholder again (settled: a replay will not deliver more of it)."""
+        seen = self._entities[record.persistence_id]
+        remaining = seen.seq_nr - record.seq_nr  # the placeholders after it
+        self._changed(
+            SeenEntity(record.persistence_id, seen.seq_nr, seen.timestamp, seen.slice, remaining)
+        )
+
+    def _changed(self, entity: SeenEntity) -> None:
+        pid = entity.persistence_id
+        if pid not in self._dirty_entities:
+            seen = self._entities.get(pid)
+            self._previous[pid] = seen.seq_nr if seen else 0
+        self._entities[pid] = entity
+        self._dirty_entities[pid] = entity
+        if entity.timestamp > self._latest:
+            self._latest = entity.timestamp
             self._evict()
 
     def passed(self, record: EventRecord) -> None:
@@ -274,7 +356,9 @@ class OffsetTracker:
         """What changed since the last call (the caller persists it); starts afresh."""
         changes = OffsetChanges(
             tuple(
-                SeenEntity(r.persistence_id, r.seq_nr, r.timestamp, r.slice)
+                r
+                if isinstance(r, SeenEntity)
+                else SeenEntity(r.persistence_id, r.seq_nr, r.timestamp, r.slice)
                 for r in self._dirty_entities.values()
             ),
             {s: _offset_of(self._slice_tips[s]) for s in sorted(self._dirty_slices)},
@@ -306,6 +390,28 @@ class OffsetTracker:
         if stale:
             self._complete = False
         self._evicted_up_to = self._latest
+
+
+def _validate_after_placeholders(
+    record: EventRecord, source: EnvelopeSource, seen: SeenEntity
+) -> Verdict:
+    """`validate` for an entity whose latest seq nrs were seen only as placeholders: a replay
+    is judged against the highest seq nr handled, a stream against the highest seen; a gap is
+    replayed from the first placeholder (the replay fills them too)."""
+    handled = seen.handled_seq_nr
+    if source is EnvelopeSource.REPLAY:
+        if record.seq_nr <= handled:
+            return DUPLICATE
+        if record.seq_nr == handled + 1:
+            return FILLS_PLACEHOLDER
+        return RejectedSeqNr(handled + 1)
+    if record.seq_nr <= seen.seq_nr:
+        return DUPLICATE
+    if record.seq_nr == seen.seq_nr + 1:
+        return ACCEPTED
+    if source is EnvelopeSource.BACKTRACKING:
+        return RejectedBacktracking(handled + 1)
+    return RejectedSeqNr(handled + 1)
 
 
 def _restore(mapping: dict[Any, Any], key: object, value: object | None) -> None:

@@ -1,9 +1,10 @@
 """One run of a projection instance: its source, its tracker, and admission of envelopes.
 
 `Instance.run` loads the offsets, starts the source and hands its batches to the handler
-kind's consumer (`exactly_once.py`, `at_least_once.py`). Admission reads like the protocol:
-ask the offset tracker about each record → look up an entity that left memory, replay a gap
-from the journal, decode what is accepted → the envelopes to hand to the handler.
+kind's consumer (`exactly_once.py`, `at_least_once.py`). Admission is
+`fluvial.core.envelope_admission`'s decision for each record, and this module's I/O for it:
+look up an entity that left memory, replay a gap from the journal, decode what is accepted →
+the envelopes to hand to the handler.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
+from fluvial.core.envelope_admission import (
+    DROP,
+    HANDLE,
+    Admission,
+    LookUp,
+    Replay,
+    admit,
+    admit_replayed,
+)
 from fluvial.core.errors import DataError, FluvialError
 from fluvial.core.ids import SliceRange
-from fluvial.core.offset_tracker import (
-    Accepted,
-    Duplicate,
-    EnvelopeSource,
-    NeedsStoredSeqNr,
-    OffsetChanges,
-    OffsetTracker,
-    RejectedBacktracking,
-    RejectedSeqNr,
-)
+from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, OffsetTracker
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.projection.source import Batch, LocalJournalSource
@@ -114,50 +115,53 @@ class Instance(Generic[E]):
         self, records: Sequence[EventRecord], source: EnvelopeSource
     ) -> list[EventEnvelope[E]]:
         """The envelopes among `records` to hand to the handler, in order, with any missing
-        events replayed before them; the tracker counts them as handled."""
+        events replayed before them; the tracker counts them as handled. What to do with each
+        record is `fluvial.core.envelope_admission.admit`'s decision; this does its I/O."""
         tracker, accepted = self.tracker, []
         for record in records:
-            verdict = tracker.validate(record, source)
-            if isinstance(verdict, NeedsStoredSeqNr):
-                stored = await self.store.load_entity(self.name, record.persistence_id)
-                tracker.learn(record.persistence_id, stored)
-                verdict = tracker.validate(record, source)
-            match verdict:
-                case Accepted():
-                    accepted.extend(self._decode(record))
-                    tracker.accept(record)
-                case RejectedSeqNr(expected) | RejectedBacktracking(expected):
-                    accepted.extend(await self._replay(record, expected))
-                case Duplicate() | NeedsStoredSeqNr():
-                    pass
-            if source is EnvelopeSource.QUERY:
-                tracker.passed(record)
+            admission = admit(tracker, record, source)
+            if admission is HANDLE:
+                accepted.extend(self._decode(record))
+            elif admission is not DROP:
+                accepted.extend(await self._admit_with_io(record, source, admission))
         return accepted
 
-    async def _replay(self, record: EventRecord, from_seq_nr: int) -> list[EventEnvelope[E]]:
+    async def _admit_with_io(
+        self, record: EventRecord, source: EnvelopeSource, admission: Admission
+    ) -> list[EventEnvelope[E]]:
+        """Do the I/O `admission` asks for: look the entity up (and admit again), replay a
+        gap; the envelopes to hand to the handler."""
+        if isinstance(admission, LookUp):
+            stored = await self.store.load_entity(self.name, record.persistence_id)
+            self.tracker.learn(record.persistence_id, stored)
+            admission = admit(self.tracker, record, source)
+        if isinstance(admission, Replay):
+            return await self._replay(record, admission)
+        return self._decode(record) if admission is HANDLE else []
+
+    async def _replay(self, record: EventRecord, gap: Replay) -> list[EventEnvelope[E]]:
         """Fill the gap before `record` from the journal, `record` included."""
+        first, last = gap.from_seq_nr, gap.to_seq_nr
         missing = await self.journal.read_events(
-            record.persistence_id, from_seq_nr, record.seq_nr, record.seq_nr - from_seq_nr + 1
+            record.persistence_id, first, last, last - first + 1
         )
         replayed: list[EventEnvelope[E]] = []
-        for event in missing:
-            if isinstance(self.tracker.validate(event, EnvelopeSource.REPLAY), Accepted):
-                replayed.extend(self._decode(event))
-                self.tracker.accept(event)
+        for event in admit_replayed(self.tracker, missing):
+            replayed.extend(self._decode(event))
         if not missing or missing[-1].seq_nr != record.seq_nr:
             log.warning(
                 "projection %r: could not replay %s seq nrs %d..%d; the query will deliver them",
                 self.name,
                 record.persistence_id,
-                from_seq_nr,
-                record.seq_nr,
+                first,
+                last,
             )
         return replayed
 
     def _decode(self, record: EventRecord) -> list[EventEnvelope[E]]:
         """The envelope of `record`, or none if it cannot be decoded and the recovery
         strategy skips (else the instance fails: nothing is skipped silently)."""
-        assert record.payload is not None, "the local journal holds no placeholders"
+        assert record.payload is not None, "admit hands over no placeholder"
         try:
             event = self.serializers.decode(
                 record.payload, persistence_id=record.persistence_id, seq_nr=record.seq_nr

@@ -1,0 +1,116 @@
+"""What a projection instance does with each envelope: the decision, without I/O.
+
+For every record a source delivers, `admit` asks the offset tracker for its verdict and acts
+on it in the tracker: it counts an accepted record as handled, and it moves the record's slice
+offset when (and only when) the record came by the reliable, timestamp-ordered query. What is
+left for the shell is the I/O, named by the answer:
+
+- `HANDLE`: decode the record and hand it to the handler (the tracker already counts it);
+- `DROP`: nothing to hand over (a duplicate, a placeholder, or a replayed event that cannot
+  fill its gap);
+- `LookUp`: the entity left memory: load its stored seq nr, `tracker.learn` it, admit again;
+- `Replay`: a gap: read the entity's events `from_seq_nr..to_seq_nr` and admit each with
+  `EnvelopeSource.REPLAY` (`admit_replayed` does that loop), handling those answered `HANDLE`.
+
+The runner (`fluvial.projection.instance`) and the property machines of the tracker
+(tests/property/test_offset_tracker_properties.py) both call this module, so what the
+machines check is what the runner does.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Final
+
+import attrs
+
+from fluvial.core.offset_tracker import (
+    ACCEPTED,
+    FILLS_PLACEHOLDER,
+    EnvelopeSource,
+    NeedsStoredSeqNr,
+    OffsetTracker,
+    RejectedBacktracking,
+    RejectedSeqNr,
+)
+from fluvial.core.records import EventRecord
+
+QUERY = EnvelopeSource.QUERY
+REPLAY = EnvelopeSource.REPLAY
+
+
+class Outcome(enum.Enum):
+    """An admission that needs no I/O: what the shell does with the record."""
+
+    HANDLE = "handle"  # hand it to the handler; the tracker counts it as handled
+    DROP = "drop"  # nothing to hand over
+
+
+HANDLE: Final = Outcome.HANDLE
+DROP: Final = Outcome.DROP
+
+
+@attrs.frozen
+class LookUp:
+    """The entity is not in memory: load its stored seq nr, `learn` it, and admit the record
+    again. Nothing was changed (the slice offset has not moved either)."""
+
+    persistence_id: str
+
+
+@attrs.frozen
+class Replay:
+    """A gap before the record: read the entity's events `from_seq_nr` .. `to_seq_nr` (the
+    record's own seq nr) and admit each as `EnvelopeSource.REPLAY`. The record itself was not
+    handled; its slice offset has moved if it came by the query."""
+
+    persistence_id: str
+    from_seq_nr: int
+    to_seq_nr: int
+
+
+Admission = Outcome | LookUp | Replay
+
+
+def admit(tracker: OffsetTracker, record: EventRecord, source: EnvelopeSource) -> Admission:
+    """Decide what to do with `record`, delivered by `source`, and record it in `tracker`.
+
+    A record without payload is a placeholder (`EventRecord.payload`): never handed over; from
+    a stream its seq nr counts as seen but not handled (`OffsetTracker.saw_placeholder`), so a
+    later replay of it is handled; from a replay it is settled.
+
+    Promises: an answer `HANDLE` counts the record as handled; only `EnvelopeSource.QUERY`
+    moves the record's slice offset (live, backtracking and replayed records arrive out of
+    timestamp order, so moving the offset for them could pass an event the query has not
+    delivered yet, which a restart would then never see); a replayed record never asks for
+    another replay (a gap within a replay is left to the query). Raises nothing.
+    """
+    verdict = tracker.validate(record, source)
+    if verdict.__class__ is NeedsStoredSeqNr:
+        return LookUp(record.persistence_id)
+    if source is QUERY:  # the one rule for the slice offset: see the docstring
+        tracker.passed(record)
+    if verdict is ACCEPTED:
+        if record.payload is not None:
+            tracker.accept(record)
+            return HANDLE
+        if source is REPLAY:  # dropped by the producer even in a replay: settled
+            tracker.accept(record)
+        else:
+            tracker.saw_placeholder(record)
+        return DROP
+    if verdict is FILLS_PLACEHOLDER:
+        tracker.fill_placeholder(record)
+        return DROP if record.payload is None else HANDLE
+    match verdict:
+        case RejectedSeqNr(expected) | RejectedBacktracking(expected) if source is not REPLAY:
+            return Replay(record.persistence_id, expected, record.seq_nr)
+        case _:  # a duplicate, or a gap within a replay
+            return DROP
+
+
+def admit_replayed(tracker: OffsetTracker, replayed: Iterable[EventRecord]) -> list[EventRecord]:
+    """Admit the events a `Replay` read, in seq nr order: those to hand to the handler, in
+    order (the tracker counts them as handled). Raises nothing."""
+    return [event for event in replayed if admit(tracker, event, REPLAY) is HANDLE]
