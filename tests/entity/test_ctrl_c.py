@@ -21,8 +21,10 @@ import attrs
 import pytest
 import trio
 
+import fluvial.entity.runtime
 from fluvial.core.behavior import Command, Effect, EventSourcedBehavior
 from fluvial.core.serialization import SerializerRegistry
+from fluvial.entity.mailbox import Mailbox
 from fluvial.entity.runtime import open_entities
 from fluvial.journal.sqlite_journal import open_sqlite_journal
 from fluvial.testing import MemoryJournal
@@ -147,6 +149,27 @@ async def test_ctrl_c_lands_in_the_users_code_never_in_fluvials_tasks(
         assert not trio.lowlevel.currently_ki_protected()  # the body is the user's code
         assert await entities.ref(Prober, "p").ask(Probe()) == (True, True)
         assert not trio.lowlevel.currently_ki_protected()
+
+
+async def test_an_entity_is_started_ki_protected_from_the_askers_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An entity starts inside the first `ask` to it, in the user's task. A Ctrl-C landing in
+    # trio's start_soon there could leave the entity's task added to the nursery but never
+    # scheduled, and `open_entities` would wait for it forever.
+    protected: list[bool] = []
+
+    class RecordingMailbox(Mailbox):
+        def __init__(self, capacity: int) -> None:
+            protected.append(trio.lowlevel.currently_ki_protected())
+            super().__init__(capacity)
+
+    monkeypatch.setattr(fluvial.entity.runtime, "Mailbox", RecordingMailbox)
+    registry = SerializerRegistry()
+    registry.register(Probed, "probe.Probed")
+    async with open_entities(MemoryJournal(), registry, [Prober]) as entities:
+        await entities.ref(Prober, "p").ask(Probe())
+    assert protected == [True]
 
 
 @contextlib.asynccontextmanager

@@ -121,6 +121,7 @@ class Mailbox:
             raise MailboxClosed
         self.put_nowait(ask)
 
+    @trio.lowlevel.enable_ki_protection  # called from callers' tasks: never half done
     def offer(self, ask: Ask) -> bool:
         """Queue `ask` if there is room; False if the mailbox is full or closed."""
         if len(self._items) >= self._capacity or self.closed:
@@ -128,6 +129,7 @@ class Mailbox:
         self.put_nowait(ask)
         return True
 
+    @trio.lowlevel.enable_ki_protection  # called from callers' tasks: never half done
     def put_nowait(self, ask: Ask) -> None:
         """Queue `ask` regardless of capacity (for commands handed over on a restart)."""
         if self.closed:

@@ -146,6 +146,11 @@ class Entities:
             except MailboxClosed:
                 continue  # it stopped while we waited for room: start it again
 
+    # Called from the caller's task: a Ctrl-C landing inside trio's start_soon (between adding
+    # the task to the nursery and scheduling it) would leave a task that never runs, and
+    # `open_entities` would wait for it forever. Protected, the Ctrl-C comes at the caller's
+    # next checkpoint instead.
+    @trio.lowlevel.enable_ki_protection
     def _spawn(
         self, behavior: EventSourcedBehavior[Any, Any, Any], pid: PersistenceId
     ) -> LiveEntity:

@@ -70,6 +70,7 @@ class Projection(Generic[E]):
     lease_duration: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
 
 
+@trio.lowlevel.enable_ki_protection  # fluvial's task: Ctrl-C lands in the user's code
 async def serve_projection(
     journal: SqliteJournal,
     serializers: SerializerRegistry,

@@ -40,6 +40,9 @@ class Supervisor:
             self.failure = error
         self._nursery.cancel_scope.cancel()
 
+    # The projection's tasks are fluvial's: a Ctrl-C lands in the user's code, never halfway
+    # through a handler, a commit or trio's start_soon (which could strand a task unscheduled).
+    @trio.lowlevel.enable_ki_protection
     async def run(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run `function(*args)` in the current task; its exception ends every task."""
         try:
@@ -56,6 +59,7 @@ class Supervisor:
         one after it ends every task."""
         await self._nursery.start(self._started, function, args)
 
+    @trio.lowlevel.enable_ki_protection  # see `run`
     async def _started(
         self,
         function: Callable[..., Awaitable[Any]],
