@@ -7,8 +7,11 @@ id, once per incarnation, so a handler sees the same context in a unit test as i
 
 Replicated event sourcing (later) extends it, without changing these signatures, with what a
 replicated handler needs: its replica id, all replicas, and per event its origin, whether it
-is concurrent with the local state, and whether recovery is running. Those per-event facts are
-why the context is an argument of every call rather than something a handler captures once.
+is concurrent with the local state, and whether recovery is running. The handlers receive the
+context as an argument (today bound once per incarnation with `functools.partial`, since it
+does not change): per-event facts will come through the same parameter, by binding a context
+per event or by a context whose per-event fields the runtime sets, without changing what a
+behavior's handlers look like.
 """
 
 from __future__ import annotations

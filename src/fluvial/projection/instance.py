@@ -150,7 +150,8 @@ class Instance(Generic[E]):
             replayed.extend(self._decode(event))
         if not missing or missing[-1].seq_nr != record.seq_nr:
             log.warning(
-                "projection %r: could not replay %s seq nrs %d..%d; the query will deliver them",
+                "projection %r: could not replay %s seq nrs %d..%d; the next event of that entity "
+                "asks for the replay again",
                 self.name,
                 record.persistence_id,
                 first,
