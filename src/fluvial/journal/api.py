@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
-import msgspec
 import outcome
 
 from fluvial.core.errors import FluvialError
+
+# The answers of `WriteFromElsewhere`, decided in the core; journals import them from here.
+from fluvial.core.events_from_elsewhere import EventAlreadyStored as EventAlreadyStored
+from fluvial.core.events_from_elsewhere import EventGap as EventGap
+from fluvial.core.events_from_elsewhere import EventStored as EventStored
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import MAX_SEQ_NR as MAX_SEQ_NR
@@ -182,31 +186,6 @@ class SnapshotStore(Protocol):
         its later events.
         """
         ...
-
-
-class EventStored(msgspec.Struct, frozen=True, gc=False):
-    """`write_from_elsewhere` stored the event: `record` as the journal now holds it (its
-    `timestamp` is this journal's, its `write_timestamp` the origin's)."""
-
-    record: EventRecord
-
-
-class EventAlreadyStored(msgspec.Struct, frozen=True, gc=False):
-    """`write_from_elsewhere` found the seq nr stored already and left it (a redelivery):
-    the event counts as written. The stored one is not compared with it."""
-
-    persistence_id: str
-    seq_nr: int
-
-
-class EventGap(msgspec.Struct, frozen=True, gc=False):
-    """`write_from_elsewhere` did not store the event: the entity's highest stored seq nr is
-    `highest_seq_nr`, below `seq_nr - 1`, so the events in between must come first (ask the
-    origin for them from `highest_seq_nr + 1`)."""
-
-    persistence_id: str
-    seq_nr: int
-    highest_seq_nr: int
 
 
 WriteFromElsewhereResult: TypeAlias = EventStored | EventAlreadyStored | EventGap

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fluvial.core.events_from_elsewhere import EventAlreadyStored, EventGap, decide_from_elsewhere
 from fluvial.core.records import EventRecord
-from fluvial.journal.api import EventAlreadyStored, EventGap
 from fluvial.journal.sqlite_event_rows import (
     ENTITY_KEYS,
     FOLLOWS_STORED,
@@ -31,21 +31,10 @@ class FromElsewhereWrite:
         self.stored: list[EventRecord] = []
 
     def __call__(self, txn: WriteTransaction) -> int:
-        self.verdicts, self.stored = [], []
-        highest: dict[str, int] = {}
-        for record in self.events:
-            pid = record.persistence_id
-            known = highest.get(pid)
-            if known is None:
-                known = highest[pid] = txn.highest_seq_nr(FOLLOWS_STORED, pid)
-            if record.seq_nr <= known:
-                self.verdicts.append(EventAlreadyStored(pid, record.seq_nr))
-            elif record.seq_nr == known + 1:
-                self.verdicts.append(None)
-                self.stored.append(record)
-                highest[pid] = record.seq_nr
-            else:
-                self.verdicts.append(EventGap(pid, record.seq_nr, known))
+        decision = decide_from_elsewhere(
+            self.events, lambda pid: txn.highest_seq_nr(FOLLOWS_STORED, pid)
+        )
+        self.verdicts, self.stored, highest = decision.verdicts, decision.stored, decision.highest
         if not self.stored:
             return 0
         first = txn.next_timestamps(len(self.stored))

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import trio
 from msgspec.structs import replace
 
+from fluvial.core.events_from_elsewhere import decide_from_elsewhere
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import (
@@ -19,8 +20,6 @@ from fluvial.core.records import (
 from fluvial.journal.api import (
     MAX_SEQ_NR,
     MAX_TIMESTAMP,
-    EventAlreadyStored,
-    EventGap,
     EventStored,
     JournalConflict,
     JournalGap,
@@ -71,21 +70,15 @@ class MemoryJournal:
         """See `WriteFromElsewhere.write_from_elsewhere`."""
         check_from_elsewhere(events)
         await trio.lowlevel.checkpoint()
-        results: list[WriteFromElsewhereResult] = []
-        stored: list[EventRecord] = []
-        for record in events:
-            pid = record.persistence_id
-            history = self._by_pid.setdefault(pid, [])
-            highest = history[-1].seq_nr if history else 0
-            if record.seq_nr <= highest:
-                results.append(EventAlreadyStored(pid, record.seq_nr))
-            elif record.seq_nr == highest + 1:
-                stamped = self._stamped(record)
-                history.append(stamped)
-                stored.append(stamped)
-                results.append(EventStored(stamped))
-            else:
-                results.append(EventGap(pid, record.seq_nr, highest))
+        decision = decide_from_elsewhere(events, self._highest_seq_nr)
+        stored = [self._stamped(record) for record in decision.stored]
+        for record in stored:
+            self._by_pid.setdefault(record.persistence_id, []).append(record)
+        stamped = iter(stored)
+        results: list[WriteFromElsewhereResult] = [
+            EventStored(next(stamped)) if verdict is None else verdict
+            for verdict in decision.verdicts
+        ]
         if stored:
             self._committed(stored)
         return results
@@ -117,6 +110,9 @@ class MemoryJournal:
     async def highest_seq_nr(self, persistence_id: str) -> int:
         """See `Journal.highest_seq_nr`."""
         await trio.lowlevel.checkpoint()
+        return self._highest_seq_nr(persistence_id)
+
+    def _highest_seq_nr(self, persistence_id: str) -> int:
         history = self._by_pid.get(persistence_id)
         return history[-1].seq_nr if history else 0
 
