@@ -21,6 +21,7 @@ import trio.testing
 from fluvial.core.behavior import SnapshotPolicy
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
+from fluvial.entity.runtime import EntityRef
 from fluvial.examples.shopping_cart import ShoppingCart, register_cart
 from fluvial.journal.api import MAX_SEQ_NR, Journal
 from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
@@ -146,3 +147,13 @@ async def stored_texts(journal: Journal, entity_id: str) -> list[str]:
 
 
 SnappyCart = attrs.evolve(ShoppingCart, snapshot_policy=SnapshotPolicy(every=3, keep=2))
+
+
+async def ask_recording(
+    ref: EntityRef[Any], outcomes: dict[str, object], name: str, command: Any
+) -> None:
+    """Ask `command`; record its reply, or the class of the error it raised, under `name`."""
+    try:
+        outcomes[name] = await ref.ask(command)
+    except Exception as exc:
+        outcomes[name] = type(exc)

@@ -25,6 +25,7 @@ from entity.entity_fixtures import (
     Read,
     SnappyCart,
     Storage,
+    ask_recording,
     stored_events,
     stored_texts,
 )
@@ -83,12 +84,6 @@ async def test_a_failing_command_in_a_batch_leaves_the_others_to_succeed_in_orde
     ):
         notes = entities.ref(Notebook, "n")
 
-        async def send(name: str, command: NotesCommand) -> None:
-            try:
-                outcomes[name] = await notes.ask(command)
-            except Exception as exc:
-                outcomes[name] = type(exc)
-
         journal.hold()
         # The first command's write is held; the others queue behind it and are then decided
         # together, as one batch.
@@ -100,7 +95,7 @@ async def test_a_failing_command_in_a_batch_leaves_the_others_to_succeed_in_orde
             ("z", Note(("z",))),
         ]
         for name, command in batch:
-            nursery.start_soon(send, name, command)
+            nursery.start_soon(ask_recording, notes, outcomes, name, command)
             await trio.testing.wait_all_tasks_blocked()
         journal.release()
 
@@ -184,12 +179,6 @@ async def test_after_a_failed_write_no_reply_reports_the_unstored_events() -> No
     ):
         cart = entities.ref(ShoppingCart, "c")
 
-        async def send(name: str, command: CartCommand) -> None:
-            try:
-                outcomes[name] = await cart.ask(command)
-            except Exception as exc:
-                outcomes[name] = type(exc)
-
         await cart.ask(AddItem("apple", 1))
         journal.hold()
         # "x" is held in its write (seq nr 2); the others queue and form the next batch.
@@ -200,7 +189,7 @@ async def test_after_a_failed_write_no_reply_reports_the_unstored_events() -> No
             ("get after", Get()),
         ]
         for name, command in queued:
-            nursery.start_soon(send, name, command)
+            nursery.start_soon(ask_recording, cart, outcomes, name, command)
             await trio.testing.wait_all_tasks_blocked()
         journal.release()  # "x" is written; the next batch is held in turn
         journal.hold()
@@ -238,12 +227,6 @@ async def test_after_a_failed_write_the_commands_that_failed_on_its_events_share
     ):
         notes = entities.ref(Notebook, "n")
 
-        async def send(name: str, command: NotesCommand) -> None:
-            try:
-                outcomes[name] = await notes.ask(command)
-            except Exception as exc:
-                outcomes[name] = type(exc)
-
         journal.hold()
         queued: list[tuple[str, NotesCommand]] = [
             ("a", Note(("a",))),  # held in its write (seq nr 1); the others form the next batch
@@ -253,7 +236,7 @@ async def test_after_a_failed_write_the_commands_that_failed_on_its_events_share
             ("crash after", Crash()),
         ]
         for name, command in queued:
-            nursery.start_soon(send, name, command)
+            nursery.start_soon(ask_recording, notes, outcomes, name, command)
             await trio.testing.wait_all_tasks_blocked()
         journal.release()
         journal.hold()
