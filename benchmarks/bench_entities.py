@@ -21,12 +21,12 @@ import trio
 from _table import print_table
 
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.runtime import Entities, open_entities
+from fluvial.entity._runtime import Entities, open_entities
 from fluvial.examples.shopping_cart import AddItem, ItemUpdated, ShoppingCart, register_cart
-from fluvial.journal.sqlite_database import Durability, connect
-from fluvial.journal.sqlite_event_rows import INSERT_EVENT
-from fluvial.journal.sqlite_journal import open_sqlite_journal
-from fluvial.journal.sqlite_schema import migrate
+from fluvial.journal.sqlite._database import Durability, connect
+from fluvial.journal.sqlite._event_rows import INSERT_EVENT
+from fluvial.journal.sqlite._journal import open_sqlite_journal
+from fluvial.journal.sqlite._schema import migrate
 
 
 async def _sequential(entities: Entities, commands: int) -> float:

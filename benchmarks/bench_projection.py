@@ -26,7 +26,7 @@ from _table import print_table
 from fluvial.core.ids import PersistenceId
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
-from fluvial.entity.runtime import open_entities
+from fluvial.entity._runtime import open_entities
 from fluvial.examples.shopping_cart import (
     ENTITY_TYPE,
     AddItem,
@@ -35,11 +35,11 @@ from fluvial.examples.shopping_cart import (
     ShoppingCart,
     register_cart,
 )
-from fluvial.journal.sqlite_database import connect
-from fluvial.journal.sqlite_journal import open_sqlite_journal
-from fluvial.projection.handlers import AtLeastOnce, ExactlyOnce
-from fluvial.projection.runner import Projection, serve_projection
-from fluvial.projection.source import SourceSettings
+from fluvial.journal.sqlite._database import connect
+from fluvial.journal.sqlite._journal import open_sqlite_journal
+from fluvial.projection._handlers import AtLeastOnce, ExactlyOnce
+from fluvial.projection._runner import Projection, serve_projection
+from fluvial.projection._source import SourceSettings
 
 _CREATE = "CREATE TABLE IF NOT EXISTS item_count (item TEXT PRIMARY KEY, n INTEGER)"
 _UPSERT = "INSERT INTO item_count VALUES (?, ?) ON CONFLICT (item) DO UPDATE SET n = n + excluded.n"

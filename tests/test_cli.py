@@ -17,7 +17,7 @@ from fluvial.core.ids import slice_for
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
 from fluvial.examples.demo import is_demo_journal
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTS = "3"
@@ -165,7 +165,7 @@ KILLED_DEMO = """
 import os, sys, trio
 from pathlib import Path
 from fluvial.examples.demo import _prepare_journal
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 
 async def main() -> None:
     async with open_sqlite_journal(Path(sys.argv[1])) as journal:

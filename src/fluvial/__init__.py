@@ -43,16 +43,16 @@ from fluvial.core.serialization import SerializerRegistry as SerializerRegistry
 from fluvial.core.serialization import UnknownManifest as UnknownManifest
 from fluvial.core.serialization import UnregisteredType as UnregisteredType
 from fluvial.core.serialization import UnsupportedType as UnsupportedType
-from fluvial.entity.errors import CommandFailed as CommandFailed
-from fluvial.entity.errors import CommandTypeError as CommandTypeError
-from fluvial.entity.errors import EntityError as EntityError
-from fluvial.entity.errors import EntityStopped as EntityStopped
-from fluvial.entity.errors import MissingReply as MissingReply
-from fluvial.entity.errors import UnhandledCommand as UnhandledCommand
-from fluvial.entity.errors import UnknownEntityType as UnknownEntityType
-from fluvial.entity.runtime import Entities as Entities
-from fluvial.entity.runtime import EntityRef as EntityRef
-from fluvial.entity.runtime import open_entities as open_entities
+from fluvial.entity._errors import CommandFailed as CommandFailed
+from fluvial.entity._errors import CommandTypeError as CommandTypeError
+from fluvial.entity._errors import EntityError as EntityError
+from fluvial.entity._errors import EntityStopped as EntityStopped
+from fluvial.entity._errors import MissingReply as MissingReply
+from fluvial.entity._errors import UnhandledCommand as UnhandledCommand
+from fluvial.entity._errors import UnknownEntityType as UnknownEntityType
+from fluvial.entity._runtime import Entities as Entities
+from fluvial.entity._runtime import EntityRef as EntityRef
+from fluvial.entity._runtime import open_entities as open_entities
 from fluvial.journal.api import EventAlreadyStored as EventAlreadyStored
 from fluvial.journal.api import EventGap as EventGap
 from fluvial.journal.api import EventStored as EventStored
@@ -68,26 +68,27 @@ from fluvial.journal.queries import current_events_by_slices as current_events_b
 from fluvial.journal.queries import current_snapshots_by_slices as current_snapshots_by_slices
 from fluvial.journal.queries import events_by_persistence_id as events_by_persistence_id
 from fluvial.journal.queries import events_by_slices as events_by_slices
-from fluvial.journal.sqlite_errors import JournalBusy as JournalBusy
-from fluvial.journal.sqlite_errors import JournalCannotOpen as JournalCannotOpen
-from fluvial.journal.sqlite_errors import JournalCorrupt as JournalCorrupt
-from fluvial.journal.sqlite_errors import JournalFileError as JournalFileError
-from fluvial.journal.sqlite_errors import JournalFull as JournalFull
-from fluvial.journal.sqlite_errors import JournalReadOnly as JournalReadOnly
-from fluvial.journal.sqlite_errors import NotAJournal as NotAJournal
-from fluvial.journal.sqlite_journal import SqliteJournal as SqliteJournal
-from fluvial.journal.sqlite_journal import open_sqlite_journal as open_sqlite_journal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore as SqliteOffsetStore
-from fluvial.journal.sqlite_schema import SchemaVersionTooNew as SchemaVersionTooNew
-from fluvial.projection.handlers import AtLeastOnce as AtLeastOnce
-from fluvial.projection.handlers import Backoff as Backoff
-from fluvial.projection.handlers import ExactlyOnce as ExactlyOnce
-from fluvial.projection.handlers import GroupedAtLeastOnce as GroupedAtLeastOnce
-from fluvial.projection.handlers import GroupedExactlyOnce as GroupedExactlyOnce
-from fluvial.projection.handlers import RecoveryStrategy as RecoveryStrategy
-from fluvial.projection.runner import Projection as Projection
-from fluvial.projection.runner import serve_projection as serve_projection
-from fluvial.projection.source import SourceSettings as SourceSettings
+from fluvial.journal.sqlite import JournalBusy as JournalBusy
+from fluvial.journal.sqlite import JournalCannotOpen as JournalCannotOpen
+from fluvial.journal.sqlite import JournalCorrupt as JournalCorrupt
+from fluvial.journal.sqlite import JournalFileError as JournalFileError
+from fluvial.journal.sqlite import JournalFull as JournalFull
+from fluvial.journal.sqlite import JournalReadOnly as JournalReadOnly
+from fluvial.journal.sqlite import NotAJournal as NotAJournal
+from fluvial.journal.sqlite import SchemaVersionTooNew as SchemaVersionTooNew
+from fluvial.journal.sqlite import SqliteJournal as SqliteJournal
+from fluvial.journal.sqlite import SqliteOffsetStore as SqliteOffsetStore
+from fluvial.journal.sqlite import WriteTransaction as WriteTransaction
+from fluvial.journal.sqlite import open_sqlite_journal as open_sqlite_journal
+from fluvial.projection._handlers import AtLeastOnce as AtLeastOnce
+from fluvial.projection._handlers import Backoff as Backoff
+from fluvial.projection._handlers import ExactlyOnce as ExactlyOnce
+from fluvial.projection._handlers import GroupedAtLeastOnce as GroupedAtLeastOnce
+from fluvial.projection._handlers import GroupedExactlyOnce as GroupedExactlyOnce
+from fluvial.projection._handlers import RecoveryStrategy as RecoveryStrategy
+from fluvial.projection._runner import Projection as Projection
+from fluvial.projection._runner import serve_projection as serve_projection
+from fluvial.projection._source import SourceSettings as SourceSettings
 
 __all__ = [
     "AtLeastOnce",
@@ -167,6 +168,7 @@ __all__ = [
     "VersionVector",
     "WriteFromElsewhere",
     "WriteFromElsewhereResult",
+    "WriteTransaction",
     "current_events_by_slices",
     "current_snapshots_by_slices",
     "events_by_persistence_id",

@@ -21,10 +21,10 @@ import trio.testing
 from fluvial.core.behavior import SnapshotPolicy
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.runtime import EntityRef
+from fluvial.entity._runtime import EntityRef
 from fluvial.examples.shopping_cart import ShoppingCart, register_cart
 from fluvial.journal.api import MAX_SEQ_NR, Journal
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
 from fluvial.testing import MemoryJournal
 from notes_behavior import (
     BadReply as BadReply,

@@ -20,8 +20,8 @@ from entity.entity_fixtures import (
     stored_texts,
 )
 from fluvial.core.ids import slice_for
-from fluvial.entity.errors import CommandTypeError, UnknownEntityType
-from fluvial.entity.runtime import open_entities
+from fluvial.entity._errors import CommandTypeError, UnknownEntityType
+from fluvial.entity._runtime import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,

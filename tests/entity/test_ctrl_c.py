@@ -21,12 +21,12 @@ import attrs
 import pytest
 import trio
 
-import fluvial.entity.runtime
+import fluvial.entity._runtime
 from fluvial.core.behavior import Command, Effect, EventSourcedBehavior
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.mailbox import Mailbox
-from fluvial.entity.runtime import open_entities
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.entity._mailbox import Mailbox
+from fluvial.entity._runtime import open_entities
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.testing import MemoryJournal
 
 USER_PROGRAM = Path(__file__).with_name("ctrl_c_program.py")
@@ -164,7 +164,7 @@ async def test_an_entity_is_started_ki_protected_from_the_askers_task(
             protected.append(trio.lowlevel.currently_ki_protected())
             super().__init__(capacity)
 
-    monkeypatch.setattr(fluvial.entity.runtime, "Mailbox", RecordingMailbox)
+    monkeypatch.setattr(fluvial.entity._runtime, "Mailbox", RecordingMailbox)
     registry = SerializerRegistry()
     registry.register(Probed, "probe.Probed")
     async with open_entities(MemoryJournal(), registry, [Prober]) as entities:

@@ -14,8 +14,8 @@ import trio.testing
 from fluvial.core.behavior import Command, Effect, EventSourcedBehavior, SnapshotPolicy
 from fluvial.core.records import EventRecord, SnapshotRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.errors import MissingReply
-from fluvial.entity.runtime import open_entities
+from fluvial.entity._errors import MissingReply
+from fluvial.entity._runtime import open_entities
 from fluvial.testing import MemoryJournal
 
 

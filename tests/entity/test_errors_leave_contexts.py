@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.runtime import open_entities
+from fluvial.entity._runtime import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,
@@ -20,7 +20,7 @@ from fluvial.examples.shopping_cart import (
     ShoppingCart,
     register_cart,
 )
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.testing import MemoryJournal
 
 REGISTRY = register_cart(SerializerRegistry())

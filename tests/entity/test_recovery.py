@@ -13,7 +13,7 @@ from entity.entity_fixtures import REGISTRY, GatedJournal, SnappyCart, Storage, 
 from fluvial.core.ids import slice_for
 from fluvial.core.records import SnapshotRecord
 from fluvial.core.serialization import PayloadDecodeError, UnknownManifest
-from fluvial.entity.runtime import open_entities
+from fluvial.entity._runtime import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,
@@ -23,7 +23,7 @@ from fluvial.examples.shopping_cart import (
     ShoppingCart,
     Summary,
 )
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.testing import MemoryJournal
 
 

@@ -19,7 +19,7 @@ import trio
 from fluvial.core.ids import PersistenceId
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 
 PIDS = [PersistenceId("Crash", f"entity-{n}") for n in range(6)]
 

@@ -17,7 +17,7 @@ import trio
 from fluvial.core.ids import PersistenceId
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 
 ROUND_INTERVAL = 0.25
 

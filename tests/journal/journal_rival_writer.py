@@ -16,7 +16,7 @@ from fluvial.core.ids import PersistenceId
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import JournalConflict
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
 
 SHARED = PersistenceId("Rival", "shared")
 

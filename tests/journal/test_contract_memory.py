@@ -8,8 +8,8 @@ import pytest
 
 pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 
+from fluvial.journal.memory._journal import MemoryJournal  # noqa: E402
 from fluvial.testing.journal_contract import JournalContract, JournalUnderTest  # noqa: E402
-from fluvial.testing.memory_journal import MemoryJournal  # noqa: E402
 
 
 class TestMemoryJournal(JournalContract):

@@ -9,7 +9,7 @@ import pytest
 
 pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 
-from fluvial.journal.sqlite_journal import open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite._journal import open_sqlite_journal  # noqa: E402
 from fluvial.testing.journal_contract import JournalContract, JournalUnderTest  # noqa: E402
 
 

@@ -18,7 +18,7 @@ from journal_crash_writer import PIDS, batch_events
 
 from fluvial.core.ids import PersistenceId
 from fluvial.journal.queries import events_by_persistence_id
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
 
 WRITER = Path(__file__).with_name("journal_crash_writer.py")
 KILLS = 20

@@ -18,10 +18,10 @@ from fluvial.core.records import EventRecord
 from fluvial.core.replication_metadata import ReplicationMetadata, VersionVector
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import EventAlreadyStored, EventGap, EventStored, WriteFromElsewhereResult
+from fluvial.journal.memory._journal import MemoryJournal
 from fluvial.journal.queries import events_by_persistence_id
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.testing.journal_contract import JournalUnderTest
-from fluvial.testing.memory_journal import MemoryJournal
 
 ENTITIES = [PersistenceId("Pushed", f"e|{n}") for n in range(3)]
 MAX_SEQ_NR = 6

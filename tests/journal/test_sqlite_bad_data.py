@@ -24,16 +24,16 @@ from fluvial.core.records import EventRecord
 from fluvial.core.serialization import PayloadDecodeError, SerializerRegistry, UnknownManifest
 from fluvial.journal.api import JournalError
 from fluvial.journal.queries import current_events_by_slices, events_by_persistence_id
-from fluvial.journal.sqlite_errors import (
+from fluvial.journal.sqlite._errors import (
     JournalCannotOpen,
     JournalCorrupt,
     JournalFull,
     JournalReadOnly,
     NotAJournal,
 )
-from fluvial.journal.sqlite_journal import open_sqlite_journal
-from fluvial.journal.sqlite_schema import SCHEMA_VERSION
-from fluvial.journal.sqlite_transaction import WriteTransaction
+from fluvial.journal.sqlite._journal import open_sqlite_journal
+from fluvial.journal.sqlite._schema import SCHEMA_VERSION
+from fluvial.journal.sqlite._transaction import WriteTransaction
 
 PID = PersistenceId("BadData", "cart-1")
 

@@ -24,9 +24,9 @@ from fluvial.journal.api import (  # noqa: E402
     JournalConflict,
     WriteFromElsewhereResult,
 )
-from fluvial.journal.sqlite_errors import JournalFileError  # noqa: E402
-from fluvial.journal.sqlite_journal import open_sqlite_journal  # noqa: E402
-from fluvial.journal.sqlite_transaction import WriteTransaction  # noqa: E402
+from fluvial.journal.sqlite._errors import JournalFileError  # noqa: E402
+from fluvial.journal.sqlite._journal import open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite._transaction import WriteTransaction  # noqa: E402
 from fluvial.testing.journal_contract import entity_ids, events, read_all  # noqa: E402
 
 ENTITY_TYPE = "SqliteElsewhere"

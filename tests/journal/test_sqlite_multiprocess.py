@@ -13,7 +13,7 @@ import trio
 from journal_rival_writer import SHARED, append_all
 
 from fluvial.journal.queries import events_by_persistence_id
-from fluvial.journal.sqlite_journal import open_sqlite_journal
+from fluvial.journal.sqlite._journal import open_sqlite_journal
 
 RIVAL = Path(__file__).with_name("journal_rival_writer.py")
 

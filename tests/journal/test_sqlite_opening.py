@@ -19,9 +19,9 @@ pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 
 from fluvial.core.errors import UsageError  # noqa: E402
 from fluvial.core.ids import SliceRange  # noqa: E402
-from fluvial.journal.sqlite_database import open_sqlite_database  # noqa: E402
-from fluvial.journal.sqlite_errors import JournalBusy  # noqa: E402
-from fluvial.journal.sqlite_journal import open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite._database import open_sqlite_database  # noqa: E402
+from fluvial.journal.sqlite._errors import JournalBusy  # noqa: E402
+from fluvial.journal.sqlite._journal import open_sqlite_journal  # noqa: E402
 from fluvial.testing.journal_contract import current_by_slices, entity_ids, events  # noqa: E402
 
 OPENER = Path(__file__).with_name("journal_opener.py")

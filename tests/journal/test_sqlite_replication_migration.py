@@ -17,12 +17,12 @@ from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.records import EventRecord  # noqa: E402
 from fluvial.core.serialization import SerializedPayload  # noqa: E402
 from fluvial.journal.api import JournalGap  # noqa: E402
-from fluvial.journal.sqlite_event_rows import (  # noqa: E402
+from fluvial.journal.sqlite._event_rows import (  # noqa: E402
     EVENT_COLUMNS_NOT_FROM_ORIGIN,
     EVENTS_BY_SLICES,
 )
-from fluvial.journal.sqlite_journal import open_sqlite_journal  # noqa: E402
-from fluvial.journal.sqlite_schema import (  # noqa: E402
+from fluvial.journal.sqlite._journal import open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite._schema import (  # noqa: E402
     APPLICATION_ID,
     MIGRATIONS,
     SCHEMA_VERSION,

@@ -21,8 +21,8 @@ from fluvial.core.ids import SliceRange  # noqa: E402
 from fluvial.core.records import EventRecord  # noqa: E402
 from fluvial.journal.api import JournalConflict, JournalGap  # noqa: E402
 from fluvial.journal.queries import events_by_slices  # noqa: E402
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
-from fluvial.journal.sqlite_schema import (  # noqa: E402
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite._schema import (  # noqa: E402
     APPLICATION_ID,
     MIGRATIONS,
     SCHEMA_VERSION,

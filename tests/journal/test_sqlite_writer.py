@@ -19,9 +19,9 @@ pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.records import EventRecord, InvalidAppend  # noqa: E402
 from fluvial.journal.api import JournalConflict  # noqa: E402
-from fluvial.journal.sqlite_journal import open_sqlite_journal  # noqa: E402
-from fluvial.journal.sqlite_transaction import WriteTransaction  # noqa: E402
-from fluvial.journal.sqlite_writer_memory import EnsuredKeys, KnownKeys  # noqa: E402
+from fluvial.journal.sqlite._journal import open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite._transaction import WriteTransaction  # noqa: E402
+from fluvial.journal.sqlite._writer_memory import EnsuredKeys, KnownKeys  # noqa: E402
 from fluvial.testing.journal_contract import (  # noqa: E402
     current_by_slices,
     entity_ids,

@@ -23,11 +23,11 @@ pytest.register_assert_rewrite("fluvial.testing.journal_contract")
 from fluvial.core.ids import PersistenceId, SliceRange  # noqa: E402
 from fluvial.core.offsets import TimestampOffset  # noqa: E402
 from fluvial.core.records import EventRecord  # noqa: E402
-from fluvial.journal import sqlite_database  # noqa: E402
 from fluvial.journal.api import JournalClosed, JournalConflict  # noqa: E402
-from fluvial.journal.sqlite_errors import JournalFileError  # noqa: E402
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal  # noqa: E402
-from fluvial.journal.sqlite_transaction import WriterState, WriteTransaction  # noqa: E402
+from fluvial.journal.sqlite import _database as sqlite_database  # noqa: E402
+from fluvial.journal.sqlite._errors import JournalFileError  # noqa: E402
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal  # noqa: E402
+from fluvial.journal.sqlite._transaction import WriterState, WriteTransaction  # noqa: E402
 from fluvial.testing.journal_contract import (  # noqa: E402
     entity_ids,
     events,

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
 from projection.projection_helpers import MODEL_TABLES
 
 

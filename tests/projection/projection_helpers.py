@@ -19,15 +19,15 @@ from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
-from fluvial.projection.handlers import (
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
+from fluvial.projection._handlers import (
     Backoff,
     Handler,
     RecoveryStrategy,
 )
-from fluvial.projection.runner import Projection, ProjectionFailed, serve_projection
-from fluvial.projection.source import SourceSettings
+from fluvial.projection._runner import Projection, ProjectionFailed, serve_projection
+from fluvial.projection._source import SourceSettings
 
 ENTITY_TYPE = "Counter"
 NAME = "model"

@@ -22,8 +22,8 @@ from fluvial.core.offset_tracker import (
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.projection_errors import ProjectionConflict
 from fluvial.core.records import EventRecord
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
 from projection.projection_helpers import ENTITY_TYPE, NAME, Appender, management_calls
 
 ALL = SliceRange.all()

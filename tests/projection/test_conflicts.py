@@ -14,10 +14,10 @@ import trio.testing
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.projection_errors import ProjectionConflict, ProjectionLeaseHeld
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.journal.sqlite_offset_store import Lease, SqliteOffsetStore
-from fluvial.projection.handlers import AtLeastOnce, ExactlyOnce, Handler
-from fluvial.projection.runner import Projection, serve_projection
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.journal.sqlite._offset_store import Lease, SqliteOffsetStore
+from fluvial.projection._handlers import AtLeastOnce, ExactlyOnce, Handler
+from fluvial.projection._runner import Projection, serve_projection
 from projection.projection_helpers import (
     ENTITY_TYPE,
     NAME,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import trio
 
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.projection.handlers import AtLeastOnce
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.projection._handlers import AtLeastOnce
 from projection.projection_helpers import QUIET, Appender, Envelope, projection, start
 
 

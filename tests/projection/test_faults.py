@@ -17,9 +17,9 @@ import trio.testing
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.projection_errors import ProjectionFailed
 from fluvial.core.serialization import SerializedPayload
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
-from fluvial.projection.handlers import (
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
+from fluvial.projection._handlers import (
     AtLeastOnce,
     Backoff,
     ExactlyOnce,

@@ -9,11 +9,11 @@ import msgspec
 from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource, OffsetTracker
 from fluvial.core.records import EventRecord
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
-from fluvial.projection.handlers import ExactlyOnce
-from fluvial.projection.instance import Instance
-from fluvial.projection.runner import Projection
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
+from fluvial.projection._handlers import ExactlyOnce
+from fluvial.projection._instance import Instance
+from fluvial.projection._runner import Projection
 from projection.projection_helpers import (
     ENTITY_TYPE,
     NAME,

@@ -20,10 +20,10 @@ from fluvial.core.projection_errors import (
     UnknownEvent,
     UnknownProjection,
 )
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
-from fluvial.projection.handlers import AtLeastOnce, ExactlyOnce, GroupedExactlyOnce
-from fluvial.projection.runner import serve_projection
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
+from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
+from fluvial.projection._handlers import AtLeastOnce, ExactlyOnce, GroupedExactlyOnce
+from fluvial.projection._runner import serve_projection
 from projection.projection_helpers import (
     ENTITY_TYPE,
     MODEL_TABLES,

@@ -37,11 +37,11 @@ from fluvial.core.offsets import TimestampOffset
 from fluvial.core.projection_errors import ProjectionLeaseHeld
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
-from fluvial.journal.sqlite_journal import open_sqlite_journal
-from fluvial.journal.sqlite_transaction import WriteTransaction
-from fluvial.projection.handlers import ExactlyOnce
-from fluvial.projection.runner import Projection, serve_projection
-from fluvial.projection.source import SourceSettings
+from fluvial.journal.sqlite._journal import open_sqlite_journal
+from fluvial.journal.sqlite._transaction import WriteTransaction
+from fluvial.projection._handlers import ExactlyOnce
+from fluvial.projection._runner import Projection, serve_projection
+from fluvial.projection._source import SourceSettings
 
 ENTITY_TYPE = "Counter"
 NAME = "crash-model"

@@ -19,9 +19,9 @@ from fluvial.core.offset_tracker import Duplicate, EnvelopeSource, OffsetTracker
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import PayloadDecodeError, SerializedPayload, SerializerRegistry
-from fluvial.journal.sqlite_journal import SqliteJournal, open_sqlite_journal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
-from fluvial.projection.handlers import (
+from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
+from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
+from fluvial.projection._handlers import (
     AtLeastOnce,
     Backoff,
     ExactlyOnce,
@@ -30,8 +30,8 @@ from fluvial.projection.handlers import (
     Handler,
     RecoveryStrategy,
 )
-from fluvial.projection.runner import Projection, serve_projection
-from fluvial.projection.source import SourceSettings
+from fluvial.projection._runner import Projection, serve_projection
+from fluvial.projection._source import SourceSettings
 from projection.projection_helpers import (
     ENTITY_TYPE,
     NAME,
@@ -166,7 +166,7 @@ async def test_an_envelope_ahead_of_missing_ones_replays_them_from_the_journal(
 async def test_the_read_model_of_a_cart_projection_is_the_fold_of_its_carts(
     tmp_path: Path,
 ) -> None:
-    from fluvial.entity.runtime import open_entities
+    from fluvial.entity._runtime import open_entities
     from fluvial.examples.cart_projection import CartTotals
     from fluvial.examples.shopping_cart import (
         AddItem,

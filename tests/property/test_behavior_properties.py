@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
-from fluvial.entity.errors import CommandFailed
+from fluvial.entity._errors import CommandFailed
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,

@@ -7,7 +7,7 @@ buffer), the backtracking query (events the query has passed, again) and replays
 persistence id. Each arrival goes through the runner's own decision,
 `fluvial.core.envelope_admission.admit` (not a copy of it): handle, drop, look the entity up in
 the store and `learn` it, or replay the gap from the journal; the machine does only the I/O it
-asks for, as `fluvial.projection.instance.Instance.admit` does.
+asks for, as `fluvial.projection._instance.Instance.admit` does.
 
 The process crashes at any step: what was not committed is lost, and it restarts with one,
 two or four instances (slice ranges), each rebuilt from what was persisted the way

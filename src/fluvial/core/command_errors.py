@@ -1,7 +1,7 @@
 """What a command's outcome can be besides its reply: the errors an `ask` raises for it.
 
 They live in the core because the core decides them (`fluvial.core.command_decisions`), for
-the runtime and the test kit alike, with one set of messages. `fluvial.entity.errors` re-exports
+the runtime and the test kit alike, with one set of messages. `fluvial.entity._errors` re-exports
 them beside the runtime's own errors.
 """
 

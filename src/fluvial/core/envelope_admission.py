@@ -12,7 +12,7 @@ left for the shell is the I/O, named by the answer:
 - `Replay`: a gap: read the entity's events `from_seq_nr..to_seq_nr` and admit each with
   `EnvelopeSource.REPLAY` (`admit_replayed` does that loop), handling those answered `HANDLE`.
 
-The runner (`fluvial.projection.instance`) and the property machines of the tracker
+The runner (`fluvial.projection._instance`) and the property machines of the tracker
 (tests/property/test_offset_tracker_properties.py) both call this module, so what the
 machines check is what the runner does.
 """

@@ -6,7 +6,7 @@ the API (a local mistake: fix the code), `DataError` means something fluvial rea
 must be (a stored row, a file, later a peer's message). Storage has its own branch,
 `fluvial.journal.api.JournalError` (a conflicting writer, a file that cannot be used). The
 others say what happened to a command or a projection: `CommandRejected` (the handler's own
-typed refusal, subclassed by users), `fluvial.entity.errors.EntityError` (the command could not
+typed refusal, subclassed by users), `fluvial.entity._errors.EntityError` (the command could not
 be carried out: its handler failed, the runtime closed) and `ProjectionFailed`. Each error
 carries what a user needs to find the culprit. Internal signals that never leave fluvial are
 private classes.

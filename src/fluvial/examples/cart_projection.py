@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from fluvial.core.records import EventEnvelope
+from fluvial import EventEnvelope, ExactlyOnce, Projection
 from fluvial.examples.shopping_cart import ENTITY_TYPE, CartEvent, CheckedOut, ItemUpdated
-from fluvial.projection.handlers import ExactlyOnce
-from fluvial.projection.runner import Projection
 
 CREATE_TABLES = (
     "CREATE TABLE IF NOT EXISTS cart_items (cart_id TEXT NOT NULL, item_id TEXT NOT NULL, "

@@ -20,10 +20,17 @@ from pathlib import Path
 
 import trio
 
-from fluvial.core.errors import UsageError
-from fluvial.core.ids import SliceRange
-from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.runtime import Entities, open_entities
+from fluvial import (
+    Entities,
+    SerializerRegistry,
+    SliceRange,
+    SqliteOffsetStore,
+    UsageError,
+    WriteTransaction,
+    open_entities,
+    open_sqlite_journal,
+    serve_projection,
+)
 from fluvial.examples.cart_projection import CartTotals, create_tables, popular_items
 from fluvial.examples.shopping_cart import (
     AddItem,
@@ -34,10 +41,6 @@ from fluvial.examples.shopping_cart import (
     ShoppingCart,
     register_cart,
 )
-from fluvial.journal.sqlite_journal import open_sqlite_journal
-from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
-from fluvial.journal.sqlite_transaction import WriteTransaction
-from fluvial.projection.runner import serve_projection
 
 ITEMS = ["apple", "bread", "cheese", "dates", "eggs", "figs", "grapes", "honey"]
 

@@ -11,15 +11,15 @@ from typing import assert_never
 
 import attrs
 
-from fluvial.core.behavior import (
+from fluvial import (
     Command,
     CommandRejected,
     Effect,
     EventSourcedBehavior,
+    SerializerRegistry,
     SnapshotPolicy,
+    UsageError,
 )
-from fluvial.core.errors import UsageError
-from fluvial.core.serialization import SerializerRegistry
 
 ENTITY_TYPE = "ShoppingCart"
 

@@ -1,8 +1,8 @@
 """fluvial's public test kit: an in-memory journal and a synchronous behavior harness."""
 
-from fluvial.testing.behavior_testkit import BehaviorTestKit as BehaviorTestKit
-from fluvial.testing.behavior_testkit import CommandResult as CommandResult
-from fluvial.testing.memory_journal import MemoryJournal as MemoryJournal
+from fluvial.journal.memory import MemoryJournal as MemoryJournal
+from fluvial.testing._behavior_testkit import BehaviorTestKit as BehaviorTestKit
+from fluvial.testing._behavior_testkit import CommandResult as CommandResult
 
 __all__ = [
     "BehaviorTestKit",

@@ -23,11 +23,11 @@ import trio
 from fluvial.core.ids import SliceRange
 from fluvial.core.projection_errors import ProjectionConflict, ProjectionFailed
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.journal.sqlite_offset_store import Lease, SqliteOffsetStore
-from fluvial.projection.at_least_once import consume_at_least_once, consume_grouped_at_least_once
-from fluvial.projection.exactly_once import consume_exactly_once
-from fluvial.projection.handlers import (
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.journal.sqlite._offset_store import Lease, SqliteOffsetStore
+from fluvial.projection._at_least_once import consume_at_least_once, consume_grouped_at_least_once
+from fluvial.projection._exactly_once import consume_exactly_once
+from fluvial.projection._handlers import (
     AtLeastOnce,
     Backoff,
     ExactlyOnce,
@@ -36,9 +36,9 @@ from fluvial.projection.handlers import (
     Handler,
     RecoveryStrategy,
 )
-from fluvial.projection.instance import HandlerFailed, Instance
-from fluvial.projection.source import Batch, SourceSettings
-from fluvial.projection.supervision import open_supervisor
+from fluvial.projection._instance import HandlerFailed, Instance
+from fluvial.projection._source import Batch, SourceSettings
+from fluvial.projection._supervision import open_supervisor
 
 __all__ = ["Projection", "ProjectionConflict", "ProjectionFailed", "serve_projection"]
 

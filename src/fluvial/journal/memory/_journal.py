@@ -17,6 +17,7 @@ from fluvial.core.records import (
     check_append_batch,
     check_from_elsewhere,
 )
+from fluvial.journal._live import LivePublisher
 from fluvial.journal.api import (
     MAX_SEQ_NR,
     MAX_TIMESTAMP,
@@ -25,7 +26,6 @@ from fluvial.journal.api import (
     JournalGap,
     WriteFromElsewhereResult,
 )
-from fluvial.journal.live import LivePublisher
 from fluvial.journal.queries import snapshot_is_behind
 
 

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 from fluvial.core.events_from_elsewhere import EventAlreadyStored, EventGap, decide_from_elsewhere
 from fluvial.core.records import EventRecord
-from fluvial.journal.sqlite_event_rows import (
+from fluvial.journal.sqlite._event_rows import (
     ENTITY_KEYS,
     FOLLOWS_STORED,
     INSERT_TRACED_EVENT,
     traced_event_row,
 )
-from fluvial.journal.sqlite_transaction import WriteTransaction
+from fluvial.journal.sqlite._transaction import WriteTransaction
 
 
 class FromElsewhereWrite:

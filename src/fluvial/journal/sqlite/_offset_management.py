@@ -16,8 +16,8 @@ from collections.abc import Callable
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.projection_errors import ReadModelClearFailed, UnknownEvent, UnknownProjection
-from fluvial.journal.sqlite_database import SqliteDatabase
-from fluvial.journal.sqlite_offset_rows import (
+from fluvial.journal.sqlite._database import SqliteDatabase
+from fluvial.journal.sqlite._offset_rows import (
     bump_generation,
     check_entity_type,
     not_yet,
@@ -27,7 +27,7 @@ from fluvial.journal.sqlite_offset_rows import (
     users_sql,
     write_in_savepoint,
 )
-from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
+from fluvial.journal.sqlite._schema import EVENTS_OF_ENTITY
 
 
 class OffsetManagement:

@@ -1,7 +1,7 @@
 """One run of a projection instance: its source, its tracker, and admission of envelopes.
 
 `Instance.run` loads the offsets, starts the source and hands its batches to the handler
-kind's consumer (`exactly_once.py`, `at_least_once.py`). Admission is
+kind's consumer (`_exactly_once.py`, `_at_least_once.py`). Admission is
 `fluvial.core.envelope_admission`'s decision for each record, and this module's I/O for it:
 look up an entity that left memory, replay a gap from the journal, decode what is accepted →
 the envelopes to hand to the handler.
@@ -29,13 +29,13 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, OffsetTracker
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.projection.source import Batch, LocalJournalSource
-from fluvial.projection.supervision import open_supervisor
+from fluvial.projection._source import Batch, LocalJournalSource
+from fluvial.projection._supervision import open_supervisor
 
 if TYPE_CHECKING:
-    from fluvial.journal.sqlite_journal import SqliteJournal
-    from fluvial.journal.sqlite_offset_store import SqliteOffsetStore
-    from fluvial.projection.runner import Projection
+    from fluvial.journal.sqlite._journal import SqliteJournal
+    from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
+    from fluvial.projection._runner import Projection
 
 log = logging.getLogger("fluvial.projection")
 

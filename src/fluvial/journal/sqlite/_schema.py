@@ -12,7 +12,7 @@ from collections.abc import Callable
 import sqlite_utils
 
 from fluvial.journal.api import JournalError
-from fluvial.journal.sqlite_errors import NotAJournal
+from fluvial.journal.sqlite._errors import NotAJournal
 
 
 class SchemaVersionTooNew(JournalError):

@@ -2,7 +2,7 @@
 costs no extra query: the file's clock, the entity keys it has committed, and each entity's
 highest seq nr. Each is read again from the file when another connection has written it.
 
-Everything here runs in the writer thread (see sqlite_transaction.py).
+Everything here runs in the writer thread (see _transaction.py).
 """
 
 from __future__ import annotations

@@ -17,15 +17,15 @@ import trio
 
 from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, Savepoint
 from fluvial.core.records import EventEnvelope, EventRecord
-from fluvial.projection.handlers import AtLeastOnce, GroupedAtLeastOnce
-from fluvial.projection.instance import (
+from fluvial.projection._handlers import AtLeastOnce, GroupedAtLeastOnce
+from fluvial.projection._instance import (
     HandlerFailed,
     Instance,
     log_retry,
     log_skipped,
     receive_until,
 )
-from fluvial.projection.source import Batch
+from fluvial.projection._source import Batch
 
 log = logging.getLogger("fluvial.projection")
 

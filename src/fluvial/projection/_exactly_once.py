@@ -15,8 +15,8 @@ from typing import TypeVar
 import trio
 
 from fluvial.core.records import EventEnvelope
-from fluvial.projection.handlers import Connection, ExactlyOnce, GroupedExactlyOnce
-from fluvial.projection.instance import (
+from fluvial.projection._handlers import Connection, ExactlyOnce, GroupedExactlyOnce
+from fluvial.projection._instance import (
     Arrival,
     HandlerFailed,
     Instance,
@@ -24,7 +24,7 @@ from fluvial.projection.instance import (
     log_skipped,
     receive_until,
 )
-from fluvial.projection.source import Batch
+from fluvial.projection._source import Batch
 
 E = TypeVar("E")
 

@@ -30,10 +30,10 @@ from fluvial.core.errors import UsageError
 from fluvial.core.ids import PersistenceId, slice_for
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity.errors import EntityStopped, UnknownEntityType
-from fluvial.entity.live_entity import LiveEntity, answer_all, asks_of
-from fluvial.entity.mailbox import Ask, Mailbox, MailboxClosed
-from fluvial.entity.recovery import recover, save_snapshot, should_snapshot
+from fluvial.entity._errors import EntityStopped, UnknownEntityType
+from fluvial.entity._live_entity import LiveEntity, answer_all, asks_of
+from fluvial.entity._mailbox import Ask, Mailbox, MailboxClosed
+from fluvial.entity._recovery import recover, save_snapshot, should_snapshot
 from fluvial.journal.api import AppendSoon, Journal, SnapshotStore
 from fluvial.nursery_errors import open_service_nursery
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from fluvial.entity.errors import EntityStopped
+from fluvial.entity._errors import EntityStopped
 
 
 class MailboxClosed(EntityStopped):

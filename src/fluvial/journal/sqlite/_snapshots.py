@@ -12,9 +12,9 @@ from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import SnapshotRecord
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.queries import snapshot_is_behind
-from fluvial.journal.sqlite_event_rows import decode_tags, tags_json
-from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
-from fluvial.journal.sqlite_transaction import WriteTransaction
+from fluvial.journal.sqlite._event_rows import decode_tags, tags_json
+from fluvial.journal.sqlite._schema import EVENTS_OF_ENTITY
+from fluvial.journal.sqlite._transaction import WriteTransaction
 
 _SNAPSHOT_COLUMNS = (
     "persistence_id, seq_nr, entity_type, slice, db_timestamp, manifest, ser_version, payload, "

@@ -32,12 +32,17 @@ import outcome
 import trio
 
 from fluvial.journal.api import JournalClosed, JournalError
-from fluvial.journal.sqlite_errors import JournalFileError, storage_error
-from fluvial.journal.sqlite_file import CHECKPOINT_PAGES as _CHECKPOINT_PAGES
-from fluvial.journal.sqlite_file import DEFAULT_BUSY_TIMEOUT, FileOptions, checked_path, open_writer
-from fluvial.journal.sqlite_file import Durability as Durability
-from fluvial.journal.sqlite_file import connect as connect
-from fluvial.journal.sqlite_transaction import (
+from fluvial.journal.sqlite._errors import JournalFileError, storage_error
+from fluvial.journal.sqlite._file import CHECKPOINT_PAGES as _CHECKPOINT_PAGES
+from fluvial.journal.sqlite._file import (
+    DEFAULT_BUSY_TIMEOUT,
+    FileOptions,
+    checked_path,
+    open_writer,
+)
+from fluvial.journal.sqlite._file import Durability as Durability
+from fluvial.journal.sqlite._file import connect as connect
+from fluvial.journal.sqlite._transaction import (
     PendingWrite,
     WriterState,
     WriteTransaction,

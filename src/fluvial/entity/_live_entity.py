@@ -1,6 +1,6 @@
 """One incarnation of a live entity, and how the runtime answers the asks of a decided batch.
 
-`fluvial.entity.runtime` keeps one `LiveEntity` per entity in memory; what to answer each ask
+`fluvial.entity._runtime` keeps one `LiveEntity` per entity in memory; what to answer each ask
 is decided in the core (`fluvial.core.command_decisions`), and `answer_all` only hands it on.
 """
 
@@ -16,7 +16,7 @@ from fluvial.core.behavior import EntityHandlers, EventSourcedBehavior
 from fluvial.core.command_decisions import BatchDecision, answer
 from fluvial.core.ids import PersistenceId
 from fluvial.core.records import EventRecord
-from fluvial.entity.mailbox import Ask, Mailbox
+from fluvial.entity._mailbox import Ask, Mailbox
 
 
 @attrs.define(eq=False)

@@ -1,7 +1,7 @@
 """The SQLite journal and snapshot store, on a `SqliteDatabase`.
 
-The statements live by job: event rows in sqlite_event_rows.py, snapshots in
-sqlite_snapshots.py, the write of events from elsewhere in sqlite_from_elsewhere.py; this class
+The statements live by job: event rows in _event_rows.py, snapshots in
+_snapshots.py, the write of events from elsewhere in _from_elsewhere.py; this class
 runs them on the database's writer and readers and tells followers what was committed.
 """
 
@@ -26,10 +26,10 @@ from fluvial.core.records import (
     check_append_batch,
     check_from_elsewhere,
 )
+from fluvial.journal._live import LivePublisher
 from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, EventStored, WriteFromElsewhereResult
-from fluvial.journal.live import LivePublisher
-from fluvial.journal.sqlite_database import SqliteDatabase, open_sqlite_database
-from fluvial.journal.sqlite_event_rows import (
+from fluvial.journal.sqlite._database import SqliteDatabase, open_sqlite_database
+from fluvial.journal.sqlite._event_rows import (
     EVENT_COLUMNS,
     EVENT_COLUMNS_NOT_FROM_ORIGIN,
     EVENT_COLUMNS_WITHOUT_PAYLOAD,
@@ -38,10 +38,10 @@ from fluvial.journal.sqlite_event_rows import (
     insert_events,
     unseen,
 )
-from fluvial.journal.sqlite_file import DEFAULT_BUSY_TIMEOUT, Durability
-from fluvial.journal.sqlite_from_elsewhere import FromElsewhereWrite
-from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
-from fluvial.journal.sqlite_snapshots import load_snapshot, save_snapshot, snapshots_by_slices
+from fluvial.journal.sqlite._file import DEFAULT_BUSY_TIMEOUT, Durability
+from fluvial.journal.sqlite._from_elsewhere import FromElsewhereWrite
+from fluvial.journal.sqlite._schema import EVENTS_OF_ENTITY
+from fluvial.journal.sqlite._snapshots import load_snapshot, save_snapshot, snapshots_by_slices
 
 
 class SqliteJournal:

@@ -22,8 +22,8 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
-from fluvial.journal.sqlite_journal import SqliteJournal
-from fluvial.projection.supervision import open_supervisor
+from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.projection._supervision import open_supervisor
 
 Batch = tuple[Sequence[EventRecord], EnvelopeSource]
 

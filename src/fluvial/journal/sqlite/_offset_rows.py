@@ -1,5 +1,5 @@
 """The rows of the projections' tables in a SQLite journal file: the SQL that the offset store
-(`sqlite_offset_store.py`) and its management API (`sqlite_offset_management.py`) run with a
+(`_offset_store.py`) and its management API (`_offset_management.py`) run with a
 connection, in a reader thread or inside the writer's transaction, and `write_in_savepoint`,
 the one way they write."""
 
@@ -18,8 +18,8 @@ from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.projection_errors import UnknownProjection
-from fluvial.journal.sqlite_database import SqliteDatabase
-from fluvial.journal.sqlite_transaction import WriteTransaction
+from fluvial.journal.sqlite._database import SqliteDatabase
+from fluvial.journal.sqlite._transaction import WriteTransaction
 
 T = TypeVar("T")
 

@@ -30,9 +30,9 @@ from fluvial.core.projection_errors import (
     ProjectionLeaseHeld,
     ReadModelMigrationFailed,
 )
-from fluvial.journal.sqlite_database import SqliteDatabase
-from fluvial.journal.sqlite_offset_management import OffsetManagement
-from fluvial.journal.sqlite_offset_rows import (
+from fluvial.journal.sqlite._database import SqliteDatabase
+from fluvial.journal.sqlite._offset_management import OffsetManagement
+from fluvial.journal.sqlite._offset_rows import (
     generation,
     read_slice_offsets,
     register_projection,
@@ -41,7 +41,7 @@ from fluvial.journal.sqlite_offset_rows import (
     write_changes,
     write_in_savepoint,
 )
-from fluvial.journal.sqlite_transaction import WriteTransaction
+from fluvial.journal.sqlite._transaction import WriteTransaction
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ checked before anything writes to it; and connections set up the way fluvial use
 Real deployments open files in ways tests rarely do: two processes creating one new file at
 the same moment, a file of another application, a path that is a directory, a lock held by
 another process. Each ends here either in a working connection or in a typed error that names
-the file (sqlite_errors.py), never in a raw `sqlite3` error, and never after changing the file.
+the file (_errors.py), never in a raw `sqlite3` error, and never after changing the file.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Literal
 import attrs
 
 from fluvial.core.errors import UsageError
-from fluvial.journal.sqlite_errors import JournalCannotOpen, JournalReadOnly, storage_error
-from fluvial.journal.sqlite_schema import identify, migrate
+from fluvial.journal.sqlite._errors import JournalCannotOpen, JournalReadOnly, storage_error
+from fluvial.journal.sqlite._schema import identify, migrate
 
 Durability = Literal["process", "power-loss"]
 

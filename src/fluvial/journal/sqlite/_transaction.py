@@ -1,7 +1,7 @@
 """What runs inside the writer's transactions: the writes, and how a batch of writes commits
-as one transaction (what the writer remembers in between is in sqlite_writer_memory.py).
+as one transaction (what the writer remembers in between is in _writer_memory.py).
 
-`SqliteDatabase` (sqlite_database.py) owns the writer thread and hands it batches; everything
+`SqliteDatabase` (_database.py) owns the writer thread and hands it batches; everything
 here runs in that thread, on its connection. Nothing here may let an exception escape the
 writer thread: every write of a batch gets an outcome, whatever fails.
 """
@@ -20,8 +20,8 @@ import outcome
 import trio
 
 from fluvial.core.errors import FluvialError
-from fluvial.journal.sqlite_errors import JournalFileError, storage_error
-from fluvial.journal.sqlite_writer_memory import (
+from fluvial.journal.sqlite._errors import JournalFileError, storage_error
+from fluvial.journal.sqlite._writer_memory import (
     EnsuredKeys,
     FileClock,
     HighestSeqNrs,

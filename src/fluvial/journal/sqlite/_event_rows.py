@@ -13,9 +13,9 @@ from fluvial.core.records import EventRecord
 from fluvial.core.replication_metadata import ReplicationMetadata, VersionVector
 from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.api import JournalConflict, JournalGap
-from fluvial.journal.sqlite_schema import EVENTS_OF_ENTITY
-from fluvial.journal.sqlite_transaction import RowInsert
-from fluvial.journal.sqlite_writer_memory import EnsuredKeys, SeqNrCheck
+from fluvial.journal.sqlite._schema import EVENTS_OF_ENTITY
+from fluvial.journal.sqlite._transaction import RowInsert
+from fluvial.journal.sqlite._writer_memory import EnsuredKeys, SeqNrCheck
 
 # What a read returns of each event, in `event_from_row`'s order. A write_timestamp is stored
 # only for events written elsewhere first: those written here were written at db_timestamp.
