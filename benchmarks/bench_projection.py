@@ -39,7 +39,7 @@ from fluvial.journal.sqlite._database import connect
 from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.projection._handlers import AtLeastOnce, ExactlyOnce
 from fluvial.projection._runner import Projection, serve_projection
-from fluvial.projection._source import SourceSettings
+from fluvial.projection._source_settings import SourceSettings
 
 _CREATE = "CREATE TABLE IF NOT EXISTS item_count (item TEXT PRIMARY KEY, n INTEGER)"
 _UPSERT = "INSERT INTO item_count VALUES (?, ?) ON CONFLICT (item) DO UPDATE SET n = n + excluded.n"

@@ -88,7 +88,7 @@ from fluvial.projection._handlers import GroupedExactlyOnce as GroupedExactlyOnc
 from fluvial.projection._handlers import RecoveryStrategy as RecoveryStrategy
 from fluvial.projection._runner import Projection as Projection
 from fluvial.projection._runner import serve_projection as serve_projection
-from fluvial.projection._source import SourceSettings as SourceSettings
+from fluvial.projection._source_settings import SourceSettings as SourceSettings
 
 __all__ = [
     "AtLeastOnce",

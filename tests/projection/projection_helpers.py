@@ -27,7 +27,7 @@ from fluvial.projection._handlers import (
     RecoveryStrategy,
 )
 from fluvial.projection._runner import Projection, ProjectionFailed, serve_projection
-from fluvial.projection._source import SourceSettings
+from fluvial.projection._source_settings import SourceSettings
 
 ENTITY_TYPE = "Counter"
 NAME = "model"

@@ -41,7 +41,7 @@ from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.journal.sqlite._transaction import WriteTransaction
 from fluvial.projection._handlers import ExactlyOnce
 from fluvial.projection._runner import Projection, serve_projection
-from fluvial.projection._source import SourceSettings
+from fluvial.projection._source_settings import SourceSettings
 
 ENTITY_TYPE = "Counter"
 NAME = "crash-model"

@@ -31,7 +31,7 @@ from fluvial.projection._handlers import (
     RecoveryStrategy,
 )
 from fluvial.projection._runner import Projection, serve_projection
-from fluvial.projection._source import SourceSettings
+from fluvial.projection._source_settings import SourceSettings
 from projection.projection_helpers import (
     ENTITY_TYPE,
     NAME,

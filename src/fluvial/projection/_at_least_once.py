@@ -25,7 +25,7 @@ from fluvial.projection._instance import (
     log_skipped,
     receive_until,
 )
-from fluvial.projection._source import Batch
+from fluvial.projection.api import Batch
 
 log = logging.getLogger("fluvial.projection")
 

@@ -24,7 +24,7 @@ from fluvial.projection._instance import (
     log_skipped,
     receive_until,
 )
-from fluvial.projection._source import Batch
+from fluvial.projection.api import Batch
 
 E = TypeVar("E")
 

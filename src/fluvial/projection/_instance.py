@@ -29,8 +29,9 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, OffsetTracker
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.projection._source import Batch, LocalJournalSource
+from fluvial.projection._source import LocalJournalSource
 from fluvial.projection._supervision import open_supervisor
+from fluvial.projection.api import Batch
 
 if TYPE_CHECKING:
     from fluvial.journal.sqlite._journal import SqliteJournal

@@ -37,8 +37,9 @@ from fluvial.projection._handlers import (
     RecoveryStrategy,
 )
 from fluvial.projection._instance import HandlerFailed, Instance
-from fluvial.projection._source import Batch, SourceSettings
+from fluvial.projection._source_settings import SourceSettings
 from fluvial.projection._supervision import open_supervisor
+from fluvial.projection.api import Batch
 
 __all__ = ["Projection", "ProjectionConflict", "ProjectionFailed", "serve_projection"]
 

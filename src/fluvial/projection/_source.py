@@ -13,37 +13,15 @@ both deliver.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import attrs
 import trio
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord
 from fluvial.journal.sqlite._journal import SqliteJournal
+from fluvial.projection._source_settings import SourceSettings
 from fluvial.projection._supervision import open_supervisor
-
-Batch = tuple[Sequence[EventRecord], EnvelopeSource]
-
-
-@attrs.frozen
-class SourceSettings:
-    """`page_size` events per query; backtracking every `backtracking_interval` seconds over
-    the `backtracking_span` seconds of event time behind the query (None: off); `live`
-    subscribes to the in-process live path, buffering at most `live_buffer` events.
-
-    An exactly-once handler commits one page per transaction while it catches up, and each
-    commit also writes the offsets of every slice the page touched; 4,000 events a page
-    amortize that: benchmarks/bench_projection.py measured ~49,000 events/s at 1,000, ~55,000
-    at 2,000 and ~62,000 at 4,000. Events arriving live come in small batches regardless."""
-
-    page_size: int = 4000
-    backtracking_interval: float | None = 5.0
-    backtracking_span: float = 2.0
-    live: bool = True
-    live_buffer: int = 10_000
+from fluvial.projection.api import Batch
 
 
 class LocalJournalSource:

@@ -24,6 +24,7 @@ import attrs
 
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange, slice_for
+from fluvial.core.leases import Lease as Lease
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
 from fluvial.core.projection_errors import (
     ProjectionConflict,
@@ -49,17 +50,6 @@ _CHANGED_UNDER_IT = (
     "its stored offsets changed under it (another instance handled some of these events, or a "
     "management call changed them); it stopped without writing"
 )
-
-
-@attrs.frozen
-class Lease:
-    """An instance's ownership of a projection's slice range, until `expires_at` (seconds on
-    the store's clock) unless renewed."""
-
-    projection: str
-    slices: SliceRange
-    owner: str
-    expires_at: float
 
 
 class SqliteOffsetStore(OffsetManagement):
