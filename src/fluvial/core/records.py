@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from fluvial.core.errors import UsageError
+from fluvial.core.ids import slice_for
 from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
 
@@ -131,9 +132,23 @@ def check_append_batch(events: Sequence[EventRecord]) -> None:
 
 
 def check_from_elsewhere(events: Sequence[EventRecord]) -> None:
-    """Raise InvalidAppend unless each of `events` has a seq nr within 1..MAX_SEQ_NR and a
-    write timestamp: what `write_from_elsewhere` needs of events another journal wrote."""
+    """Raise InvalidAppend unless each of `events` has a seq nr within 1..MAX_SEQ_NR, a write
+    timestamp, and the entity type and slice of its persistence id: what `write_from_elsewhere`
+    needs of events another journal wrote (they come from the network, so nothing of them is
+    taken on trust: a wrong slice would hide the event from every slice query that should
+    find it)."""
     for event in events:
+        entity_type = event.persistence_id.partition("|")[0]
+        if event.entity_type != entity_type:
+            raise InvalidAppend(
+                f"{event.persistence_id} seq nr {event.seq_nr} has entity type "
+                f"{event.entity_type!r}, not its persistence id's {entity_type!r}"
+            )
+        if event.slice != slice_for(event.persistence_id):
+            raise InvalidAppend(
+                f"{event.persistence_id} seq nr {event.seq_nr} has slice {event.slice}, not "
+                f"its persistence id's {slice_for(event.persistence_id)}"
+            )
         if not 1 <= event.seq_nr <= MAX_SEQ_NR:
             raise InvalidAppend(
                 f"seq nrs are within 1..{MAX_SEQ_NR}: {event.persistence_id} seq nr {event.seq_nr}"
