@@ -138,14 +138,15 @@ class Instance(Generic[E, T]):
             admission = admit(self.tracker, record, source)
         if isinstance(admission, Load):
             loaded = await self.source.load_event(admission.persistence_id, admission.seq_nr)
-            if loaded is None:
+            if loaded is not None:
+                record = loaded
+            else:  # as the backtracking query found it: a placeholder
                 log.warning(
                     "projection %r: %s seq nr %d is gone from the source; counted as a placeholder",
                     self.name,
                     admission.persistence_id,
                     admission.seq_nr,
                 )
-            record = loaded or record
             admission = admit(self.tracker, record, source, loaded=True)
         if isinstance(admission, Replay):
             return await self._replay(record, admission)
