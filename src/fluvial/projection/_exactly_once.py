@@ -1,8 +1,8 @@
 """Exactly-once consumption: the handler's writes and the offsets in one transaction.
 
-The transaction is the offset store's (`OffsetStore.commit`), of its type `T`. Ungrouped, one
-transaction per source batch; grouped, per group of up to `max_size` envelopes
-or `max_wait` seconds after the first. The offset store compares the stored offsets with the
+The transaction is the offset store's (`OffsetStore.commit`), of its type `T`. Ungrouped,
+one transaction per source batch; grouped, per group of up to `max_size` envelopes or
+`max_wait` seconds after the first. The offset store compares the stored offsets with the
 ones this instance read before it runs the handler, so a second instance cannot apply an event
 twice (it gets ProjectionConflict instead). A failing transaction is retried, skipped or fails
 the instance as the recovery strategy says; the handler runs once per attempt.
