@@ -25,24 +25,15 @@ against the highest seq nr handled, stream events against the highest seen.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from fluvial.core.envelope_source import EnvelopeSource as EnvelopeSource
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
-
-
-class EnvelopeSource(enum.Enum):
-    """Which of the source's paths delivered an envelope (the verdicts depend on it)."""
-
-    QUERY = "query"  # the timestamp-ordered events-by-slices query
-    BACKTRACKING = "backtracking"  # a second query behind the first, for late commits
-    LIVE = "live"  # published in-process right after commit
-    REPLAY = "replay"  # read by persistence id to fill a gap
 
 
 @attrs.frozen

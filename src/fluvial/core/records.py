@@ -13,15 +13,20 @@ garbage collector (`gc=False`), which otherwise walks every record in flight.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgspec
 
+from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import slice_for
 from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
 
+if TYPE_CHECKING:
+    from fluvial.core.offsets import TimestampOffset
+
+E = TypeVar("E")
 E_co = TypeVar("E_co", covariant=True)
 
 # The highest seq nr a journal stores: SQLite's INTEGER (and PostgreSQL's BIGINT) is signed 64-bit.
@@ -79,7 +84,12 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
 
     `persistence_id` is `"{entity_type}|{entity_id}"` (see `PersistenceId`); `entity_id` gives
     the entity's own id without parsing. `timestamp` is the journal's commit time in
-    microseconds since the epoch; `slice` is `slice_for(persistence_id)`.
+    microseconds since the epoch (its `db_timestamp`); `slice` is `slice_for(persistence_id)`.
+    `source` is the path of the projection's source that delivered it (`REPLAY` for the events
+    replayed to fill a gap); `offset` its position in the events-by-slices order. As in its
+    `EventRecord`, `write_timestamp` is when it was first written at its origin and
+    `replication` is set for the events of a replicated entity. Build one from a record with
+    `EventEnvelope.of`.
     """
 
     persistence_id: str
@@ -89,6 +99,25 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
     timestamp: int
     event: E_co
     tags: frozenset[str] = frozenset()
+    source: EnvelopeSource = EnvelopeSource.QUERY
+    write_timestamp: int = 0
+    replication: ReplicationMetadata | None = None
+
+    @classmethod
+    def of(cls, record: EventRecord, event: E, source: EnvelopeSource) -> EventEnvelope[E]:
+        """The envelope of `record`, whose payload decodes to `event`, delivered by `source`."""
+        return EventEnvelope(
+            record.persistence_id,
+            record.seq_nr,
+            record.entity_type,
+            record.slice,
+            record.timestamp,
+            event,
+            record.tags,
+            source,
+            record.write_timestamp,
+            record.replication,
+        )
 
     @property
     def entity_id(self) -> str:
@@ -96,6 +125,14 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
         `PersistenceId.parse(persistence_id).entity_id` gives it (computed on each access,
         without building a `PersistenceId`)."""
         return self.persistence_id.partition("|")[2]
+
+    @property
+    def offset(self) -> TimestampOffset:
+        """The offset just after this event: its timestamp, with its seq nr seen (built on
+        each access)."""
+        from fluvial.core.offsets import TimestampOffset  # offsets imports this module
+
+        return TimestampOffset(self.timestamp, {self.persistence_id: self.seq_nr})
 
 
 class InvalidAppend(UsageError):
