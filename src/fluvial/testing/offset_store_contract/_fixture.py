@@ -81,8 +81,9 @@ class StoreUnderTest(Generic[T]):
 Fixture = StoreUnderTest[Any]
 
 
-class ContractError(Exception):
-    """What a failing write or migration of the contract tests raises."""
+class _UserError(Exception):
+    """What a failing write or migration of the contract tests raises: a user's exception, not
+    fluvial's (so private: the error-hierarchy rule is for fluvial's own)."""
 
 
 async def append(journal: Journal, pid: PersistenceId, first: int, count: int) -> list[EventRecord]:

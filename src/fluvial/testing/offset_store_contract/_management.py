@@ -20,8 +20,8 @@ from fluvial.testing.offset_store_contract._fixture import (
     OTHER_ENTITY_TYPE,
     PROJECTION,
     TIMEOUT,
-    ContractError,
     Fixture,
+    _UserError,
     append,
     handled,
     load,
@@ -204,13 +204,13 @@ class ManagementContract:
             PROJECTION, tracker.slices, tracker.take_changes(), offset_store.note("kept")
         )
         offsets = await store.offsets(PROJECTION)
-        error = ContractError("cannot clear")
+        error = _UserError("cannot clear")
 
         def failing(txn: object) -> None:
             offset_store.clear_notes(txn)
             raise error
 
-        with pytest.raises(ContractError) as raised:
+        with pytest.raises(_UserError) as raised:
             await store.reset(PROJECTION, clear_read_model=failing)
         assert raised.value is error
         assert await offset_store.notes() == ["kept"]

@@ -14,8 +14,8 @@ from fluvial.testing.offset_store_contract._fixture import (
     ENTITY_TYPE,
     OTHER_PROJECTION,
     PROJECTION,
-    ContractError,
     Fixture,
+    _UserError,
 )
 
 
@@ -55,13 +55,13 @@ class MigrationContract:
         store = offset_store.store
         await store.register(PROJECTION, ENTITY_TYPE)
         await store.migrate_read_model(PROJECTION, _migrations(offset_store, 1))
-        error = ContractError("v3 does not fit")
+        error = _UserError("v3 does not fit")
 
         def failing(txn: Any) -> None:
             offset_store.note("v3 half done")(txn)
             raise error
 
-        with pytest.raises(ContractError) as raised:
+        with pytest.raises(_UserError) as raised:
             await store.migrate_read_model(PROJECTION, [*_migrations(offset_store, 2), failing])
         assert raised.value is error
         assert await offset_store.notes() == ["v1"]

@@ -24,8 +24,8 @@ from fluvial.testing.offset_store_contract._fixture import (
     ENTITY_TYPE,
     OTHER_ENTITY_TYPE,
     PROJECTION,
-    ContractError,
     Fixture,
+    _UserError,
     append,
     handled,
     load,
@@ -229,7 +229,7 @@ class SaveContract:
         await offset_store.store.register(PROJECTION, ENTITY_TYPE)
         tracker = handled(await load(offset_store), stored)
         changes = tracker.take_changes()
-        error = ContractError("the handler failed")
+        error = _UserError("the handler failed")
         calls: list[object] = []
 
         def failing(txn: object) -> None:
@@ -237,7 +237,7 @@ class SaveContract:
             offset_store.note("half done")(txn)
             raise error
 
-        with pytest.raises(ContractError) as raised:
+        with pytest.raises(_UserError) as raised:
             await offset_store.store.commit(PROJECTION, tracker.slices, changes, failing)
         assert raised.value is error
         assert len(calls) == 1
