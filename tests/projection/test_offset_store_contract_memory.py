@@ -17,6 +17,7 @@ from fluvial.journal.memory import (  # noqa: E402
     MemoryOffsetStore,
     MemoryTransaction,
 )
+from fluvial.projection.api import HasOffsetStore, OffsetStore  # noqa: E402
 from fluvial.testing.offset_store_contract import (  # noqa: E402
     ManualClock,
     OffsetStoreContract,
@@ -49,7 +50,8 @@ class TestMemoryOffsetStore(OffsetStoreContract):
 
 async def test_a_memory_journal_keeps_one_offset_store() -> None:
     journal = MemoryJournal()
-    store = journal.offset_store()
+    assert isinstance(journal, HasOffsetStore)
+    store: OffsetStore[MemoryTransaction] = journal.offset_store()
     assert journal.offset_store() is store
     await store.register("p", "Counter")
     assert await journal.offset_store().offsets("p") == {}
