@@ -64,6 +64,8 @@ from fluvial.journal.api import JournalGap as JournalGap
 from fluvial.journal.api import SnapshotStore as SnapshotStore
 from fluvial.journal.api import WriteFromElsewhere as WriteFromElsewhere
 from fluvial.journal.api import WriteFromElsewhereResult as WriteFromElsewhereResult
+from fluvial.journal.memory import MemoryOffsetStore as MemoryOffsetStore
+from fluvial.journal.memory import MemoryTransaction as MemoryTransaction
 from fluvial.journal.queries import current_events_by_slices as current_events_by_slices
 from fluvial.journal.queries import current_snapshots_by_slices as current_snapshots_by_slices
 from fluvial.journal.queries import events_by_persistence_id as events_by_persistence_id
@@ -132,6 +134,8 @@ __all__ = [
     "JournalFull",
     "JournalGap",
     "JournalReadOnly",
+    "MemoryOffsetStore",
+    "MemoryTransaction",
     "MissingReply",
     "NotAJournal",
     "PayloadDecodeError",
