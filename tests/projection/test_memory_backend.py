@@ -5,7 +5,6 @@ at-least-once handler. No file anywhere."""
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Iterator
 
@@ -92,12 +91,11 @@ class Balances:
             self.fail_once_on = None
             raise RuntimeError("the handler failed after registering its write")
 
-    def projection(self) -> Projection[Deposited]:
-        return Projection[Deposited](
+    def projection(self) -> Projection[Deposited, MemoryTransaction]:
+        return Projection(
             name="balances",
             entity_type="Account",
-            # until the runner takes any store's transaction:
-            handler=ExactlyOnce(self.handle, migrations=[self.create_tables]),  # type: ignore[arg-type,list-item]
+            handler=ExactlyOnce(self.handle, migrations=[self.create_tables]),
             recovery=RecoveryStrategy.retry_and_fail(1),
             backoff=Backoff(min=0.01),
             source=QUIET,
@@ -122,15 +120,15 @@ def journal() -> Iterator[MemoryJournal]:
 
 
 async def _serve(
-    nursery: trio.Nursery, journal: MemoryJournal, projection: Projection[Deposited]
+    nursery: trio.Nursery,
+    journal: MemoryJournal,
+    projection: Projection[Deposited, MemoryTransaction],
 ) -> trio.CancelScope:
-    """Start `projection` with the journal's offset store; cancel the scope to stop it."""
-    # until the runner takes any Journal and OffsetStore:
-    serve = functools.partial(serve_projection, offsets=journal.offset_store())  # type: ignore[arg-type]
+    """Start `projection` with the journal's own offset store; cancel the scope to stop it."""
 
     async def run(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         async with trio.open_nursery() as own:
-            await own.start(serve, journal, REGISTRY, projection)
+            await own.start(serve_projection, journal, REGISTRY, projection)
             task_status.started(own.cancel_scope)
 
     scope: trio.CancelScope = await nursery.start(run)
