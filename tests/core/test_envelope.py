@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fluvial.core.envelope_source import EnvelopeSource
-from fluvial.core.ids import PersistenceId, slice_for
+from fluvial.core.ids import PersistenceId, ReplicatedPersistenceId, slice_for
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.replication_metadata import ReplicationMetadata, VersionVector
@@ -27,6 +27,19 @@ def test_entity_id_is_what_persistence_id_parse_gives(pid: str) -> None:
 def test_entity_id_of_an_entity_id_containing_the_separator() -> None:
     pid = PersistenceId("Account", "alice|savings")
     assert envelope(str(pid)).entity_id == "alice|savings"
+
+
+@pytest.mark.parametrize("entity_id", ["cart-1", "alice|savings", "|x|"])
+def test_a_replicated_events_entity_id_is_the_same_at_every_replica(entity_id: str) -> None:
+    replication = ReplicationMetadata("eu", 1, VersionVector.of({"eu": 1}))
+    for replica in ("eu", "us"):
+        pid = str(ReplicatedPersistenceId("Cart", entity_id, replica))
+        plain = envelope(pid)
+        replicated = EventEnvelope(
+            pid, 1, "Cart", slice_for(pid), 0, "event", replication=replication
+        )
+        assert replicated.entity_id == ReplicatedPersistenceId.parse(pid).entity_id == entity_id
+        assert plain.entity_id == PersistenceId.parse(pid).entity_id
 
 
 def test_of_carries_the_record_its_event_and_the_path_that_delivered_it() -> None:

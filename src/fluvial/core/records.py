@@ -121,10 +121,12 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
 
     @property
     def entity_id(self) -> str:
-        """The entity's id: what follows the first ``|`` of the persistence id, as
-        `PersistenceId.parse(persistence_id).entity_id` gives it (computed on each access,
-        without building a `PersistenceId`)."""
-        return self.persistence_id.partition("|")[2]
+        """The entity's id, parsed from the persistence id without building one: what follows
+        the first ``|``, and for a replicated entity's event (`replication` set) what lies
+        between the first and the last ``|`` (`ReplicatedPersistenceId`), so that every
+        replica's copy of an entity gives the same id."""
+        rest = self.persistence_id.partition("|")[2]
+        return rest if self.replication is None else rest.rpartition("|")[0]
 
     @property
     def offset(self) -> TimestampOffset:
