@@ -54,5 +54,5 @@ class EntityRef(Generic[C]):
         # The common case, a live entity with room in its mailbox, takes no detour.
         if live is None or entities.closed or not live.mailbox.offer(ask):
             await entities.deliver(self.behavior, self.persistence_id, ask)
-        reply: R = await ask.wait()
+        reply: R = await ask.reply()
         return reply
