@@ -72,7 +72,7 @@ async def _projection_throughput(path: Path, registry: SerializerRegistry, event
             conn.execute(_UPSERT, (envelope.event.item_id, envelope.event.quantity))
         handled += 1
 
-    projection = Projection[CartEvent]("bench", ENTITY_TYPE, ExactlyOnce(upsert))
+    projection = Projection("bench", ENTITY_TYPE, ExactlyOnce(upsert))
     async with open_sqlite_journal(path) as journal, trio.open_nursery() as nursery:
         started = time.perf_counter()
         await nursery.start(serve_projection, journal, registry, projection)

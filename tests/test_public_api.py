@@ -18,11 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import fluvial
+import fluvial.journal.memory
+import fluvial.journal.sqlite
+import fluvial.projection
 import fluvial.testing
 from fluvial.core.behavior import CommandRejected
 from fluvial.core.errors import FluvialError
 
-PUBLIC_MODULES = (fluvial, fluvial.testing)
+PUBLIC_MODULES = (
+    fluvial,
+    fluvial.testing,
+    fluvial.projection,
+    fluvial.journal.sqlite,
+    fluvial.journal.memory,
+)
 ERRORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 
 # A comment line made of a rule: `# ----`, `# -- name ---`, `# ====`, `#####`, `# ****`.

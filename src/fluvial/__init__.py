@@ -8,6 +8,7 @@ from fluvial.core.behavior import EntityHandlers as EntityHandlers
 from fluvial.core.behavior import EventSourcedBehavior as EventSourcedBehavior
 from fluvial.core.behavior import SnapshotPolicy as SnapshotPolicy
 from fluvial.core.entity_context import EntityContext as EntityContext
+from fluvial.core.envelope_source import EnvelopeSource as EnvelopeSource
 from fluvial.core.errors import DataError as DataError
 from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError
@@ -18,6 +19,7 @@ from fluvial.core.ids import ReplicatedPersistenceId as ReplicatedPersistenceId
 from fluvial.core.ids import SliceRange as SliceRange
 from fluvial.core.ids import slice_for as slice_for
 from fluvial.core.ids import slice_ranges as slice_ranges
+from fluvial.core.leases import Lease as Lease
 from fluvial.core.offsets import TimestampOffset as TimestampOffset
 from fluvial.core.projection_errors import ProjectionConflict as ProjectionConflict
 from fluvial.core.projection_errors import ProjectionFailed as ProjectionFailed
@@ -64,6 +66,9 @@ from fluvial.journal.api import JournalGap as JournalGap
 from fluvial.journal.api import SnapshotStore as SnapshotStore
 from fluvial.journal.api import WriteFromElsewhere as WriteFromElsewhere
 from fluvial.journal.api import WriteFromElsewhereResult as WriteFromElsewhereResult
+from fluvial.journal.memory import MemoryJournal as MemoryJournal
+from fluvial.journal.memory import MemoryOffsetStore as MemoryOffsetStore
+from fluvial.journal.memory import MemoryTransaction as MemoryTransaction
 from fluvial.journal.queries import current_events_by_slices as current_events_by_slices
 from fluvial.journal.queries import current_snapshots_by_slices as current_snapshots_by_slices
 from fluvial.journal.queries import events_by_persistence_id as events_by_persistence_id
@@ -80,15 +85,20 @@ from fluvial.journal.sqlite import SqliteJournal as SqliteJournal
 from fluvial.journal.sqlite import SqliteOffsetStore as SqliteOffsetStore
 from fluvial.journal.sqlite import WriteTransaction as WriteTransaction
 from fluvial.journal.sqlite import open_sqlite_journal as open_sqlite_journal
-from fluvial.projection._handlers import AtLeastOnce as AtLeastOnce
-from fluvial.projection._handlers import Backoff as Backoff
-from fluvial.projection._handlers import ExactlyOnce as ExactlyOnce
-from fluvial.projection._handlers import GroupedAtLeastOnce as GroupedAtLeastOnce
-from fluvial.projection._handlers import GroupedExactlyOnce as GroupedExactlyOnce
-from fluvial.projection._handlers import RecoveryStrategy as RecoveryStrategy
-from fluvial.projection._runner import Projection as Projection
-from fluvial.projection._runner import serve_projection as serve_projection
-from fluvial.projection._source_settings import SourceSettings as SourceSettings
+from fluvial.projection import AtLeastOnce as AtLeastOnce
+from fluvial.projection import Backoff as Backoff
+from fluvial.projection import ExactlyOnce as ExactlyOnce
+from fluvial.projection import GroupedAtLeastOnce as GroupedAtLeastOnce
+from fluvial.projection import GroupedExactlyOnce as GroupedExactlyOnce
+from fluvial.projection import HasOffsetStore as HasOffsetStore
+from fluvial.projection import LocalJournalSources as LocalJournalSources
+from fluvial.projection import OffsetStore as OffsetStore
+from fluvial.projection import Projection as Projection
+from fluvial.projection import RecoveryStrategy as RecoveryStrategy
+from fluvial.projection import Source as Source
+from fluvial.projection import SourceProvider as SourceProvider
+from fluvial.projection import SourceSettings as SourceSettings
+from fluvial.projection import serve_projection as serve_projection
 
 __all__ = [
     "AtLeastOnce",
@@ -107,6 +117,7 @@ __all__ = [
     "EntityHandlers",
     "EntityRef",
     "EntityStopped",
+    "EnvelopeSource",
     "EventAlreadyStored",
     "EventEnvelope",
     "EventGap",
@@ -117,6 +128,7 @@ __all__ = [
     "FluvialError",
     "GroupedAtLeastOnce",
     "GroupedExactlyOnce",
+    "HasOffsetStore",
     "InvalidAppend",
     "InvalidPersistenceId",
     "InvalidReplicationMetadata",
@@ -132,8 +144,14 @@ __all__ = [
     "JournalFull",
     "JournalGap",
     "JournalReadOnly",
+    "Lease",
+    "LocalJournalSources",
+    "MemoryJournal",
+    "MemoryOffsetStore",
+    "MemoryTransaction",
     "MissingReply",
     "NotAJournal",
+    "OffsetStore",
     "PayloadDecodeError",
     "PayloadEncodeError",
     "PersistenceId",
@@ -152,6 +170,8 @@ __all__ = [
     "SnapshotPolicy",
     "SnapshotRecord",
     "SnapshotStore",
+    "Source",
+    "SourceProvider",
     "SourceSettings",
     "SqliteJournal",
     "SqliteOffsetStore",

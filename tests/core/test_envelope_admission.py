@@ -8,6 +8,7 @@ import pytest
 from fluvial.core.envelope_admission import (
     DROP,
     HANDLE,
+    Load,
     LookUp,
     Replay,
     admit,
@@ -220,3 +221,32 @@ def test_placeholders_are_persisted_with_the_changes_and_survive_a_restart() -> 
     tracker.learn("T|a", changes.entities[0])
     assert admit(tracker, record("T|a", 2, 200), REPLAY) is HANDLE
     assert tracker.take_changes().entities == (SeenEntity("T|a", 3, 300, 10, placeholders=1),)
+
+
+def test_an_accepted_backtracking_record_without_payload_is_loaded_before_anything_changes() -> (
+    None
+):
+    """The backtracking query reads without payloads: what it finds that is new is loaded
+    (and then handled), what it finds that is a duplicate is dropped unloaded."""
+    tracker = fresh()
+    admit(tracker, record("T|a", 1, 100), QUERY)
+    assert admit(tracker, placeholder("T|a", 1, 100), BACKTRACKING) is DROP  # not loaded
+    assert admit(tracker, placeholder("T|b", 1, 150), BACKTRACKING) == Load("T|b", 1)
+    assert tracker.seq_nr_of("T|b") is None
+    assert [e.persistence_id for e in tracker.take_changes().entities] == ["T|a"]
+    assert admit(tracker, record("T|b", 1, 150), BACKTRACKING, loaded=True) is HANDLE
+    assert tracker.handled_seq_nr_of("T|b") == 1
+    assert tracker.slice_offset(10) == TimestampOffset(100, {"T|a": 1})  # not moved by it
+
+
+def test_a_loaded_backtracking_record_still_without_payload_is_a_placeholder() -> None:
+    tracker = fresh()
+    assert admit(tracker, placeholder("T|a", 1, 100), BACKTRACKING) == Load("T|a", 1)
+    assert admit(tracker, placeholder("T|a", 1, 100), BACKTRACKING, loaded=True) is DROP
+    assert tracker.seq_nr_of("T|a") == 1
+    assert tracker.handled_seq_nr_of("T|a") == 0
+
+
+def test_records_without_payload_from_other_paths_are_placeholders_never_loaded() -> None:
+    for source in (QUERY, LIVE, REPLAY):
+        assert admit(fresh(), placeholder("T|a", 1, 100), source) is DROP

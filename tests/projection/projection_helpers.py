@@ -14,6 +14,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from typing_extensions import TypeVar as TypeVarWithDefault
 
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offsets import TimestampOffset
@@ -43,6 +44,7 @@ REGISTRY = SerializerRegistry()
 REGISTRY.register(Added, "test.Added")
 
 Envelope = EventEnvelope[Added]
+T = TypeVarWithDefault("T", default=object)  # as Projection's: at-least-once runs on any store
 
 
 MODEL_TABLES = (
@@ -217,7 +219,7 @@ class Recorder:
 
 
 def projection(
-    handler: Handler[Added],
+    handler: Handler[Added, T],
     *,
     recovery: RecoveryStrategy | None = None,
     backoff: Backoff | None = None,
@@ -225,8 +227,8 @@ def projection(
     name: str = NAME,
     window: float = 300.0,
     lease_duration: float = 10.0,
-) -> Projection[Added]:
-    return Projection[Added](
+) -> Projection[Added, T]:
+    return Projection(
         name=name,
         entity_type=ENTITY_TYPE,
         handler=handler,
@@ -241,7 +243,7 @@ def projection(
 async def start(
     nursery: trio.Nursery,
     journal: SqliteJournal,
-    projection_: Projection[Added],
+    projection_: Projection[Added, sqlite3.Connection],
     slices: SliceRange | None = None,
     offsets: SqliteOffsetStore | None = None,
 ) -> None:
@@ -256,7 +258,7 @@ async def start(
 
 async def run_until_failed(
     journal: SqliteJournal,
-    projection_: Projection[Added],
+    projection_: Projection[Added, sqlite3.Connection],
     meanwhile: Callable[[], Awaitable[None]] | None = None,
 ) -> ProjectionFailed:
     """Run `projection_` until it raises ProjectionFailed, and `meanwhile` to its end."""

@@ -92,7 +92,7 @@ async def test_a_second_instance_over_an_overlapping_range_is_refused_at_start(
     journal: SqliteJournal, kind: str
 ) -> None:
     recorder = Recorder()
-    handler: Handler[Any] = (
+    handler: Handler[Any, Any] = (
         ExactlyOnce(apply_to_model) if kind == "exactly-once" else AtLeastOnce(recorder.handle)
     )
     p = projection(handler, source=QUIET)
@@ -255,7 +255,7 @@ async def test_a_running_instance_stops_at_its_next_save_after_a_reset_and_keeps
     journal: SqliteJournal, kind: str
 ) -> None:
     recorder = Recorder()
-    handler: Handler[Any] = (
+    handler: Handler[Any, Any] = (
         ExactlyOnce(apply_to_model)
         if kind == "exactly-once"
         else AtLeastOnce(recorder.handle, save_every=1)

@@ -1,6 +1,6 @@
 """The runner's admission over a real journal: the core's decision (`envelope_admission`)
 with the runner's I/O; placeholders flow through it, and a gap after them is replayed from
-the journal, placeholders included."""
+the source, placeholders included."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
 from fluvial.projection._handlers import ExactlyOnce
 from fluvial.projection._instance import Instance
 from fluvial.projection._runner import Projection
+from fluvial.projection._source import LocalJournalSource
 from projection.projection_helpers import (
     ENTITY_TYPE,
     NAME,
@@ -35,8 +36,9 @@ async def test_placeholders_pass_the_runner_and_a_gap_after_them_replays_them(
     journal: SqliteJournal,
 ) -> None:
     one, two, three, four, five = await Appender(journal).append("a", 1, 2, 3, 4, 5)
-    projection = Projection[Added](NAME, ENTITY_TYPE, ExactlyOnce(apply_to_model))
-    instance = Instance(journal, REGISTRY, SqliteOffsetStore(journal.database), projection, ALL)
+    projection = Projection(NAME, ENTITY_TYPE, ExactlyOnce(apply_to_model))
+    source = LocalJournalSource(journal, ENTITY_TYPE, ALL, projection.source)
+    instance = Instance(source, REGISTRY, SqliteOffsetStore(journal.database), projection, ALL)
     instance.tracker = OffsetTracker(ALL, complete=True)
     query = EnvelopeSource.QUERY
     handed = await instance.admit([one, placeholder(two), placeholder(three)], query)

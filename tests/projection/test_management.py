@@ -300,9 +300,10 @@ async def test_a_file_of_schema_v5_knows_its_projections_after_the_migration(
     with contextlib.closing(sqlite3.connect(path)) as conn:  # as schema v5 left it
         conn.execute("DROP TABLE projection")
         conn.execute("DROP TABLE projection_lease")
-        # Nor had v5 what the replication-metadata migration (after v6) adds.
+        # Nor had v5 what the replication-metadata migration (after v6) adds, nor placeholders.
         for undo in UNDO_REPLICATION_METADATA:
             conn.execute(undo)
+        conn.execute("ALTER TABLE projection_entity DROP COLUMN placeholders")
         conn.execute("PRAGMA user_version = 5")
         conn.commit()
     async with open_sqlite_journal(path) as journal:

@@ -65,7 +65,9 @@ def registry() -> SerializerRegistry:
     return serializers
 
 
-def crash_projection(noted: TextIO, lease_duration: float = LEASE_DURATION) -> Projection[Added]:
+def crash_projection(
+    noted: TextIO, lease_duration: float = LEASE_DURATION
+) -> Projection[Added, sqlite3.Connection]:
     """The projection of the child processes: it notes every envelope in `noted`."""
 
     def handle(conn: sqlite3.Connection, envelope: EventEnvelope[Added]) -> None:
@@ -82,7 +84,7 @@ def crash_projection(noted: TextIO, lease_duration: float = LEASE_DURATION) -> P
             (envelope.persistence_id, envelope.seq_nr),
         )
 
-    return Projection[Added](
+    return Projection(
         name=NAME,
         entity_type=ENTITY_TYPE,
         handler=ExactlyOnce(handle),

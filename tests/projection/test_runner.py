@@ -9,6 +9,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -485,7 +486,7 @@ async def test_retry_and_skip_skips_only_the_failing_envelope_with_a_warning(
         apply_to_model(conn, envelope)
 
     recorder = Recorder(fail_when=lambda e, attempt: poisoned(e))
-    handler: Handler[Added] = (
+    handler: Handler[Added, sqlite3.Connection] = (
         ExactlyOnce(handle_exactly_once)
         if kind == "exactly-once"
         else AtLeastOnce(recorder.handle, save_every=1)
@@ -550,7 +551,7 @@ async def test_a_corrupt_payload_is_never_skipped_under_fail(
     journal: SqliteJournal, virtual_clock: trio.testing.MockClock, kind: str
 ) -> None:
     recorder = Recorder()
-    handler: Handler[Added] = (
+    handler: Handler[Added, sqlite3.Connection] = (
         ExactlyOnce(apply_to_model)
         if kind == "exactly-once"
         else AtLeastOnce(recorder.handle, save_every=1)
@@ -619,7 +620,7 @@ async def test_rescaling_from_1_to_4_to_2_instances_loses_and_doubles_nothing(
     await assert_model_is_the_fold(journal)
 
 
-async def run_until_handled(journal: SqliteJournal, p: Projection[Added], size: int) -> None:
+async def run_until_handled(journal: SqliteJournal, p: Projection[Added, Any], size: int) -> None:
     async with trio.open_nursery() as nursery:
         await start(nursery, journal, p)
         await wait_for_model(journal, size)

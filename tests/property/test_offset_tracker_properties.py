@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -39,7 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fluvial.core.envelope_admission import HANDLE, LookUp, Replay, admit, admit_replayed
+from fluvial.core.envelope_admission import HANDLE, Load, LookUp, Replay, admit, admit_replayed
 from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import EnvelopeSource, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
@@ -152,7 +153,12 @@ class ProjectionMachine(RuleBasedStateMachine):
             self.coverage.saw("lookup found" if stored else "lookup missed")
             tracker.learn(record.persistence_id, stored)
             admission = admit(tracker, record, source)
+        if isinstance(admission, Load):
+            self.coverage.saw("loaded")
+            record = self.journal[record.persistence_id][record.seq_nr - 1]
+            admission = admit(tracker, record, source, loaded=True)
         if admission is HANDLE:
+            assert record.payload is not None, "only a loaded record is handed over"
             return [record]
         if isinstance(admission, Replay):
             self.coverage.saw("replay")
@@ -238,7 +244,9 @@ class ProjectionMachine(RuleBasedStateMachine):
         ]
         if behind:
             records = data.draw(st.lists(st.sampled_from(behind), min_size=1, max_size=3))
-            self.deliver(instance, records, EnvelopeSource.BACKTRACKING)
+            # As the source reads them: without payloads, loaded once accepted.
+            unloaded = [msgspec.structs.replace(r, payload=None) for r in records]
+            self.deliver(instance, unloaded, EnvelopeSource.BACKTRACKING)
 
     @rule(count=st.sampled_from(sorted(SPLITS)))
     def crash_and_restart(self, count: int) -> None:

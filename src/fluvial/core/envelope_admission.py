@@ -10,7 +10,17 @@ left for the shell is the I/O, named by the answer:
   fill its gap);
 - `LookUp`: the entity left memory: load its stored seq nr, `tracker.learn` it, admit again;
 - `Replay`: a gap: read the entity's events `from_seq_nr..to_seq_nr` and admit each with
-  `EnvelopeSource.REPLAY` (`admit_replayed` does that loop), handling those answered `HANDLE`.
+  `EnvelopeSource.REPLAY` (`admit_replayed` does that loop), handling those answered `HANDLE`;
+- `Load`: accepted, but it came without its payload: load the event (`Source.load_event`) and
+  admit the loaded record with `loaded=True`, then do what that answers (`HANDLE` it, or
+  `DROP` it as a placeholder).
+
+Which records are placeholders (events without payload that keep seq nrs gapless, never
+handed over): the backtracking query reads without payloads, since most of what it finds is
+duplicates, so a record without payload from `EnvelopeSource.BACKTRACKING` is not loaded yet
+(its payload is fetched only once it is accepted), and a placeholder only if its loaded form
+still has none. From every other path (query, live, replay), and once loaded, a record whose
+`payload is None` is a placeholder.
 
 The runner (`fluvial.projection._instance`) and the property machines of the tracker
 (tests/property/test_offset_tracker_properties.py) both call this module, so what the
@@ -38,6 +48,7 @@ from fluvial.core.records import EventRecord
 
 QUERY = EnvelopeSource.QUERY
 REPLAY = EnvelopeSource.REPLAY
+BACKTRACKING = EnvelopeSource.BACKTRACKING
 
 
 class Outcome(enum.Enum):
@@ -70,15 +81,28 @@ class Replay:
     to_seq_nr: int
 
 
-Admission = Outcome | LookUp | Replay
+@attrs.frozen
+class Load:
+    """Accepted, but delivered without its payload (by the backtracking query): load the
+    event with its payload and admit the loaded record again with `loaded=True`. Nothing was
+    changed."""
+
+    persistence_id: str
+    seq_nr: int
 
 
-def admit(tracker: OffsetTracker, record: EventRecord, source: EnvelopeSource) -> Admission:
+Admission = Outcome | LookUp | Replay | Load
+
+
+def admit(
+    tracker: OffsetTracker, record: EventRecord, source: EnvelopeSource, *, loaded: bool = False
+) -> Admission:
     """Decide what to do with `record`, delivered by `source`, and record it in `tracker`.
 
-    A record without payload is a placeholder (`EventRecord.payload`): never handed over; from
-    a stream its seq nr counts as seen but not handled (`OffsetTracker.saw_placeholder`), so a
-    later replay of it is handled; from a replay it is settled.
+    A record without payload is a placeholder (see the module docstring for the one exception:
+    a backtracking record not `loaded` yet, answered `Load` if accepted): never handed over;
+    from a stream its seq nr counts as seen but not handled (`OffsetTracker.saw_placeholder`),
+    so a later replay of it is handled; from a replay it is settled.
 
     Promises: an answer `HANDLE` counts the record as handled; only `EnvelopeSource.QUERY`
     moves the record's slice offset (live, backtracking and replayed records arrive out of
@@ -95,6 +119,8 @@ def admit(tracker: OffsetTracker, record: EventRecord, source: EnvelopeSource) -
         if record.payload is not None:
             tracker.accept(record)
             return HANDLE
+        if source is BACKTRACKING and not loaded:  # not a query: its offset has not moved
+            return Load(record.persistence_id, record.seq_nr)
         if source is REPLAY:  # dropped by the producer even in a replay: settled
             tracker.accept(record)
         else:

@@ -23,12 +23,12 @@ out in `fluvial.core.seen_entities`; this module re-exports them.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from fluvial.core.envelope_source import EnvelopeSource as EnvelopeSource
 from fluvial.core.ids import SliceRange
 from fluvial.core.offset_verdicts import ACCEPTED as ACCEPTED
 from fluvial.core.offset_verdicts import DUPLICATE as DUPLICATE
@@ -45,15 +45,6 @@ from fluvial.core.placeholders import filled, seen_as_placeholder, validate_afte
 from fluvial.core.records import EventRecord
 from fluvial.core.seen_entities import OffsetChanges as OffsetChanges
 from fluvial.core.seen_entities import SeenEntity as SeenEntity
-
-
-class EnvelopeSource(enum.Enum):
-    """Which of the source's paths delivered an envelope (the verdicts depend on it)."""
-
-    QUERY = "query"  # the timestamp-ordered events-by-slices query
-    BACKTRACKING = "backtracking"  # a second query behind the first, for late commits
-    LIVE = "live"  # published in-process right after commit
-    REPLAY = "replay"  # read by persistence id to fill a gap
 
 
 @attrs.frozen

@@ -13,14 +13,20 @@ garbage collector (`gc=False`), which otherwise walks every record in flight.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgspec
 
+from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import UsageError
+from fluvial.core.ids import slice_for
 from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
 
+if TYPE_CHECKING:
+    from fluvial.core.offsets import TimestampOffset
+
+E = TypeVar("E")
 E_co = TypeVar("E_co", covariant=True)
 
 # The highest seq nr a journal stores: SQLite's INTEGER (and PostgreSQL's BIGINT) is signed 64-bit.
@@ -78,7 +84,12 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
 
     `persistence_id` is `"{entity_type}|{entity_id}"` (see `PersistenceId`); `entity_id` gives
     the entity's own id without parsing. `timestamp` is the journal's commit time in
-    microseconds since the epoch; `slice` is `slice_for(persistence_id)`.
+    microseconds since the epoch (its `db_timestamp`); `slice` is `slice_for(persistence_id)`.
+    `source` is the path of the projection's source that delivered it (`REPLAY` for the events
+    replayed to fill a gap); `offset` its position in the events-by-slices order. As in its
+    `EventRecord`, `write_timestamp` is when it was first written at its origin and
+    `replication` is set for the events of a replicated entity. Build one from a record with
+    `EventEnvelope.of`.
     """
 
     persistence_id: str
@@ -88,6 +99,25 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
     timestamp: int
     event: E_co
     tags: frozenset[str] = frozenset()
+    source: EnvelopeSource = EnvelopeSource.QUERY
+    write_timestamp: int = 0
+    replication: ReplicationMetadata | None = None
+
+    @classmethod
+    def of(cls, record: EventRecord, event: E, source: EnvelopeSource) -> EventEnvelope[E]:
+        """The envelope of `record`, whose payload decodes to `event`, delivered by `source`."""
+        return EventEnvelope(
+            record.persistence_id,
+            record.seq_nr,
+            record.entity_type,
+            record.slice,
+            record.timestamp,
+            event,
+            record.tags,
+            source,
+            record.write_timestamp,
+            record.replication,
+        )
 
     @property
     def entity_id(self) -> str:
@@ -95,6 +125,14 @@ class EventEnvelope(msgspec.Struct, Generic[E_co], frozen=True):
         `PersistenceId.parse(persistence_id).entity_id` gives it (computed on each access,
         without building a `PersistenceId`)."""
         return self.persistence_id.partition("|")[2]
+
+    @property
+    def offset(self) -> TimestampOffset:
+        """The offset just after this event: its timestamp, with its seq nr seen (built on
+        each access)."""
+        from fluvial.core.offsets import TimestampOffset  # offsets imports this module
+
+        return TimestampOffset(self.timestamp, {self.persistence_id: self.seq_nr})
 
 
 class InvalidAppend(UsageError):
@@ -131,9 +169,23 @@ def check_append_batch(events: Sequence[EventRecord]) -> None:
 
 
 def check_from_elsewhere(events: Sequence[EventRecord]) -> None:
-    """Raise InvalidAppend unless each of `events` has a seq nr within 1..MAX_SEQ_NR and a
-    write timestamp: what `write_from_elsewhere` needs of events another journal wrote."""
+    """Raise InvalidAppend unless each of `events` has a seq nr within 1..MAX_SEQ_NR, a write
+    timestamp, and the entity type and slice of its persistence id: what `write_from_elsewhere`
+    needs of events another journal wrote (they come from the network, so nothing of them is
+    taken on trust: a wrong slice would hide the event from every slice query that should
+    find it)."""
     for event in events:
+        entity_type = event.persistence_id.partition("|")[0]
+        if event.entity_type != entity_type:
+            raise InvalidAppend(
+                f"{event.persistence_id} seq nr {event.seq_nr} has entity type "
+                f"{event.entity_type!r}, not its persistence id's {entity_type!r}"
+            )
+        if event.slice != slice_for(event.persistence_id):
+            raise InvalidAppend(
+                f"{event.persistence_id} seq nr {event.seq_nr} has slice {event.slice}, not "
+                f"its persistence id's {slice_for(event.persistence_id)}"
+            )
         if not 1 <= event.seq_nr <= MAX_SEQ_NR:
             raise InvalidAppend(
                 f"seq nrs are within 1..{MAX_SEQ_NR}: {event.persistence_id} seq nr {event.seq_nr}"

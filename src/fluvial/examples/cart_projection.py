@@ -57,7 +57,9 @@ def clear_tables(conn: sqlite3.Connection) -> None:
 
 
 # The read model's tables are created by the handler's migrations when the projection starts.
-CartTotals = Projection[CartEvent](
+# Its exactly-once handler writes through the SQLite store's transaction, a sqlite3.Connection:
+# mypy refuses to run it on a store of another kind.
+CartTotals = Projection[CartEvent, sqlite3.Connection](
     name="cart-totals",
     entity_type=ENTITY_TYPE,
     handler=ExactlyOnce(handle_cart_event, migrations=[create_tables]),

@@ -180,7 +180,7 @@ async def run_demo(path: Path, carts: int, seed: int = 7) -> None:
 
     async with open_sqlite_journal(path) as journal:
         await journal.database.write(_prepare_journal)
-        store = SqliteOffsetStore(journal.database)
+        store = journal.offset_store()
         async with open_entities(journal, registry, [ShoppingCart], snapshots=journal) as ents:
             say("\n1. One cart, typed commands and replies")
             cart = ents.ref(ShoppingCart, "alice")

@@ -23,6 +23,7 @@ from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import MAX_SEQ_NR as MAX_SEQ_NR
 from fluvial.core.records import MAX_TIMESTAMP as MAX_TIMESTAMP
 from fluvial.core.records import EventRecord, SnapshotRecord
+from fluvial.journal._live import LivePublisher
 
 
 class JournalError(FluvialError):
@@ -158,6 +159,17 @@ class AppendSoon(Protocol):
         For callers that must not pay a task switch per append: the entity runtime answers
         its commands from `on_done`.
         """
+        ...
+
+
+@runtime_checkable
+class HasLivePath(Protocol):
+    """A journal that publishes what it commits to in-process subscribers (SQLite and memory
+    do): a projection over it gets new events with no database read."""
+
+    @property
+    def live(self) -> LivePublisher:
+        """Where the journal publishes every batch it commits, right after the commit."""
         ...
 
 

@@ -15,7 +15,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, Savepoint
+from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.offset_tracker import OffsetChanges, Savepoint
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.projection._handlers import AtLeastOnce, GroupedAtLeastOnce
 from fluvial.projection._instance import (
@@ -38,7 +39,7 @@ SAVE_ON_STOP_TIMEOUT = 5.0
 class _Saver:
     """Saves an instance's offsets, now and on a clean stop."""
 
-    def __init__(self, instance: Instance[Any], *, grouped: bool) -> None:
+    def __init__(self, instance: Instance[Any, Any], *, grouped: bool) -> None:
         self.instance = instance
         # Grouped, everything admitted since the last save waits in a plan: unhandled.
         self.grouped = grouped
@@ -90,14 +91,14 @@ class _Saver:
 
 
 async def consume_at_least_once(
-    instance: Instance[E], receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
+    instance: Instance[E, Any], receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
 ) -> None:
     """Hand what `receive` brings to `handler`, an envelope at a time, until cancelled."""
     await _consume(receive, _OneAtATime(instance, handler))
 
 
 async def consume_grouped_at_least_once(
-    instance: Instance[E],
+    instance: Instance[E, Any],
     receive: trio.MemoryReceiveChannel[Batch],
     handler: GroupedAtLeastOnce[E],
 ) -> None:
@@ -144,7 +145,7 @@ async def _consume(receive: trio.MemoryReceiveChannel[Batch], batching: _Batchin
 class _OneAtATime(Generic[E]):
     """An envelope at a time; a save every `save_every` envelopes or `save_after` seconds."""
 
-    def __init__(self, instance: Instance[E], handler: AtLeastOnce[E]) -> None:
+    def __init__(self, instance: Instance[E, Any], handler: AtLeastOnce[E]) -> None:
         self.instance = instance
         self.handler = handler
         self.saver = _Saver(instance, grouped=False)
@@ -172,7 +173,7 @@ class _InGroups(Generic[E]):
     save after each plan of groups. On a stop, only what a finished plan saved is handled:
     the groups of an unfinished plan come again."""
 
-    def __init__(self, instance: Instance[E], handler: GroupedAtLeastOnce[E]) -> None:
+    def __init__(self, instance: Instance[E, Any], handler: GroupedAtLeastOnce[E]) -> None:
         self.instance = instance
         self.handler = handler
         self.saver = _Saver(instance, grouped=True)
@@ -194,7 +195,7 @@ class _InGroups(Generic[E]):
 
 
 async def _call_with_recovery(
-    instance: Instance[E],
+    instance: Instance[E, Any],
     function: Callable[[Any], Awaitable[None]],
     argument: object,
     envelopes: Sequence[EventEnvelope[E]],

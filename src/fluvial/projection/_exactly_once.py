@@ -1,7 +1,8 @@
 """Exactly-once consumption: the handler's writes and the offsets in one transaction.
 
-Ungrouped, one transaction per source batch; grouped, per group of up to `max_size` envelopes
-or `max_wait` seconds after the first. The offset store compares the stored offsets with the
+The transaction is the offset store's (`OffsetStore.commit`), of its type `T`. Ungrouped,
+one transaction per source batch; grouped, per group of up to `max_size` envelopes or
+`max_wait` seconds after the first. The offset store compares the stored offsets with the
 ones this instance read before it runs the handler, so a second instance cannot apply an event
 twice (it gets ProjectionConflict instead). A failing transaction is retried, skipped or fails
 the instance as the recovery strategy says; the handler runs once per attempt.
@@ -10,12 +11,12 @@ the instance as the recovery strategy says; the handler runs once per attempt.
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
 from fluvial.core.records import EventEnvelope
-from fluvial.projection._handlers import Connection, ExactlyOnce, GroupedExactlyOnce
+from fluvial.projection._handlers import ExactlyOnce, GroupedExactlyOnce
 from fluvial.projection._instance import (
     Arrival,
     HandlerFailed,
@@ -27,12 +28,13 @@ from fluvial.projection._instance import (
 from fluvial.projection.api import Batch
 
 E = TypeVar("E")
+T = TypeVar("T")
 
 
 async def consume_exactly_once(
-    instance: Instance[E],
+    instance: Instance[E, T],
     receive: trio.MemoryReceiveChannel[Batch],
-    handler: ExactlyOnce[E] | GroupedExactlyOnce[E],
+    handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
 ) -> None:
     """Hand what `receive` brings to `handler`, a transaction at a time, until cancelled."""
     max_size, max_wait = (
@@ -57,26 +59,28 @@ async def consume_exactly_once(
         arrivals, plan, due = [], [], math.inf
 
 
-class _Writes:
+class _Writes(Generic[E, T]):
     """The handler's writes of one transaction; remembers the handler's error and the
     envelope it failed on (the first of a group), which name the failure."""
 
     def __init__(
-        self, handler: ExactlyOnce[E] | GroupedExactlyOnce[E], envelopes: list[EventEnvelope[E]]
+        self,
+        handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
+        envelopes: list[EventEnvelope[E]],
     ) -> None:
         self.handler = handler
         self.envelopes = envelopes
         self.current: EventEnvelope[E] | None = None
         self.error: Exception | None = None
 
-    def __call__(self, conn: Connection) -> None:
+    def __call__(self, txn: T) -> None:
         handler, envelopes = self.handler, self.envelopes
         if isinstance(handler, GroupedExactlyOnce):
             # A source batch can hold more than max_size: several groups, one transaction.
             for start in range(0, len(envelopes), handler.max_size):
                 group = envelopes[start : start + handler.max_size]
                 try:
-                    handler.handle(conn, group)
+                    handler.handle(txn, group)
                 except Exception as exc:
                     self.current, self.error = group[0], exc
                     raise
@@ -85,15 +89,15 @@ class _Writes:
         envelope = None
         try:
             for envelope in envelopes:  # after a failure, the envelope it failed on
-                handle(conn, envelope)
+                handle(txn, envelope)
         except Exception as exc:
             self.current, self.error = envelope, exc
             raise
 
 
 async def _commit(
-    instance: Instance[E],
-    handler: ExactlyOnce[E] | GroupedExactlyOnce[E],
+    instance: Instance[E, T],
+    handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
     arrivals: list[Arrival],
     plan: list[EventEnvelope[E]],
 ) -> None:

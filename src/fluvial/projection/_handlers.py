@@ -1,12 +1,17 @@
 """How a projection hands envelopes to user code, and what happens when that code fails.
 
-Four kinds, typed over the event type:
-- `ExactlyOnce`: a synchronous function that writes through the SQLite connection it is given;
-  its writes and the offsets commit in one transaction, so each event is applied exactly once.
-  It runs in the writer thread, once per attempt (a retry after it raised runs it again; and
-  the writer runs a whole group commit again, after rolling it back, when another writer's
-  write in it failed), so it must do nothing but write through that connection. `migrations`
-  create and migrate the tables it writes (see `SqliteOffsetStore.migrate_read_model`).
+Four kinds, typed over the event type `E`; the exactly-once ones also over `T`, the type of
+the offset store's transaction that they write through (`sqlite3.Connection` for the SQLite
+store). `T` is contravariant and defaults to `object`: a handler of `T = object` (or an
+at-least-once projection, which writes through none) runs on any store, and `serve_projection`
+refuses, for mypy, a projection whose `T` is not its store's.
+- `ExactlyOnce`: a synchronous function that writes through the store's transaction it is
+  given; its writes and the offsets commit in one transaction, so each event is applied
+  exactly once. It runs once per attempt (a retry after it raised runs it again; and the
+  SQLite writer, in its thread, runs a whole group commit again, after rolling it back, when
+  another writer's write in it failed), so it must do nothing but write through that
+  transaction. `migrations` create and migrate the tables it writes (see
+  `OffsetStore.migrate_read_model`).
 - `GroupedExactlyOnce`: the same for a group of envelopes at once.
 - `AtLeastOnce`: an async function per envelope; offsets are saved every `save_every` envelopes
   or `save_after` seconds, so after a crash the envelopes since the last save come again.
@@ -15,24 +20,23 @@ Four kinds, typed over the event type:
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 import attrs
+from typing_extensions import TypeVar as TypeVarWithDefault
 
 from fluvial.core.errors import UsageError
 from fluvial.core.records import EventEnvelope
 
 E = TypeVar("E")
+# The offset store's transaction that exactly-once handlers and their migrations write through.
+T = TypeVarWithDefault("T", contravariant=True, default=object)
 
-# The connection an exactly-once handler and its migrations write through: the SQLite
-# writer's, inside the transaction that also stores the offsets.
-Connection = sqlite3.Connection
-Migration = Callable[[Connection], None]
+Migration: TypeAlias = Callable[[T], None]
 
 
-def _migrations(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
+def _migrations(migrations: Iterable[Migration[T]]) -> tuple[Migration[T], ...]:
     return tuple(migrations)
 
 
@@ -41,25 +45,26 @@ _positive_float = attrs.validators.gt(0.0)
 
 
 @attrs.frozen
-class ExactlyOnce(Generic[E]):
-    """`handle(conn, envelope)` writes the read model for one envelope, in the transaction
-    that stores the offsets. `migrations` create and migrate its tables: the instance runs
-    those the file has not run yet (in order, once per file) before it starts; a sqlite3
-    error of one comes out of `serve_projection` as ReadModelMigrationFailed."""
+class ExactlyOnce(Generic[E, T]):
+    """`handle(txn, envelope)` writes the read model for one envelope through `txn`, the
+    transaction that stores the offsets (a `sqlite3.Connection` on the SQLite store).
+    `migrations` create and migrate its tables: the instance runs those the store has not run
+    yet (in order, once per store) before it starts; on SQLite a sqlite3 error of one comes
+    out of `serve_projection` as ReadModelMigrationFailed."""
 
-    handle: Callable[[Connection, EventEnvelope[E]], None]
-    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=_migrations)
+    handle: Callable[[T, EventEnvelope[E]], None]
+    migrations: tuple[Migration[T], ...] = attrs.field(default=(), converter=_migrations)
 
 
 @attrs.frozen
-class GroupedExactlyOnce(Generic[E]):
-    """`handle(conn, envelopes)` for up to `max_size` envelopes, collected for at most
+class GroupedExactlyOnce(Generic[E, T]):
+    """`handle(txn, envelopes)` for up to `max_size` envelopes, collected for at most
     `max_wait` seconds after the first; otherwise as `ExactlyOnce`."""
 
-    handle: Callable[[Connection, Sequence[EventEnvelope[E]]], None]
+    handle: Callable[[T, Sequence[EventEnvelope[E]]], None]
     max_size: int = attrs.field(default=500, validator=_positive_int)
     max_wait: float = attrs.field(default=0.5, validator=_positive_float)
-    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=_migrations)
+    migrations: tuple[Migration[T], ...] = attrs.field(default=(), converter=_migrations)
 
 
 @attrs.frozen
@@ -83,7 +88,9 @@ class GroupedAtLeastOnce(Generic[E]):
     max_wait: float = attrs.field(default=0.5, validator=_positive_float)
 
 
-Handler = ExactlyOnce[E] | GroupedExactlyOnce[E] | AtLeastOnce[E] | GroupedAtLeastOnce[E]
+Handler: TypeAlias = (
+    ExactlyOnce[E, T] | GroupedExactlyOnce[E, T] | AtLeastOnce[E] | GroupedAtLeastOnce[E]
+)
 
 
 @attrs.frozen

@@ -2,9 +2,10 @@
 
 `Instance.run` loads the offsets, starts the source and hands its batches to the handler
 kind's consumer (`_exactly_once.py`, `_at_least_once.py`). Admission is
-`fluvial.core.envelope_admission`'s decision for each record, and this module's I/O for it:
-look up an entity that left memory, replay a gap from the journal, decode what is accepted →
-the envelopes to hand to the handler.
+`fluvial.core.envelope_admission`'s decision for each record, and this module's I/O for it,
+all through the `Source` and `OffsetStore` protocols: look up an entity that left memory,
+replay a gap from the source, load the payload of an accepted record that came without one,
+decode what is accepted → the envelopes to hand to the handler.
 """
 
 from __future__ import annotations
@@ -18,29 +19,30 @@ import trio
 from fluvial.core.envelope_admission import (
     DROP,
     HANDLE,
+    REPLAY,
     Admission,
+    Load,
     LookUp,
     Replay,
     admit,
     admit_replayed,
 )
+from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import DataError, FluvialError
 from fluvial.core.ids import SliceRange
-from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, OffsetTracker
+from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.projection._source import LocalJournalSource
 from fluvial.projection._supervision import open_supervisor
-from fluvial.projection.api import Batch
+from fluvial.projection.api import Batch, OffsetStore, Source
 
 if TYPE_CHECKING:
-    from fluvial.journal.sqlite._journal import SqliteJournal
-    from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
     from fluvial.projection._runner import Projection
 
 log = logging.getLogger("fluvial.projection")
 
 E = TypeVar("E")
+T = TypeVar("T")
 Arrival = tuple[EventRecord, EnvelopeSource]
 
 
@@ -54,18 +56,19 @@ class HandlerFailed(FluvialError):
         self.seq_nr = seq_nr
 
 
-class Instance(Generic[E]):
-    """A projection instance over one slice range; `run` is one attempt, from the store."""
+class Instance(Generic[E, T]):
+    """A projection instance over one slice range, reading `source` and keeping its offsets
+    in `store`, whose transaction is a `T`; `run` is one attempt, from the store."""
 
     def __init__(
         self,
-        journal: SqliteJournal,
+        source: Source,
         serializers: SerializerRegistry,
-        store: SqliteOffsetStore,
-        projection: Projection[E],
+        store: OffsetStore[T],
+        projection: Projection[E, T],
         slices: SliceRange,
     ) -> None:
-        self.journal = journal
+        self.source = source
         self.serializers = serializers
         self.store = store
         self.projection = projection
@@ -77,18 +80,15 @@ class Instance(Generic[E]):
     async def run(
         self,
         ready: Callable[[], None],
-        consume: Callable[[Instance[E], trio.MemoryReceiveChannel[Batch]], Any],
+        consume: Callable[[Instance[E, T], trio.MemoryReceiveChannel[Batch]], Any],
     ) -> None:
         """Load the offsets, start the source, call `ready`, and `consume` its batches until
         cancelled; the first error of the source or the consumer is raised as itself."""
         self.made_progress = False
         await self.reload()
-        source = LocalJournalSource(
-            self.journal, self.projection.entity_type, self.slices, self.projection.source
-        )
         send, receive = trio.open_memory_channel[Batch](4)
         async with open_supervisor() as supervisor:
-            await supervisor.start(source.run, self.tracker.resume_offset(), send)
+            await supervisor.start(self.source.run, self.tracker.resume_offset(), send)
             ready()
             await supervisor.run(consume, self, receive)
 
@@ -122,7 +122,7 @@ class Instance(Generic[E]):
         for record in records:
             admission = admit(tracker, record, source)
             if admission is HANDLE:
-                accepted.extend(self._decode(record))
+                accepted.extend(self._decode(record, source))
             elif admission is not DROP:
                 accepted.extend(await self._admit_with_io(record, source, admission))
         return accepted
@@ -131,24 +131,34 @@ class Instance(Generic[E]):
         self, record: EventRecord, source: EnvelopeSource, admission: Admission
     ) -> list[EventEnvelope[E]]:
         """Do the I/O `admission` asks for: look the entity up (and admit again), replay a
-        gap; the envelopes to hand to the handler."""
+        gap, load the payload; the envelopes to hand to the handler."""
         if isinstance(admission, LookUp):
             stored = await self.store.load_entity(self.name, record.persistence_id)
             self.tracker.learn(record.persistence_id, stored)
             admission = admit(self.tracker, record, source)
+        if isinstance(admission, Load):
+            loaded = await self.source.load_event(admission.persistence_id, admission.seq_nr)
+            if loaded is not None:
+                record = loaded
+            else:  # as the backtracking query found it: a placeholder
+                log.warning(
+                    "projection %r: %s seq nr %d is gone from the source; counted as a placeholder",
+                    self.name,
+                    admission.persistence_id,
+                    admission.seq_nr,
+                )
+            admission = admit(self.tracker, record, source, loaded=True)
         if isinstance(admission, Replay):
             return await self._replay(record, admission)
-        return self._decode(record) if admission is HANDLE else []
+        return self._decode(record, source) if admission is HANDLE else []
 
     async def _replay(self, record: EventRecord, gap: Replay) -> list[EventEnvelope[E]]:
-        """Fill the gap before `record` from the journal, `record` included."""
+        """Fill the gap before `record` from the source, `record` included."""
         first, last = gap.from_seq_nr, gap.to_seq_nr
-        missing = await self.journal.read_events(
-            record.persistence_id, first, last, last - first + 1
-        )
+        missing = await self.source.replay(record.persistence_id, first, last)
         replayed: list[EventEnvelope[E]] = []
         for event in admit_replayed(self.tracker, missing):
-            replayed.extend(self._decode(event))
+            replayed.extend(self._decode(event, REPLAY))
         if not missing or missing[-1].seq_nr != record.seq_nr:
             log.warning(
                 "projection %r: could not replay %s seq nrs %d..%d; the next event of that entity "
@@ -160,7 +170,7 @@ class Instance(Generic[E]):
             )
         return replayed
 
-    def _decode(self, record: EventRecord) -> list[EventEnvelope[E]]:
+    def _decode(self, record: EventRecord, source: EnvelopeSource) -> list[EventEnvelope[E]]:
         """The envelope of `record`, or none if it cannot be decoded and the recovery
         strategy skips (else the instance fails: nothing is skipped silently)."""
         assert record.payload is not None, "admit hands over no placeholder"
@@ -173,17 +183,7 @@ class Instance(Generic[E]):
                 raise HandlerFailed(record.persistence_id, record.seq_nr) from exc
             log.warning("projection %r: skipping undecodable event: %s", self.name, exc)
             return []
-        return [
-            EventEnvelope(
-                persistence_id=record.persistence_id,
-                seq_nr=record.seq_nr,
-                entity_type=record.entity_type,
-                slice=record.slice,
-                timestamp=record.timestamp,
-                event=event,
-                tags=record.tags,
-            )
-        ]
+        return [EventEnvelope.of(record, event, source)]
 
 
 async def receive_until(receive: trio.MemoryReceiveChannel[Batch], deadline: float) -> Batch | None:

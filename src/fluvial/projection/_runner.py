@@ -1,4 +1,9 @@
-"""`serve_projection`: one projection instance over one slice range of the local journal.
+"""`serve_projection`: one projection instance over one slice range of a source.
+
+The source is a journal (any backend, read by `LocalJournalSource`) or a `SourceProvider`;
+the offsets live in an `OffsetStore` (by default the journal's own, `HasOffsetStore`). The
+runner, its `Instance`, the lease keeper and the consumers see only those protocols
+(`fluvial.projection.api`).
 
 The loop reads like the protocol: take the lease of the slice range → receive a batch from
 the source → ask the offset tracker about each envelope → hand the accepted ones to the
@@ -15,16 +20,18 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import attrs
 import trio
+from typing_extensions import TypeVar as TypeVarWithDefault
 
+from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange
+from fluvial.core.leases import Lease
 from fluvial.core.projection_errors import ProjectionConflict, ProjectionFailed
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.journal.sqlite._journal import SqliteJournal
-from fluvial.journal.sqlite._offset_store import Lease, SqliteOffsetStore
+from fluvial.journal.api import Journal
 from fluvial.projection._at_least_once import consume_at_least_once, consume_grouped_at_least_once
 from fluvial.projection._exactly_once import consume_exactly_once
 from fluvial.projection._handlers import (
@@ -37,23 +44,38 @@ from fluvial.projection._handlers import (
     RecoveryStrategy,
 )
 from fluvial.projection._instance import HandlerFailed, Instance
+from fluvial.projection._source import LocalJournalSources
 from fluvial.projection._source_settings import SourceSettings
 from fluvial.projection._supervision import open_supervisor
-from fluvial.projection.api import Batch
+from fluvial.projection.api import (
+    Batch,
+    HasOffsetStore,
+    JournalWithOffsetStore,
+    OffsetStore,
+    SourceProvider,
+)
 
 __all__ = ["Projection", "ProjectionConflict", "ProjectionFailed", "serve_projection"]
 
 log = logging.getLogger("fluvial.projection")
 
 E = TypeVar("E")
+T = TypeVar("T")
+# The store's transaction type of a projection (see `_handlers`): `object` when it writes
+# through none, so that it runs on any store.
+T_contra = TypeVarWithDefault("T_contra", contravariant=True, default=object)
 
 # How long a stopping instance may spend giving its lease up.
 _RELEASE_TIMEOUT = 5.0
 
 
 @attrs.frozen
-class Projection(Generic[E]):
+class Projection(Generic[E, T_contra]):
     """A named consumer of one entity type's events, with its handler and failure policy.
+
+    `E` is its event type; `T_contra` the type of the offset store's transaction its
+    exactly-once handler writes through (inferred from the handler; `object`, any store, for
+    an at-least-once one).
 
     `window` is how many seconds of event time of per-entity seq nrs stay in memory.
     `lease_duration` is how many seconds the lease of a running instance's slice range lasts
@@ -63,7 +85,7 @@ class Projection(Generic[E]):
 
     name: str
     entity_type: str
-    handler: Handler[E]
+    handler: Handler[E, T_contra]
     recovery: RecoveryStrategy = attrs.field(factory=RecoveryStrategy.fail)
     backoff: Backoff = attrs.field(factory=Backoff)
     window: float = 300.0
@@ -71,23 +93,54 @@ class Projection(Generic[E]):
     lease_duration: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
 
 
-@trio.lowlevel.enable_ki_protection  # fluvial's task: Ctrl-C lands in the user's code
+@overload
 async def serve_projection(
-    journal: SqliteJournal,
+    source: JournalWithOffsetStore[T],
     serializers: SerializerRegistry,
-    projection: Projection[E],
+    projection: Projection[E, T],
     slices: SliceRange | None = None,
     *,
-    offsets: SqliteOffsetStore | None = None,
+    offsets: None = None,
+    task_status: trio.TaskStatus[None] = ...,
+) -> None: ...
+
+
+@overload
+async def serve_projection(
+    source: Journal | SourceProvider,
+    serializers: SerializerRegistry,
+    projection: Projection[E, T],
+    slices: SliceRange | None = None,
+    *,
+    offsets: OffsetStore[T],
+    task_status: trio.TaskStatus[None] = ...,
+) -> None: ...
+
+
+@trio.lowlevel.enable_ki_protection  # fluvial's task: Ctrl-C lands in the user's code
+async def serve_projection(
+    source: Journal | SourceProvider,
+    serializers: SerializerRegistry,
+    projection: Projection[E, Any],
+    slices: SliceRange | None = None,
+    *,
+    offsets: OffsetStore[Any] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run `projection` over `slices` (default: all) until cancelled.
 
+    `source` is where the events come from: a journal (any backend: SQLite, memory; read by
+    its events-by-slices query, its live path and backtracking) or a `SourceProvider` (a
+    gRPC consumer, a test's own source). `offsets` is the `OffsetStore` the instance keeps its
+    offsets and lease in; without it `source` must have one of its own (`HasOffsetStore`:
+    `SqliteJournal.offset_store()`, the journal file's, on the wall clock), else UsageError.
+    An exactly-once handler writes through that store's transaction: mypy refuses a
+    projection whose transaction type is not the store's.
+
     Start it with `await nursery.start(serve_projection, ...)`: it returns once the instance
     holds the lease of its slice range, has run the handler's read-model migrations, loaded
-    its offsets and subscribed to the live path, so events appended after that reach it by
-    the live path. `offsets` is the offset store (default: the journal file's, on the wall
-    clock).
+    its offsets and started its source (subscribed to the live path), so events appended
+    after that reach it by the live path.
 
     Raises ProjectionLeaseHeld (at start) if another instance runs the projection over an
     overlapping range; ProjectionConflict if another instance changed its offsets or took
@@ -96,7 +149,8 @@ async def serve_projection(
     restarts the instance with the backoff, logged with the projection, slices and cause.
     """
     slices = slices or SliceRange.all()
-    store = offsets if offsets is not None else SqliteOffsetStore(journal.database)
+    store = offsets if offsets is not None else _own_offset_store(source)
+    provider = source if isinstance(source, SourceProvider) else LocalJournalSources(source)
     owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
     lease = await store.acquire_lease(
         projection.name,
@@ -107,7 +161,8 @@ async def serve_projection(
     )
     keeper = _LeaseKeeper(store, lease, projection.lease_duration)
     try:
-        instance = Instance(journal, serializers, store, projection, slices)
+        events = provider.source(projection.entity_type, slices, projection.source)
+        instance = Instance(events, serializers, store, projection, slices)
         async with open_supervisor() as supervisor:
             # Renewing from the start: read-model migrations may outlast the lease.
             supervisor.start_soon(keeper.keep)
@@ -116,8 +171,19 @@ async def serve_projection(
         await keeper.release()
 
 
+def _own_offset_store(source: object) -> OffsetStore[Any]:
+    if not isinstance(source, HasOffsetStore):
+        raise UsageError(
+            f"serve_projection: {type(source).__name__} keeps no offsets of its own "
+            "(it has no offset_store()): pass the offset store to keep them in, "
+            "serve_projection(..., offsets=store)"
+        )
+    store: OffsetStore[Any] = source.offset_store()
+    return store
+
+
 async def _migrate_then_restart_forever(
-    instance: Instance[Any], task_status: trio.TaskStatus[None]
+    instance: Instance[Any, Any], task_status: trio.TaskStatus[None]
 ) -> None:
     handler = instance.projection.handler
     if isinstance(handler, ExactlyOnce | GroupedExactlyOnce) and handler.migrations:
@@ -125,7 +191,9 @@ async def _migrate_then_restart_forever(
     await _restart_forever(instance, task_status)
 
 
-async def _restart_forever(instance: Instance[Any], task_status: trio.TaskStatus[None]) -> None:
+async def _restart_forever(
+    instance: Instance[Any, Any], task_status: trio.TaskStatus[None]
+) -> None:
     projection, consume = instance.projection, _consumer(instance.projection.handler)
     started = False
 
@@ -172,8 +240,8 @@ async def _restart_forever(instance: Instance[Any], task_status: trio.TaskStatus
 
 
 def _consumer(
-    handler: Handler[E],
-) -> Callable[[Instance[E], trio.MemoryReceiveChannel[Batch]], Awaitable[None]]:
+    handler: Handler[E, T],
+) -> Callable[[Instance[E, T], trio.MemoryReceiveChannel[Batch]], Awaitable[None]]:
     match handler:
         case ExactlyOnce() | GroupedExactlyOnce():
             return lambda instance, receive: consume_exactly_once(instance, receive, handler)
@@ -188,7 +256,7 @@ def _consumer(
 class _LeaseKeeper:
     """Renews an instance's lease every third of its duration, and gives it up at the end."""
 
-    def __init__(self, store: SqliteOffsetStore, lease: Lease, duration: float) -> None:
+    def __init__(self, store: OffsetStore[object], lease: Lease, duration: float) -> None:
         self.store = store
         self.lease = lease
         self.duration = duration

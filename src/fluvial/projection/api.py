@@ -23,14 +23,23 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.ids import SliceRange
 from fluvial.core.leases import Lease
-from fluvial.core.offset_tracker import EnvelopeSource, OffsetChanges, OffsetTracker, SeenEntity
+from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
+from fluvial.journal.api import Journal
 from fluvial.projection._source_settings import SourceSettings
 
-__all__ = ["Batch", "HasOffsetStore", "OffsetStore", "Source", "SourceProvider"]
+__all__ = [
+    "Batch",
+    "HasOffsetStore",
+    "JournalWithOffsetStore",
+    "OffsetStore",
+    "Source",
+    "SourceProvider",
+]
 
 T_co = TypeVar("T_co", covariant=True)
 R = TypeVar("R")
@@ -52,7 +61,8 @@ class Source(Protocol):
         """Send the events after `offset` to `send`, catching up and then following, until
         cancelled. Call it with `nursery.start`: it is started once events committed after
         that will reach `send` (a live subscription is open). A read error ends it, raised as
-        itself (the runner restarts the instance from its stored offsets)."""
+        itself (the runner restarts the instance from its stored offsets, calling `run` of
+        the same source again)."""
         ...
 
     async def replay(
@@ -72,8 +82,10 @@ class Source(Protocol):
         ...
 
 
+@runtime_checkable
 class SourceProvider(Protocol):
-    """Gives the source of each projection instance."""
+    """Gives the source of each projection instance (`serve_projection` asks once per
+    instance)."""
 
     def source(self, entity_type: str, slices: SliceRange, settings: SourceSettings) -> Source:
         """The source of the events of `entity_type` (or stream) in `slices`."""
@@ -178,3 +190,8 @@ class HasOffsetStore(Protocol[T_co]):
     def offset_store(self) -> OffsetStore[T_co]:
         """The journal's offset store (the same one on every call)."""
         ...
+
+
+class JournalWithOffsetStore(Journal, HasOffsetStore[T_co], Protocol[T_co]):
+    """A journal with an offset store of its own: what `serve_projection(journal, ...)`
+    takes without `offsets=`."""

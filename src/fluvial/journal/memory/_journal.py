@@ -27,6 +27,7 @@ from fluvial.journal.api import (
     JournalGap,
     WriteFromElsewhereResult,
 )
+from fluvial.journal.memory._offset_store import MemoryOffsetStore
 from fluvial.journal.queries import snapshot_is_behind
 
 
@@ -41,6 +42,15 @@ class MemoryJournal:
         self._clock = 0
         self._appends = Signal()
         self.live = LivePublisher()
+        self._offset_store: MemoryOffsetStore | None = None
+
+    def offset_store(self) -> MemoryOffsetStore:
+        """The offset store of projections over this journal, in memory beside it (the same
+        one on every call; leases on the wall clock): `serve_projection` uses it unless it
+        is given another."""
+        if self._offset_store is None:
+            self._offset_store = MemoryOffsetStore(self)
+        return self._offset_store
 
     def _next_timestamp(self) -> int:
         self._clock += 1

@@ -40,13 +40,14 @@ from fluvial.journal.sqlite._event_rows import (
 )
 from fluvial.journal.sqlite._file import DEFAULT_BUSY_TIMEOUT, Durability
 from fluvial.journal.sqlite._from_elsewhere import FromElsewhereWrite
+from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
 from fluvial.journal.sqlite._schema import EVENTS_OF_ENTITY
 from fluvial.journal.sqlite._snapshots import load_snapshot, save_snapshot, snapshots_by_slices
 
 
 class SqliteJournal:
-    """Journal, SnapshotStore and WriteFromElsewhere on one SQLite file; see
-    `open_sqlite_journal`."""
+    """Journal, SnapshotStore and WriteFromElsewhere on one SQLite file, with the offset
+    store of its projections (`HasOffsetStore`); see `open_sqlite_journal`."""
 
     def __init__(self, database: SqliteDatabase) -> None:
         self.database = database
@@ -54,6 +55,15 @@ class SqliteJournal:
         # Counts this journal's appends only: a follower must not wake for every offset or
         # snapshot the same file commits.
         self._appends = Signal()
+        self._offset_store: SqliteOffsetStore | None = None
+
+    def offset_store(self) -> SqliteOffsetStore:
+        """The offset store of projections in this journal's file, on the wall clock (the same
+        one on every call): what `serve_projection(journal, ...)` keeps offsets in unless it
+        is given another store."""
+        if self._offset_store is None:
+            self._offset_store = SqliteOffsetStore(self.database)
+        return self._offset_store
 
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
         """See `Journal.append`."""

@@ -189,7 +189,10 @@ class OffsetManagement:
                 " timestamp) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (projection_name, slice, persistence_id)"
                 " DO UPDATE SET seq_nr = max(seq_nr, excluded.seq_nr),"
-                " timestamp = max(timestamp, excluded.timestamp)",
+                " timestamp = max(timestamp, excluded.timestamp),"
+                # the placeholders up to seq_nr are settled (the right side reads the old row)
+                " placeholders = max(seq_nr, excluded.seq_nr)"
+                " - max(seq_nr - placeholders, excluded.seq_nr)",
                 (projection, persistence_id, slice_, seq_nr, timestamp),
             )
             bump_generation(conn, projection)

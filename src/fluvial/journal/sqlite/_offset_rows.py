@@ -27,13 +27,15 @@ _encode_seen = msgspec.json.Encoder().encode
 _decode_seen = msgspec.json.Decoder(dict[str, int]).decode
 
 _INSERT_ENTITY = (
-    "INSERT INTO projection_entity (projection_name, persistence_id, slice, seq_nr, timestamp) "
-    "VALUES (?,?,?,?,?)"
+    "INSERT INTO projection_entity (projection_name, persistence_id, slice, seq_nr, timestamp, "
+    "placeholders) VALUES (?,?,?,?,?,?)"
 )
 _UPDATE_ENTITY = (
-    "UPDATE projection_entity SET seq_nr = ?, timestamp = ? "
+    "UPDATE projection_entity SET seq_nr = ?, timestamp = ?, placeholders = ? "
     "WHERE projection_name = ? AND slice = ? AND persistence_id = ? AND seq_nr = ?"
 )
+# The columns of a `SeenEntity`, in its order (`SeenEntity(*row)`).
+SEEN_ENTITY_COLUMNS = "persistence_id, seq_nr, timestamp, slice, placeholders"
 
 
 def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChanges) -> bool:
@@ -43,15 +45,27 @@ def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChan
     Raises UnknownProjection if the file does not know `projection`."""
     if _registration(conn, projection)[1] != changes.generation:
         return False
-    new: list[tuple[str, str, int, int, int]] = []
-    known: list[tuple[int, int, str, int, str, int]] = []
+    new: list[tuple[str, str, int, int, int, int]] = []
+    known: list[tuple[int, int, int, str, int, str, int]] = []
     previous = changes.previous
     for e in changes.entities:
         before = previous.get(e.persistence_id, 0)
         if before == 0:
-            new.append((projection, e.persistence_id, e.slice, e.seq_nr, e.timestamp))
+            new.append(
+                (projection, e.persistence_id, e.slice, e.seq_nr, e.timestamp, e.placeholders)
+            )
         else:
-            known.append((e.seq_nr, e.timestamp, projection, e.slice, e.persistence_id, before))
+            known.append(
+                (
+                    e.seq_nr,
+                    e.timestamp,
+                    e.placeholders,
+                    projection,
+                    e.slice,
+                    e.persistence_id,
+                    before,
+                )
+            )
     try:
         if new:
             conn.executemany(_INSERT_ENTITY, new)  # fails if another instance inserted one

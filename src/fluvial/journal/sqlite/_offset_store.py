@@ -34,6 +34,7 @@ from fluvial.core.projection_errors import (
 from fluvial.journal.sqlite._database import SqliteDatabase
 from fluvial.journal.sqlite._offset_management import OffsetManagement
 from fluvial.journal.sqlite._offset_rows import (
+    SEEN_ENTITY_COLUMNS,
     generation,
     read_slice_offsets,
     register_projection,
@@ -87,7 +88,7 @@ class SqliteOffsetStore(OffsetManagement):
             tracker = OffsetTracker(slices, slice_offsets=offsets, window=window)
             horizon = tracker.resume_offset().timestamp - window
             rows = conn.execute(
-                "SELECT persistence_id, seq_nr, timestamp, slice FROM projection_entity "
+                f"SELECT {SEEN_ENTITY_COLUMNS} FROM projection_entity "
                 "WHERE projection_name = ? AND slice BETWEEN ? AND ? AND timestamp >= ?",
                 (projection, slices.min, slices.max, horizon),
             ).fetchall()
@@ -108,12 +109,12 @@ class SqliteOffsetStore(OffsetManagement):
         return await self.database.read(query)
 
     async def load_entity(self, projection: str, persistence_id: str) -> SeenEntity | None:
-        """The stored seq nr of one entity for `projection` (None: never handled)."""
+        """The stored state of one entity for `projection` (None: never seen)."""
         slice_ = slice_for(persistence_id)
 
         def query(conn: sqlite3.Connection) -> SeenEntity | None:
             row = conn.execute(
-                "SELECT persistence_id, seq_nr, timestamp, slice FROM projection_entity "
+                f"SELECT {SEEN_ENTITY_COLUMNS} FROM projection_entity "
                 "WHERE projection_name = ? AND slice = ? AND persistence_id = ?",
                 (projection, slice_, persistence_id),
             ).fetchone()

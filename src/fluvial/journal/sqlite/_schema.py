@@ -232,6 +232,14 @@ def _replication_metadata_and_snapshot_events(db: sqlite_utils.Database) -> None
     )
 
 
+def _projection_entity_placeholders(db: sqlite_utils.Database) -> None:
+    # How many of an entity's highest seq nrs a projection saw only as placeholders (events
+    # a filter dropped), so that a replay of them after a restart is handled, not dropped as
+    # a duplicate (`SeenEntity.placeholders`). Rows of older files saw none: 0. Adding a
+    # column with a constant default edits the schema only, no row is rewritten.
+    db.execute("ALTER TABLE projection_entity ADD COLUMN placeholders INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_journal_and_snapshots,
     _v2_projection_offsets,
@@ -240,6 +248,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v5_integer_entity_keys,
     _v6_projection_registry_and_leases,
     _replication_metadata_and_snapshot_events,
+    _projection_entity_placeholders,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

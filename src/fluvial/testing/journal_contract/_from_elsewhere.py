@@ -188,3 +188,16 @@ class FromElsewhereContract:
             await journal.write_from_elsewhere([*good, bad])
         assert await current_by_slices(journal, ENTITY_TYPE, SliceRange.all()) == []
         assert await journal.write_from_elsewhere([]) == []
+
+    @pytest.mark.parametrize("field", ["entity_type", "slice"])
+    async def test_events_whose_entity_type_or_slice_is_not_their_persistence_ids_are_invalid(
+        self, journal: JournalUnderTest, field: str
+    ) -> None:
+        pid, other = entity_ids(ENTITY_TYPE, SliceRange.all(), 2)
+        good = from_elsewhere(events(other, 1, 1))
+        (record,) = from_elsewhere(events(pid, 1, 1))
+        wrong = {"entity_type": "Other", "slice": (record.slice + 1) % 1024}[field]
+        bad = msgspec.structs.replace(record, **{field: wrong})
+        with pytest.raises(InvalidAppend, match=field.replace("_", " ")):
+            await journal.write_from_elsewhere([*good, bad])
+        assert await current_by_slices(journal, ENTITY_TYPE, SliceRange.all()) == []
