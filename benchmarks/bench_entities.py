@@ -21,7 +21,7 @@ import trio
 from _table import print_table
 
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity._runtime import Entities, open_entities
+from fluvial.entity import Entities, open_entities
 from fluvial.examples.shopping_cart import AddItem, ItemUpdated, ShoppingCart, register_cart
 from fluvial.journal.sqlite._database import Durability, connect
 from fluvial.journal.sqlite._event_rows import INSERT_EVENT

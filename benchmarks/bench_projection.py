@@ -26,7 +26,7 @@ from _table import print_table
 from fluvial.core.ids import PersistenceId
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import open_entities
 from fluvial.examples.shopping_cart import (
     ENTITY_TYPE,
     AddItem,

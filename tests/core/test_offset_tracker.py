@@ -4,20 +4,18 @@ remembers (per slice, per entity) and forgets (entities older than the window)."
 from __future__ import annotations
 
 from fluvial.core.ids import SliceRange
-from fluvial.core.offset_tracker import (
+from fluvial.core.offset_tracker import EnvelopeSource, OffsetTracker
+from fluvial.core.offset_verdicts import (
     Accepted,
     Duplicate,
-    EnvelopeSource,
     FillsPlaceholder,
     NeedsStoredSeqNr,
-    OffsetChanges,
-    OffsetTracker,
     RejectedBacktracking,
     RejectedSeqNr,
-    SeenEntity,
 )
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
+from fluvial.core.seen_entities import OffsetChanges, SeenEntity
 
 QUERY = EnvelopeSource.QUERY
 LIVE = EnvelopeSource.LIVE

@@ -21,7 +21,7 @@ import trio.testing
 from fluvial.core.behavior import SnapshotPolicy
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity._runtime import EntityRef
+from fluvial.entity import EntityRef
 from fluvial.examples.shopping_cart import ShoppingCart, register_cart
 from fluvial.journal.api import MAX_SEQ_NR, Journal
 from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from entity.entity_fixtures import REGISTRY, GatedJournal, Note, Notebook
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import open_entities
 from fluvial.examples.shopping_cart import AddItem, Get, ItemUpdated, ShoppingCart
 from fluvial.journal.api import MAX_SEQ_NR, Journal
 from fluvial.journal.sqlite._journal import open_sqlite_journal

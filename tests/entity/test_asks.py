@@ -20,8 +20,7 @@ from entity.entity_fixtures import (
     stored_texts,
 )
 from fluvial.core.ids import slice_for
-from fluvial.entity._errors import CommandTypeError, UnknownEntityType
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import CommandTypeError, UnknownEntityType, open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,

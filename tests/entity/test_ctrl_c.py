@@ -21,11 +21,11 @@ import attrs
 import pytest
 import trio
 
-import fluvial.entity._runtime
+import fluvial.entity._live_entities
 from fluvial.core.behavior import Command, Effect, EventSourcedBehavior
 from fluvial.core.serialization import SerializerRegistry
+from fluvial.entity import open_entities
 from fluvial.entity._mailbox import Mailbox
-from fluvial.entity._runtime import open_entities
 from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.testing import MemoryJournal
 
@@ -164,7 +164,7 @@ async def test_an_entity_is_started_ki_protected_from_the_askers_task(
             protected.append(trio.lowlevel.currently_ki_protected())
             super().__init__(capacity)
 
-    monkeypatch.setattr(fluvial.entity._runtime, "Mailbox", RecordingMailbox)
+    monkeypatch.setattr(fluvial.entity._live_entities, "Mailbox", RecordingMailbox)
     registry = SerializerRegistry()
     registry.register(Probed, "probe.Probed")
     async with open_entities(MemoryJournal(), registry, [Prober]) as entities:

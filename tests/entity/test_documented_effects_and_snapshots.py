@@ -14,8 +14,7 @@ import trio.testing
 from fluvial.core.behavior import Command, Effect, EventSourcedBehavior, SnapshotPolicy
 from fluvial.core.records import EventRecord, SnapshotRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity._errors import MissingReply
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import MissingReply, open_entities
 from fluvial.testing import MemoryJournal
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,

@@ -32,8 +32,7 @@ from entity.entity_fixtures import (
 from fluvial.core.behavior import SnapshotPolicy
 from fluvial.core.ids import slice_for
 from fluvial.core.records import EventRecord, SnapshotRecord
-from fluvial.entity._errors import CommandFailed, MissingReply, UnhandledCommand
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import CommandFailed, MissingReply, UnhandledCommand, open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartCommand,

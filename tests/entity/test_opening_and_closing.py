@@ -24,8 +24,7 @@ from entity.entity_fixtures import (
 )
 from fluvial.core.errors import UsageError
 from fluvial.core.records import EventRecord
-from fluvial.entity._errors import EntityStopped
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import EntityStopped, open_entities
 from fluvial.examples.shopping_cart import ShoppingCart
 from fluvial.testing import MemoryJournal
 

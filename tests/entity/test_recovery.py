@@ -13,7 +13,7 @@ from entity.entity_fixtures import REGISTRY, GatedJournal, SnappyCart, Storage, 
 from fluvial.core.ids import slice_for
 from fluvial.core.records import SnapshotRecord
 from fluvial.core.serialization import PayloadDecodeError, UnknownManifest
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,

@@ -17,7 +17,7 @@ from entity.entity_fixtures import (
     Storage,
     stored_texts,
 )
-from fluvial.entity._runtime import open_entities
+from fluvial.entity import open_entities
 from fluvial.examples.shopping_cart import AddItem, Get, ShoppingCart, Summary
 
 

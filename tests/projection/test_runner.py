@@ -167,7 +167,7 @@ async def test_an_envelope_ahead_of_missing_ones_replays_them_from_the_journal(
 async def test_the_read_model_of_a_cart_projection_is_the_fold_of_its_carts(
     tmp_path: Path,
 ) -> None:
-    from fluvial.entity._runtime import open_entities
+    from fluvial.entity import open_entities
     from fluvial.examples.cart_projection import CartTotals
     from fluvial.examples.shopping_cart import (
         AddItem,

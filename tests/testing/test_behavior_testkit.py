@@ -10,8 +10,8 @@ import pytest
 
 from fluvial.core.behavior import Effect, EventSourcedBehavior, SnapshotPolicy
 from fluvial.core.serialization import SerializerRegistry, UnregisteredType
+from fluvial.entity import open_entities
 from fluvial.entity._errors import CommandFailed, CommandTypeError, MissingReply, UnhandledCommand
-from fluvial.entity._runtime import open_entities
 from fluvial.examples.shopping_cart import (
     AddItem,
     CartClosed,

@@ -15,12 +15,10 @@ Two kinds of position are kept:
   microseconds of event time leave memory; the store keeps them, and the verdict
   `NeedsStoredSeqNr` asks the shell to look one up.
 
-Placeholders (events without payload: a filter or a transformation dropped them on the way)
-keep an entity's seq nrs gapless: from a stream they move its seq nr like a handled event, but
-the tracker remembers that its latest seq nrs were seen only as placeholders
-(`SeenEntity.placeholders`), so that a replay of them (a filter that now includes the entity
-asks for its history) is handled instead of dropped as a duplicate: replayed events are judged
-against the highest seq nr handled, stream events against the highest seen.
+Placeholders (events without payload, which keep an entity's seq nrs gapless) are seen but not
+handled until a replay fills them: `fluvial.core.placeholders`. The verdicts are in
+`fluvial.core.offset_verdicts`, what the tracker holds of an entity and the changes it hands
+out in `fluvial.core.seen_entities`; this module re-exports them.
 """
 
 from __future__ import annotations
@@ -32,114 +30,21 @@ import attrs
 
 from fluvial.core.envelope_source import EnvelopeSource as EnvelopeSource
 from fluvial.core.ids import SliceRange
+from fluvial.core.offset_verdicts import ACCEPTED as ACCEPTED
+from fluvial.core.offset_verdicts import DUPLICATE as DUPLICATE
+from fluvial.core.offset_verdicts import FILLS_PLACEHOLDER as FILLS_PLACEHOLDER
+from fluvial.core.offset_verdicts import Accepted as Accepted
+from fluvial.core.offset_verdicts import Duplicate as Duplicate
+from fluvial.core.offset_verdicts import FillsPlaceholder as FillsPlaceholder
+from fluvial.core.offset_verdicts import NeedsStoredSeqNr as NeedsStoredSeqNr
+from fluvial.core.offset_verdicts import RejectedBacktracking as RejectedBacktracking
+from fluvial.core.offset_verdicts import RejectedSeqNr as RejectedSeqNr
+from fluvial.core.offset_verdicts import Verdict as Verdict
 from fluvial.core.offsets import TimestampOffset
+from fluvial.core.placeholders import filled, seen_as_placeholder, validate_after_placeholders
 from fluvial.core.records import EventRecord
-
-
-@attrs.frozen
-class Accepted:
-    """The next seq nr of the entity (or the first one a query shows): handle it."""
-
-
-@attrs.frozen
-class Duplicate:
-    """Already handled: drop it."""
-
-
-@attrs.frozen
-class RejectedSeqNr:
-    """A gap: events `expected_seq_nr` .. before this one must be replayed first."""
-
-    expected_seq_nr: int
-
-
-@attrs.frozen
-class RejectedBacktracking:
-    """The backtracking query found a gap: replay from `expected_seq_nr`."""
-
-    expected_seq_nr: int
-
-
-@attrs.frozen
-class NeedsStoredSeqNr:
-    """The entity is not in memory: look up its stored seq nr, `learn` it, validate again."""
-
-    persistence_id: str
-
-
-@attrs.frozen
-class FillsPlaceholder:
-    """A replayed event at a seq nr seen so far only as a placeholder, the first of them: handle
-    it (the entity's seq nr stays where the stream has it)."""
-
-
-Verdict = (
-    Accepted
-    | Duplicate
-    | FillsPlaceholder
-    | RejectedSeqNr
-    | RejectedBacktracking
-    | NeedsStoredSeqNr
-)
-
-# `validate` answers these very objects, so that the shell may compare with `is`.
-ACCEPTED = Accepted()
-DUPLICATE = Duplicate()
-FILLS_PLACEHOLDER = FillsPlaceholder()
-
-
-@attrs.frozen
-class SeenEntity:
-    """The highest seq nr seen of one entity, and that event's timestamp and slice.
-
-    `placeholders`: how many of its highest seq nrs (`seq_nr - placeholders + 1` .. `seq_nr`)
-    were seen only as placeholders and not handled (0: everything up to `seq_nr` was handled,
-    or settled); a replay may still deliver them. A store that does not keep it loads 0.
-    """
-
-    persistence_id: str
-    seq_nr: int
-    timestamp: int
-    slice: int
-    placeholders: int = 0
-
-    @property
-    def handled_seq_nr(self) -> int:
-        """The highest seq nr below which no event waits for a replay."""
-        return self.seq_nr - self.placeholders
-
-
-@attrs.frozen
-class OffsetChanges:
-    """What changed since the last `take_changes`: to be persisted with the handler's writes.
-
-    `previous` holds, per entity of `entities`, the seq nr the tracker had for it before
-    these changes (0: none stored): what the store must still hold for the changes to apply,
-    so that a store can compare and set, and refuse the changes of a second instance.
-    `generation` is the generation of the stored offsets the tracker was loaded from (see
-    `OffsetTracker`): a store refuses the changes once a management call made a newer one.
-    """
-
-    entities: tuple[SeenEntity, ...]
-    slice_offsets: Mapping[int, TimestampOffset]
-    previous: Mapping[str, int] = attrs.field(factory=dict)
-    generation: int = 0
-
-    @property
-    def empty(self) -> bool:
-        """Whether there is nothing to persist."""
-        return not self.entities and not self.slice_offsets
-
-    def then(self, later: OffsetChanges) -> OffsetChanges:
-        """These changes followed by `later`, as one set of changes (for one save)."""
-        entities = {e.persistence_id: e for e in self.entities}
-        entities.update((e.persistence_id, e) for e in later.entities)
-        return OffsetChanges(
-            tuple(entities.values()),
-            {**self.slice_offsets, **later.slice_offsets},
-            {**later.previous, **self.previous},
-            self.generation,
-        )
+from fluvial.core.seen_entities import OffsetChanges as OffsetChanges
+from fluvial.core.seen_entities import SeenEntity as SeenEntity
 
 
 @attrs.frozen
@@ -233,7 +138,12 @@ class OffsetTracker:
         if seen is None and not self._complete:
             return NeedsStoredSeqNr(record.persistence_id)
         if seen.__class__ is SeenEntity and seen.placeholders:
-            return _validate_after_placeholders(record, source, seen)
+            return validate_after_placeholders(
+                record,
+                seen,
+                replay=source is EnvelopeSource.REPLAY,
+                backtracking=source is EnvelopeSource.BACKTRACKING,
+            )
         previous = seen.seq_nr if seen else 0
         if record.seq_nr <= previous:
             return DUPLICATE
@@ -270,25 +180,12 @@ class OffsetTracker:
     def saw_placeholder(self, record: EventRecord) -> None:
         """A stream (not a replay) delivered `record` (verdict `Accepted`) as a placeholder:
         its seq nr is seen, but not handled, until a replay fills it."""
-        seen = self._entities.get(record.persistence_id)
-        if seen is not None and seen.seq_nr == record.seq_nr - 1:
-            placeholders = (seen.placeholders if isinstance(seen, SeenEntity) else 0) + 1
-        else:  # first seen here: what precedes it precedes where the projection started
-            placeholders = 1
-        self._changed(
-            SeenEntity(
-                record.persistence_id, record.seq_nr, record.timestamp, record.slice, placeholders
-            )
-        )
+        self._changed(seen_as_placeholder(self._entities.get(record.persistence_id), record))
 
     def fill_placeholder(self, record: EventRecord) -> None:
         """A replay delivered `record` (verdict `FillsPlaceholder`): it was handled, or it is
         a placeholder again (settled: a replay will not deliver more of it)."""
-        seen = self._entities[record.persistence_id]
-        remaining = seen.seq_nr - record.seq_nr  # the placeholders after it
-        self._changed(
-            SeenEntity(record.persistence_id, seen.seq_nr, seen.timestamp, seen.slice, remaining)
-        )
+        self._changed(filled(self._entities[record.persistence_id], record))
 
     def _changed(self, entity: SeenEntity) -> None:
         pid = entity.persistence_id
@@ -381,28 +278,6 @@ class OffsetTracker:
         if stale:
             self._complete = False
         self._evicted_up_to = self._latest
-
-
-def _validate_after_placeholders(
-    record: EventRecord, source: EnvelopeSource, seen: SeenEntity
-) -> Verdict:
-    """`validate` for an entity whose latest seq nrs were seen only as placeholders: a replay
-    is judged against the highest seq nr handled, a stream against the highest seen; a gap is
-    replayed from the first placeholder (the replay fills them too)."""
-    handled = seen.handled_seq_nr
-    if source is EnvelopeSource.REPLAY:
-        if record.seq_nr <= handled:
-            return DUPLICATE
-        if record.seq_nr == handled + 1:
-            return FILLS_PLACEHOLDER
-        return RejectedSeqNr(handled + 1)
-    if record.seq_nr <= seen.seq_nr:
-        return DUPLICATE
-    if record.seq_nr == seen.seq_nr + 1:
-        return ACCEPTED
-    if source is EnvelopeSource.BACKTRACKING:
-        return RejectedBacktracking(handled + 1)
-    return RejectedSeqNr(handled + 1)
 
 
 def _restore(mapping: dict[Any, Any], key: object, value: object | None) -> None:

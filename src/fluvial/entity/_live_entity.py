@@ -1,6 +1,6 @@
 """One incarnation of a live entity, and how the runtime answers the asks of a decided batch.
 
-`fluvial.entity._runtime` keeps one `LiveEntity` per entity in memory; what to answer each ask
+`fluvial.entity._live_entities` keeps one `LiveEntity` per entity in memory; what to answer each ask
 is decided in the core (`fluvial.core.command_decisions`), and `answer_all` only hands it on.
 """
 
@@ -39,7 +39,7 @@ class LiveEntity:
     batch: Sequence[Ask] = ()
     # The batch whose append is out (its asks with it).
     in_flight: BatchDecision | None = None
-    # `Entities._appended` bound to this entity, made once: the callback of every append.
+    # `BatchAnswers.appended` bound to this entity, made once: the callback of every append.
     on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
 
 

@@ -1,9 +1,8 @@
-"""The entity's mailbox and the reply slot of one command, built on trio's low-level parking.
+"""The entity's mailbox and the reply slot of one command, each a `SingleWaiter`.
 
 An ask costs two task switches: the entity wakes for the mail, and the caller wakes with the
-reply, which the journal's commit callback sends. trio's memory channels and Events would add a
-schedule point to every send and receive, which doubled the cost of a command in the entity
-benchmark.
+reply, which the journal's commit callback sends (see `fluvial._wakeup` for why not trio's
+memory channels or Events).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Any
 
 import trio
 
+from fluvial._wakeup import SingleWaiter
 from fluvial.entity._errors import EntityStopped
 
 
@@ -24,14 +24,15 @@ class MailboxClosed(EntityStopped):
     """
 
 
-class Ask:
-    """One command on its way to an entity, and the slot its answer goes to."""
+class Ask(SingleWaiter):
+    """One command on its way to an entity, and the slot its answer goes to; its caller waits
+    on it for the answer."""
 
-    __slots__ = ("_error", "_settled", "_task", "_value", "command")
+    __slots__ = ("_error", "_settled", "_value", "command")
 
     def __init__(self, command: object) -> None:
+        self._task = None  # `SingleWaiter.__init__`, without a call per command
         self.command = command
-        self._task: trio.lowlevel.Task | None = None
         self._settled = False
         self._value: Any = None
         self._error: BaseException | None = None
@@ -45,27 +46,21 @@ class Ask:
         """Set the reply and wake the caller; a later answer or failure is ignored."""
         if not self._settled:
             self._settled, self._value = True, value
-            self._wake()
+            self.wake()
 
     def fail(self, error: BaseException) -> None:
         """Set the error the caller raises and wake it; a later answer or failure is ignored."""
         if not self._settled:
             self._settled, self._error = True, error
-            self._wake()
+            self.wake()
 
-    def _wake(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None
-            trio.lowlevel.reschedule(task)
-
-    async def wait(self) -> Any:
+    async def reply(self) -> Any:
         """The reply, or raise the error. A cancelled caller stops waiting; the command is
         carried out all the same (see `EntityRef.ask`)."""
         if self._settled:
             await trio.lowlevel.checkpoint()
         else:
-            self._task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
+            await self.wait()
         if self._error is None:
             return self._value
         error, self._error = self._error, None
@@ -74,10 +69,6 @@ class Ask:
         finally:
             del error  # the traceback holds this frame: no cycle through it
 
-    def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
-        self._task = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
 
 class Mailbox:
     """A bounded queue of asks with one receiver (the entity task) and many senders."""
@@ -85,7 +76,7 @@ class Mailbox:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._items: deque[Ask] = deque()
-        self._receiver: trio.lowlevel.Task | None = None
+        self._receiver = SingleWaiter()  # the entity task, waiting for mail
         self._room = trio.lowlevel.ParkingLot()
         self.closed = False
         self.held = False
@@ -96,7 +87,7 @@ class Mailbox:
     @property
     def idle(self) -> bool:
         """The entity is waiting for mail, none is queued, and nothing holds it."""
-        return self._receiver is not None and not self._items and not self.held
+        return self._receiver.waiting and not self._items and not self.held
 
     def hold(self) -> None:
         """Keep the receiver waiting, mail or not, until `release` (while a write is out)."""
@@ -106,12 +97,7 @@ class Mailbox:
         """Let the receiver take its mail again, waking it if some is queued."""
         self.held = False
         if self._items:
-            self._wake_receiver()
-
-    def _wake_receiver(self) -> None:
-        if self._receiver is not None:
-            task, self._receiver = self._receiver, None
-            trio.lowlevel.reschedule(task)
+            self._receiver.wake()
 
     async def put(self, ask: Ask) -> None:
         """Queue `ask`, waiting while the mailbox is full. Raises MailboxClosed."""
@@ -136,19 +122,13 @@ class Mailbox:
             raise MailboxClosed
         self._items.append(ask)
         if not self.held:
-            self._wake_receiver()
+            self._receiver.wake()
 
     async def take_all(self) -> list[Ask]:
         """Every queued ask, waiting while none is queued or the mailbox is held. Returns []
         once closed."""
         if (self.held or not self._items) and not self.closed:
-            self._receiver = trio.lowlevel.current_task()
-
-            def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-                self._receiver = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await self._receiver.wait()
         batch = list(self._items)
         self._items.clear()
         if self._room:
@@ -161,5 +141,5 @@ class Mailbox:
         leftovers = list(self._items)
         self._items.clear()
         self._room.unpark_all()
-        self._wake_receiver()
+        self._receiver.wake()
         return leftovers

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import trio
 
+from fluvial._wakeup import SingleWaiter
 from fluvial.core.ids import SliceRange
 from fluvial.core.records import EventRecord
 
@@ -27,7 +27,7 @@ class LiveSubscription:
         self.capacity = capacity
         self.dropped = 0
         self._buffer: deque[EventRecord] = deque()
-        self._receiver: trio.lowlevel.Task | None = None
+        self._receiver = SingleWaiter()
 
     def _offer(self, records: Sequence[EventRecord]) -> None:
         for record in records:
@@ -37,20 +37,13 @@ class LiveSubscription:
                 self.dropped += 1
                 continue
             self._buffer.append(record)
-        if self._buffer and self._receiver is not None:
-            task, self._receiver = self._receiver, None
-            trio.lowlevel.reschedule(task)
+        if self._buffer:
+            self._receiver.wake()
 
     async def receive_batch(self) -> list[EventRecord]:
         """Every buffered event, waiting for at least one."""
         if not self._buffer:
-            self._receiver = trio.lowlevel.current_task()
-
-            def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-                self._receiver = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await self._receiver.wait()
         else:
             await trio.lowlevel.checkpoint()
         batch = list(self._buffer)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import trio
 from msgspec.structs import replace
 
+from fluvial._wakeup import Signal
 from fluvial.core.events_from_elsewhere import decide_from_elsewhere
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
@@ -39,8 +40,7 @@ class MemoryJournal:
         self._by_time: list[EventRecord] = []
         self._snapshots: dict[str, list[SnapshotRecord]] = {}
         self._clock = 0
-        self._appends = 0
-        self._appended = trio.Event()
+        self._appends = Signal()
         self.live = LivePublisher()
         self._offset_store: MemoryOffsetStore | None = None
 
@@ -96,9 +96,7 @@ class MemoryJournal:
     def _committed(self, stamped: list[EventRecord]) -> None:
         """Tell followers and live subscribers of `stamped`, just stored."""
         self._by_time.extend(stamped)
-        self._appends += 1
-        self._appended.set()
-        self._appended = trio.Event()
+        self._appends.notify()
         self.live.publish(stamped)
 
     def _stamped(self, record: EventRecord) -> EventRecord:
@@ -169,14 +167,11 @@ class MemoryJournal:
 
     def append_count(self) -> int:
         """See `Journal.append_count`."""
-        return self._appends
+        return self._appends.count
 
     async def wait_for_new_events(self, seen_append_count: int) -> None:
         """See `Journal.wait_for_new_events`."""
-        if self._appends == seen_append_count:
-            await self._appended.wait()
-        else:
-            await trio.lowlevel.checkpoint()
+        await self._appends.wait(seen_append_count)
 
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
         """See `SnapshotStore.save_snapshot`."""

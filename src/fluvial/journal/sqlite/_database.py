@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
+from fluvial._wakeup import Signal
 from fluvial.journal.api import JournalClosed, JournalError
 from fluvial.journal.sqlite._errors import JournalFileError, storage_error
 from fluvial.journal.sqlite._file import CHECKPOINT_PAGES as _CHECKPOINT_PAGES
@@ -93,10 +94,9 @@ class SqliteDatabase:
         self._thread = threading.Thread(
             target=self._writer_thread, name=f"fluvial-writer:{path}", daemon=True
         )
-        self._commit_count = 0
+        self._commits = Signal()
         self._state = WriterState(path)
         self._pages_since_checkpoint = 0
-        self._committed: trio.Event | None = None  # exists only while someone waits
         self._in_flight: list[PendingWrite[Any]] | None = None  # taken, not yet committed
         self._writer_failure: BaseException | None = None  # why the writer thread died
         self._trio_token = trio.lowlevel.current_trio_token()
@@ -170,18 +170,12 @@ class SqliteDatabase:
 
     def commit_count(self) -> int:
         """A counter of this database's commits, for `wait_for_commit`."""
-        return self._commit_count
+        return self._commits.count
 
     async def wait_for_commit(self, seen_commit_count: int) -> None:
         """Return once a commit has happened after `seen_commit_count`, or after the polling
         interval (other processes may write the same file)."""
-        if self._commit_count != seen_commit_count:
-            await trio.lowlevel.checkpoint()
-            return
-        with trio.move_on_after(self.poll_interval):
-            if self._committed is None:
-                self._committed = trio.Event()
-            await self._committed.wait()
+        await self._commits.wait(seen_commit_count, at_most=self.poll_interval)
 
     def _writer_thread(self) -> None:
         try:
@@ -245,6 +239,7 @@ class SqliteDatabase:
             self._dispatch_committed()
 
     def _dispatch_committed(self) -> None:
+        batches = 0
         while True:
             try:
                 batch = self._committed_batches.get_nowait()
@@ -261,10 +256,8 @@ class SqliteDatabase:
                 except Exception:
                     # A broken callback must not strand the other writers of the batch.
                     log.exception("%s: a write's callback failed", self.path)
-            self._commit_count += 1
-        if self._committed is not None:
-            self._committed.set()
-            self._committed = None
+            batches += 1
+        self._commits.notify(batches)  # wakes the waiters even for none, as it always did
 
     def _fail_stranded_writes(self) -> None:
         """Once the writer thread has died, close the database and fail every write it will

@@ -15,9 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import outcome
-import trio
 from msgspec.structs import replace
 
+from fluvial._wakeup import Signal
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import (
@@ -53,9 +53,8 @@ class SqliteJournal:
         self.database = database
         self.live = LivePublisher()
         # Counts this journal's appends only: a follower must not wake for every offset or
-        # snapshot the same file commits. The event exists only while a follower waits.
-        self._appends = 0
-        self._appended: trio.Event | None = None
+        # snapshot the same file commits.
+        self._appends = Signal()
         self._offset_store: SqliteOffsetStore | None = None
 
     def offset_store(self) -> SqliteOffsetStore:
@@ -106,10 +105,7 @@ class SqliteJournal:
             replace(e, timestamp=first + i, write_timestamp=e.write_timestamp or first + i)
             for i, e in enumerate(events)
         ]
-        self._appends += 1
-        if self._appended is not None:
-            self._appended.set()
-            self._appended = None
+        self._appends.notify()
         self.live.publish(stamped)
         return stamped
 
@@ -191,18 +187,12 @@ class SqliteJournal:
 
     def append_count(self) -> int:
         """See `Journal.append_count`."""
-        return self._appends
+        return self._appends.count
 
     async def wait_for_new_events(self, seen_append_count: int) -> None:
         """See `Journal.wait_for_new_events`."""
-        if self._appends != seen_append_count:
-            await trio.lowlevel.checkpoint()
-            return
         # Other processes' appends wake nobody here: look again after the polling interval.
-        if self._appended is None:
-            self._appended = trio.Event()
-        with trio.move_on_after(self.database.poll_interval):
-            await self._appended.wait()
+        await self._appends.wait(seen_append_count, at_most=self.database.poll_interval)
 
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
         """See `SnapshotStore.save_snapshot`."""
