@@ -58,13 +58,14 @@ class MemoryOffsetManagement(MemoryOffsetState):
             entity_heads[record.persistence_id] = record.seq_nr
             slice_heads[record.slice] = record.timestamp
         while True:
+            seen = self._changed.count
             entities, offsets = stored.entities, stored.offsets
             if all(
                 pid in entities and entities[pid].seq_nr >= head
                 for pid, head in entity_heads.items()
             ) and all(s in offsets and offsets[s].timestamp >= t for s, t in slice_heads.items()):
                 return
-            await self._changed.wait()
+            await self._changed.wait(seen)
 
     async def set_offset(
         self, projection: str, slices: SliceRange, offset: TimestampOffset

@@ -9,8 +9,8 @@ other task sees it half done, which is the memory store's transaction.
 from __future__ import annotations
 
 import attrs
-import trio
 
+from fluvial._wakeup import Signal
 from fluvial.core.ids import SliceRange
 from fluvial.core.leases import Lease
 from fluvial.core.offset_tracker import SeenEntity
@@ -41,7 +41,7 @@ class MemoryOffsetState:
         self.journal = journal
         self._projections: dict[str, StoredProjection] = {}
         self._leases: dict[tuple[str, SliceRange], Lease] = {}
-        self._changed = trio.Event()
+        self._changed = Signal()
 
     def _registered(self, projection: str) -> StoredProjection:
         """`projection` as stored; UnknownProjection if the store does not know it."""
@@ -74,8 +74,7 @@ class MemoryOffsetState:
 
     def _notify(self) -> None:
         """Wake the callers of `wait_until_caught_up`: the stored offsets changed."""
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.notify()
 
     async def _events(
         self, entity_type: str, slices: SliceRange, *, before: int | None = None
