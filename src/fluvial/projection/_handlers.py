@@ -7,11 +7,10 @@ at-least-once projection, which writes through none) runs on any store, and `ser
 refuses, for mypy, a projection whose `T` is not its store's.
 - `ExactlyOnce`: a synchronous function that writes through the store's transaction it is
   given; its writes and the offsets commit in one transaction, so each event is applied
-  exactly once. It runs once per attempt (a retry after it raised runs it again; and the
-  SQLite writer, in its thread, runs a whole group commit again, after rolling it back, when
-  another writer's write in it failed), so it must do nothing but write through that
-  transaction. `migrations` create and migrate the tables it writes (see
-  `OffsetStore.migrate_read_model`).
+  exactly once. It runs once per attempt (a retry after it raised runs it again), in a
+  transaction of its own (on SQLite in the writer thread, after the appends handed over with
+  it), so it must do nothing but write through that transaction. `migrations` create and
+  migrate the tables it writes (see `OffsetStore.migrate_read_model`).
 - `GroupedExactlyOnce`: the same for a group of envelopes at once.
 - `AtLeastOnce`: an async function per envelope; offsets are saved every `save_every` envelopes
   or `save_after` seconds, so after a crash the envelopes since the last save come again.

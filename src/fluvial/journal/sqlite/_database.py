@@ -49,6 +49,7 @@ from fluvial.journal.sqlite._transaction import (
     WriteTransaction,
     commit_batch,
     pages_written,
+    transactions_of,
 )
 from fluvial.nursery_errors import open_service_nursery
 
@@ -117,8 +118,9 @@ class SqliteDatabase:
         error.__cause__ = self._writer_failure
         return error
 
-    async def write(self, function: Callable[[WriteTransaction], T]) -> T:
-        """Run `function` in the writer thread inside a transaction, committed with others.
+    async def write(self, function: Callable[[WriteTransaction], T], *, alone: bool = False) -> T:
+        """Run `function` in the writer thread inside a transaction, committed with others
+        (`alone`: in a transaction of its own, after the others; for the user's code).
 
         If `function` raises, its own changes are rolled back and the error is raised here
         (SQLite's errors as a `JournalFileError`); the other writes of the transaction are not
@@ -129,7 +131,7 @@ class SqliteDatabase:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        pending = PendingWrite(function, trio.lowlevel.current_task())
+        pending = PendingWrite(function, trio.lowlevel.current_task(), alone=alone)
         self._outbox.append(pending)
 
         def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -201,12 +203,19 @@ class SqliteDatabase:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
-            self._in_flight = batch
-            commit_batch(self._writer, self._state, batch)  # never raises
-            self._committed_batches.put(batch)
-            self._in_flight = None
-            self._wake_send.send(b"\0")
-            self._pages_since_checkpoint += pages_written(batch)
+            transactions = transactions_of(batch)
+            for index, transaction in enumerate(transactions):
+                # Held and not committed yet, to fail if the thread dies: the rest of the batch.
+                self._in_flight = (
+                    transaction
+                    if index == len(transactions) - 1
+                    else list(itertools.chain.from_iterable(transactions[index:]))
+                )
+                commit_batch(self._writer, self._state, transaction)  # never raises
+                self._committed_batches.put(transaction)
+                self._in_flight = None
+                self._wake_send.send(b"\0")
+                self._pages_since_checkpoint += pages_written(transaction)
             self._checkpoint_when_idle()
 
     def _checkpoint_when_idle(self) -> None:

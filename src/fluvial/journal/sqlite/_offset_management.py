@@ -225,4 +225,4 @@ class OffsetManagement:
                 with users_sql(conn, functools.partial(ReadModelClearFailed, projection)):
                     clear_read_model(conn)
 
-        await write_in_savepoint(self.database, run)
+        await write_in_savepoint(self.database, run, alone=clear_read_model is not None)

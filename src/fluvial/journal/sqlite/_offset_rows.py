@@ -93,11 +93,12 @@ def save_slice_offsets(
 
 
 async def write_in_savepoint(
-    database: SqliteDatabase, function: Callable[[sqlite3.Connection], T]
+    database: SqliteDatabase, function: Callable[[sqlite3.Connection], T], *, alone: bool = False
 ) -> T:
     """Run `function` in the writer thread, in a savepoint of the writer's transaction, and
     return what it returned; if it raised, its writes are rolled back and its exception is
-    raised here as itself (a refusal, a conflict, a user's error).
+    raised here as itself (a refusal, a conflict, a user's error). `alone` for a function
+    that runs the user's code: its transaction is its own (`transactions_of`).
 
     The exception crosses as a value: one escaping the write would make the writer run its
     whole batch of writes again, `function` included. A storage error that made SQLite roll
@@ -118,7 +119,7 @@ async def write_in_savepoint(
         conn.execute("RELEASE projection_write")
         return result
 
-    return (await database.write(transaction)).unwrap()
+    return (await database.write(transaction, alone=alone)).unwrap()
 
 
 @contextlib.contextmanager

@@ -152,7 +152,8 @@ class SqliteOffsetStore(OffsetManagement):
                 raise ProjectionConflict(projection, slices, _CHANGED_UNDER_IT)
             return write(conn) if write is not None else None
 
-        return await write_in_savepoint(self.database, run)
+        # The handler's transaction is its own: it never holds up other callers' appends.
+        return await write_in_savepoint(self.database, run, alone=write is not None)
 
     async def migrate_read_model(
         self, projection: str, migrations: Sequence[Callable[[sqlite3.Connection], None]]
@@ -184,7 +185,7 @@ class SqliteOffsetStore(OffsetManagement):
                 (len(migrations), projection),
             )
 
-        await write_in_savepoint(self.database, run)
+        await write_in_savepoint(self.database, run, alone=True)
 
     async def acquire_lease(
         self, projection: str, entity_type: str, slices: SliceRange, *, owner: str, duration: float
