@@ -199,6 +199,28 @@ class PlainJournal:
         await self.inner.wait_for_new_events(seen_append_count)
 
 
+class WrappingJournal(PlainJournal):
+    """A journal that keeps the journal it wraps as `source`: a name `SourceProvider` has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = self.inner
+
+
+async def test_a_journal_with_an_attribute_named_source_is_read_as_a_journal(
+    journal: SqliteJournal,
+) -> None:
+    wrapping = WrappingJournal()
+    await wrapping.append([event(1, 0)])
+    handled = Handled()
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(serve_projection, offsets=journal.offset_store())
+        await nursery.start(serve, wrapping, REGISTRY, handled.projection())
+        await handled.wait_for(1)
+        nursery.cancel_scope.cancel()
+    assert [e.seq_nr for e in handled.envelopes] == [1]
+
+
 async def test_a_journal_without_an_offset_store_needs_one_given(
     journal: SqliteJournal,
 ) -> None:

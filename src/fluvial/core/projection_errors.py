@@ -44,6 +44,34 @@ class ProjectionConflict(UsageError):
         self.projection = projection
         self.slices = slices
 
+    @classmethod
+    def offsets_changed(cls, projection: str, slices: SliceRange) -> ProjectionConflict:
+        """What every offset store raises when a save's compare and set fails."""
+        return cls(
+            projection,
+            slices,
+            "its stored offsets changed under it (another instance handled some of these "
+            "events, or a management call changed them); it stopped without writing",
+        )
+
+    @classmethod
+    def lease_lost(cls, projection: str, slices: SliceRange) -> ProjectionConflict:
+        """What every offset store raises when renewing a lease another owner took over."""
+        return cls(
+            projection,
+            slices,
+            "lost its lease: it was not renewed in time and another instance took it over",
+        )
+
+
+def read_model_too_new(projection: str, version: int, migrations: int) -> UsageError:
+    """What every offset store raises when a read model's stored version is beyond the
+    `migrations` given."""
+    return UsageError(
+        f"the read model of projection {projection!r} is at version {version}, "
+        f"newer than the {migrations} migrations given (an older program?)"
+    )
+
 
 class ProjectionLeaseHeld(ProjectionConflict):
     """A live instance holds the lease of an overlapping slice range, so this one is refused

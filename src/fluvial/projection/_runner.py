@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import attrs
 import trio
+from typing_extensions import TypeIs
 from typing_extensions import TypeVar as TypeVarWithDefault
 
 from fluvial.core.errors import UsageError
@@ -150,7 +151,7 @@ async def serve_projection(
     """
     slices = slices or SliceRange.all()
     store = offsets if offsets is not None else _own_offset_store(source)
-    provider = source if isinstance(source, SourceProvider) else LocalJournalSources(source)
+    provider = source if _is_source_provider(source) else LocalJournalSources(source)
     owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
     lease = await store.acquire_lease(
         projection.name,
@@ -169,6 +170,12 @@ async def serve_projection(
             await supervisor.run(_migrate_then_restart_forever, instance, task_status)
     finally:
         await keeper.release()
+
+
+def _is_source_provider(source: Journal | SourceProvider) -> TypeIs[SourceProvider]:
+    # A runtime-checkable protocol matches by attribute name only: a journal that keeps what
+    # it wraps in an attribute `source` is still a journal, not a provider.
+    return isinstance(source, SourceProvider) and callable(source.source)
 
 
 def _own_offset_store(source: object) -> OffsetStore[Any]:

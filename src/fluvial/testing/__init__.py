@@ -1,6 +1,7 @@
 """fluvial's public test kit: an in-memory journal and offset store, a synchronous behavior
-harness, and the contract suites of journals (`fluvial.testing.journal_contract`) and offset
-stores (`fluvial.testing.offset_store_contract`)."""
+harness, and the contract suites of journals (`fluvial.testing.journal_contract`), projection
+sources (`fluvial.testing.source_contract`) and offset stores
+(`fluvial.testing.offset_store_contract`)."""
 
 from fluvial.journal.memory import MemoryJournal as MemoryJournal
 from fluvial.journal.memory import MemoryOffsetStore as MemoryOffsetStore

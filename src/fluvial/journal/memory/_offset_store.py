@@ -16,22 +16,20 @@ from typing import TypeVar
 import attrs
 import trio
 
-from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange
 from fluvial.core.leases import Lease
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
-from fluvial.core.projection_errors import ProjectionConflict, ProjectionLeaseHeld
+from fluvial.core.projection_errors import (
+    ProjectionConflict,
+    ProjectionLeaseHeld,
+    read_model_too_new,
+)
 from fluvial.journal.api import Journal
 from fluvial.journal.memory._offset_management import MemoryOffsetManagement
 from fluvial.journal.memory._offset_state import StoredProjection
 from fluvial.journal.memory._transaction import MemoryTransaction, staged
 
 T = TypeVar("T")
-
-_CHANGED_UNDER_IT = (
-    "its stored offsets changed under it (another instance handled some of these events, or a "
-    "management call changed them); it stopped without writing"
-)
 
 
 class MemoryOffsetStore(MemoryOffsetManagement):
@@ -105,7 +103,7 @@ class MemoryOffsetStore(MemoryOffsetManagement):
             return None
         stored = self._registered(projection)
         if not _still_current(stored, changes):
-            raise ProjectionConflict(projection, slices, _CHANGED_UNDER_IT)
+            raise ProjectionConflict.offsets_changed(projection, slices)
         result, writes = staged(write) if write is not None else (None, [])
         stored.entities.update((e.persistence_id, e) for e in changes.entities)
         stored.offsets.update(changes.slice_offsets)
@@ -126,10 +124,7 @@ class MemoryOffsetStore(MemoryOffsetManagement):
         stored = self._registered(projection)
         version = stored.read_model_version
         if version > len(migrations):
-            raise UsageError(
-                f"the read model of projection {projection!r} is at version {version}, "
-                f"newer than the {len(migrations)} migrations given (an older program?)"
-            )
+            raise read_model_too_new(projection, version, len(migrations))
 
         def run(txn: MemoryTransaction) -> None:
             for migration in migrations[version:]:
@@ -179,11 +174,7 @@ class MemoryOffsetStore(MemoryOffsetManagement):
         await trio.lowlevel.checkpoint()
         held = self._leases.get((lease.projection, lease.slices))
         if held is None or held.owner != lease.owner:
-            raise ProjectionConflict(
-                lease.projection,
-                lease.slices,
-                "lost its lease: it was not renewed in time and another instance took it over",
-            )
+            raise ProjectionConflict.lease_lost(lease.projection, lease.slices)
         renewed = attrs.evolve(held, expires_at=self.clock() + duration)
         self._leases[lease.projection, lease.slices] = renewed
         return renewed

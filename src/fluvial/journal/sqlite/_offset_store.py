@@ -22,7 +22,6 @@ from typing import TypeVar
 
 import attrs
 
-from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.leases import Lease as Lease
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
@@ -30,6 +29,7 @@ from fluvial.core.projection_errors import (
     ProjectionConflict,
     ProjectionLeaseHeld,
     ReadModelMigrationFailed,
+    read_model_too_new,
 )
 from fluvial.journal.sqlite._database import SqliteDatabase
 from fluvial.journal.sqlite._offset_management import OffsetManagement
@@ -46,11 +46,6 @@ from fluvial.journal.sqlite._offset_rows import (
 from fluvial.journal.sqlite._transaction import WriteTransaction
 
 T = TypeVar("T")
-
-_CHANGED_UNDER_IT = (
-    "its stored offsets changed under it (another instance handled some of these events, or a "
-    "management call changed them); it stopped without writing"
-)
 
 
 class SqliteOffsetStore(OffsetManagement):
@@ -149,7 +144,7 @@ class SqliteOffsetStore(OffsetManagement):
 
         def run(conn: sqlite3.Connection) -> T | None:
             if not write_changes(conn, projection, changes):
-                raise ProjectionConflict(projection, slices, _CHANGED_UNDER_IT)
+                raise ProjectionConflict.offsets_changed(projection, slices)
             return write(conn) if write is not None else None
 
         # The handler's transaction is its own: it never holds up other callers' appends.
@@ -171,10 +166,7 @@ class SqliteOffsetStore(OffsetManagement):
                 (projection,),
             ).fetchone()
             if version > len(migrations):
-                raise UsageError(
-                    f"the read model of projection {projection!r} is at version {version}, "
-                    f"newer than the {len(migrations)} migrations given (an older program?)"
-                )
+                raise read_model_too_new(projection, version, len(migrations))
             for number, migration in enumerate(migrations[version:], start=version + 1):
                 with users_sql(
                     conn, functools.partial(ReadModelMigrationFailed, projection, number)
@@ -241,11 +233,7 @@ class SqliteOffsetStore(OffsetManagement):
                 (expires_at, lease.projection, lease.slices.min, lease.slices.max, lease.owner),
             ).rowcount
             if renewed != 1:
-                raise ProjectionConflict(
-                    lease.projection,
-                    lease.slices,
-                    "lost its lease: it was not renewed in time and another instance took it over",
-                )
+                raise ProjectionConflict.lease_lost(lease.projection, lease.slices)
             return attrs.evolve(lease, expires_at=expires_at)
 
         return await write_in_savepoint(self.database, write)

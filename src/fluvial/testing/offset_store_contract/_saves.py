@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+import trio
 
 from fluvial.core.envelope_admission import DROP, admit
 from fluvial.core.ids import SliceRange
@@ -220,6 +221,33 @@ class SaveContract:
             )
         assert calls == []
         assert await offset_store.notes() == ["first"]
+
+    async def test_concurrent_commits_of_one_loaded_state_store_only_one(
+        self, offset_store: Fixture
+    ) -> None:
+        """Compare and set is atomic: two instances that loaded the same offsets and commit
+        at once (neither awaited before the other starts) cannot both pass the comparison."""
+        (pid,) = pids_in(SliceRange.all(), 1)
+        stored = await append(offset_store.journal, pid, 1, 1)
+        await offset_store.store.register(PROJECTION, ENTITY_TYPE)
+        outcomes: list[str] = []
+
+        async def commit(tracker: OffsetTracker, name: str) -> None:
+            changes = handled(tracker, stored).take_changes()
+            try:
+                await offset_store.store.commit(
+                    PROJECTION, tracker.slices, changes, offset_store.note(name)
+                )
+                outcomes.append(name)
+            except ProjectionConflict:
+                outcomes.append("conflict")
+
+        first, second = await load(offset_store), await load(offset_store)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(commit, first, "first")
+            nursery.start_soon(commit, second, "second")
+        assert sorted(outcomes) in (["conflict", "first"], ["conflict", "second"])
+        assert await offset_store.notes() == [n for n in outcomes if n != "conflict"]
 
     async def test_a_failing_write_stores_nothing_and_comes_out_as_itself(
         self, offset_store: Fixture
