@@ -26,6 +26,7 @@ from fluvial.projection.api import Batch
 from projection.projection_helpers import ENTITY_TYPE, NAME, QUIET, REGISTRY, Added, Envelope
 
 PID = f"{ENTITY_TYPE}|a"
+REPLICATED_PID = f"{ENTITY_TYPE}|a|edge"  # entity a's stream at replica "edge"
 
 
 def event(
@@ -35,11 +36,12 @@ def event(
     write_timestamp: int = 0,
     replication: ReplicationMetadata | None = None,
 ) -> EventRecord:
+    pid = PID if replication is None else REPLICATED_PID
     return EventRecord(
-        PID,
+        pid,
         seq_nr,
         ENTITY_TYPE,
-        slice_for(PID),
+        slice_for(pid),
         REGISTRY.encode(Added(seq_nr)),
         timestamp=timestamp,
         write_timestamp=write_timestamp,
@@ -116,9 +118,14 @@ async def test_a_source_that_is_not_a_journal_drives_a_projection_and_fills_its_
 ) -> None:
     """The handler sees each envelope with the path that delivered it, its offset, write
     timestamp and replication metadata; a gap is filled by the source's own replay."""
-    replication = ReplicationMetadata("edge", 1, VersionVector.of({"edge": 1}))
-    one = event(1, 1000, write_timestamp=900, replication=replication)
-    two, three = event(2, 2000), event(3, 3000)
+
+    def replication(seq_nr: int) -> ReplicationMetadata:
+        return ReplicationMetadata("edge", seq_nr, VersionVector.of({"edge": seq_nr}))
+
+    one, two, three = (
+        event(seq_nr, seq_nr * 1000, write_timestamp=900, replication=replication(seq_nr))
+        for seq_nr in (1, 2, 3)
+    )
     source = BatchSource(
         [([one], EnvelopeSource.QUERY), ([three], EnvelopeSource.LIVE)], [one, two, three]
     )
@@ -129,15 +136,23 @@ async def test_a_source_that_is_not_a_journal_drives_a_projection_and_fills_its_
         await nursery.start(serve, source, REGISTRY, handled.projection())
         await handled.wait_for(3)
         nursery.cancel_scope.cancel()
-    assert source.replays == [(PID, 2, 3)]
+    assert source.replays == [(REPLICATED_PID, 2, 3)]
     seen = [
-        (e.seq_nr, e.event, e.source, e.offset, e.write_timestamp, e.replication)
+        (e.entity_id, e.seq_nr, e.event, e.source, e.offset, e.write_timestamp, e.replication)
         for e in handled.envelopes
     ]
+    paths = [EnvelopeSource.QUERY, EnvelopeSource.REPLAY, EnvelopeSource.REPLAY]
     assert seen == [
-        (1, Added(1), EnvelopeSource.QUERY, TimestampOffset(1000, {PID: 1}), 900, replication),
-        (2, Added(2), EnvelopeSource.REPLAY, TimestampOffset(2000, {PID: 2}), 0, None),
-        (3, Added(3), EnvelopeSource.REPLAY, TimestampOffset(3000, {PID: 3}), 0, None),
+        (
+            "a",
+            n,
+            Added(n),
+            path,
+            TimestampOffset(n * 1000, {REPLICATED_PID: n}),
+            900,
+            replication(n),
+        )
+        for n, path in zip((1, 2, 3), paths, strict=True)
     ]
 
 

@@ -19,7 +19,7 @@ import msgspec
 
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import UsageError
-from fluvial.core.ids import slice_for
+from fluvial.core.ids import InvalidPersistenceId, ReplicatedPersistenceId, slice_for
 from fluvial.core.replication_metadata import ReplicationMetadata
 from fluvial.core.serialization import SerializedPayload
 
@@ -168,6 +168,23 @@ def check_append_batch(events: Sequence[EventRecord]) -> None:
                 f"seq nrs of {first.persistence_id} must be consecutive: "
                 f"{[e.seq_nr for e in events]}"
             )
+        if event.replication is not None:
+            check_replicated_id(event)
+
+
+def check_replicated_id(event: EventRecord) -> None:
+    """Raise InvalidAppend if `event` carries replication metadata but its persistence id is
+    not a replicated one (`type|id|replica`): the events of a replicated entity, and only
+    those, have metadata, and `EventEnvelope.entity_id` reads the id by that rule."""
+    if event.replication is None:
+        return
+    try:
+        ReplicatedPersistenceId.parse(event.persistence_id)
+    except InvalidPersistenceId:
+        raise InvalidAppend(
+            f"{event.persistence_id} seq nr {event.seq_nr} has replication metadata, but its "
+            "persistence id is not a replicated entity's (type|id|replica)"
+        ) from None
 
 
 def check_from_elsewhere(events: Sequence[EventRecord]) -> None:
@@ -192,6 +209,7 @@ def check_from_elsewhere(events: Sequence[EventRecord]) -> None:
             raise InvalidAppend(
                 f"seq nrs are within 1..{MAX_SEQ_NR}: {event.persistence_id} seq nr {event.seq_nr}"
             )
+        check_replicated_id(event)
         if event.write_timestamp < 1:
             raise InvalidAppend(
                 f"an event from elsewhere keeps its origin's write timestamp: "

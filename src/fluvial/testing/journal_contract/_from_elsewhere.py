@@ -31,6 +31,7 @@ from fluvial.testing.journal_contract._records import (
     event,
     events,
     read_all,
+    replicated_ids,
 )
 
 ORIGIN_TIME = 1_600_000_000_000_000  # the origin's clock: long before this journal's
@@ -65,11 +66,7 @@ class FromElsewhereContract:
         (local,) = entity_ids(ENTITY_TYPE, SliceRange.all(), 1)
         before = await journal.append(events(local, 1, 1))
         replicated = ReplicatedPersistenceId(ENTITY_TYPE, "cart|7", "eu-west")
-        pid = replicated.entity  # the same fields; the replicated form names the stream
-        incoming = [
-            msgspec.structs.replace(r, persistence_id=str(replicated), slice=replicated.slice)
-            for r in from_elsewhere(events(pid, 1, 3), origin="us-east")
-        ]
+        incoming = from_elsewhere(events(replicated, 1, 3), origin="us-east")
         results = await journal.write_from_elsewhere(incoming)
         stored = stored_records(results)
         assert len(stored) == len(results) == 3
@@ -87,7 +84,7 @@ class FromElsewhereContract:
     async def test_a_redelivery_is_already_stored_and_changes_nothing(
         self, journal: JournalUnderTest
     ) -> None:
-        pid, other = entity_ids(ENTITY_TYPE, SliceRange.all(), 2)
+        pid, other = replicated_ids(ENTITY_TYPE, SliceRange.all(), 2)
         first = await journal.write_from_elsewhere(from_elsewhere(events(pid, 1, 3), "A"))
         stored = stored_records(first)
         # Again, and from the middle on with one more: the known ones are acknowledged.
@@ -188,6 +185,19 @@ class FromElsewhereContract:
             await journal.write_from_elsewhere([*good, bad])
         assert await current_by_slices(journal, ENTITY_TYPE, SliceRange.all()) == []
         assert await journal.write_from_elsewhere([]) == []
+
+    async def test_replication_metadata_on_a_plain_persistence_id_is_invalid(
+        self, journal: JournalUnderTest
+    ) -> None:
+        """Only a replicated entity's events (`type|id|replica`) carry replication metadata:
+        `EventEnvelope.entity_id` reads the id by that rule."""
+        (pid,) = entity_ids(ENTITY_TYPE, SliceRange.all(), 1)
+        (bad,) = from_elsewhere(events(pid, 1, 1), "A")
+        with pytest.raises(InvalidAppend, match="replicated"):
+            await journal.write_from_elsewhere([bad])
+        with pytest.raises(InvalidAppend, match="replicated"):
+            await journal.append([msgspec.structs.replace(bad, write_timestamp=0)])
+        assert await current_by_slices(journal, ENTITY_TYPE, SliceRange.all()) == []
 
     @pytest.mark.parametrize("field", ["entity_type", "slice"])
     async def test_events_whose_entity_type_or_slice_is_not_their_persistence_ids_are_invalid(

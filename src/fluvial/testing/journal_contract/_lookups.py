@@ -25,6 +25,7 @@ from fluvial.testing.journal_contract._records import (
     entity_ids,
     event,
     events,
+    replicated_ids,
 )
 
 
@@ -97,7 +98,8 @@ class LookupContract:
     async def test_events_by_slices_leave_out_the_payloads_of_one_origin(
         self, journal: JournalUnderTest
     ) -> None:
-        pid, other, local = entity_ids(ENTITY_TYPE, SliceRange.all(), 3)
+        (local,) = entity_ids(ENTITY_TYPE, SliceRange.all(), 1)
+        pid, other = replicated_ids(ENTITY_TYPE, SliceRange.all(), 2)
         for origin, target in (("A", pid), ("B", other)):
             await journal.write_from_elsewhere(
                 [
@@ -126,7 +128,8 @@ class LookupContract:
     async def test_a_follower_gets_one_origins_events_as_placeholders(
         self, journal: JournalUnderTest
     ) -> None:
-        pid, local = entity_ids(ENTITY_TYPE, SliceRange.all(), 2)
+        (local,) = entity_ids(ENTITY_TYPE, SliceRange.all(), 1)
+        (pid,) = replicated_ids(ENTITY_TYPE, SliceRange.all(), 1)
 
         def from_a(records: list[EventRecord]) -> list[EventRecord]:
             return [

@@ -10,7 +10,7 @@ import msgspec
 import trio
 import trio.testing
 
-from fluvial.core.ids import PersistenceId, SliceRange
+from fluvial.core.ids import PersistenceId, ReplicatedPersistenceId, SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import MAX_TIMESTAMP, EventRecord, SnapshotRecord
 from fluvial.core.replication_metadata import ReplicationMetadata
@@ -47,8 +47,28 @@ def entity_ids(entity_type: str, slices: SliceRange, count: int) -> list[Persist
     return found
 
 
+# An entity's stream id: a plain one, or a replicated entity's at one replica (whose events
+# carry replication metadata: only those may).
+AnyId = PersistenceId | ReplicatedPersistenceId
+
+
+def replicated_ids(
+    entity_type: str, slices: SliceRange, count: int, replica: str = "here"
+) -> list[ReplicatedPersistenceId]:
+    """`count` persistence ids of replicated entities of `entity_type` at `replica`, whose
+    slices are in `slices` (deterministic)."""
+    found: list[ReplicatedPersistenceId] = []
+    n = 0
+    while len(found) < count:
+        rid = ReplicatedPersistenceId(entity_type, f"entity-{n}", replica)
+        n += 1
+        if rid.slice in slices:
+            found.append(rid)
+    return found
+
+
 def event(
-    pid: PersistenceId,
+    pid: AnyId,
     seq_nr: int,
     *,
     tags: frozenset[str] = frozenset(),
@@ -71,7 +91,7 @@ def event(
     )
 
 
-def events(pid: PersistenceId, first_seq_nr: int, count: int) -> list[EventRecord]:
+def events(pid: AnyId, first_seq_nr: int, count: int) -> list[EventRecord]:
     """A batch of `count` consecutive events of `pid` from `first_seq_nr`."""
     return [event(pid, seq_nr) for seq_nr in range(first_seq_nr, first_seq_nr + count)]
 
@@ -113,7 +133,7 @@ async def snapshot_seq_nr(
     return None if loaded is None else loaded.seq_nr
 
 
-async def read_all(journal: Journal, pid: PersistenceId) -> list[EventRecord]:
+async def read_all(journal: Journal, pid: AnyId) -> list[EventRecord]:
     """Every stored event of `pid`, bounded in time so that a looping query fails."""
     with trio.fail_after(TIMEOUT):
         return [record async for record in events_by_persistence_id(journal, str(pid))]
