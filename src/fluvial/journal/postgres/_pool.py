@@ -64,6 +64,7 @@ class ConnectionPool:
             autocommit=True,  # transactions are explicit: `with conn.transaction()`
             connect_timeout=max(1, round(self._connect_timeout)),
             options=f"-c search_path={self._schema}",
+            application_name=f"fluvial:{self._schema}",  # tells them apart in pg_stat_activity
         )
 
     def _give_back(self, conn: Connection | None) -> None:
