@@ -21,22 +21,22 @@ START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main star
 
 
 @functools.cache
-def _unreachable() -> str | None:
+def _unreachable(dsn: str) -> str | None:
     """Why the server cannot be used, or None; asked once per test run."""
     try:
-        with psycopg.connect(DSN, connect_timeout=3) as conn:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         return str(exc).strip() or type(exc).__name__
     return None
 
 
-def require_postgres() -> None:
+def require_postgres(dsn: str = DSN) -> None:
     """Skip the calling test when the server is unreachable (fail it in CI)."""
-    error = _unreachable()
+    error = _unreachable(dsn)
     if error is None:
         return
-    message = f"PostgreSQL not reachable at {DSN}: {error}; start it with `{START}`"
+    message = f"PostgreSQL not reachable at {dsn}: {error}; start it with `{START}`"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message} (CI=true: PostgreSQL tests must run, not skip)")
     pytest.skip(message)
