@@ -36,11 +36,15 @@ class ConnectionPool:
     async def run(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` in a worker thread; a connection failure raises
         PostgresUnavailable, every other error comes out as itself."""
-        if self._closed:
-            raise JournalClosed(f"on PostgreSQL (schema {self._schema})")
+        self._check_open()
         async with self._free:
+            self._check_open()  # it may have closed while this call waited
             conn = self._idle.pop() if self._idle else None
             return await trio.to_thread.run_sync(self._run, conn, work)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalClosed(f"on PostgreSQL (schema {self._schema})")
 
     def _run(self, conn: Connection | None, work: Callable[[Connection], T]) -> T:
         try:
