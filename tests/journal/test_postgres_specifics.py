@@ -126,6 +126,36 @@ async def test_a_cancelled_append_whose_transaction_runs_completes_it_and_the_po
         assert [r.seq_nr for r in await journal.append(events(PID, 3, 1))] == [3]
 
 
+async def test_a_writer_that_passed_the_check_when_another_commits_the_seq_nr_conflicts(
+    postgres_schema: str,
+) -> None:
+    """The race of two processes: another writer's transaction holds seq nr 2 (uncommitted)
+    while the append checks and inserts it; it commits, and the append fails on the key."""
+    async with open_postgres_journal(DSN, schema=postgres_schema, pool_size=1) as journal:
+        await journal.append(events(PID, 1, 1))
+        rival = await trio.to_thread.run_sync(_hold_seq_nr, postgres_schema, 2)
+        conflicts: list[JournalConflict] = []
+
+        async def append() -> None:
+            try:
+                await journal.append(events(PID, 2, 2))
+            except JournalConflict as exc:
+                conflicts.append(exc)
+
+        try:
+            with trio.fail_after(TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(append)
+                    await trio.to_thread.run_sync(_until_a_backend_waits_on_a_lock)
+                    await trio.to_thread.run_sync(rival.commit)
+        finally:
+            rival.close()
+        (conflict,) = conflicts
+        assert (conflict.persistence_id, conflict.seq_nr) == (str(PID), 2)
+        assert [r.write_timestamp for r in await read_all(journal, PID)][1:] == [1]  # the rival's
+        assert await journal.highest_seq_nr(str(PID)) == 2
+
+
 def _hold_seq_nr(schema: str, seq_nr: int) -> psycopg.Connection[tuple[object, ...]]:
     conn = psycopg.connect(DSN, options=f"-c search_path={schema}")
     conn.execute(
