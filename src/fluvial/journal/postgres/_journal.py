@@ -1,0 +1,242 @@
+"""The PostgreSQL journal and snapshot store, on a pool of psycopg connections.
+
+The transactions live by job (event rows and appends in _event_rows.py, snapshots in
+_snapshots.py); this class runs them on the pool and tells waiting followers what this process
+committed. Other processes' commits are found by polling (`poll_interval`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+
+from msgspec.structs import replace
+
+from fluvial._wakeup import Signal
+from fluvial.core.errors import UsageError
+from fluvial.core.ids import SliceRange
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import (
+    EventRecord,
+    SnapshotRecord,
+    check_append_batch,
+    check_from_elsewhere,
+)
+from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, EventStored, WriteFromElsewhereResult
+from fluvial.journal.postgres import _event_rows, _snapshots
+from fluvial.journal.postgres._event_rows import (
+    EVENT_COLUMNS,
+    EVENT_COLUMNS_NOT_FROM_ORIGIN,
+    EVENT_COLUMNS_WITHOUT_PAYLOAD,
+    EVENTS_BY_SLICES,
+    HIGHEST_SEQ_NR,
+    Connection,
+    event_from_row,
+    unseen,
+)
+from fluvial.journal.postgres._pool import ConnectionPool
+from fluvial.journal.postgres._schema import check_schema_name, migrate
+
+
+class PostgresJournal:
+    """Journal, SnapshotStore and WriteFromElsewhere in one PostgreSQL schema, shared with any
+    number of processes; see `open_postgres_journal`."""
+
+    def __init__(self, pool: ConnectionPool, poll_interval: float) -> None:
+        self._pool = pool
+        self._poll_interval = poll_interval
+        # Counts this process's appends: followers here wake at once, others poll.
+        self._appends = Signal()
+        # This process's last timestamp: its next appends get later ones (see _event_rows.py).
+        self._last_timestamp = 0
+
+    async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        """See `Journal.append`."""
+        check_append_batch(events)
+        if not events:
+            return []
+        first = await self._pool.run(
+            functools.partial(
+                _event_rows.append_events, events=events, floor=self._last_timestamp + 1
+            )
+        )
+        return self._appended_at(events, first)
+
+    async def write_from_elsewhere(
+        self, events: Sequence[EventRecord]
+    ) -> list[WriteFromElsewhereResult]:
+        """See `WriteFromElsewhere.write_from_elsewhere`."""
+        check_from_elsewhere(events)
+        if not events:
+            return []
+        decision, first = await self._pool.run(
+            functools.partial(
+                _event_rows.write_from_elsewhere, events=events, floor=self._last_timestamp + 1
+            )
+        )
+        stamped = iter(self._appended_at(decision.stored, first) if decision.stored else [])
+        return [
+            EventStored(next(stamped)) if verdict is None else verdict
+            for verdict in decision.verdicts
+        ]
+
+    def _appended_at(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
+        stamped = [
+            replace(e, timestamp=first + i, write_timestamp=e.write_timestamp or first + i)
+            for i, e in enumerate(events)
+        ]
+        self._last_timestamp = max(self._last_timestamp, stamped[-1].timestamp)
+        self._appends.notify()
+        return stamped
+
+    async def read_events(
+        self, persistence_id: str, from_seq_nr: int, to_seq_nr: int, limit: int
+    ) -> list[EventRecord]:
+        """See `Journal.read_events`."""
+
+        def query(conn: Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM event_journal WHERE persistence_id = %s "
+                "AND seq_nr BETWEEN %s AND %s ORDER BY seq_nr LIMIT %s",
+                (persistence_id, from_seq_nr, to_seq_nr, limit),
+            ).fetchall()
+            return [event_from_row(row) for row in rows]
+
+        return await self._pool.run(query)
+
+    async def highest_seq_nr(self, persistence_id: str) -> int:
+        """See `Journal.highest_seq_nr`."""
+
+        def query(conn: Connection) -> int:
+            row = conn.execute(HIGHEST_SEQ_NR, (persistence_id,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._pool.run(query)
+
+    async def read_events_by_slices(
+        self,
+        entity_type: str,
+        slices: SliceRange,
+        after: TimestampOffset,
+        limit: int,
+        *,
+        to_timestamp: int = MAX_TIMESTAMP,
+        with_payloads: bool = True,
+        exclude_origin: str | None = None,
+    ) -> list[EventRecord]:
+        """See `Journal.read_events_by_slices`."""
+        if not with_payloads:
+            columns = EVENT_COLUMNS_WITHOUT_PAYLOAD
+        elif exclude_origin is not None:
+            columns = EVENT_COLUMNS_NOT_FROM_ORIGIN
+        else:
+            columns = EVENT_COLUMNS
+        parameters = {
+            "entity_type": entity_type,
+            "from": after.timestamp,
+            "to": to_timestamp,
+            "min": slices.min,
+            "max": slices.max,
+            # Records seen at exactly `after.timestamp` are read again and dropped here, so
+            # ask for that many more to still return up to `limit` new ones.
+            "limit": limit + len(after.seen),
+            "origin": exclude_origin,
+        }
+
+        def query(conn: Connection) -> list[EventRecord]:
+            rows = conn.execute(EVENTS_BY_SLICES.format(columns=columns), parameters).fetchall()
+            return unseen(after, [event_from_row(row) for row in rows], limit)
+
+        return await self._pool.run(query)
+
+    async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
+        """See `Journal.load_event`."""
+
+        def query(conn: Connection) -> EventRecord | None:
+            row = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM event_journal WHERE persistence_id = %s "
+                "AND seq_nr = %s",
+                (persistence_id, seq_nr),
+            ).fetchone()
+            return None if row is None else event_from_row(row)
+
+        return await self._pool.run(query)
+
+    def append_count(self) -> int:
+        """See `Journal.append_count`."""
+        return self._appends.count
+
+    async def wait_for_new_events(self, seen_append_count: int) -> None:
+        """See `Journal.wait_for_new_events`."""
+        # Other processes' commits wake nobody here: look again after the polling interval.
+        await self._appends.wait(seen_append_count, at_most=self._poll_interval)
+
+    async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
+        """See `SnapshotStore.save_snapshot`."""
+        await self._pool.run(
+            functools.partial(_snapshots.save_snapshot, snapshot=snapshot, keep=keep)
+        )
+
+    async def load_snapshot(
+        self, persistence_id: str, max_seq_nr: int = MAX_SEQ_NR
+    ) -> SnapshotRecord | None:
+        """See `SnapshotStore.load_snapshot`."""
+        return await self._pool.run(
+            functools.partial(
+                _snapshots.load_snapshot, persistence_id=persistence_id, max_seq_nr=max_seq_nr
+            )
+        )
+
+    async def read_snapshots_by_slices(
+        self, entity_type: str, slices: SliceRange, after: TimestampOffset, limit: int
+    ) -> list[SnapshotRecord]:
+        """See `SnapshotStore.read_snapshots_by_slices`."""
+        return await self._pool.run(
+            functools.partial(
+                _snapshots.snapshots_by_slices,
+                entity_type=entity_type,
+                slices=slices,
+                after=after,
+                limit=limit,
+            )
+        )
+
+
+def open_postgres_journal(
+    dsn: str,
+    *,
+    schema: str = "fluvial",
+    pool_size: int = 8,
+    poll_interval: float = 0.5,
+    connect_timeout: float = 10.0,
+) -> AbstractAsyncContextManager[PostgresJournal]:
+    """Open the PostgreSQL journal (and snapshot store) in `schema` of the database at `dsn`
+    (a libpq connection string or URI, such as ``postgresql://user@host:5432/db``).
+
+    Opening creates the schema and its tables, or migrates them, and raises
+    PostgresSchemaTooNew for a schema of a newer fluvial (changing nothing) and
+    PostgresUnavailable when the server cannot be reached within `connect_timeout` seconds.
+    At most `pool_size` connections run calls at a time; `poll_interval` is how often
+    `wait_for_new_events` looks for other processes' commits. Arguments that cannot work
+    raise UsageError here.
+    """
+    check_schema_name(schema)
+    if pool_size < 1:
+        raise UsageError(f"pool_size must be at least 1, not {pool_size}")
+    if poll_interval <= 0 or connect_timeout <= 0:
+        raise UsageError("poll_interval and connect_timeout must be positive seconds")
+    pool = ConnectionPool(dsn, schema, pool_size, connect_timeout=connect_timeout)
+    return _open(pool, schema, poll_interval)
+
+
+@contextlib.asynccontextmanager
+async def _open(
+    pool: ConnectionPool, schema: str, poll_interval: float
+) -> AsyncIterator[PostgresJournal]:
+    try:
+        await pool.run(functools.partial(migrate, schema=schema))
+        yield PostgresJournal(pool, poll_interval)
+    finally:
+        await pool.aclose()
