@@ -33,6 +33,12 @@ bench: setup
     {{python}} benchmarks/bench_projection.py
     {{python}} benchmarks/bench_serializers.py
 
+# The PostgreSQL benchmarks (the server at 127.0.0.1:5432, or FLUVIAL_PG_DSN): the drivers, then
+# the journal, each beside the raw driver in the same run.
+bench-postgres: setup
+    {{python}} benchmarks/bench_postgres_drivers.py
+    {{python}} benchmarks/bench_postgres_journal.py
+
 # The demo: shopping carts on an embedded SQLite journal, with a projection following them.
 demo: setup
     {{python}} -m fluvial demo

@@ -19,6 +19,7 @@ from typing import Any
 
 import fluvial
 import fluvial.journal.memory
+import fluvial.journal.postgres
 import fluvial.journal.sqlite
 import fluvial.projection
 import fluvial.testing
@@ -31,6 +32,7 @@ PUBLIC_MODULES = (
     fluvial.projection,
     fluvial.journal.sqlite,
     fluvial.journal.memory,
+    fluvial.journal.postgres,
 )
 ERRORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 

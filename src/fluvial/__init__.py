@@ -69,6 +69,10 @@ from fluvial.journal.api import WriteFromElsewhereResult as WriteFromElsewhereRe
 from fluvial.journal.memory import MemoryJournal as MemoryJournal
 from fluvial.journal.memory import MemoryOffsetStore as MemoryOffsetStore
 from fluvial.journal.memory import MemoryTransaction as MemoryTransaction
+from fluvial.journal.postgres import PostgresJournal as PostgresJournal
+from fluvial.journal.postgres import PostgresSchemaTooNew as PostgresSchemaTooNew
+from fluvial.journal.postgres import PostgresUnavailable as PostgresUnavailable
+from fluvial.journal.postgres import open_postgres_journal as open_postgres_journal
 from fluvial.journal.queries import current_events_by_slices as current_events_by_slices
 from fluvial.journal.queries import current_snapshots_by_slices as current_snapshots_by_slices
 from fluvial.journal.queries import events_by_persistence_id as events_by_persistence_id
@@ -155,6 +159,9 @@ __all__ = [
     "PayloadDecodeError",
     "PayloadEncodeError",
     "PersistenceId",
+    "PostgresJournal",
+    "PostgresSchemaTooNew",
+    "PostgresUnavailable",
     "Projection",
     "ProjectionConflict",
     "ProjectionFailed",
@@ -194,6 +201,7 @@ __all__ = [
     "events_by_persistence_id",
     "events_by_slices",
     "open_entities",
+    "open_postgres_journal",
     "open_sqlite_journal",
     "serve_projection",
     "slice_for",
