@@ -14,6 +14,9 @@ two or four instances (slice ranges), each rebuilt from what was persisted the w
 `SqliteOffsetStore.load` does, with a window small enough that entities leave memory and are
 looked up in the store.
 
+The machines (`ProjectionMachine` here, its subclasses in test_exactly_once_machine.py and
+test_at_least_once_machine.py) check:
+
 - exactly-once: the handler's effects and the tracker's changes commit together (or not at
   all); every event is applied exactly once, in seq nr order per entity, with no gap.
 - the changes of every commit or save carry, per entity, the seq nr the store holds (what
@@ -25,11 +28,10 @@ looked up in the store.
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -37,7 +39,6 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
 from fluvial.core.envelope_admission import HANDLE, Load, LookUp, Replay, admit, admit_replayed
@@ -298,130 +299,6 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.coverage.saw(f"caught up with {len(self.instances)} instance(s)")
 
 
-class ExactlyOnceMachine(ProjectionMachine):
-    def __init__(self) -> None:
-        self.committed: dict[str, list[int]] = defaultdict(list)
-        super().__init__()
-
-    def deliver(
-        self, instance: Instance, records: list[EventRecord], source: EnvelopeSource
-    ) -> None:
-        # One transaction per source batch, as the runner does; `commit` runs it.
-        for record in records:
-            instance.pending.extend(self.admit(instance, record, source))
-
-    def commit_instance(self, instance: Instance) -> None:
-        """The handler's writes and the offsets, in one transaction."""
-        for record in instance.pending:
-            self.committed[record.persistence_id].append(record.seq_nr)
-        instance.pending = []
-        self.persist(instance)
-
-    @rule(data=st.data())
-    def commit(self, data: st.DataObject) -> None:
-        self.commit_instance(data.draw(st.sampled_from(self.instances)))
-
-    def crash(self) -> None:
-        if any(i.pending for i in self.instances):
-            self.coverage.saw("crash between handler and commit")
-
-    @invariant()
-    def applied_exactly_once_in_order(self) -> None:
-        for pid, seq_nrs in self.committed.items():
-            assert seq_nrs == list(range(1, len(seq_nrs) + 1)), (pid, seq_nrs)
-            stored = self.stored_entities.get(pid)
-            assert (stored.seq_nr if stored else 0) == len(seq_nrs), pid
-
-    @invariant()
-    def stored_offsets_never_run_ahead(self) -> None:
-        assert self.stored_offsets_run_ahead_of(self.committed) == []
-
-    @invariant()
-    def the_query_will_deliver_what_is_not_handled(self) -> None:
-        self.check_the_query_will_deliver_what_is_not_handled(self.committed)
-
-    @precondition(lambda self: self.crashes > 0)
-    @rule()
-    def catch_up(self) -> None:
-        """Each instance's query reads to the end and commits: everything, once."""
-        for instance in self.instances:
-            self.commit_instance(instance)
-            while page := self.read_page(instance, 3):
-                self.deliver(instance, page, EnvelopeSource.QUERY)
-                self.commit_instance(instance)
-        self.check_caught_up(self.committed)
-
-
-class AtLeastOnceMachine(ProjectionMachine):
-    def __init__(self) -> None:
-        self.applied: dict[str, list[int]] = defaultdict(list)
-        self.saved_at_crash: dict[str, int] | None = None  # None: no crash yet
-        super().__init__()
-
-    def deliver(
-        self, instance: Instance, records: list[EventRecord], source: EnvelopeSource
-    ) -> None:
-        # As `_consume_at_least_once`: handle as admitted, save every SAVE_EVERY envelopes.
-        for record in records:
-            for event in self.admit(instance, record, source):
-                self.apply(event)
-                instance.unsaved += 1
-            if instance.unsaved >= SAVE_EVERY:
-                self.save_instance(instance)
-
-    def apply(self, event: EventRecord) -> None:
-        pid, seq_nr = event.persistence_id, event.seq_nr
-        applied = self.applied[pid]
-        high = max(applied, default=0)
-        assert seq_nr <= high + 1, f"{pid}#{seq_nr} applied after #{high}: a gap"
-        if seq_nr <= high:
-            # Again: only after a crash, and only what the crash left unsaved.
-            assert self.saved_at_crash is not None, f"{pid}#{seq_nr} again with no crash"
-            assert seq_nr > self.saved_at_crash.get(pid, 0), f"{pid}#{seq_nr} was saved"
-            self.coverage.saw("repeated after a crash")
-        applied.append(seq_nr)
-
-    def save_instance(self, instance: Instance) -> None:
-        self.persist(instance)
-        instance.unsaved = 0
-
-    @rule(data=st.data())
-    def save(self, data: st.DataObject) -> None:
-        """`save_after` elapsed."""
-        self.save_instance(data.draw(st.sampled_from(self.instances)))
-
-    def crash(self) -> None:
-        if any(i.unsaved for i in self.instances):
-            self.coverage.saw("crash with unsaved offsets")
-        self.saved_at_crash = {pid: e.seq_nr for pid, e in self.stored_entities.items()}
-
-    @invariant()
-    def applied_in_order_with_no_gap(self) -> None:
-        for pid, seq_nrs in self.applied.items():
-            # Each application is the next seq nr or a step back (after a crash).
-            for before, after in itertools.pairwise(seq_nrs):
-                assert after == before + 1 or after <= before, (pid, seq_nrs)
-            stored = self.stored_entities.get(pid)
-            assert (stored.seq_nr if stored else 0) <= max(seq_nrs, default=0), pid
-
-    @invariant()
-    def stored_offsets_never_run_ahead(self) -> None:
-        assert self.stored_offsets_run_ahead_of(self.applied) == []
-
-    @invariant()
-    def the_query_will_deliver_what_is_not_handled(self) -> None:
-        self.check_the_query_will_deliver_what_is_not_handled(self.applied)
-
-    @precondition(lambda self: self.crashes > 0)
-    @rule()
-    def catch_up(self) -> None:
-        for instance in self.instances:
-            while page := self.read_page(instance, 3):
-                self.deliver(instance, page, EnvelopeSource.QUERY)
-            self.save_instance(instance)
-        self.check_caught_up(self.applied)
-
-
 EXERCISED = (
     "evicted",
     "lookup found",
@@ -430,55 +307,3 @@ EXERCISED = (
     "caught up with 2 instance(s)",
     "caught up with 4 instance(s)",
 )
-
-
-def test_exactly_once_applies_every_event_once_in_order() -> None:
-    ExactlyOnceMachine.coverage = coverage = Coverage()
-    run_state_machine_as_test(ExactlyOnceMachine, settings=SETTINGS)
-    for what in (*EXERCISED, "crash between handler and commit"):
-        assert coverage.counts[what] > 0, (what, dict(coverage.counts))
-
-
-def test_at_least_once_applies_every_event_and_repeats_only_after_a_crash() -> None:
-    AtLeastOnceMachine.coverage = coverage = Coverage()
-    run_state_machine_as_test(AtLeastOnceMachine, settings=SETTINGS)
-    for what in (*EXERCISED, "crash with unsaved offsets", "repeated after a crash"):
-        assert coverage.counts[what] > 0, (what, dict(coverage.counts))
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    offsets=st.dictionaries(
-        st.integers(0, 3),
-        st.builds(
-            TimestampOffset,
-            st.integers(0, 6),
-            st.dictionaries(st.sampled_from(PIDS), st.integers(1, 3), max_size=2),
-        ),
-    ),
-    events=st.lists(
-        st.builds(
-            lambda pid, seq_nr, timestamp: EventRecord(
-                pid, seq_nr, "T", slice_of(pid), None, timestamp=timestamp
-            ),
-            st.sampled_from(PIDS),
-            st.integers(1, 3),
-            st.integers(0, 8),
-        )
-    ),
-)
-def test_the_resume_offset_misses_no_event_a_slice_has_not_passed(
-    offsets: dict[int, TimestampOffset], events: list[EventRecord]
-) -> None:
-    """Resuming a range from its slices' offsets, the query sees every event that its own
-    slice's offset has not passed (and then some, which are duplicates)."""
-    # What a slice's offset has seen is of its own entities.
-    offsets = {
-        s: TimestampOffset(o.timestamp, {p: n for p, n in o.seen.items() if slice_of(p) == s})
-        for s, o in offsets.items()
-    }
-    resume = OffsetTracker(SPLITS[1][0], slice_offsets=offsets).resume_offset()
-    for event in events:
-        offset = offsets.get(event.slice)
-        if offset is None or offset.is_behind(event):
-            assert resume.is_behind(event), (resume, event)
