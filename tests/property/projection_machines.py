@@ -3,11 +3,15 @@
 A model journal of a few entities over four slices is read the ways projection instances read
 it: the ordered query (in pages, resumed from the stored offsets after a restart), the live
 path (events offered at append, delivered late, out of order, twice, or lost to a full
-buffer), the backtracking query (events the query has passed, again) and replays by
-persistence id. Each arrival goes through the runner's own decision,
-`fluvial.core.envelope_admission.admit` (not a copy of it): handle, drop, look the entity up in
-the store and `learn` it, or replay the gap from the journal; the machine does only the I/O it
-asks for, as `fluvial.projection._instance.Instance.admit` does.
+buffer), the backtracking query (events the query has passed, again, without payloads) and
+replays by persistence id. Some events commit late, as with concurrent writers on PostgreSQL:
+their timestamp lies up to `BACKTRACKING_SPAN` behind the present, and behind where their
+instance's query is, so the query never delivers them (until a restart resumes it before
+them); the backtracking query finds them, and it keeps within its span behind the query.
+Each arrival goes through the runner's own decision, `fluvial.core.envelope_admission.admit`
+(not a copy of it): handle, drop, look the entity up in the store and `learn` it, replay the
+gap from the journal, or load the payload of an accepted record that came without one; the
+machine does only the I/O it asks for, as `fluvial.projection._instance.Instance.admit` does.
 
 The process crashes at any step: what was not committed is lost, and it restarts with one,
 two or four instances (slice ranges), each rebuilt from what was persisted the way
@@ -29,6 +33,7 @@ test_at_least_once_machine.py) check:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 import msgspec
 from hypothesis import settings
@@ -65,6 +70,11 @@ def slice_of(pid: str) -> int:
     return int(pid.partition("|")[2]) % 4
 
 
+def in_timestamp_order(records: Iterable[EventRecord]) -> list[EventRecord]:
+    """Timestamp order, then persistence id and seq nr: what the SQL queries return."""
+    return sorted(records, key=lambda r: (r.timestamp, r.persistence_id, r.seq_nr))
+
+
 class Coverage:
     """What the machines exercised, to check that the properties were put to the test."""
 
@@ -84,6 +94,9 @@ class Instance:
         self.tracker = tracker
         self.query_offset = tracker.resume_offset()
         self.live: list[EventRecord] = []
+        # What its backtracking query has still to deliver: from the span behind where the
+        # query resumed, and the late events committed since (`append_late`).
+        self.backtracking_due: list[EventRecord] = []
         self.pending: list[EventRecord] = []
         self.unsaved = 0
 
@@ -101,6 +114,7 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.journal: dict[str, list[EventRecord]] = {pid: [] for pid in PIDS}
         self.by_time: list[EventRecord] = []
         self.clock = 0
+        self.late: set[tuple[str, int]] = set()  # the late events, by pid and seq nr
         # The store: what `save_changes` has written.
         self.stored_entities: dict[str, SeenEntity] = {}
         self.stored_offsets: dict[int, TimestampOffset] = {}
@@ -127,10 +141,21 @@ class ProjectionMachine(RuleBasedStateMachine):
         )
 
     def start(self, count: int) -> list[Instance]:
-        return [Instance(slices, self.load(slices)) for slices in SPLITS[count]]
+        instances = [Instance(slices, self.load(slices)) for slices in SPLITS[count]]
+        for instance in instances:
+            # Its backtracking starts the span behind where its query resumes.
+            resume = instance.query_offset
+            instance.backtracking_due = in_timestamp_order(
+                r
+                for r in self.by_time
+                if r.slice in instance.slices
+                and r.timestamp >= resume.timestamp - BACKTRACKING_SPAN
+                and not resume.is_behind(r)
+            )
+        return instances
 
-    def instance_of(self, record: EventRecord) -> Instance:
-        return next(i for i in self.instances if record.slice in i.slices)
+    def instance_of(self, slice_: int) -> Instance:
+        return next(i for i in self.instances if slice_ in i.slices)
 
     def persist(self, instance: Instance) -> None:
         changes = instance.tracker.take_changes()
@@ -158,6 +183,9 @@ class ProjectionMachine(RuleBasedStateMachine):
             self.coverage.saw("loaded")
             record = self.journal[record.persistence_id][record.seq_nr - 1]
             admission = admit(tracker, record, source, loaded=True)
+            # Only what is accepted is loaded (nothing here is a placeholder), and answering
+            # `Load` changed nothing: the loaded record is accepted still.
+            assert admission is HANDLE, (record, admission)
         if admission is HANDLE:
             assert record.payload is not None, "only a loaded record is handed over"
             return [record]
@@ -183,36 +211,79 @@ class ProjectionMachine(RuleBasedStateMachine):
     def append(self, pid: str, steps: list[int]) -> None:
         for step in steps:
             self.clock += step
-            record = EventRecord(
-                persistence_id=pid,
-                seq_nr=len(self.journal[pid]) + 1,
-                entity_type="T",
-                slice=slice_of(pid),
-                payload=PAYLOAD,
-                timestamp=self.clock,
-            )
-            self.journal[pid].append(record)
-            self.by_time.append(record)
-            self.instance_of(record).live.append(record)
+            self.instance_of(slice_of(pid)).live.append(self.commit_event(pid, self.clock))
+
+    def commit_event(self, pid: str, timestamp: int) -> EventRecord:
+        record = EventRecord(
+            persistence_id=pid,
+            seq_nr=len(self.journal[pid]) + 1,
+            entity_type="T",
+            slice=slice_of(pid),
+            payload=PAYLOAD,
+            timestamp=timestamp,
+        )
+        self.journal[pid].append(record)
+        self.by_time.append(record)
+        return record
+
+    def late_slots(self) -> list[tuple[str, int, int]]:
+        """Per entity, the timestamps its next event may commit late with: within the span
+        behind the present, not before its last event, and passed by its instance's query."""
+        slots = []
+        for pid in PIDS:
+            last = self.journal[pid][-1].timestamp if self.journal[pid] else 0
+            earliest = max(self.clock - BACKTRACKING_SPAN, last)
+            latest = self.instance_of(slice_of(pid)).query_offset.timestamp - 1
+            if earliest <= latest:
+                slots.append((pid, earliest, latest))
+        return slots
+
+    @precondition(lambda self: self.late_slots())
+    @rule(data=st.data())
+    def append_late(self, data: st.DataObject) -> None:
+        """An event that commits late (concurrent writers on PostgreSQL): the query has
+        passed its timestamp and never delivers it; only backtracking finds it."""
+        pid, earliest, latest = data.draw(st.sampled_from(self.late_slots()))
+        record = self.commit_event(pid, data.draw(st.integers(earliest, latest)))
+        self.late.add((pid, record.seq_nr))
+        self.instance_of(record.slice).backtracking_due.append(record)
 
     def query_page(self, instance: Instance, size: int) -> list[EventRecord]:
-        # Timestamp order, then persistence id and seq nr: what the SQL query returns.
-        ordered = sorted(self.by_time, key=lambda r: (r.timestamp, r.persistence_id, r.seq_nr))
         return [
-            r for r in ordered if r.slice in instance.slices and instance.query_offset.is_behind(r)
+            r
+            for r in in_timestamp_order(self.by_time)
+            if r.slice in instance.slices and instance.query_offset.is_behind(r)
         ][:size]
 
-    def read_page(self, instance: Instance, size: int) -> list[EventRecord]:
+    def next_page(self, instance: Instance, size: int) -> bool:
+        """Deliver the query's next page (False: it has none). The backtracking query keeps
+        within its span behind the query: what the page would leave further behind than the
+        span, it delivers first."""
         page = self.query_page(instance, size)
+        if not page:
+            return False
+        horizon = page[-1].timestamp - BACKTRACKING_SPAN
+        self.backtrack(instance, [r for r in instance.backtracking_due if r.timestamp < horizon])
         for record in page:
             instance.query_offset = instance.query_offset.advanced_to(record)
-        return page
+        self.deliver(instance, page, EnvelopeSource.QUERY)
+        return True
+
+    def backtrack(self, instance: Instance, records: list[EventRecord]) -> None:
+        """The backtracking query delivers `records` as it reads them: without payloads,
+        loaded once accepted."""
+        if not records:
+            return
+        delivered = {(r.persistence_id, r.seq_nr) for r in records}
+        instance.backtracking_due = [
+            r for r in instance.backtracking_due if (r.persistence_id, r.seq_nr) not in delivered
+        ]
+        unloaded = [msgspec.structs.replace(r, payload=None) for r in records]
+        self.deliver(instance, unloaded, EnvelopeSource.BACKTRACKING)
 
     @rule(data=st.data(), size=st.integers(1, 4))
     def query(self, data: st.DataObject, size: int) -> None:
-        instance = data.draw(st.sampled_from(self.instances))
-        if page := self.read_page(instance, size):
-            self.deliver(instance, page, EnvelopeSource.QUERY)
+        self.next_page(data.draw(st.sampled_from(self.instances)), size)
 
     @precondition(lambda self: any(i.live for i in self.instances))
     @rule(data=st.data(), duplicate=st.booleans())
@@ -244,10 +315,9 @@ class ProjectionMachine(RuleBasedStateMachine):
             and not instance.query_offset.is_behind(r)
         ]
         if behind:
-            records = data.draw(st.lists(st.sampled_from(behind), min_size=1, max_size=3))
-            # As the source reads them: without payloads, loaded once accepted.
-            unloaded = [msgspec.structs.replace(r, payload=None) for r in records]
-            self.deliver(instance, unloaded, EnvelopeSource.BACKTRACKING)
+            self.backtrack(
+                instance, data.draw(st.lists(st.sampled_from(behind), min_size=1, max_size=3))
+            )
 
     @rule(count=st.sampled_from(sorted(SPLITS)))
     def crash_and_restart(self, count: int) -> None:
@@ -274,23 +344,33 @@ class ProjectionMachine(RuleBasedStateMachine):
         self, handled: dict[str, list[int]]
     ) -> None:
         """The query is the reliable path: whatever no path has handled yet, each instance's
-        query has still ahead of it (after a restart too, whatever the new slice ranges)."""
+        query has still ahead of it, or, a late event the query has passed, its backtracking
+        has still to deliver, within its span behind the query (after a restart too, whatever
+        the new slice ranges)."""
         for instance in self.instances:
             pending = {(r.persistence_id, r.seq_nr) for r in instance.pending}
+            due = {(r.persistence_id, r.seq_nr) for r in instance.backtracking_due}
+            since = instance.query_offset.timestamp - BACKTRACKING_SPAN
+            assert all(r.timestamp >= since for r in instance.backtracking_due), instance
             for r in self.by_time:
                 if r.slice not in instance.slices or r.seq_nr in handled[r.persistence_id]:
                     continue
-                if (r.persistence_id, r.seq_nr) not in pending:
-                    assert instance.query_offset.is_behind(r), (instance, r)
+                if (key := (r.persistence_id, r.seq_nr)) not in pending:
+                    assert instance.query_offset.is_behind(r) or key in due, (instance, r)
 
     def stored_offsets_run_ahead_of(self, handled: dict[str, list[int]]) -> list[EventRecord]:
-        """Events the stored slice offsets say were passed, which were never handled."""
+        """Events the stored slice offsets say were passed, which were never handled, but
+        for late ones within the span behind them (a restart's backtracking finds those)."""
         return [
             r
             for r in self.by_time
             if (offset := self.stored_offsets.get(r.slice)) is not None
             and not offset.is_behind(r)
             and r.seq_nr not in handled[r.persistence_id]
+            and not (
+                (r.persistence_id, r.seq_nr) in self.late
+                and r.timestamp >= offset.timestamp - BACKTRACKING_SPAN
+            )
         ]
 
     def check_caught_up(self, handled: dict[str, list[int]]) -> None:
@@ -301,6 +381,7 @@ class ProjectionMachine(RuleBasedStateMachine):
 
 EXERCISED = (
     "evicted",
+    "loaded",
     "lookup found",
     "replay",
     "caught up with 1 instance(s)",

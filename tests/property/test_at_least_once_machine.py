@@ -87,8 +87,9 @@ class AtLeastOnceMachine(ProjectionMachine):
     @rule()
     def catch_up(self) -> None:
         for instance in self.instances:
-            while page := self.read_page(instance, 3):
-                self.deliver(instance, page, EnvelopeSource.QUERY)
+            while self.next_page(instance, 3):
+                pass
+            self.backtrack(instance, instance.backtracking_due)
             self.save_instance(instance)
         self.check_caught_up(self.applied)
 

@@ -66,12 +66,14 @@ class ExactlyOnceMachine(ProjectionMachine):
     @precondition(lambda self: self.crashes > 0)
     @rule()
     def catch_up(self) -> None:
-        """Each instance's query reads to the end and commits: everything, once."""
+        """Each instance's query reads to the end, then its backtracking, committing after
+        each page: everything, once."""
         for instance in self.instances:
             self.commit_instance(instance)
-            while page := self.read_page(instance, 3):
-                self.deliver(instance, page, EnvelopeSource.QUERY)
+            while self.next_page(instance, 3):
                 self.commit_instance(instance)
+            self.backtrack(instance, instance.backtracking_due)
+            self.commit_instance(instance)
         self.check_caught_up(self.committed)
 
 
