@@ -23,7 +23,7 @@ still has none. From every other path (query, live, replay), and once loaded, a 
 `payload is None` is a placeholder.
 
 The runner (`fluvial.projection._instance`) and the property machines of the tracker
-(tests/property/test_offset_tracker_properties.py) both call this module, so what the
+(tests/property/projection_machines.py) both call this module, so what the
 machines check is what the runner does.
 """
 

@@ -1,0 +1,1 @@
+"""Property tests (a package, so that its helper modules import as `property.*`)."""
