@@ -102,14 +102,14 @@ class Asked:
     command: object
 
 
-def decide(commands: list[Any], seq_nr: int = 0) -> BatchDecision:
+def decide(commands: list[Any], seq_nr: int = 0) -> BatchDecision[Asked]:
     asks = [Asked(command) for command in commands]
     return decide_commands(
         HANDLERS, PID, "ShoppingCart", 7, CartState(), seq_nr, asks, REGISTRY.encode
     )
 
 
-def answers(decision: BatchDecision, append_error: Exception | None = None) -> list[object]:
+def answers(decision: BatchDecision[Asked], append_error: Exception | None = None) -> list[object]:
     found: list[object] = []
     for index in range(len(decision.decided)):
         reply, error = answer(decision, index, append_error)

@@ -13,7 +13,7 @@ computed from values: the shell (`fluvial.entity`) only carries it out.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -44,7 +44,11 @@ class CarriesCommand(Protocol):
         ...
 
 
-class BatchDecision(msgspec.Struct, frozen=True):
+# The caller's carriers of commands (the runtime's asks, the test kit's), kept as given.
+A = TypeVar("A", bound=CarriesCommand)
+
+
+class BatchDecision(msgspec.Struct, Generic[A], frozen=True):
     """What a batch of commands does, decided before anything is persisted.
 
     `decided[i]` is the decision for `asks[i].command`; a stop ends it early, and the asks
@@ -58,7 +62,7 @@ class BatchDecision(msgspec.Struct, frozen=True):
     """
 
     persistence_id: str
-    asks: Sequence[CarriesCommand]
+    asks: Sequence[A]
     decided: list[Decided]
     records: list[EventRecord]
     events: list[Any]
@@ -74,9 +78,9 @@ def decide_commands(
     slice_: int,
     state: Any,
     seq_nr: int,
-    asks: Sequence[CarriesCommand],
+    asks: Sequence[A],
     encode: Callable[[object], SerializedPayload | None],
-) -> BatchDecision:
+) -> BatchDecision[A]:
     """Decide the commands of `asks`, in order, against `state` (stored up to `seq_nr`).
 
     Each command sees the state the ones before it produced. A command whose handler (event
@@ -150,7 +154,7 @@ def decide_commands(
 
 
 def answer(
-    decision: BatchDecision, index: int, append_error: AppendErrorT | None = None
+    decision: BatchDecision[Any], index: int, append_error: AppendErrorT | None = None
 ) -> tuple[Any, Exception | AppendErrorT | None]:
     """The answer to `decision.asks[index]`, once the append of `decision.records` is
     answered (`append_error` None: stored, or there was nothing to store): `(reply, None)`,

@@ -11,7 +11,7 @@ import trio
 
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.entity._live_entity import LiveEntity, answer_all, asks_of
+from fluvial.entity._live_entity import LiveEntity, answer_all
 from fluvial.entity._mailbox import Ask
 from fluvial.entity._recovery import save_snapshot, should_snapshot
 from fluvial.journal.api import SnapshotStore
@@ -40,7 +40,7 @@ class BatchAnswers:
         let the entity take its mail again. Runs in the journal's task, so it must not raise."""
         assert live.in_flight is not None
         decision, live.in_flight = live.in_flight, None
-        leftovers = asks_of(decision)[len(decision.decided) :] if decision.stopped else None
+        leftovers = list(decision.asks[len(decision.decided) :]) if decision.stopped else None
         if isinstance(result, outcome.Error):
             # Nothing of the batch is stored; the state stays as it was. The decision says
             # which commands saw the unstored events and so share the error.

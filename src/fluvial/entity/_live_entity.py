@@ -7,7 +7,7 @@ is decided in the core (`fluvial.core.command_decisions`), and `answer_all` only
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import outcome
@@ -38,19 +38,14 @@ class LiveEntity:
     # if the task ends, they share its fate. Those already answered ignore that.
     batch: Sequence[Ask] = ()
     # The batch whose append is out (its asks with it).
-    in_flight: BatchDecision | None = None
+    in_flight: BatchDecision[Ask] | None = None
     # `BatchAnswers.appended` bound to this entity, made once: the callback of every append.
     on_appended: Callable[[outcome.Outcome[Sequence[EventRecord]]], None] | None = None
 
 
-def asks_of(decision: BatchDecision) -> list[Ask]:
-    """The asks `decision` decided: the runtime decides only lists its mailbox gives."""
-    return cast(list[Ask], decision.asks)
-
-
-def answer_all(decision: BatchDecision, append_error: BaseException | None = None) -> None:
+def answer_all(decision: BatchDecision[Ask], append_error: BaseException | None = None) -> None:
     """Answer every ask the decision decided, as `answer` says."""
-    asks = asks_of(decision)
+    asks = decision.asks
     for index in range(len(decision.decided)):
         reply, error = answer(decision, index, append_error)
         if error is None:

@@ -110,7 +110,7 @@ def _event_row(record: EventRecord) -> tuple[Any, ...]:
         record.seq_nr,
         record.entity_type,
         record.slice,
-        tags_json(record.tags),
+        tags_json(record.tags) if record.tags else None,  # most are untagged: no call
         payload.manifest if payload else None,
         payload.version if payload else None,
         payload.data if payload else None,
