@@ -87,6 +87,29 @@ async def current_snapshots_by_slices(
             return
 
 
+def by_slices_parameters(
+    entity_type: str,
+    slices: SliceRange,
+    after: TimestampOffset,
+    limit: int,
+    to_timestamp: int,
+    exclude_origin: str | None,
+) -> dict[str, object]:
+    """The named parameters of a journal's events-by-slices statement (SQLite's and
+    PostgreSQL's take the same ones)."""
+    return {
+        "entity_type": entity_type,
+        "from": after.timestamp,
+        "to": to_timestamp,
+        "min": slices.min,
+        "max": slices.max,
+        # Records seen at exactly `after.timestamp` are read again and dropped by the journal,
+        # so ask for that many more to still return up to `limit` new ones.
+        "limit": limit + len(after.seen),
+        "origin": exclude_origin,
+    }
+
+
 def snapshot_is_behind(offset: TimestampOffset, snapshot: SnapshotRecord) -> bool:
     """Whether `snapshot` comes after `offset`, standing in the place of its event (at
     `event_timestamp`, as the event's seq nr): `TimestampOffset.is_behind` for snapshots."""

@@ -38,6 +38,7 @@ from fluvial.journal.postgres._event_rows import (
 )
 from fluvial.journal.postgres._pool import ConnectionPool
 from fluvial.journal.postgres._schema import check_schema_name, migrate
+from fluvial.journal.queries import by_slices_parameters
 
 
 class PostgresJournal:
@@ -133,17 +134,9 @@ class PostgresJournal:
             columns = EVENT_COLUMNS_NOT_FROM_ORIGIN
         else:
             columns = EVENT_COLUMNS
-        parameters = {
-            "entity_type": entity_type,
-            "from": after.timestamp,
-            "to": to_timestamp,
-            "min": slices.min,
-            "max": slices.max,
-            # Records seen at exactly `after.timestamp` are read again and dropped here, so
-            # ask for that many more to still return up to `limit` new ones.
-            "limit": limit + len(after.seen),
-            "origin": exclude_origin,
-        }
+        parameters = by_slices_parameters(
+            entity_type, slices, after, limit, to_timestamp, exclude_origin
+        )
 
         def query(conn: Connection) -> list[EventRecord]:
             rows = conn.execute(EVENTS_BY_SLICES.format(columns=columns), parameters).fetchall()

@@ -28,6 +28,7 @@ from fluvial.core.records import (
 )
 from fluvial.journal._live import LivePublisher
 from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, EventStored, WriteFromElsewhereResult
+from fluvial.journal.queries import by_slices_parameters
 from fluvial.journal.sqlite._database import SqliteDatabase, open_sqlite_database
 from fluvial.journal.sqlite._event_rows import (
     EVENT_COLUMNS,
@@ -154,17 +155,9 @@ class SqliteJournal:
             columns = EVENT_COLUMNS_NOT_FROM_ORIGIN
         else:
             columns = EVENT_COLUMNS
-        parameters = {
-            "entity_type": entity_type,
-            "from": after.timestamp,
-            "to": to_timestamp,
-            "min": slices.min,
-            "max": slices.max,
-            # Records seen at exactly `after.timestamp` are re-read and dropped here, so ask
-            # for that many more to still return up to `limit` new ones.
-            "limit": limit + len(after.seen),
-            "origin": exclude_origin,
-        }
+        parameters = by_slices_parameters(
+            entity_type, slices, after, limit, to_timestamp, exclude_origin
+        )
 
         def query(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(EVENTS_BY_SLICES.format(columns=columns), parameters)
