@@ -13,12 +13,13 @@ import trio
 pytest.register_assert_rewrite("fluvial.testing.offset_store_contract")
 
 from fluvial.core.ids import SliceRange  # noqa: E402
-from fluvial.core.projection_errors import ProjectionLeaseHeld  # noqa: E402
+from fluvial.core.projection_errors import ProjectionConflict, ProjectionLeaseHeld  # noqa: E402
 from fluvial.journal.postgres import (  # noqa: E402
     PostgresOffsetStore,
     open_postgres_journal,
 )
 from fluvial.projection.api import HasOffsetStore  # noqa: E402
+from fluvial.testing.journal_contract import entity_ids, events  # noqa: E402
 from fluvial.testing.offset_store_contract import (  # noqa: E402
     ManualClock,
     OffsetStoreContract,
@@ -110,3 +111,52 @@ async def test_two_journals_on_one_schema_share_offsets_and_leases(postgres_sche
                 "p", "Counter", SliceRange(0, 0), owner="b", duration=30.0
             )
         assert held.value.holder == "a"
+
+
+def _wait_until_it_waits_for_a_lock(schema: str) -> None:
+    """Return once a connection of the journal on `schema` waits for a row lock (the server
+    says so), polling it."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                "AND wait_event_type = 'Lock'",
+                (f"fluvial:{schema}",),
+            ).fetchone()
+            if row and row[0]:
+                return
+            conn.execute("SELECT pg_sleep(0.01)")
+
+
+async def test_a_save_during_a_management_call_of_another_process_waits_and_conflicts(
+    postgres_schema: str,
+) -> None:
+    """A save that reads the generation while another process's management call (uncommitted)
+    has bumped it waits for that call, then sees the new generation: it never slips its
+    changes in under a reset that commits after it."""
+    async with open_postgres_journal(DSN, schema=postgres_schema) as journal:
+        store = journal.offset_store()
+        (pid,) = entity_ids("Counter", SliceRange.all(), 1)
+        stored = await journal.append(events(pid, 1, 1))
+        await store.register("p", "Counter")
+        tracker = await store.load("p", SliceRange.all(), window=60_000_000)
+        tracker.accept(stored[0])
+        tracker.passed(stored[0])
+        with _connect(postgres_schema) as other, trio.fail_after(10):
+            other.execute("BEGIN")
+            other.execute("UPDATE projection SET generation = generation + 1")
+            async with trio.open_nursery() as nursery:
+                refused = trio.Event()
+
+                async def save() -> None:
+                    with pytest.raises(ProjectionConflict):
+                        await store.save("p", tracker.slices, tracker.take_changes())
+                    refused.set()
+
+                nursery.start_soon(save)
+                await trio.to_thread.run_sync(
+                    _wait_until_it_waits_for_a_lock, postgres_schema, abandon_on_cancel=True
+                )
+                assert not refused.is_set()
+                other.execute("COMMIT")
+        assert await store.load_entity("p", str(pid)) is None
