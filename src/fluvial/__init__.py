@@ -70,6 +70,7 @@ from fluvial.journal.memory import MemoryJournal as MemoryJournal
 from fluvial.journal.memory import MemoryOffsetStore as MemoryOffsetStore
 from fluvial.journal.memory import MemoryTransaction as MemoryTransaction
 from fluvial.journal.postgres import PostgresJournal as PostgresJournal
+from fluvial.journal.postgres import PostgresOffsetStore as PostgresOffsetStore
 from fluvial.journal.postgres import PostgresSchemaTooNew as PostgresSchemaTooNew
 from fluvial.journal.postgres import PostgresUnavailable as PostgresUnavailable
 from fluvial.journal.postgres import open_postgres_journal as open_postgres_journal
@@ -160,6 +161,7 @@ __all__ = [
     "PayloadEncodeError",
     "PersistenceId",
     "PostgresJournal",
+    "PostgresOffsetStore",
     "PostgresSchemaTooNew",
     "PostgresUnavailable",
     "Projection",

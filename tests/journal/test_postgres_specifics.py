@@ -19,6 +19,7 @@ from fluvial.journal.postgres import (
     PostgresUnavailable,
     open_postgres_journal,
 )
+from fluvial.journal.postgres._schema import SCHEMA_VERSION
 from fluvial.testing.journal_contract import entity_ids, event, events, read_all
 from postgres_server import DSN, postgres_schema
 
@@ -45,8 +46,8 @@ async def test_a_reopened_schema_keeps_its_events_and_a_newer_version_is_refused
     with pytest.raises(PostgresSchemaTooNew) as too_new:
         async with open_postgres_journal(DSN, schema=postgres_schema):
             pass  # pragma: no cover
-    assert (too_new.value.found, too_new.value.supported) == (99, 1)
-    _execute(postgres_schema, "UPDATE fluvial_schema_version SET version = 1")
+    assert (too_new.value.found, too_new.value.supported) == (99, SCHEMA_VERSION)
+    _execute(postgres_schema, f"UPDATE fluvial_schema_version SET version = {SCHEMA_VERSION}")
     async with open_postgres_journal(DSN, schema=postgres_schema) as journal:
         assert await read_all(journal, PID) == stored  # nothing was changed
 

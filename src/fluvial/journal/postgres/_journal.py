@@ -36,6 +36,7 @@ from fluvial.journal.postgres._event_rows import (
     event_from_row,
     unseen,
 )
+from fluvial.journal.postgres._offset_store import PostgresOffsetStore
 from fluvial.journal.postgres._pool import ConnectionPool
 from fluvial.journal.postgres._schema import check_schema_name, migrate
 from fluvial.journal.queries import by_slices_parameters
@@ -43,7 +44,8 @@ from fluvial.journal.queries import by_slices_parameters
 
 class PostgresJournal:
     """Journal, SnapshotStore and WriteFromElsewhere in one PostgreSQL schema, shared with any
-    number of processes; see `open_postgres_journal`."""
+    number of processes, with projection offsets in the same schema (`offset_store()`); see
+    `open_postgres_journal`."""
 
     def __init__(self, pool: ConnectionPool, poll_interval: float) -> None:
         self._pool = pool
@@ -52,6 +54,15 @@ class PostgresJournal:
         self._appends = Signal()
         # This process's last timestamp: its next appends get later ones (see _event_rows.py).
         self._last_timestamp = 0
+        self._offset_store: PostgresOffsetStore | None = None
+
+    def offset_store(self) -> PostgresOffsetStore:
+        """The journal's offset store, in its schema, on the database server's clock (the same
+        one on every call): `serve_projection(journal, ...)` keeps offsets there unless given
+        another store. Make a `PostgresOffsetStore` for one on another clock."""
+        if self._offset_store is None:
+            self._offset_store = PostgresOffsetStore(self)
+        return self._offset_store
 
     async def append(self, events: Sequence[EventRecord]) -> Sequence[EventRecord]:
         """See `Journal.append`."""

@@ -81,7 +81,62 @@ def _v1_journal_and_snapshots(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_v1_journal_and_snapshots]
+def _v2_projections(conn: psycopg.Connection[Any]) -> None:
+    # The SQLite schema's projection tables. `projection` holds the entity type each consumes,
+    # its read model's migration version, and `generation`, which the management calls that
+    # change offsets bump: every save compares it (under a share lock) with the one it loaded.
+    conn.execute(
+        """CREATE TABLE projection (
+            projection_name text PRIMARY KEY,
+            entity_type text NOT NULL,
+            read_model_version integer NOT NULL DEFAULT 0,
+            generation bigint NOT NULL DEFAULT 0
+        )"""
+    )
+    # `seen` is the offset's entities at its own timestamp, a JSON object pid -> seq nr.
+    conn.execute(
+        """CREATE TABLE projection_offset (
+            projection_name text NOT NULL,
+            slice integer NOT NULL,
+            timestamp bigint NOT NULL,
+            seen text NOT NULL,
+            PRIMARY KEY (projection_name, slice)
+        )"""
+    )
+    # Keyed like the SQLite table: a second instance inserting an entity fails on the key.
+    conn.execute(
+        """CREATE TABLE projection_entity (
+            projection_name text NOT NULL,
+            slice integer NOT NULL,
+            persistence_id text NOT NULL,
+            seq_nr bigint NOT NULL,
+            timestamp bigint NOT NULL,
+            placeholders integer NOT NULL DEFAULT 0,
+            PRIMARY KEY (projection_name, slice, persistence_id)
+        )"""
+    )
+    conn.execute(
+        "CREATE INDEX projection_entity_by_time ON projection_entity "
+        "(projection_name, slice, timestamp)"
+    )
+    # One owner per projection and slice range until `expires_at` (seconds on the store's
+    # clock: the database's unless one is given).
+    conn.execute(
+        """CREATE TABLE projection_lease (
+            projection_name text NOT NULL,
+            slice_min integer NOT NULL,
+            slice_max integer NOT NULL,
+            owner text NOT NULL,
+            expires_at double precision NOT NULL,
+            PRIMARY KEY (projection_name, slice_min, slice_max)
+        )"""
+    )
+
+
+MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
+    _v1_journal_and_snapshots,
+    _v2_projections,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
