@@ -6,8 +6,11 @@ They live in the core, beside the offsets they are about, because both the runne
 
 from __future__ import annotations
 
+from typing import Self
+
 from fluvial.core.errors import DataError, FluvialError, UsageError
 from fluvial.core.ids import SliceRange
+from fluvial.core.leases import Lease
 
 
 class UnknownProjection(UsageError):
@@ -18,6 +21,27 @@ class UnknownProjection(UsageError):
     def __init__(self, message: str, projection: str) -> None:
         super().__init__(message)
         self.projection = projection
+
+    @classmethod
+    def not_a_consumer_of(cls, projection: str, consumes: str, entity_type: str) -> Self:
+        """What every offset store raises when `projection`, a consumer of `consumes`
+        events, is named as a consumer of `entity_type`."""
+        return cls(
+            f"projection {projection!r} consumes {consumes!r} events, not {entity_type!r}",
+            projection,
+        )
+
+    @classmethod
+    def event_of_another_type(
+        cls, projection: str, consumes: str, persistence_id: str, event_type: str
+    ) -> Self:
+        """What every offset store raises when a management call names an event that is
+        not of the type `projection` consumes."""
+        return cls(
+            f"projection {projection!r} consumes {consumes!r} events; "
+            f"{persistence_id} is a {event_type!r}",
+            projection,
+        )
 
 
 class UnknownEvent(UsageError, LookupError):
@@ -98,6 +122,18 @@ class ProjectionLeaseHeld(ProjectionConflict):
         self.holder = holder
         self.holder_slices = holder_slices
         self.expires_in = expires_in
+
+    @classmethod
+    def by(cls, slices: SliceRange, held: Lease, now: float) -> Self:
+        """What every offset store raises when `held`, another owner's live lease of a range
+        overlapping `slices`, refuses a lease of `slices` at `now` (the store's clock)."""
+        return cls(
+            held.projection,
+            slices,
+            holder=held.owner,
+            holder_slices=held.slices,
+            expires_in=held.expires_at - now,
+        )
 
 
 class ReadModelMigrationFailed(DataError):

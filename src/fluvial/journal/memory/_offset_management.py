@@ -103,10 +103,8 @@ class MemoryOffsetManagement(MemoryOffsetState):
         if record is None:
             raise UnknownEvent(persistence_id, seq_nr)
         if record.entity_type != stored.entity_type:
-            raise UnknownProjection(
-                f"projection {projection!r} consumes {stored.entity_type!r} events; "
-                f"{persistence_id} is a {record.entity_type!r}",
-                projection,
+            raise UnknownProjection.event_of_another_type(
+                projection, stored.entity_type, persistence_id, record.entity_type
             )
         stored.entities[persistence_id] = _handled_through(
             stored.entities.get(persistence_id), record

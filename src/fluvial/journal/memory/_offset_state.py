@@ -58,11 +58,7 @@ class MemoryOffsetState:
         """`projection` as stored; UnknownProjection unless it consumes `entity_type`."""
         stored = self._registered(projection)
         if stored.entity_type != entity_type:
-            raise UnknownProjection(
-                f"projection {projection!r} consumes {stored.entity_type!r} events, "
-                f"not {entity_type!r}",
-                projection,
-            )
+            raise UnknownProjection.not_a_consumer_of(projection, stored.entity_type, entity_type)
         return stored
 
     def _register(self, projection: str, entity_type: str) -> StoredProjection:

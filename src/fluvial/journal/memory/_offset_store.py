@@ -153,14 +153,7 @@ class MemoryOffsetStore(MemoryOffsetManagement):
         ]
         live = [lease for lease in overlapping if lease.owner != owner and lease.expires_at > now]
         if live:
-            holder = max(live, key=lambda lease: lease.expires_at)
-            raise ProjectionLeaseHeld(
-                projection,
-                slices,
-                holder=holder.owner,
-                holder_slices=holder.slices,
-                expires_in=holder.expires_at - now,
-            )
+            raise ProjectionLeaseHeld.by(slices, max(live, key=lambda lease: lease.expires_at), now)
         self._register(projection, entity_type)
         for lease in overlapping:
             del self._leases[projection, lease.slices]

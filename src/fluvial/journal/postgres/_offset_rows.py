@@ -175,10 +175,7 @@ def check_entity_type(conn: Connection, projection: str, entity_type: str) -> No
     """UnknownProjection unless the schema knows `projection` as a consumer of `entity_type`."""
     registered = registered_entity_type(conn, projection)
     if registered != entity_type:
-        raise UnknownProjection(
-            f"projection {projection!r} consumes {registered!r} events, not {entity_type!r}",
-            projection,
-        )
+        raise UnknownProjection.not_a_consumer_of(projection, registered, entity_type)
 
 
 def register_projection(conn: Connection, projection: str, entity_type: str) -> None:

@@ -179,10 +179,8 @@ class OffsetManagement:
                 raise UnknownEvent(persistence_id, seq_nr)
             slice_, timestamp, event_type = row
             if event_type != entity_type:
-                raise UnknownProjection(
-                    f"projection {projection!r} consumes {entity_type!r} events; "
-                    f"{persistence_id} is a {event_type!r}",
-                    projection,
+                raise UnknownProjection.event_of_another_type(
+                    projection, entity_type, persistence_id, event_type
                 )
             conn.execute(
                 "INSERT INTO projection_entity (projection_name, persistence_id, slice, seq_nr,"

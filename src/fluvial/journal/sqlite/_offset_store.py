@@ -199,14 +199,9 @@ class SqliteOffsetStore(OffsetManagement):
                 (projection, slices.max, slices.min, owner, now),
             ).fetchone()
             if holder is not None:
-                holder_owner, holder_min, holder_max, expires_at = holder
-                raise ProjectionLeaseHeld(
-                    projection,
-                    slices,
-                    holder=holder_owner,
-                    holder_slices=SliceRange(holder_min, holder_max),
-                    expires_in=expires_at - now,
-                )
+                owner_, slice_min, slice_max, expires_at = holder
+                held = Lease(projection, SliceRange(slice_min, slice_max), owner_, expires_at)
+                raise ProjectionLeaseHeld.by(slices, held, now)
             conn.execute(
                 "DELETE FROM projection_lease WHERE projection_name = ? AND slice_min <= ? "
                 "AND slice_max >= ?",
