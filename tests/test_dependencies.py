@@ -57,3 +57,16 @@ def test_every_imported_package_is_a_declared_dependency() -> None:
             if not _distributions(module) & allowed:
                 undeclared.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not undeclared, undeclared
+
+
+def test_importing_fluvial_does_not_load_the_postgresql_driver() -> None:
+    """A program on the embedded SQLite default pays nothing for the PostgreSQL backend."""
+    import subprocess
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, fluvial; print('psycopg' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert loaded == "False"

@@ -1,4 +1,7 @@
-"""fluvial: typed, trio-native event sourcing with an embedded SQLite journal."""
+"""fluvial: typed, trio-native event sourcing with an embedded SQLite journal.
+
+The PostgreSQL backend's names live in `fluvial.journal.postgres`, not here: importing it loads
+psycopg (~80 ms), which a program on the embedded default never needs."""
 
 from fluvial.core.behavior import Command as Command
 from fluvial.core.behavior import CommandOf as CommandOf
@@ -69,11 +72,6 @@ from fluvial.journal.api import WriteFromElsewhereResult as WriteFromElsewhereRe
 from fluvial.journal.memory import MemoryJournal as MemoryJournal
 from fluvial.journal.memory import MemoryOffsetStore as MemoryOffsetStore
 from fluvial.journal.memory import MemoryTransaction as MemoryTransaction
-from fluvial.journal.postgres import PostgresJournal as PostgresJournal
-from fluvial.journal.postgres import PostgresOffsetStore as PostgresOffsetStore
-from fluvial.journal.postgres import PostgresSchemaTooNew as PostgresSchemaTooNew
-from fluvial.journal.postgres import PostgresUnavailable as PostgresUnavailable
-from fluvial.journal.postgres import open_postgres_journal as open_postgres_journal
 from fluvial.journal.queries import current_events_by_slices as current_events_by_slices
 from fluvial.journal.queries import current_snapshots_by_slices as current_snapshots_by_slices
 from fluvial.journal.queries import events_by_persistence_id as events_by_persistence_id
@@ -160,10 +158,6 @@ __all__ = [
     "PayloadDecodeError",
     "PayloadEncodeError",
     "PersistenceId",
-    "PostgresJournal",
-    "PostgresOffsetStore",
-    "PostgresSchemaTooNew",
-    "PostgresUnavailable",
     "Projection",
     "ProjectionConflict",
     "ProjectionFailed",
@@ -203,7 +197,6 @@ __all__ = [
     "events_by_persistence_id",
     "events_by_slices",
     "open_entities",
-    "open_postgres_journal",
     "open_sqlite_journal",
     "serve_projection",
     "slice_for",

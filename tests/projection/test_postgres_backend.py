@@ -19,9 +19,9 @@ from fluvial import (
     SerializerRegistry,
     SliceRange,
     SourceSettings,
-    open_postgres_journal,
     serve_projection,
 )
+from fluvial.journal.postgres import open_postgres_journal
 from postgres_server import DSN, postgres_schema
 
 __all__ = ["postgres_schema"]  # the fixture, imported for pytest
