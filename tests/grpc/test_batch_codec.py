@@ -164,7 +164,46 @@ def test_an_encoding_other_than_msgpack_rows_v1_is_refused_by_number() -> None:
         decode_events(_batch(_row()), encoding=0)
 
 
-def test_a_record_the_encoding_cannot_hold_raises_invalid_event_batch() -> None:
-    record = EventRecord("Cart|a", 2**64, "Cart", 1, None)
+@pytest.mark.parametrize(
+    "record",
+    [
+        EventRecord("Cart|a", 2**64, "Cart", 1, None),
+        EventRecord("Cart|\ud800", 1, "Cart", 1, None),  # a lone surrogate is not UTF-8
+    ],
+)
+def test_a_record_the_encoding_cannot_hold_raises_invalid_event_batch(record: EventRecord) -> None:
     with pytest.raises(InvalidEventBatch, match="cannot encode an event batch"):
         encode_events([record])
+
+
+_msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=10) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=40,
+)
+
+
+def _decodes_or_refuses(data: bytes) -> None:
+    try:
+        records = decode_events(data)
+    except InvalidEventBatch as exc:
+        assert str(exc)
+    else:
+        assert all(isinstance(record, EventRecord) for record in records)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | _msgpack_values.map(msgspec.msgpack.encode))
+def test_any_bytes_decode_to_records_or_raise_invalid_event_batch(data: bytes) -> None:
+    _decodes_or_refuses(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_record(), min_size=1, max_size=5), st.data())
+def test_a_valid_batch_with_a_byte_changed_decodes_or_raises_invalid_event_batch(
+    records: list[EventRecord], data: st.DataObject
+) -> None:
+    encoded = bytearray(encode_events(records))
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[index] = data.draw(st.integers(0, 255))
+    _decodes_or_refuses(bytes(encoded))

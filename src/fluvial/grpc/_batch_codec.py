@@ -87,8 +87,8 @@ _PATH = re.compile(r" - at `\$((?:\[\d+\])*)`$")
 def encode_events(records: Sequence[EventRecord]) -> bytes:
     """`records` as one batch value (events.proto's `BATCH_ENCODING_MSGPACK_ROWS_V1`), in order.
 
-    Raises `InvalidEventBatch` for a value the encoding cannot hold (an int beyond 64 bits);
-    the records of a journal always fit.
+    Raises `InvalidEventBatch` for a value the encoding cannot hold (an int beyond 64 bits, a
+    string that is not UTF-8: a lone surrogate); the records of a journal always fit.
     """
     rows = [
         (
@@ -108,7 +108,7 @@ def encode_events(records: Sequence[EventRecord]) -> bytes:
     ]
     try:
         return _encode(rows)
-    except (OverflowError, TypeError) as exc:
+    except (OverflowError, TypeError, UnicodeEncodeError) as exc:
         raise InvalidEventBatch(f"cannot encode an event batch: {exc}") from None
 
 
