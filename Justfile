@@ -39,8 +39,8 @@ bench-postgres: setup
     {{python}} benchmarks/bench_postgres_drivers.py
     {{python}} benchmarks/bench_postgres_journal.py
 
-# Regenerate the protobuf code (src/fluvial/grpc/_proto) from proto/fluvial/v1/*.proto; commit it.
-# tests/grpc/test_proto_generated.py fails while the committed code is stale.
+# (tests/grpc/test_proto_generated.py fails while the committed code is stale: commit it.)
+# Regenerate the protobuf code (src/fluvial/grpc/_proto) from proto/fluvial/v1/*.proto.
 proto: setup
     {{python}} proto/generate.py
 
