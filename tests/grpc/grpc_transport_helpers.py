@@ -17,6 +17,7 @@ from grpclib.encoding.base import CodecBase
 from fluvial.grpc import GrpcInvalidArgument, ServerSettings
 from fluvial.grpc._auth import AuthHook
 from fluvial.grpc._server import ServerCall, serve_grpc, trio_method, trio_service
+from fluvial.nursery_errors import open_service_nursery
 
 UNARY = "/test.Echo/Unary"
 STREAM = "/test.Echo/Stream"
@@ -45,6 +46,7 @@ class EchoState:
     started: list[str] = attrs.field(factory=list)
     cancelled: list[str] = attrs.field(factory=list)
     slow_started: trio.Event = attrs.field(factory=trio.Event)
+    slow_cancelled: trio.Event = attrs.field(factory=trio.Event)
 
 
 def echo_service(state: EchoState) -> Any:
@@ -67,6 +69,7 @@ def echo_service(state: EchoState) -> Any:
             await trio.sleep_forever()
         except trio.Cancelled:
             state.cancelled.append(SLOW)
+            state.slow_cancelled.set()
             raise
 
     async def refuse(call: ServerCall[bytes, bytes]) -> None:
@@ -98,7 +101,7 @@ async def echo_server(
     state: EchoState | None = None,
 ) -> AsyncIterator[int]:
     """Serve the echo service on a free loopback port (yielded) for the block's duration."""
-    async with trio.open_nursery() as nursery:
+    async with open_service_nursery() as nursery:
         port = await nursery.start(
             lambda task_status=trio.TASK_STATUS_IGNORED: serve_grpc(
                 [echo_service(state or EchoState())],
@@ -183,10 +186,13 @@ class StallingProxy:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
-        async with client, await trio.open_tcp_stream("127.0.0.1", self.target_port) as server:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
-                nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+        async with (
+            client,
+            await trio.open_tcp_stream("127.0.0.1", self.target_port) as server,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+            nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
 
     async def _pump(
         self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope

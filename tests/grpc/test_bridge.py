@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.lowlevel
 
 from fluvial.grpc._asyncio_bridge import (
     _BRIDGE,
@@ -149,7 +150,7 @@ async def test_trio_code_runs_from_asyncio_and_its_errors_and_cancels_cross_back
     cancelled: list[str] = []
 
     async def trio_side(x: int) -> int:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         if x < 0:
             raise ValueError("negative")
         return x * 2

@@ -43,6 +43,7 @@ cancel scope. The cost is a thread hop per call (~20-50 µs) instead of a same-t
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -50,6 +51,8 @@ from typing import Any, Generic, ParamSpec, TypeVar
 import attrs
 import trio
 import trio_asyncio
+
+from fluvial.nursery_errors import _reraise_unchanged
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -97,18 +100,37 @@ async def open_asyncio_bridge() -> AsyncIterator[None]:
         finally:
             bridge.leave()
         return
-    async with trio_asyncio.open_loop() as loop:
-        bridge = _Bridge(loop)
-        _BRIDGE.set(bridge)
-        try:
-            yield
-        finally:
-            bridge.leave()
-            # Other users (a server in another task) still run on this loop: closing it would
-            # cut their connections, so this exit waits for them, whatever cancels it.
-            with trio.CancelScope(shield=True):
-                await bridge.wait_until_unused()
-            _BRIDGE.set(None)
+    body_error: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            bridge = _Bridge(loop)
+            _BRIDGE.set(bridge)
+            try:
+                yield
+            except BaseException as error:
+                body_error = error
+                raise
+            finally:
+                bridge.leave()
+                # Other users (a server in another task) still run on this loop: closing it
+                # would cut their connections, so this exit waits for them, whatever cancels it.
+                with trio.CancelScope(shield=True):
+                    await bridge.wait_until_unused()
+                _BRIDGE.set(None)
+    except BaseExceptionGroup as group:
+        # trio-asyncio's nurseries wrap the body's exception: it comes out as itself.
+        if body_error is not None and _only_holds(group, body_error):
+            _reraise_unchanged(body_error)
+        raise
+
+
+def _only_holds(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+        if inner is error:
+            return True
+    return False
 
 
 def _loop() -> trio_asyncio.TrioEventLoop:
@@ -139,7 +161,24 @@ async def run_asyncio(fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs:
     finished anyway, its result or error is returned instead, and the cancel comes at the next
     checkpoint).
     """
-    return await _loop().run_aio_coroutine(_call(fn, *args, **kwargs))
+    loop = _loop()
+    coroutine = _call(fn, *args, **kwargs)
+    try:
+        task = loop.create_task(coroutine, context=_loop_context(loop))
+    except BaseException:
+        coroutine.close()  # never awaited: no "was never awaited" warning
+        raise
+    return await trio_asyncio.run_aio_future(task)
+
+
+def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
+    # The asyncio task runs in a copy of the caller's context, with trio-asyncio's current loop
+    # set: the trio tasks that run its I/O callbacks (a TLS handshake completing in a socket's
+    # reader) inherit it, and asyncio code called there (grpclib's connection_made) finds the
+    # loop. The caller may be a task that did not open the loop, so its own context lacks it.
+    context = contextvars.copy_context()
+    context.run(trio_asyncio.current_loop.set, loop)
+    return context
 
 
 _END = object()

@@ -61,9 +61,14 @@ class _Server(grpclib.server.Server):
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
+        # Registered once the connection is made (after the TLS handshake): a handshake that
+        # fails never makes the connection, and must leave nothing behind.
+        connection_made, connection_lost = protocol.connection_made, protocol.connection_lost
         lost = asyncio.Event()
-        self.open_connections[protocol] = lost
-        connection_lost = protocol.connection_lost
+
+        def on_connection_made(transport: asyncio.BaseTransport) -> None:
+            connection_made(transport)
+            self.open_connections[protocol] = lost
 
         def on_connection_lost(error: BaseException | None) -> None:
             try:
@@ -72,6 +77,7 @@ class _Server(grpclib.server.Server):
                 lost.set()
                 self.open_connections.pop(protocol, None)
 
+        protocol.connection_made = on_connection_made  # type: ignore[method-assign]
         protocol.connection_lost = on_connection_lost  # type: ignore[method-assign, assignment]
         return protocol
 
@@ -181,9 +187,7 @@ async def _stop(server: _Server) -> None:
         log.warning("gRPC handlers still running %.0f s after shutdown began", _SHUTDOWN_GRACE)
     waits = [lost.wait() for lost in server.open_connections.values()]
     for protocol in list(server.open_connections):
-        processor = getattr(protocol, "processor", None)
-        if processor is not None:
-            processor.close("the server shut down")
+        protocol.processor.close("the server shut down")
     try:
         async with asyncio.timeout(_SHUTDOWN_GRACE):
             await asyncio.gather(*waits)
