@@ -186,3 +186,20 @@ async def test_the_helpers_refuse_to_run_outside_the_bridge() -> None:
 
     with pytest.raises(RuntimeError, match="open_asyncio_bridge"):
         await run_asyncio(nothing)
+
+
+def test_importing_fluvial_leaves_asyncio_alone() -> None:
+    """trio-asyncio patches asyncio's policy functions when imported: only fluvial.grpc may."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys; before = asyncio.get_event_loop_policy\n"
+        "import fluvial\n"
+        "print('trio_asyncio' in sys.modules, 'grpclib' in sys.modules,"
+        " asyncio.get_event_loop_policy is before)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == ["False", "False", "True"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +22,7 @@ import trio
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import StreamTerminatedError
 
 from ._asyncio_bridge import open_asyncio_bridge, run_asyncio
 from ._errors import GrpcUnavailable, grpc_errors_converted
@@ -31,6 +32,7 @@ from ._tls import client_ssl_context
 
 _Request = TypeVar("_Request")
 _Reply = TypeVar("_Reply")
+_T = TypeVar("_T")
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -167,11 +169,12 @@ class GrpcChannel:
         )
         with grpc_errors_converted(method):
             await run_asyncio(self._open, stream, method)
+        call = ClientStream(stream, method)
         try:
-            yield ClientStream(stream, method)
+            yield call
         finally:
             with trio.CancelScope(shield=True):
-                await run_asyncio(_finish, stream)
+                await run_asyncio(call._finish)
 
     async def _open(self, stream: grpclib.client.Stream[Any, Any], method: str) -> None:
         await stream.__aenter__()
@@ -183,16 +186,6 @@ class GrpcChannel:
         limit_received_messages(stream, self._settings.max_receive_message_size, method)
 
 
-async def _finish(stream: grpclib.client.Stream[Any, Any]) -> None:
-    # Errors here are not the block's: a connection already gone has nothing left to cancel,
-    # and the call's outcome was reported by receive() (or not wanted by the block).
-    with contextlib.suppress(Exception):
-        if stream.trailing_metadata is None:
-            await stream.cancel()
-    with contextlib.suppress(Exception):
-        await stream.__aexit__(None, None, None)
-
-
 class ClientStream(Generic[_Request, _Reply]):
     """The trio side of one streaming call: send requests, receive replies.
 
@@ -202,22 +195,23 @@ class ClientStream(Generic[_Request, _Reply]):
 
     def __init__(self, stream: grpclib.client.Stream[_Request, _Reply], method: str) -> None:
         self._stream = stream
+        self._exited = False
         self.method = method
 
     async def send(self, message: _Request) -> None:
         """Send one message (waits while HTTP/2 flow control says so)."""
         with grpc_errors_converted(self.method):
-            await run_asyncio(self._stream.send_message, message)
+            await run_asyncio(self._guarded, self._stream.send_message, message)
 
     async def end(self) -> None:
         """End this side of the stream; the server's replies keep coming."""
         with grpc_errors_converted(self.method):
-            await run_asyncio(self._stream.end)
+            await run_asyncio(self._guarded, self._stream.end)
 
     async def receive(self) -> _Reply | None:
         """The server's next message, or None once it ended the call with OK."""
         with grpc_errors_converted(self.method):
-            return await run_asyncio(_receive, self._stream)
+            return await run_asyncio(self._guarded, self._receive)
 
     def __aiter__(self) -> ClientStream[_Request, _Reply]:
         return self
@@ -228,9 +222,31 @@ class ClientStream(Generic[_Request, _Reply]):
             raise StopAsyncIteration
         return message
 
+    async def _receive(self) -> _Reply | None:
+        message = await self._stream.recv_message()
+        if message is None and self._stream.trailing_metadata is None:
+            await self._stream.recv_trailing_metadata()  # raises the call's status if not OK
+        return message
 
-async def _receive(stream: grpclib.client.Stream[Any, _Reply]) -> _Reply | None:
-    message = await stream.recv_message()
-    if message is None and stream.trailing_metadata is None:
-        await stream.recv_trailing_metadata()  # raises the call's status if not OK
-    return message
+    async def _guarded(self, operation: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        try:
+            return await operation(*args)
+        except StreamTerminatedError as error:
+            # A server that ends a call with an error status resets the stream right after
+            # its trailers: grpclib's exit turns the reset back into that status (GRPCError).
+            if not self._exited:
+                self._exited = True
+                await self._stream.__aexit__(type(error), error, error.__traceback__)
+            raise
+
+    async def _finish(self) -> None:
+        # Errors here are not the block's: a connection already gone has nothing left to
+        # cancel, and the call's outcome was reported by receive() (or not wanted by the block).
+        if self._exited:
+            return
+        self._exited = True
+        with contextlib.suppress(Exception):
+            if self._stream.trailing_metadata is None:
+                await self._stream.cancel()
+        with contextlib.suppress(Exception):
+            await self._stream.__aexit__(None, None, None)
