@@ -7,8 +7,6 @@ configure them with the settings below. Importing this package loads grpclib and
 does not.
 """
 
-from __future__ import annotations
-
 from ._auth import Allow as Allow
 from ._auth import AuthDecision as AuthDecision
 from ._auth import AuthHook as AuthHook

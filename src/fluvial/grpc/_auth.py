@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import attrs
 from grpclib.const import Status
@@ -98,7 +98,14 @@ class Deny:
 
 
 AuthDecision: TypeAlias = Allow | Deny
-AuthHook: TypeAlias = Callable[[CallInfo], AuthDecision | Awaitable[AuthDecision]]
+
+
+class AuthHook(Protocol):
+    """The server's auth hook: any function of a `CallInfo` returning `Allow()` or a `Deny`,
+    plain or a trio `async def`. It runs in a trio task of its own for each call."""
+
+    def __call__(self, info: CallInfo, /) -> AuthDecision | Awaitable[AuthDecision]:
+        """Allow or deny the call `info` describes."""
 
 
 def call_info(event: RecvRequest) -> CallInfo:
