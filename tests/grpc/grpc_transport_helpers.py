@@ -47,6 +47,7 @@ class EchoState:
     cancelled: list[str] = attrs.field(factory=list)
     slow_started: trio.Event = attrs.field(factory=trio.Event)
     slow_cancelled: trio.Event = attrs.field(factory=trio.Event)
+    stream_cancelled: trio.Event = attrs.field(factory=trio.Event)
 
 
 def echo_service(state: EchoState) -> Any:
@@ -58,8 +59,13 @@ def echo_service(state: EchoState) -> Any:
 
     async def stream(call: ServerCall[bytes, bytes]) -> None:
         state.started.append(STREAM)
-        async for message in call:
-            await call.send(message)
+        try:
+            async for message in call:
+                await call.send(message)
+        except trio.Cancelled:
+            state.cancelled.append(STREAM)
+            state.stream_cancelled.set()
+            raise
 
     async def slow(call: ServerCall[bytes, bytes]) -> None:
         state.started.append(SLOW)

@@ -157,6 +157,23 @@ async def test_a_client_cancel_cancels_the_servers_handler() -> None:
         assert await ch.unary(UNARY, b"after", bytes) == b"after"
 
 
+async def test_leaving_a_stream_block_early_cancels_the_call_on_the_server() -> None:
+    state = EchoState()
+    async with (
+        echo_server(state=state) as port,
+        open_channel("127.0.0.1", port, codec=RawCodec()) as ch,
+    ):
+        async with ch.open_stream(STREAM, bytes, bytes) as stream:
+            await stream.send(b"one")
+            assert await stream.receive() == b"one"
+        with trio.fail_after(5):
+            await state.stream_cancelled.wait()
+        assert state.cancelled == [STREAM]
+        async with ch.open_stream(STREAM, bytes, bytes) as stream:  # the channel goes on
+            await stream.send(b"two")
+            assert await stream.receive() == b"two"
+
+
 async def test_the_callers_trio_deadline_becomes_the_calls_grpc_timeout() -> None:
     assert _grpc_timeout() is None
     with trio.move_on_after(10):
