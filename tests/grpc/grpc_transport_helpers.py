@@ -16,7 +16,7 @@ from grpclib.encoding.base import CodecBase
 
 from fluvial.grpc import GrpcInvalidArgument, ServerSettings
 from fluvial.grpc._auth import AuthHook
-from fluvial.grpc._server import ServerCall, serve_grpc, trio_method, trio_service
+from fluvial.grpc._server import ServerCall, TrioMethod, serve_grpc, trio_service
 from fluvial.nursery_errors import open_service_nursery
 
 UNARY = "/test.Echo/Unary"
@@ -85,16 +85,16 @@ def echo_service(state: EchoState) -> Any:
     async def bug(call: ServerCall[bytes, bytes]) -> None:
         raise ValueError("a bug in the handler")
 
-    def method(handler: Any, name: str, cardinality: Cardinality) -> Any:
-        return trio_method(handler, cardinality, bytes, bytes, method=name)
+    def unary_method(handler: Any) -> TrioMethod[bytes, bytes]:
+        return TrioMethod(handler, Cardinality.UNARY_UNARY, bytes, bytes)
 
     return trio_service(
         {
-            UNARY: method(unary, UNARY, Cardinality.UNARY_UNARY),
-            STREAM: method(stream, STREAM, Cardinality.STREAM_STREAM),
-            SLOW: method(slow, SLOW, Cardinality.UNARY_UNARY),
-            REFUSE: method(refuse, REFUSE, Cardinality.UNARY_UNARY),
-            BUG: method(bug, BUG, Cardinality.UNARY_UNARY),
+            UNARY: unary_method(unary),
+            STREAM: TrioMethod(stream, Cardinality.STREAM_STREAM, bytes, bytes),
+            SLOW: unary_method(slow),
+            REFUSE: unary_method(refuse),
+            BUG: unary_method(bug),
         }
     )
 

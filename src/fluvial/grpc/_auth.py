@@ -19,6 +19,7 @@ import attrs
 from grpclib.const import Status
 from grpclib.events import RecvRequest
 from grpclib.exceptions import GRPCError
+from grpclib.protocol import Peer
 
 from ._asyncio_bridge import run_trio
 
@@ -108,13 +109,13 @@ class AuthHook(Protocol):
         """Allow or deny the call `info` describes."""
 
 
-def call_info(event: RecvRequest) -> CallInfo:
-    """The `CallInfo` of a grpclib request event."""
-    certificate = event.peer.cert()
-    address = event.peer.addr()
+def call_info(method: str, metadata: Mapping[str, Any] | None, peer: Peer) -> CallInfo:
+    """The `CallInfo` of a call of `method` with grpclib's request `metadata` and `peer`."""
+    certificate = peer.cert()
+    address = peer.addr()
     return CallInfo(
-        method=event.method_name,
-        metadata=tuple((str(key), value) for key, value in event.metadata.items()),
+        method=method,
+        metadata=tuple((str(key), value) for key, value in (metadata or {}).items()),
         peer_address=(str(address[0]), int(address[1])) if address else None,
         client_certificate=(
             ClientCertificate.from_peer_certificate(certificate) if certificate else None
@@ -132,7 +133,7 @@ def auth_listener(hook: AuthHook) -> Callable[[RecvRequest], Coroutine[Any, Any,
         return decision
 
     async def listener(event: RecvRequest) -> None:
-        info = call_info(event)
+        info = call_info(event.method_name, event.metadata, event.peer)
         try:
             decision = await run_trio(ask_hook, info)
         except Exception:

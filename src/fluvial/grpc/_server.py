@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, NoReturn, TypeVar
 
 import attrs
@@ -34,7 +34,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 
 from ._asyncio_bridge import iterate_asyncio, open_asyncio_bridge, run_asyncio, run_trio
-from ._auth import AuthHook, CallInfo, ClientCertificate, auth_listener
+from ._auth import AuthHook, CallInfo, auth_listener, call_info
 from ._errors import GrpcError, MessageTooLarge, status_of
 from ._limits import SizeLimitedCodec, limit_received_messages
 from ._settings import ServerSettings, grpclib_configuration
@@ -247,24 +247,13 @@ class ServerCall(Generic[_Request, _Reply]):
     @property
     def info(self) -> CallInfo:
         """The method, metadata and peer of the call (as the auth hook saw them)."""
-        peer = self._stream.peer
-        address = peer.addr()
-        certificate = peer.cert()
-        metadata: Mapping[str, str | bytes] = self._stream.metadata or {}
-        return CallInfo(
-            method=self.method,
-            metadata=tuple((str(key), value) for key, value in metadata.items()),
-            peer_address=(str(address[0]), int(address[1])) if address else None,
-            client_certificate=(
-                ClientCertificate.from_peer_certificate(certificate) if certificate else None
-            ),
-        )
+        return call_info(self.method, self._stream.metadata, self._stream.peer)
 
     async def receive(self) -> _Request | None:
         """The client's next message, or None when it has ended its side of the stream."""
         return await run_asyncio(self._stream.recv_message)
 
-    def __aiter__(self) -> Any:
+    def __aiter__(self) -> AsyncIterator[_Request]:
         return iterate_asyncio(self._stream)
 
     async def send(self, message: _Reply) -> None:
@@ -272,22 +261,27 @@ class ServerCall(Generic[_Request, _Reply]):
         await run_asyncio(self._stream.send_message, message)
 
 
-def trio_method(
-    handler: Callable[[ServerCall[_Request, _Reply]], Awaitable[None]],
-    cardinality: Cardinality,
-    request_type: type[_Request],
-    reply_type: type[_Reply],
-    *,
-    method: str,
-) -> grpclib.const.Handler:
-    """A grpclib handler that runs the trio function `handler(call)` for each call."""
+@attrs.frozen
+class TrioMethod(Generic[_Request, _Reply]):
+    """One method of a `trio_service`: the trio function `handler(call)` runs for each call."""
 
-    async def handle(stream: grpclib.server.Stream[_Request, _Reply]) -> None:
-        await run_trio(handler, ServerCall(stream, method))
-
-    return grpclib.const.Handler(handle, cardinality, request_type, reply_type)
+    handler: Callable[[ServerCall[_Request, _Reply]], Awaitable[None]]
+    cardinality: Cardinality
+    request_type: type[_Request]
+    reply_type: type[_Reply]
 
 
-def trio_service(methods: Mapping[str, grpclib.const.Handler]) -> Any:
-    """A grpclib servable of `{"/pkg.Service/Method": trio_method(...)}`."""
-    return _Services(dict(methods))
+def trio_service(methods: Mapping[str, TrioMethod[Any, Any]]) -> Any:
+    """A grpclib servable of `{"/pkg.Service/Method": TrioMethod(...)}`: each call runs its
+    handler in a trio task, cancelled when the call is (the peer resets it, the server shuts
+    down)."""
+
+    def grpclib_handler(path: str, method: TrioMethod[Any, Any]) -> grpclib.const.Handler:
+        async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+            await run_trio(method.handler, ServerCall(stream, path))
+
+        return grpclib.const.Handler(
+            handle, method.cardinality, method.request_type, method.reply_type
+        )
+
+    return _Services({path: grpclib_handler(path, method) for path, method in methods.items()})
