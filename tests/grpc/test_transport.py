@@ -225,3 +225,21 @@ async def test_without_keep_alive_a_stalled_connection_is_not_noticed() -> None:
                 await stream.receive()
             assert scope.cancelled_caught
         nursery.cancel_scope.cancel()
+
+
+async def test_a_channel_reconnects_on_the_next_call_after_the_server_came_back() -> None:
+    async with open_channel("127.0.0.1", port := _free_port(), codec=RawCodec()) as ch:
+        for attempt in range(2):  # the same port, twice: the channel's connection is remade
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    lambda task_status: serve_grpc(
+                        [echo_service(EchoState())],
+                        port=port,
+                        codec=RawCodec(),
+                        task_status=task_status,
+                    )
+                )
+                assert await ch.unary(UNARY, b"%d" % attempt, bytes) == b"%d" % attempt
+                nursery.cancel_scope.cancel()
+            with pytest.raises(GrpcUnavailable):
+                await ch.unary(UNARY, b"down", bytes)

@@ -191,7 +191,8 @@ def grpc_errors_converted(method: str) -> Iterator[None]:
 
 
 def _tls_reason(error: ssl.SSLError) -> str:
-    reason = getattr(error, "verify_message", None) or error.reason or str(error)
+    # The attributes are set by the ssl module's own errors only.
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or error
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"the peer's certificate is not trusted: {reason}"
     return f"TLS handshake failed: {reason}"
