@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import fluvial
+import fluvial.grpc
 import fluvial.journal.memory
 import fluvial.journal.postgres
 import fluvial.journal.sqlite
@@ -33,6 +34,7 @@ PUBLIC_MODULES = (
     fluvial.journal.sqlite,
     fluvial.journal.memory,
     fluvial.journal.postgres,
+    fluvial.grpc,
 )
 ERRORS_DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 

@@ -1,0 +1,223 @@
+"""The one module of fluvial that owns the asyncio bridge.
+
+grpclib is an asyncio library and fluvial is trio. fluvial runs grpclib on one asyncio loop per
+process (per `trio.run`), provided by trio-asyncio on top of trio's own scheduler. Everything in
+fluvial that crosses between the two worlds goes through the four functions of this module, so that
+no asyncio type reaches fluvial's public API and the bridge can be replaced here alone:
+
+- `open_asyncio_bridge()`: the async context manager that opens the loop. Every fluvial
+  `open_*` / `serve_*` that needs asyncio enters it; nested and concurrent users share one loop.
+  The first to enter opens it; it stays open while any user is inside; the context that opened
+  it waits, at its exit, for the other users to leave (shielded: a loop cannot close under a
+  running grpclib server). Outside every `open_asyncio_bridge`, the helpers raise RuntimeError.
+- `run_asyncio(fn, *args)`: from trio, run the asyncio coroutine function `fn(*args)` as a task
+  of the loop and wait for it. A trio cancel cancels that task and waits until it has finished;
+  if it finished by being cancelled, the call raises `trio.Cancelled` (the asyncio side was
+  interrupted, as a trio call that raises Cancelled is: a grpclib send cut short this way leaves
+  its stream unusable, which is why a stream is reset after a cancelled send). Any other
+  exception of the asyncio side comes out as itself.
+- `iterate_asyncio(iterator)`: from trio, iterate an asyncio async iterator (a grpclib stream),
+  one `run_asyncio` per item, with the same cancellation.
+- `run_trio(fn, *args)`: from asyncio (a grpclib handler), run the trio function `fn(*args)` in
+  a trio task and await its result; cancelling the asyncio task (grpclib does when the peer
+  resets the stream or the server closes) cancels the trio task.
+
+The risk this module contains: trio-asyncio works by replacing asyncio's event loop policy and
+`get_event_loop` / `get_running_loop` functions when it is imported (process-wide), and the
+policy API is deprecated (Python 3.14) and due for removal in Python 3.16. Only this module
+imports trio_asyncio, and `import fluvial` does not import this module: a program that does not
+use fluvial.grpc keeps the stock asyncio.
+
+How to replace it by an asyncio loop in a thread, if trio-asyncio stops working: start a thread
+running `asyncio.new_event_loop().run_forever()` in `open_asyncio_bridge` (stop it with
+`loop.call_soon_threadsafe(loop.stop)` when the last user leaves, then join the thread with
+`trio.to_thread.run_sync`); `run_asyncio` becomes `asyncio.run_coroutine_threadsafe(coro, loop)`
+awaited through a `trio.lowlevel` wait whose abort callback calls `future.cancel()` and keeps
+waiting (`Abort.FAILED`) until the future is done, then raises Cancelled if it was cancelled;
+`iterate_asyncio` is built on `run_asyncio` and needs no change; `run_trio` becomes
+`asyncio.wrap_future(trio.from_thread.run(...))`-style: the handler sends the trio function to
+the trio thread with a `trio.lowlevel.TrioToken` (`run_sync_soon` starting a task in a nursery
+the bridge owns) and awaits a `concurrent.futures.Future`; an asyncio cancel cancels that task's
+cancel scope. The cost is a thread hop per call (~20-50 µs) instead of a same-thread callback.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Generic, ParamSpec, TypeVar
+
+import attrs
+import trio
+import trio_asyncio
+
+from fluvial.nursery_errors import _reraise_unchanged
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+@attrs.define(eq=False)
+class _Bridge:
+    """The open loop of this trio run and how many users are inside `open_asyncio_bridge`."""
+
+    loop: trio_asyncio.TrioEventLoop
+    users: int = 1
+    _left: trio.Event = attrs.field(factory=trio.Event)
+
+    def leave(self) -> None:
+        self.users -= 1
+        self._left.set()
+
+    async def wait_until_unused(self) -> None:
+        # Checked again after every wakeup, with no checkpoint between the last check and the
+        # caller's next line: a user that enters meanwhile is waited for too.
+        while self.users:
+            self._left = trio.Event()
+            await self._left.wait()
+
+
+# A RunVar, not a module global: each trio.run (each test) gets its own loop.
+_BRIDGE: trio.lowlevel.RunVar[_Bridge | None] = trio.lowlevel.RunVar(
+    "fluvial_asyncio_bridge", default=None
+)
+
+
+@asynccontextmanager
+async def open_asyncio_bridge() -> AsyncIterator[None]:
+    """Make the process's asyncio loop available to `run_asyncio` and `run_trio` inside.
+
+    Reference-counted: the first user opens the loop, later users (nested or in other tasks)
+    share it, and it closes when the last one leaves; the user that opened it waits at its exit
+    until the others have left. Exceptions of the body come out as themselves.
+    """
+    bridge = _BRIDGE.get()
+    if bridge is not None:
+        bridge.users += 1
+        try:
+            yield
+        finally:
+            bridge.leave()
+        return
+    body_error: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            bridge = _Bridge(loop)
+            _BRIDGE.set(bridge)
+            try:
+                yield
+            except BaseException as error:
+                body_error = error
+                raise
+            finally:
+                bridge.leave()
+                # Other users (a server in another task) still run on this loop: closing it
+                # would cut their connections, so this exit waits for them, whatever cancels it.
+                with trio.CancelScope(shield=True):
+                    await bridge.wait_until_unused()
+                _BRIDGE.set(None)
+    except BaseExceptionGroup as group:
+        # trio-asyncio's nurseries wrap the body's exception: it comes out as itself.
+        if body_error is not None and _only_holds(group, body_error):
+            _reraise_unchanged(body_error)
+        raise
+
+
+def _only_holds(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+        if inner is error:
+            return True
+    return False
+
+
+def _loop() -> trio_asyncio.TrioEventLoop:
+    bridge = _BRIDGE.get()
+    if bridge is None:
+        raise RuntimeError(
+            "fluvial's asyncio bridge is not open: call this inside open_asyncio_bridge()"
+        )
+    return bridge.loop
+
+
+def asyncio_bridge_is_open() -> bool:
+    """Whether some `open_asyncio_bridge` of this trio run is open (for tests and checks)."""
+    return _BRIDGE.get() is not None
+
+
+async def _call(fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    # The coroutine of `fn` is created here, inside the asyncio task: asyncio code that looks
+    # up its running loop when it is called (grpclib does) finds the bridge's loop.
+    return await fn(*args, **kwargs)
+
+
+async def run_asyncio(fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """From trio: run `await fn(*args, **kwargs)` as an asyncio task of the bridge's loop.
+
+    Returns its result or raises its exception as it is. A trio cancel cancels the task and
+    waits for it to finish: `trio.Cancelled` means the asyncio side was cancelled too (if it
+    finished anyway, its result or error is returned instead, and the cancel comes at the next
+    checkpoint).
+    """
+    loop = _loop()
+    coroutine = _call(fn, *args, **kwargs)
+    try:
+        task = loop.create_task(coroutine, context=_loop_context(loop))
+    except BaseException:
+        coroutine.close()  # never awaited: no "was never awaited" warning
+        raise
+    return await trio_asyncio.run_aio_future(task)
+
+
+def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
+    # The asyncio task runs in a copy of the caller's context, with trio-asyncio's current loop
+    # set: the trio tasks that run its I/O callbacks (a TLS handshake completing in a socket's
+    # reader) inherit it, and asyncio code called there (grpclib's connection_made) finds the
+    # loop. The caller may be a task that did not open the loop, so its own context lacks it.
+    context = contextvars.copy_context()
+    context.run(trio_asyncio.current_loop.set, loop)
+    return context
+
+
+_END = object()
+
+
+async def _next_or_end(iterator: AsyncIterator[_T]) -> Any:
+    # StopAsyncIteration must not cross the asyncio Task: it becomes a value here.
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+class _AsyncioIterator(Generic[_T]):
+    """A trio async iterator over an asyncio one (a class, not an async generator: nothing to
+    finalize when the consumer stops early)."""
+
+    def __init__(self, iterator: AsyncIterator[_T]) -> None:
+        self._iterator = iterator
+
+    def __aiter__(self) -> _AsyncioIterator[_T]:
+        return self
+
+    async def __anext__(self) -> _T:
+        item = await run_asyncio(_next_or_end, self._iterator)
+        if item is _END:
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
+
+
+def iterate_asyncio(iterator: AsyncIterator[_T]) -> AsyncIterator[_T]:
+    """From trio: iterate an asyncio async iterator, each step as `run_asyncio` does it."""
+    return _AsyncioIterator(iterator)
+
+
+def run_trio(fn: Callable[..., Awaitable[_T]], *args: Any) -> Awaitable[_T]:
+    """From asyncio: run `await fn(*args)` in a new trio task; await the returned future.
+
+    Cancelling the awaiting asyncio task cancels the trio task; the trio task's exception is
+    raised by the await as it is.
+    """
+    return _loop().trio_as_future(fn, *args)
