@@ -16,7 +16,7 @@ from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventEnvelope
+from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.replication_stream_errors import RefusalReason, RemoteStreamError
 from fluvial.core.replication_stream_messages import SliceOffset
 from fluvial.grpc import EventProducerSource, ProducerStreamSettings
@@ -154,6 +154,37 @@ async def test_a_stream_starts_after_the_consumers_offsets(journal: Journal) -> 
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert received.seq_nrs() == {pid: [3]}
+
+
+async def test_what_a_later_slices_offset_has_seen_is_not_sent_again(journal: Journal) -> None:
+    appender = Appender(journal)
+    a1, b1, _, b2 = [
+        (await appender.append(entity, amount))[0]
+        for entity, amount in (("a", 1), ("b", 2), ("a", 3), ("b", 4))
+    ]
+    assert a1.slice != b1.slice
+    received = Received()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            receive = await start_stream(
+                nursery,
+                journal,
+                slices=SliceRange(min(a1.slice, b1.slice), max(a1.slice, b1.slice)),
+                offsets=[
+                    SliceOffset(slice=a1.slice, offset=offset_after(a1)),
+                    SliceOffset(slice=b1.slice, offset=offset_after(b2)),
+                ],
+            )
+            await received.collect(receive, 1)
+            await appender.append("b", 5)
+            await received.collect(receive, 2, path=QUERY)
+            nursery.cancel_scope.cancel()
+    # The query resumes at a1, but b's offset has seen b1 and b2 already.
+    assert received.seq_nrs(QUERY) == {"Account|a": [2], "Account|b": [3]}
+
+
+def offset_after(record: EventRecord) -> TimestampOffset:
+    return TimestampOffset(record.timestamp, {record.persistence_id: record.seq_nr})
 
 
 async def test_dropped_events_travel_as_placeholders_and_seq_nrs_stay_gapless(

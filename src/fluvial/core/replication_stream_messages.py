@@ -23,6 +23,7 @@ import attrs
 from fluvial.core.ids import SliceRange
 from fluvial.core.offset_tracker import OffsetTracker
 from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord
 from fluvial.core.replication_stream_errors import RemoteStreamError, StreamStatus
 
 F = TypeVar("F")  # the stream's filter (the fold of its criteria updates)
@@ -102,6 +103,17 @@ class ValidInit(Generic[F]):
         slice has none), as the consumer's own tracker computes it; what a later slice has
         seen already comes again and the consumer drops it by seq nr."""
         return OffsetTracker(self.slices, slice_offsets=self.offsets).resume_offset()
+
+    def has_seen(self, record: EventRecord) -> bool:
+        """Whether the consumer's offset in `record`'s slice is past it: its query there
+        delivered it already, so the producer need not send it again (the query resumes
+        from the earliest slice offset, behind what the later slices have seen)."""
+        offset = self.offsets.get(record.slice)
+        return offset is not None and not offset.is_behind(record)
+
+    def seen_until(self) -> int:
+        """The latest timestamp of the slice offsets: no record after it `has_seen`."""
+        return max((offset.timestamp for offset in self.offsets.values()), default=0)
 
 
 @attrs.frozen(kw_only=True)

@@ -75,7 +75,15 @@ async def run_producer_stream(
         )
     settings = settings or ProducerStreamSettings()
     local = LocalJournalSource(journal, source.entity_type, init.slices, settings.source)
-    publish = PublicForm(source, serializers, with_payloads=init.with_payloads)
+    public_form = PublicForm(source, serializers, with_payloads=init.with_payloads)
+    seen_until = init.seen_until()
+
+    def publish(records: Sequence[EventRecord], path: EnvelopeSource) -> list[EventRecord]:
+        # The query starts at the earliest slice offset; what later slices' offsets have
+        # seen already need not travel again (the consumer would drop it by seq nr).
+        unseen = [r for r in records if r.timestamp > seen_until or not init.has_seen(r)]
+        return public_form(unseen, path)
+
     # Unbuffered: the source's next page waits until this one is taken.
     records_in, records_out = trio.open_memory_channel[Batch](0)
     async with trio.open_nursery() as nursery:
