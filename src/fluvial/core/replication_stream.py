@@ -24,6 +24,8 @@ import enum
 from collections.abc import Mapping
 from typing import Final, Generic, Protocol, TypeVar
 
+import attrs
+
 from fluvial.core.errors import FluvialError
 from fluvial.core.ids import (
     NUMBER_OF_SLICES,
@@ -230,14 +232,7 @@ class ProducerStream(Generic[F, U]):
                 f"FilterUpdate {update.correlation_id}: {exc}; the filter stays as it was",
             )
             return FilterRefused(correlation_id=update.correlation_id, error=error)
-        self.init = ValidInit(
-            stream_id=self.init.stream_id,
-            entity_type=self.init.entity_type,
-            slices=self.init.slices,
-            offsets=self.init.offsets,
-            filter=filter,
-            with_payloads=self.init.with_payloads,
-        )
+        self.init = attrs.evolve(self.init, filter=filter)
         return FilterChanged(correlation_id=update.correlation_id, filter=filter)
 
     def _check_replay(self, request: ReplayRequest) -> Replay:
