@@ -124,7 +124,7 @@ class ProducerStreamMachine(RuleBasedStateMachine):
         answer = self.stream.receive(FilterUpdate(correlation_id=correlation_id, criteria=criteria))
         if self.state != "streaming":
             return self.out_of_place(answer)
-        if correlation_id < 0:
+        if correlation_id < 1:
             return self.expect_end(answer, R.CORRELATION_ID)
         if criteria == "bad":
             assert isinstance(answer, FilterRefused), answer
@@ -143,6 +143,8 @@ class ProducerStreamMachine(RuleBasedStateMachine):
         if self.state != "streaming":
             return self.out_of_place(answer)
         assert self.slices is not None
+        if correlation_id < 1:
+            return self.expect_end(answer, R.CORRELATION_ID)
         if any(c == correlation_id for c, _ in self.running + self.queued):
             return self.expect_end(answer, R.CORRELATION_ID)
         if pid == "Cart":
@@ -188,13 +190,13 @@ class ProducerStreamMachine(RuleBasedStateMachine):
         kinds += ["any init", "any filter", "any replay", "done", "garbage"]
         kind = data.draw(st.sampled_from(kinds))
         if kind == "replay":
-            correlation_id = data.draw(st.integers(0, 30))
+            correlation_id = data.draw(st.integers(1, 30))
             pid, first = data.draw(st.sampled_from(OWN)), data.draw(st.integers(1, 3))
             self.request_replay(correlation_id, pid, first, 10)
         elif kind == "finish" and self.running:
             self.finish_replay(data.draw(st.sampled_from(self.running)))
         elif kind == "filter":
-            self.update_filter(data.draw(st.integers(0, 3)), "b")
+            self.update_filter(data.draw(st.integers(1, 3)), "b")
         elif kind == "any init":
             self.init(
                 data.draw(st.sampled_from(["carts", "nope"])),

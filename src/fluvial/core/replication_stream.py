@@ -62,7 +62,7 @@ F = TypeVar("F")
 U = TypeVar("U")
 U_contra = TypeVar("U_contra", contravariant=True)
 
-# Correlation ids travel as protobuf uint64.
+# Correlation ids travel as protobuf uint64; 0 marks the replays the producer starts itself.
 MAX_CORRELATION_ID: Final = 2**64 - 1
 
 
@@ -312,10 +312,11 @@ def check_seq_nr(what: str, persistence_id: str, seq_nr: int) -> None:
 
 
 def _check_correlation_id(what: str, correlation_id: int) -> None:
-    if not 0 <= correlation_id <= MAX_CORRELATION_ID:
+    if not 1 <= correlation_id <= MAX_CORRELATION_ID:
         raise RemoteStreamError(
             RefusalReason.CORRELATION_ID,
-            f"{what}: correlation id {correlation_id} is not within 0..{MAX_CORRELATION_ID}",
+            f"{what}: correlation id {correlation_id} is not within 1..{MAX_CORRELATION_ID} "
+            "(0 answers the replays the producer starts itself)",
         )
 
 
