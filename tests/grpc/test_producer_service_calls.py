@@ -36,7 +36,9 @@ async def test_load_event_and_event_timestamp_answer_in_the_public_form() -> Non
 
         async def load(seq_nr: int) -> list[int | None]:
             reply = await channel.unary(
-                LOAD_EVENT, pb.LoadEventRequest("accounts", "Account|a", seq_nr), pb.LoadEventResponse
+                LOAD_EVENT,
+                pb.LoadEventRequest("accounts", "Account|a", seq_nr),
+                pb.LoadEventResponse,
             )
             return [public_cents(r) for r in decode_events(reply.events, encoding=reply.encoding)]
 
@@ -94,7 +96,9 @@ async def test_replay_answers_in_order_and_says_when_it_stopped_early() -> None:
         async with producer_channel(journal, settings=settings) as channel:
             with trio.fail_after(10):
                 reply = await channel.unary(
-                    REPLAY, pb.ReplayRequest("accounts", "Account|a", first, last), pb.ReplayResponse
+                    REPLAY,
+                    pb.ReplayRequest("accounts", "Account|a", first, last),
+                    pb.ReplayResponse,
                 )
         assert reply.batch is not None and reply.batch.path == pb.EventPath.REPLAY
         return reply.batch

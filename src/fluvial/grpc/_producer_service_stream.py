@@ -77,8 +77,6 @@ class StreamEventsCall:
         # What the sender sends next: capacity 0, so what waits is at most one message per
         # task that produces them.
         self._out, self._out_receive = trio.open_memory_channel[pb.StreamEventsResponse](0)
-        # The persistence id of each running replay, which its batches name (ReplayPart).
-        self._replayed: dict[int, str] = {}
         self._replays: StreamReplays | None = None
 
     async def run(self) -> None:
@@ -119,8 +117,6 @@ class StreamEventsCall:
                 await self._out.send(pb.StreamEventsResponse(filter_update_refused=refused))
             case ReplaysChanged():
                 assert self._replays is not None, "replays are admitted only when streaming"
-                for replay in answer.start:
-                    self._replayed[replay.correlation_id] = replay.persistence_id
                 await self._replays.apply(answer)
 
     async def _start(self, init: ValidInit[Criteria], nursery: trio.Nursery) -> None:
@@ -169,10 +165,7 @@ class StreamEventsCall:
             # the request that replaced it, and that one is answered.
             if not isinstance(answer, ReplayBatch):
                 continue
-            persistence_id = self._replayed[answer.correlation_id]
-            if answer.last:
-                del self._replayed[answer.correlation_id]
-            part = pb.ReplayPart(answer.correlation_id, persistence_id, answer.last)
+            part = pb.ReplayPart(answer.correlation_id, answer.persistence_id, answer.last)
             for batch in batch_messages(
                 answer.records, EnvelopeSource.REPLAY, max_size=max_size, replay=part
             ):
