@@ -23,12 +23,14 @@ from producer_service_helpers import (
 
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import slice_for
-from fluvial.grpc import ProducerSettings, serve_producer
+from fluvial.core.records import EventEnvelope
+from fluvial.grpc import GrpcCallFailed, GrpcUnavailable, ProducerSettings, serve_producer
+from fluvial.grpc._channel import open_channel
 from fluvial.grpc._proto.fluvial import v1 as pb
 from fluvial.journal.api import Journal
 from fluvial.journal.memory import MemoryJournal
 from fluvial.journal.sqlite._journal import open_sqlite_journal
-from producer_fixtures import INTERNAL, SOURCE, Appender, public_cents
+from producer_fixtures import INTERNAL, SOURCE, Added, Appender, Credited, public_cents
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -167,3 +169,49 @@ async def test_serve_producer_refuses_no_sources_and_two_of_one_stream_id() -> N
         await serve_producer(MemoryJournal(), [SOURCE, SOURCE], serializers=INTERNAL)
     with pytest.raises(UsageError, match="heartbeat_interval"):
         ProducerSettings(heartbeat_interval=0)
+
+
+async def test_a_producer_shutting_down_ends_its_streams_unavailable() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_producer(
+                MemoryJournal(), [SOURCE], serializers=INTERNAL, task_status=task_status
+            )
+        )
+        async with (
+            open_channel("127.0.0.1", port) as channel,
+            events_stream(channel, init_request()) as stream,
+        ):
+            nursery.cancel_scope.cancel()
+            with trio.fail_after(10), pytest.raises(GrpcUnavailable, match="shutting down"):
+                while True:
+                    await stream.receive()
+
+
+def _unlucky(envelope: EventEnvelope[Added]) -> Credited | None:
+    if envelope.event.amount == 13:
+        raise ValueError("13 is not published")
+    return Credited(envelope.event.amount)
+
+
+async def test_a_transformation_that_raises_ends_its_stream_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = MemoryJournal()
+    appender = Appender(journal)
+    unlucky = attrs.evolve(SOURCE, stream_id="unlucky", transformation=_unlucky)
+    async with (
+        producer_channel(journal, sources=[SOURCE, unlucky]) as channel,
+        events_stream(channel, init_request()) as good,
+        events_stream(channel, init_request("unlucky")) as bad,
+    ):
+        await appender.append("a", 13)
+        with trio.fail_after(10), pytest.raises(GrpcCallFailed) as failed:
+            while True:
+                await bad.receive()
+        assert failed.value.status == "UNKNOWN"
+        assert "13 is not published" in caplog.text  # logged by the server
+        await appender.append("b", 1)
+        with trio.fail_after(10):
+            while "Account|b" not in await receive_events(good, 1):
+                pass
