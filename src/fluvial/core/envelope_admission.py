@@ -126,9 +126,10 @@ def admit(
     so a later replay of it is handled; from a replay it is settled.
 
     Promises: an answer `HANDLE` counts the record as handled; only `EnvelopeSource.QUERY`
-    moves the record's slice offset (live, backtracking and replayed records arrive out of
-    timestamp order, so moving the offset for them could pass an event the query has not
-    delivered yet, which a restart would then never see); a replayed record never asks for
+    moves the record's slice offset, and `BACKTRACKING` where the query has already been in
+    this run (`OffsetTracker.passed`): live and replayed records arrive out of timestamp
+    order, so moving the offset for them could pass an event the query has not delivered
+    yet, which a restart would then never see; a replayed record never asks for
     another replay (a gap within a replay is left to the query). `previous` is the source's
     answer to a `LookUpTimestamp` for this record: pass it again when admitting the record
     once more (after a `Load`). Raises nothing.
@@ -138,14 +139,14 @@ def admit(
         return LookUp(record.persistence_id)
     if isinstance(verdict, NeedsPreviousTimestamp):
         return LookUpTimestamp(verdict.persistence_id, verdict.seq_nr)
-    if source is QUERY:  # the one rule for the slice offset: see the docstring
-        tracker.passed(record)
+    if verdict is ACCEPTED and record.payload is None and source is BACKTRACKING and not loaded:
+        return Load(record.persistence_id, record.seq_nr)  # nothing changed yet
+    if source is QUERY or source is BACKTRACKING:  # the rule for the slice offset: see above
+        tracker.passed(record, source)
     if verdict is ACCEPTED:
         if record.payload is not None:
             tracker.accept(record)
             return HANDLE
-        if source is BACKTRACKING and not loaded:  # not a query: its offset has not moved
-            return Load(record.persistence_id, record.seq_nr)
         if source is REPLAY:  # dropped by the producer even in a replay: settled
             tracker.accept(record)
         else:

@@ -108,6 +108,7 @@ class OffsetTracker:
         self._dirty_entities: dict[str, SeenEntity | EventRecord] = {}
         self._previous: dict[str, int] = {}  # of each dirty entity: see OffsetChanges
         self._dirty_slices: set[int] = set()
+        self._query_reached = 0  # the newest timestamp the query delivered since loading
 
     def resume_offset(self) -> TimestampOffset:
         """Where the query resumes: the earliest of the range's slice offsets, so no slice
@@ -217,8 +218,20 @@ class OffsetTracker:
             self._latest = entity.timestamp
             self._evict()
 
-    def passed(self, record: EventRecord) -> None:
-        """The ordered query delivered `record` (handled or a duplicate): move its slice on."""
+    def passed(self, record: EventRecord, source: EnvelopeSource = EnvelopeSource.QUERY) -> None:
+        """The ordered query delivered `record` (handled or a duplicate): move its slice on.
+
+        Or the backtracking query did (`source`), which reads behind the query: then only if
+        the query has reached the record's timestamp in this run (not merely a stored offset
+        of another slice says so), so that every event of its slice before it was delivered
+        by the query or committed late, as the record itself was, and is the backtracking
+        query's to find (after a restart too: it starts its span behind the resume offset).
+        Without it, a slice whose last event committed late would stay behind that event,
+        which its projection has handled, until another event of the slice arrives."""
+        if source is EnvelopeSource.QUERY:
+            self._query_reached = max(self._query_reached, record.timestamp)
+        elif record.timestamp > self._query_reached:
+            return
         tip = self._slice_tips.get(record.slice)
         if tip is None or record.timestamp > tip[0]:
             self._slice_tips[record.slice] = (
