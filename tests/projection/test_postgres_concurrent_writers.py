@@ -23,13 +23,19 @@ from fluvial import (
     EnvelopeSource,
     EventEnvelope,
     ExactlyOnce,
+    FirstSight,
+    HasConcurrentWriters,
+    LocalJournalSources,
     Projection,
+    SliceRange,
     SourceSettings,
+    TimestampOffset,
     serve_projection,
 )
 from fluvial.journal.postgres import open_postgres_journal
+from fluvial.projection.api import Batch
 from postgres_server import DSN, postgres_schema
-from projection.pg_concurrent_writer import ENTITY_TYPE, REGISTRY
+from projection.pg_concurrent_writer import ENTITY_TYPE, REGISTRY, deposited
 
 __all__ = ["postgres_schema"]  # the fixture, imported for pytest
 
@@ -38,6 +44,7 @@ PROCESSES = 3
 TASKS = 4
 SECONDS = 2.0
 Connection = psycopg.Connection[tuple[object, ...]]
+QUIET = SourceSettings(backtracking_interval=None)
 
 # A test hook in the database, not in fluvial: after an append's rows are inserted (their
 # timestamps taken), its transaction sleeps before it commits. The chosen events sleep half
@@ -147,3 +154,35 @@ async def test_every_event_of_concurrent_slow_writers_is_applied_exactly_once(
         assert paths[f"{ENTITY_TYPE}|w{writer}-late", 1] != EnvelopeSource.QUERY.value
         # Its last event committed late: only backtracking could find it.
         assert paths[f"{ENTITY_TYPE}|w{writer}-tail", 2] == EnvelopeSource.BACKTRACKING.value
+
+
+async def test_the_postgres_journal_has_concurrent_writers_and_its_source_says_so(
+    postgres_schema: str,
+) -> None:
+    async with open_postgres_journal(DSN, schema=postgres_schema) as journal:
+        assert isinstance(journal, HasConcurrentWriters)
+        before = await journal.current_timestamp()
+        stored = await journal.append([deposited("a", 1)])
+        after = await journal.current_timestamp()
+        # The server's clock, which appends stamp their events with.
+        assert before <= stored[0].timestamp <= after
+        source = LocalJournalSources(journal).source(ENTITY_TYPE, SliceRange.all(), QUIET)
+        assert source.first_sight is FirstSight.PREVIOUS_OLDER_THAN_WINDOW
+
+
+async def test_the_query_reads_behind_the_servers_clock(postgres_schema: str) -> None:
+    """An event reaches the query only once it is `behind_current_time` old."""
+    settings = SourceSettings(behind_current_time=1.0, backtracking_interval=None, live=False)
+    async with open_postgres_journal(DSN, schema=postgres_schema, poll_interval=0.05) as journal:
+        source = LocalJournalSources(journal).source(ENTITY_TYPE, SliceRange.all(), settings)
+        send, receive = trio.open_memory_channel[Batch](10)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(source.run, TimestampOffset.start(), send)
+            stored = await journal.append([deposited("a", 1)])
+            with trio.move_on_after(0.6):
+                assert await receive.receive() is None, "delivered before it was 1 s old"
+            with trio.fail_after(5):
+                records, path = await receive.receive()
+            assert (list(records), path) == (list(stored), EnvelopeSource.QUERY)
+            assert await journal.current_timestamp() - stored[0].timestamp >= 1_000_000
+            nursery.cancel_scope.cancel()
