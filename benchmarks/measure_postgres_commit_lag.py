@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import psycopg
-
 from _table import print_table
 
 DSN = os.environ.get("FLUVIAL_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
