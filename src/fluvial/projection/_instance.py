@@ -76,7 +76,7 @@ class Instance(Generic[E, T]):
         self.projection = projection
         self.name = projection.name
         self.slices = slices
-        self.tracker = OffsetTracker(slices)
+        self.tracker = OffsetTracker(slices, first_sight=source.first_sight)
         self.made_progress = False
 
     async def run(
