@@ -50,7 +50,7 @@ async def write_for(journal: PostgresJournal, writer: str, task: int, seconds: f
 
 async def write_late_ones(journal: PostgresJournal, writer: str) -> None:
     # While the other tasks write, so that later timestamps commit during the slow ones.
-    await trio.sleep(0.3 + 0.3 * int(writer))
+    await trio.sleep(0.2 + 0.2 * int(writer))
     for seq_nr in (1, 2, 3):
         await journal.append([deposited(f"w{writer}-late", seq_nr)])
     for seq_nr in (1, 2):
