@@ -15,6 +15,7 @@ from fluvial.core.envelope_source import EnvelopeSource as EnvelopeSource
 from fluvial.core.errors import DataError as DataError
 from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError
+from fluvial.core.first_sight import FirstSight as FirstSight
 from fluvial.core.ids import InvalidPersistenceId as InvalidPersistenceId
 from fluvial.core.ids import InvalidSliceRange as InvalidSliceRange
 from fluvial.core.ids import PersistenceId as PersistenceId
@@ -61,6 +62,7 @@ from fluvial.entity import open_entities as open_entities
 from fluvial.journal.api import EventAlreadyStored as EventAlreadyStored
 from fluvial.journal.api import EventGap as EventGap
 from fluvial.journal.api import EventStored as EventStored
+from fluvial.journal.api import HasConcurrentWriters as HasConcurrentWriters
 from fluvial.journal.api import Journal as Journal
 from fluvial.journal.api import JournalClosed as JournalClosed
 from fluvial.journal.api import JournalConflict as JournalConflict
@@ -128,9 +130,11 @@ __all__ = [
     "EventSourcedBehavior",
     "EventStored",
     "ExactlyOnce",
+    "FirstSight",
     "FluvialError",
     "GroupedAtLeastOnce",
     "GroupedExactlyOnce",
+    "HasConcurrentWriters",
     "HasOffsetStore",
     "InvalidAppend",
     "InvalidPersistenceId",
