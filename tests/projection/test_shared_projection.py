@@ -142,6 +142,7 @@ async def test_three_nodes_split_the_ranges_by_their_shares_and_apply_each_event
 ) -> None:
     appender = Appender(journal)
     await appender.append("before", 1, 2, 3)
+    observer = sqlite_store(journal)
     nodes = [Node(journal, sqlite_store(journal), exactly_once()) for _ in range(3)]
     ranges = slice_ranges(8)
     async with trio.open_nursery() as nursery:
@@ -155,7 +156,7 @@ async def test_three_nodes_split_the_ranges_by_their_shares_and_apply_each_event
         await trio.sleep(4 * PROBE)
         assert shares(await holders(nodes[0].store, ranges)) == [2, 3, 3]
         await trio.sleep(6)  # the appends end
-        await nodes[0].store.wait_until_caught_up(NAME)
+        await observer.wait_until_caught_up(NAME)
         # Stable: nothing moved while the events came.
         assert shares(await holders(nodes[0].store, ranges)) == [2, 3, 3]
         nursery.cancel_scope.cancel()
@@ -166,6 +167,7 @@ async def test_a_node_that_stops_hands_its_ranges_over_at_the_next_probe(
     journal: SqliteJournal, virtual_clock: trio.testing.MockClock
 ) -> None:
     appender = Appender(journal)
+    observer = sqlite_store(journal)
     a, b = (Node(journal, sqlite_store(journal), exactly_once(), ranges=4) for _ in range(2))
     ranges = slice_ranges(4)
     async with trio.open_nursery() as nursery:
@@ -174,7 +176,7 @@ async def test_a_node_that_stops_hands_its_ranges_over_at_the_next_probe(
         await trio.sleep(3 * PROBE)
         assert shares(await holders(a.store, ranges)) == [2, 2]
         await appender.append("x", 1, 2)
-        await a.store.wait_until_caught_up(NAME)
+        await observer.wait_until_caught_up(NAME)
         stopped = trio.current_time()
         b.scope.cancel()  # a clean stop: b gives its leases up
         await appender.append("x", 3)
@@ -182,7 +184,7 @@ async def test_a_node_that_stops_hands_its_ranges_over_at_the_next_probe(
         await trio.sleep(PROBE + 0.1)
         assert trio.current_time() - stopped < LEASE
         assert shares(await holders(a.store, ranges)) == [4]
-        await a.store.wait_until_caught_up(NAME)
+        await observer.wait_until_caught_up(NAME)
         nursery.cancel_scope.cancel()
     await assert_model_is_the_fold(journal)
 
@@ -198,7 +200,7 @@ async def test_a_stalled_nodes_ranges_move_to_the_others_once_its_leases_expire(
         Node(journal, cast(OffsetStore[Any], stalled), exactly_once(), ranges=4),
     ]
     ranges = slice_ranges(4)
-    observer = nodes[0].store
+    observer = sqlite_store(journal)
     async with trio.open_nursery() as nursery:
         for node in nodes:
             await nursery.start(node.run)
