@@ -37,7 +37,23 @@ from projection.shared_node_process import (
 __all__ = ["postgres_schema"]  # the fixture, imported for pytest
 
 NODE = Path(__file__).with_name("shared_node_process.py")
-ENTITIES = 40
+PER_RANGE = 5  # entities whose events fall in each of the RANGES ranges
+
+
+def _entities() -> list[str]:
+    """PER_RANGE persistence ids in each range (similar ids share slices: pick them)."""
+    size, picked = 1024 // RANGES, dict[int, list[str]]()
+    for n in range(100_000):
+        pid = f"{ENTITY_TYPE}|t{n}"
+        chosen = picked.setdefault(slice_for(pid) // size, [])
+        if len(chosen) < PER_RANGE:
+            chosen.append(pid)
+        if sum(map(len, picked.values())) == RANGES * PER_RANGE:
+            return [pid for pids in picked.values() for pid in pids]
+    raise AssertionError("not enough persistence ids")
+
+
+ENTITIES = _entities()
 Leases = dict[SliceRange, int]  # range -> the process id of its live holder
 
 
@@ -69,8 +85,8 @@ async def wait_for_leases(schema: str, done: Callable[[Leases], bool]) -> Leases
 
 
 class Writer:
-    """Appends one event at a time to ENTITIES entities in turn, noting when each was
-    appended, until stopped."""
+    """Appends one event at a time to the ENTITIES in turn (in every range), noting when each
+    was appended, until stopped."""
 
     def __init__(self, journal: PostgresJournal) -> None:
         self.journal = journal
@@ -81,7 +97,7 @@ class Writer:
         seq_nrs: Counter[str] = Counter()
         n = 0
         while not self.stop.is_set():
-            pid = f"{ENTITY_TYPE}|t{n % ENTITIES}"
+            pid = ENTITIES[n % len(ENTITIES)]
             n += 1
             seq_nrs[pid] += 1
             record = EventRecord(

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from fluvial.core.errors import UsageError
-from fluvial.core.ids import SliceRange, slice_ranges
+from fluvial.core.ids import SliceRange, slice_for, slice_ranges
 from fluvial.core.projection_errors import ProjectionFailed, ProjectionLeaseHeld
 from fluvial.journal.memory import MemoryJournal, MemoryOffsetStore, MemoryTransaction
 from fluvial.journal.sqlite._journal import SqliteJournal
@@ -119,10 +119,23 @@ def shares(found: list[str | None]) -> list[int]:
     return sorted(Counter(found).values()) if None not in found else [-1]
 
 
+def spread(prefix: str, per_range: int = 2, ranges: int = 8) -> list[str]:
+    """Entity ids whose events fall in every one of `ranges` ranges, `per_range` in each
+    (similar ids share slices, so they are picked)."""
+    size, picked = 1024 // ranges, dict[int, list[str]]()
+    for n in range(100_000):
+        chosen = picked.setdefault(slice_for(Appender.pid(f"{prefix}{n}")) // size, [])
+        if len(chosen) < per_range:
+            chosen.append(f"{prefix}{n}")
+        if sum(map(len, picked.values())) == per_range * ranges:
+            return [entity for entities in picked.values() for entity in entities]
+    raise AssertionError("not enough entity ids")
+
+
 async def append_meanwhile(appender: Appender, rounds: int, every: float) -> None:
     for n in range(rounds):
-        for entity in range(12):
-            await appender.append(f"e{entity}", n)
+        for entity in spread("e"):
+            await appender.append(entity, n)
         await trio.sleep(every)
 
 
@@ -146,7 +159,7 @@ async def test_three_nodes_split_the_ranges_by_their_shares_and_apply_each_event
     nodes = [Node(journal, sqlite_store(journal), exactly_once()) for _ in range(3)]
     ranges = slice_ranges(8)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(append_meanwhile, appender, 20, 0.25)
+        nursery.start_soon(append_meanwhile, appender, 8, 0.25)
         # The first node alone takes every range; each one that joins gets its share from the
         # others within a few probes.
         await nursery.start(nodes[0].run)
@@ -155,7 +168,7 @@ async def test_three_nodes_split_the_ranges_by_their_shares_and_apply_each_event
         await nursery.start(nodes[2].run)
         await trio.sleep(4 * PROBE)
         assert shares(await holders(nodes[0].store, ranges)) == [2, 3, 3]
-        await trio.sleep(6)  # the appends end
+        await trio.sleep(1.5)  # the appends end
         await observer.wait_until_caught_up(NAME)
         # Stable: nothing moved while the events came.
         assert shares(await holders(nodes[0].store, ranges)) == [2, 3, 3]
@@ -211,8 +224,8 @@ async def test_a_stalled_nodes_ranges_move_to_the_others_once_its_leases_expire(
         await observer.wait_until_caught_up(NAME)
         stalled.freeze()
         frozen_at = trio.current_time()
-        for entity in range(12):  # events in every range, some for the stalled node's ranges
-            await appender.append(f"z{entity}", 1, 2)
+        for entity in spread("z"):  # events in every range, the stalled node's too
+            await appender.append(entity, 1, 2)
         # Its last renewal was at most LEASE / 3 ago: its ranges stay its own until then.
         await trio.sleep(LEASE - PROBE - 0.1)
         assert len(set(await holders(observer, ranges))) == 3
@@ -265,17 +278,19 @@ async def test_on_the_memory_store_a_stalled_node_is_taken_over_and_each_event_a
         await nursery.start(b.run)
         await trio.sleep(4 * PROBE)
         assert shares(await holders(store, slice_ranges(4))) == [2, 2]
-        for entity in range(12):
-            await appender.append(f"m{entity}", 1)
+        for entity in spread("m"):
+            await appender.append(entity, 1)
         await store.wait_until_caught_up(NAME)
         stalled.freeze()
-        for entity in range(12):
-            await appender.append(f"m{entity}", 2, 3)
+        for entity in spread("m"):  # in every range, the stalled node's too
+            await appender.append(entity, 2, 3)
         await trio.sleep(LEASE + 2 * PROBE)
         assert shares(await holders(store, slice_ranges(4))) == [4]
         await store.wait_until_caught_up(NAME)
         nursery.cancel_scope.cancel()
-    assert model.applied == Counter({(f"Counter|m{e}", s): 1 for e in range(12) for s in (1, 2, 3)})
+    assert model.applied == Counter(
+        {(Appender.pid(entity), s): 1 for entity in spread("m") for s in (1, 2, 3)}
+    )
 
 
 async def test_a_failing_projection_comes_out_of_the_node_as_itself(
