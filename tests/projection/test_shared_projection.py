@@ -73,6 +73,24 @@ class Frozen:
         return call
 
 
+class Flaky:
+    """An offset store whose next `failures` range lease acquisitions fail, as a lost
+    connection fails them."""
+
+    def __init__(self, store: OffsetStore[Any]) -> None:
+        self._store = store
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def acquire_lease(self, projection: str, *args: Any, **kwargs: Any) -> Any:
+        if projection == NAME and self.failures:
+            self.failures -= 1
+            raise OSError("connection lost")
+        return await self._store.acquire_lease(projection, *args, **kwargs)
+
+
 class Node:
     """One node: `serve_shared_projection` in a cancel scope of its own, on its own store."""
 
@@ -291,6 +309,29 @@ async def test_on_the_memory_store_a_stalled_node_is_taken_over_and_each_event_a
     assert model.applied == Counter(
         {(Appender.pid(entity), s): 1 for entity in spread("m") for s in (1, 2, 3)}
     )
+
+
+async def test_a_range_that_fails_to_start_after_the_first_round_is_tried_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = MemoryJournal()
+    store = MemoryOffsetStore(journal, clock=trio.current_time)
+    flaky = Flaky(store)
+    model = MemoryModel()
+    a = Node(journal, store, model.projection(), ranges=4)
+    b = Node(journal, cast(OffsetStore[Any], flaky), model.projection(), ranges=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)  # a takes all 4
+        await nursery.start(b.run)  # b gets none at its first round
+        flaky.failures = 3  # its next tries fail, as the store's connection does
+        await trio.sleep(6 * PROBE)
+        assert shares(await holders(store, slice_ranges(4))) == [2, 2]
+        assert flaky.failures == 0
+        await Appender(cast(SqliteJournal, journal)).append("after", 1)
+        await store.wait_until_caught_up(NAME)
+        nursery.cancel_scope.cancel()
+    assert model.applied == Counter({("Counter|after", 1): 1})
+    assert "failed to start slices" in caplog.text
 
 
 async def test_a_failing_projection_comes_out_of_the_node_as_itself(

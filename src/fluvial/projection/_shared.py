@@ -20,8 +20,9 @@ rounds, every `probe_interval` with jitter:
 
 An instance whose lease is lost (it stalled past `lease_duration` and another node took the
 range over), or whose offsets changed under it, stops: the node counts the range as not its
-own and tries it again at a later round. Every other failure (`ProjectionFailed`, a read
-model's migration) ends the node, raised as itself. Leases stay the only arbiter: two nodes
+own and tries it again at a later round; so does a store error after the first round. Every
+other failure (`ProjectionFailed`, a read model's migration, a usage error) ends the node,
+raised as itself. Leases stay the only arbiter: two nodes
 with different views of who is alive can both try a range, and one gets it.
 """
 
@@ -35,10 +36,14 @@ from typing import Any, TypeVar, overload
 
 import trio
 
-from fluvial.core.errors import UsageError
+from fluvial.core.errors import DataError, UsageError
 from fluvial.core.ids import SliceRange, slice_ranges
 from fluvial.core.leases import Lease
-from fluvial.core.projection_errors import ProjectionConflict, ProjectionLeaseHeld
+from fluvial.core.projection_errors import (
+    ProjectionConflict,
+    ProjectionFailed,
+    ProjectionLeaseHeld,
+)
 from fluvial.core.range_shares import share_of
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.journal.api import Journal
@@ -124,7 +129,8 @@ async def serve_shared_projection(
     instances of the ranges it took started (none if others hold them all). Raises what a
     range's instance raises at start or while running (`ProjectionFailed`,
     `ReadModelMigrationFailed`, `UsageError`), except a lost lease or a conflict, after which
-    the node only gives that range up; UsageError for ranges that overlap.
+    the node only gives that range up, and a store error after its first round (logged, the
+    range tried again later); UsageError for ranges that overlap.
     """
     shared = _ranges(ranges)
     store = offsets if offsets is not None else own_offset_store(source)
@@ -185,7 +191,7 @@ class _Node:
         """Run rounds until cancelled; started after the first."""
         started = False
         while True:
-            soonest = await self.round(supervisor)
+            soonest = await self.round(supervisor, first=not started)
             if not started:
                 started = True
                 task_status.started()
@@ -196,9 +202,13 @@ class _Node:
                 delay = min(delay, max(soonest, 0.0) + jitter)
             await trio.sleep(delay)
 
-    async def round(self, supervisor: Supervisor) -> float | None:
+    async def round(self, supervisor: Supervisor, *, first: bool) -> float | None:
         """Count the nodes, give up or take ranges to match this node's share; in how many
-        seconds the soonest lease of a range it could not take expires (None: none seen)."""
+        seconds the soonest lease of a range it could not take expires (None: none seen).
+
+        A range that fails to start raises (the first round: out of `nursery.start`), except
+        after the first round a failure that is not a usage or data error (the store's, say a
+        lost connection): it is logged and the range tried again at a later round."""
         try:
             live = await self.live_nodes()
         except Exception as exc:  # the store's: try again at the next round
@@ -231,6 +241,20 @@ class _Node:
                 await supervisor.start(self.serve_range, slices)
             except ProjectionLeaseHeld as held:
                 soonest = held.expires_in if soonest is None else min(soonest, held.expires_in)
+            except (UsageError, DataError, ProjectionFailed):
+                raise
+            except Exception as exc:
+                if first:
+                    raise
+                log.warning(
+                    "projection %r: node %s failed to start slices %s, retrying later: %s: %s",
+                    self.projection.name,
+                    self.name,
+                    slices,
+                    type(exc).__name__,
+                    exc,
+                )
+                break
         return soonest
 
     async def live_nodes(self) -> set[str]:
