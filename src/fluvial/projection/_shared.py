@@ -22,8 +22,8 @@ An instance whose lease is lost (it stalled past `lease_duration` and another no
 range over), or whose offsets changed under it, stops: the node counts the range as not its
 own and tries it again at a later round; so does a store error after the first round. Every
 other failure (`ProjectionFailed`, a read model's migration, a usage error) ends the node,
-raised as itself. Leases stay the only arbiter: two nodes
-with different views of who is alive can both try a range, and one gets it.
+raised as itself. Leases stay the only arbiter: two nodes with different views of who is
+alive can both try a range, and one gets it.
 """
 
 from __future__ import annotations
@@ -206,12 +206,14 @@ class _Node:
         """Count the nodes, give up or take ranges to match this node's share; in how many
         seconds the soonest lease of a range it could not take expires (None: none seen).
 
-        A range that fails to start raises (the first round: out of `nursery.start`), except
-        after the first round a failure that is not a usage or data error (the store's, say a
-        lost connection): it is logged and the range tried again at a later round."""
+        A failure raises (at the first round: out of `nursery.start`), except, after the first
+        round, one that is not a usage or data error (the store's, say a lost connection): it
+        is logged and the round tried again later."""
         try:
             live = await self.live_nodes()
         except Exception as exc:  # the store's: try again at the next round
+            if first:
+                raise
             log.warning(
                 "projection %r: node %s failed to count the nodes, retrying: %s: %s",
                 self.projection.name,
