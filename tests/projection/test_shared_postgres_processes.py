@@ -178,7 +178,7 @@ async def test_three_processes_share_a_projection_and_a_killed_ones_ranges_move_
                         ),
                     )
                 moved_at = trio.current_time()
-                assert LEASE_DURATION * 2 / 3 - 0.1 < moved_at - killed_at < LEASE_DURATION + 5
+                assert moved_at - killed_at < LEASE_DURATION + 5
                 await trio.sleep(1.0)
                 writer.stop.set()
             with trio.fail_after(20):
