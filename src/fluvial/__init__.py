@@ -104,6 +104,7 @@ from fluvial.projection import Source as Source
 from fluvial.projection import SourceProvider as SourceProvider
 from fluvial.projection import SourceSettings as SourceSettings
 from fluvial.projection import serve_projection as serve_projection
+from fluvial.projection import serve_shared_projection as serve_shared_projection
 
 __all__ = [
     "AtLeastOnce",
@@ -203,6 +204,7 @@ __all__ = [
     "open_entities",
     "open_sqlite_journal",
     "serve_projection",
+    "serve_shared_projection",
     "slice_for",
     "slice_ranges",
 ]
