@@ -76,6 +76,8 @@ def test_regexes_match_the_whole_entity_id() -> None:
     assert filter_.matches("vip-1", NO_TAGS)
     assert not filter_.matches("vip-1x", NO_TAGS)
     assert not filter_.matches("a-vip-1", NO_TAGS)
+    # `.` matches every character, a newline too.
+    assert not Filter.of(ExcludeRegexEntityIds({"cart-.*"})).matches("cart-\n2", NO_TAGS)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ The entity id is the entity's own id, the same at every replica of a replicated 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, assert_never
 
@@ -93,25 +93,51 @@ def _frozen_mapping(value: Mapping[str, int]) -> Mapping[str, int]:
 
 
 class _Compiled:
-    """What a filter evaluates with, built once per filter value."""
+    """What a filter evaluates with, built once per filter value. `previous` is the compiled
+    form of a filter that differs only in the parts `changed`: the others are taken from it."""
 
     __slots__ = ("exclude_regexes", "excludes", "include_ids", "include_regexes", "include_topics")
 
-    def __init__(self, filter_: Filter) -> None:
-        # A frozenset answers `in` faster than the read-only mapping in front of a dict.
-        self.include_ids = frozenset(filter_.include_entity_ids)
+    excludes: bool
+    include_ids: frozenset[str]
+    exclude_regexes: Callable[[str], object] | None
+    include_regexes: Callable[[str], object] | None
+    include_topics: Callable[[Iterable[str]], bool] | None
+
+    def __init__(
+        self,
+        filter_: Filter,
+        previous: _Compiled | None = None,
+        changed: Collection[str] = (),
+    ) -> None:
         self.excludes = bool(
             filter_.exclude_tags or filter_.exclude_entity_ids or filter_.exclude_regexes
         )
-        self.exclude_regexes = (
-            RegexMatcher(filter_.exclude_regexes).matches if filter_.exclude_regexes else None
-        )
-        self.include_regexes = (
-            RegexMatcher(filter_.include_regexes).matches if filter_.include_regexes else None
-        )
-        self.include_topics = (
-            TopicMatcher(filter_.include_topics).matches_tags if filter_.include_topics else None
-        )
+        if previous is not None and "include_entity_ids" not in changed:
+            self.include_ids = previous.include_ids
+        else:
+            # A frozenset answers `in` faster than the read-only mapping in front of a dict.
+            self.include_ids = frozenset(filter_.include_entity_ids)
+        if previous is not None and "exclude_regexes" not in changed:
+            self.exclude_regexes = previous.exclude_regexes
+        else:
+            self.exclude_regexes = (
+                RegexMatcher(filter_.exclude_regexes).matches if filter_.exclude_regexes else None
+            )
+        if previous is not None and "include_regexes" not in changed:
+            self.include_regexes = previous.include_regexes
+        else:
+            self.include_regexes = (
+                RegexMatcher(filter_.include_regexes).matches if filter_.include_regexes else None
+            )
+        if previous is not None and "include_topics" not in changed:
+            self.include_topics = previous.include_topics
+        else:
+            self.include_topics = (
+                TopicMatcher(filter_.include_topics).matches_tags
+                if filter_.include_topics
+                else None
+            )
 
 
 # Which criterion builds each part of a filter: its values are checked as that criterion's.
@@ -218,7 +244,18 @@ class Filter:
         }
         if included is not None and included != self.include_entity_ids:
             changes["include_entity_ids"] = included
-        return attrs.evolve(self, **changes) if changes else self
+        if not changes:
+            return self
+        # The criteria checked their values, and the parts not changed are this filter's: the
+        # new filter skips the constructor's checks and compiles only what changed.
+        updated = object.__new__(Filter)
+        for field in _FIELDS:
+            value = changes.get(field, getattr(self, field))
+            if field == "include_entity_ids" and field in changes:
+                value = _frozen_mapping(value)
+            object.__setattr__(updated, field, value)
+        object.__setattr__(updated, "_compiled", _Compiled(updated, self._compiled, changes))
+        return updated
 
     def replays(self, update: FilterUpdate) -> tuple[EntityReplay, ...]:
         """The replays that `update` asks of this filter, in entity id order: each entity it
@@ -253,7 +290,7 @@ class Filter:
         ):
             return True
         include_regexes, include_topics = compiled.include_regexes, compiled.include_topics
-        return (
+        return bool(
             entity_id in compiled.include_ids
             or not tags.isdisjoint(self.include_tags)
             or (include_topics is not None and include_topics(tags))
@@ -372,6 +409,7 @@ _CRITERION_CLASSES = (
     RemoveIncludeTopics,
 )
 _EMPTY = Filter()
+_FIELDS = tuple(field.name for field in attrs.fields(Filter) if field.init)
 
 
 def evaluate(

@@ -47,18 +47,23 @@ def _combinable(pattern: str) -> bool:
     return True
 
 
+def _always(text: str) -> bool:
+    return True
+
+
 class RegexMatcher:
     """Answers whether some pattern of a set fully matches a string; built once per set.
 
     The patterns must be valid (`regex_error`). One combined regex holds those that keep their
     meaning in it (see the module docstring); the others are tried one by one after it.
+    `matches` is chosen when the matcher is built: ``.*`` answers without a regex, and a set
+    that combines whole is the combined regex's own `fullmatch` (a match object is true).
     """
 
-    __slots__ = ("_combined", "_separate", "matches_all")
+    __slots__ = ("_combined", "_separate", "matches")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         patterns = sorted(set(patterns))
-        self.matches_all = MATCH_ALL in patterns
         combinable = [p for p in patterns if _combinable(p)]
         separate = [re.compile(p, FLAGS).fullmatch for p in patterns if p not in combinable]
         combined: Callable[[str], object] | None = None
@@ -69,11 +74,16 @@ class RegexMatcher:
                 separate = [re.compile(p, FLAGS).fullmatch for p in patterns]
         self._combined = combined
         self._separate = tuple(separate)
+        self.matches: Callable[[str], object]
+        """Whether some pattern matches the whole of a string: a true value if one does."""
+        if MATCH_ALL in patterns:
+            self.matches = _always
+        elif combined is not None and not separate:
+            self.matches = combined
+        else:
+            self.matches = self._matches_one_by_one
 
-    def matches(self, text: str) -> bool:
-        """Whether some pattern matches the whole of `text`."""
-        if self.matches_all:
-            return True
+    def _matches_one_by_one(self, text: str) -> bool:
         if self._combined is not None and self._combined(text) is not None:
             return True
         return any(fullmatch(text) is not None for fullmatch in self._separate)
