@@ -125,6 +125,20 @@ def test_topic_expressions(expression: str, matching: list[str], not_matching: l
     assert [t for t in not_matching if passes(t)] == []
 
 
+def test_expressions_of_up_to_100_levels_and_many_that_share_prefixes_are_matched() -> None:
+    deepest = "/".join(["a"] * 100)
+    assert Filter.of([EVERYTHING, IncludeTopics({deepest})]).matches(
+        "e", frozenset({f"t:{deepest}"})
+    )
+    with pytest.raises(InvalidFilterCriterion, match="at most 100 levels"):
+        IncludeTopics({deepest + "/a"})
+    # Each shares its predecessor's characters: too deep to share them in one regex.
+    chain = {"a" * n for n in range(1, 1500)}
+    filter_ = Filter.of([EVERYTHING, IncludeTopics(chain)])
+    assert filter_.matches("e", frozenset({"t:" + "a" * 1499}))
+    assert not filter_.matches("e", frozenset({"t:" + "a" * 1500}))
+
+
 def test_a_replicated_entity_is_filtered_by_its_own_id_at_every_replica() -> None:
     filter_ = Filter.of([EVERYTHING, IncludeEntityIds({"cart|1"})])
     for replica in ("A", "B"):

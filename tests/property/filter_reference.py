@@ -130,11 +130,12 @@ class ReferenceFilter:
 
 
 # Small alphabets, so that generated criteria and events meet often.
-levels = st.sampled_from(["a", "b", "", "+x"])
+# Levels that share leading characters ("a", "ab", "abc"), as the matcher's regex shares them.
+levels = st.sampled_from(["a", "ab", "abc", "b", "", "+x"])
 topics = st.lists(levels, min_size=1, max_size=4).map("/".join)
 topic_expressions = st.builds(
     lambda head, rest: "/".join([*head, *rest]),
-    st.lists(st.sampled_from(["a", "b", "+"]), max_size=3),
+    st.lists(st.sampled_from(["a", "ab", "abc", "b", "+"]), max_size=3),
     st.sampled_from([[], ["#"]]),
 ).filter(bool)
 entity_ids = st.one_of(
