@@ -231,6 +231,13 @@ def test_an_update_with_an_invalid_criterion_leaves_the_filter_as_it_was() -> No
     assert filter_ == Filter.of([EVERYTHING])
 
 
+def test_an_update_of_something_else_than_criteria_is_refused_whole() -> None:
+    filter_ = Filter.of([EVERYTHING])
+    with pytest.raises(InvalidFilterCriterion, match="str: 'vip': is not a filter criterion"):
+        filter_.updated([IncludeTags({"vip"}), "vip"])  # type: ignore[list-item]
+    assert filter_ == Filter.of([EVERYTHING])
+
+
 def test_removing_what_is_not_there_changes_nothing_whatever_it_is() -> None:
     filter_ = Filter.of([EVERYTHING])
     assert filter_.updated(RemoveIncludeTopics({"a/#/b"})) is filter_

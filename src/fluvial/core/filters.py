@@ -203,8 +203,14 @@ class Filter:
         """This filter after `update`: each criterion adds its values to its part, or removes
         them, in order. Idempotent: `f.updated(u).updated(u) == f.updated(u)`. Criteria check
         their values when they are built (`InvalidFilterCriterion`), so an update whose
-        criteria exist applies whole."""
+        criteria exist applies whole; something else among them is refused with the same error
+        before anything applies."""
         criteria = (update,) if isinstance(update, _CRITERION_CLASSES) else tuple(update)
+        for criterion in criteria:
+            if not isinstance(criterion, _CRITERION_CLASSES):
+                raise InvalidFilterCriterion(
+                    type(criterion).__name__, criterion, "is not a filter criterion"
+                )
         if not criteria:
             return self
         parts: dict[str, frozenset[str]] = {}
