@@ -60,7 +60,7 @@ def test_the_next_seq_nr_is_handled_and_counted_from_every_source() -> None:
         assert admit(tracker, record("T|a", 1, 100), source) is DROP  # a duplicate
 
 
-def test_only_the_query_moves_the_slice_offset() -> None:
+def test_only_the_query_moves_the_slice_offset_past_where_it_has_been() -> None:
     for source in NOT_THE_QUERY:
         tracker = fresh()
         admit(tracker, record("T|a", 1, 100), source)
@@ -72,6 +72,26 @@ def test_only_the_query_moves_the_slice_offset() -> None:
     admit(tracker, record("T|b", 1, 200), LIVE)
     assert admit(tracker, record("T|b", 1, 200), QUERY) is DROP
     assert tracker.slice_offset(10) == TimestampOffset(200, {"T|b": 1})
+
+
+def test_backtracking_moves_the_slice_offset_only_behind_where_the_query_has_been() -> None:
+    """A late event that backtracking finds behind what the query delivered in this run moves
+    its slice's offset (else a slice whose last event committed late would stay behind it,
+    and `backlog` count it, though it is handled); one ahead of the query does not, nor one
+    behind a stored offset only."""
+    two_slices = SliceRange(10, 11)
+    tracker = OffsetTracker(two_slices, complete=True)
+    admit(tracker, record("T|a", 1, 300, slice_=11), QUERY)  # the query has reached 300
+    assert admit(tracker, placeholder("T|late", 1, 200), BACKTRACKING) == Load("T|late", 1)
+    assert tracker.slice_offset(10) is None  # nothing changed before the load
+    assert admit(tracker, record("T|late", 1, 200), BACKTRACKING, loaded=True) is HANDLE
+    assert tracker.slice_offset(10) == TimestampOffset(200, {"T|late": 1})
+    assert admit(tracker, record("T|b", 1, 400), BACKTRACKING, loaded=True) is HANDLE
+    assert tracker.slice_offset(10) == TimestampOffset(200, {"T|late": 1})
+    # Restarted: slice 11's stored offset is at 300, but this run's query reached nothing.
+    loaded = OffsetTracker(two_slices, slice_offsets={11: TimestampOffset(300)}, complete=True)
+    assert admit(loaded, record("T|c", 1, 250), BACKTRACKING, loaded=True) is HANDLE
+    assert loaded.slice_offset(10) is None
 
 
 @pytest.mark.parametrize("source", [LIVE, BACKTRACKING])

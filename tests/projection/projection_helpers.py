@@ -298,11 +298,11 @@ class StallableQuery:
         self.replays: list[tuple[str, int, int]] = []
         read_by_slices, read_events = journal.read_events_by_slices, journal.read_events
 
-        async def by_slices(*args: Any) -> list[EventRecord]:
+        async def by_slices(*args: Any, **kwargs: Any) -> list[EventRecord]:
             if self.stall:
                 self.stalled.set()
                 await trio.sleep_forever()
-            page = await read_by_slices(*args)
+            page = await read_by_slices(*args, **kwargs)
             self.completed += 1
             self.delivered.extend(page)
             return page

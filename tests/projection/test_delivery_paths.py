@@ -13,7 +13,13 @@ import trio
 import trio.testing
 
 from fluvial.core.ids import slice_ranges
-from fluvial.core.offset_tracker import Duplicate, EnvelopeSource, OffsetTracker, Verdict
+from fluvial.core.offset_tracker import (
+    Duplicate,
+    EnvelopeSource,
+    OffsetTracker,
+    PreviousEvent,
+    Verdict,
+)
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
 from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
@@ -91,8 +97,13 @@ async def test_duplicates_between_live_query_and_backtracking_are_dropped(
     verdicts: list[tuple[EnvelopeSource, Verdict]] = []
     validate = OffsetTracker.validate
 
-    def counting(self: OffsetTracker, record: EventRecord, source: EnvelopeSource) -> Verdict:
-        verdict = validate(self, record, source)
+    def counting(
+        self: OffsetTracker,
+        record: EventRecord,
+        source: EnvelopeSource,
+        previous: PreviousEvent | None = None,
+    ) -> Verdict:
+        verdict = validate(self, record, source, previous)
         verdicts.append((source, verdict))
         return verdict
 

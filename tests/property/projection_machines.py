@@ -8,9 +8,15 @@ replays by persistence id. Some events commit late, as with concurrent writers o
 their timestamp lies up to `BACKTRACKING_SPAN` behind the present, and behind where their
 instance's query is, so the query never delivers them (until a restart resumes it before
 them); the backtracking query finds them, and it keeps within its span behind the query.
+Each run draws the first-sight rule (`fluvial.core.first_sight`): with
+`PREVIOUS_OLDER_THAN_WINDOW` (concurrent writers) an entity's first event may commit late too,
+so a path meets its seq nr 2 first ("late #1 then #2"); with `QUERY_IN_COMMIT_ORDER` (one
+writer) it may not, since that rule takes an unknown entity first met by the query as seen
+from where it shows up.
 Each arrival goes through the runner's own decision, `fluvial.core.envelope_admission.admit`
 (not a copy of it): handle, drop, look the entity up in the store and `learn` it, replay the
-gap from the journal, or load the payload of an accepted record that came without one; the
+gap from the journal, read the timestamp of the event before an entity's first sight (the
+first-sight rule), or load the payload of an accepted record that came without one; the
 machine does only the I/O it asks for, as `fluvial.projection._instance.Instance.admit` does.
 
 The process crashes at any step: what was not committed is lost, and it restarts with one,
@@ -46,9 +52,23 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fluvial.core.envelope_admission import HANDLE, Load, LookUp, Replay, admit, admit_replayed
+from fluvial.core.envelope_admission import (
+    HANDLE,
+    Load,
+    LookUp,
+    LookUpTimestamp,
+    Replay,
+    admit,
+    admit_replayed,
+)
 from fluvial.core.ids import SliceRange
-from fluvial.core.offset_tracker import EnvelopeSource, OffsetTracker, SeenEntity
+from fluvial.core.offset_tracker import (
+    EnvelopeSource,
+    FirstSight,
+    OffsetTracker,
+    PreviousEvent,
+    SeenEntity,
+)
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
@@ -120,9 +140,11 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.stored_offsets: dict[int, TimestampOffset] = {}
         self.crashes = 0
         self.instances: list[Instance] = []
+        self.first_sight = FirstSight.QUERY_IN_COMMIT_ORDER
 
-    @initialize(count=st.sampled_from(sorted(SPLITS)))
-    def first_start(self, count: int) -> None:
+    @initialize(count=st.sampled_from(sorted(SPLITS)), first_sight=st.sampled_from(FirstSight))
+    def first_start(self, count: int, first_sight: FirstSight) -> None:
+        self.first_sight = first_sight  # the journal's writers: one, or concurrent
         self.instances = self.start(count)
 
     def load(self, slices: SliceRange) -> OffsetTracker:
@@ -138,6 +160,7 @@ class ProjectionMachine(RuleBasedStateMachine):
             entities=[e for e in entities if e.timestamp >= horizon],
             window=WINDOW,
             complete=all(e.timestamp >= horizon for e in entities),
+            first_sight=self.first_sight,  # as the runner sets it, from its source
         )
 
     def start(self, count: int) -> list[Instance]:
@@ -179,10 +202,18 @@ class ProjectionMachine(RuleBasedStateMachine):
             self.coverage.saw("lookup found" if stored else "lookup missed")
             tracker.learn(record.persistence_id, stored)
             admission = admit(tracker, record, source)
+        previous = None
+        if isinstance(admission, LookUpTimestamp):
+            self.coverage.saw("first sight: timestamp looked up")
+            if (record.persistence_id, admission.seq_nr) in self.late:
+                self.coverage.saw("first sight after a late event")
+            before = self.journal[admission.persistence_id][admission.seq_nr - 1]
+            previous = PreviousEvent(before.timestamp)
+            admission = admit(tracker, record, source, previous=previous)
         if isinstance(admission, Load):
             self.coverage.saw("loaded")
             record = self.journal[record.persistence_id][record.seq_nr - 1]
-            admission = admit(tracker, record, source, loaded=True)
+            admission = admit(tracker, record, source, loaded=True, previous=previous)
             # Only what is accepted is loaded (nothing here is a placeholder), and answering
             # `Load` changed nothing: the loaded record is accepted still.
             assert admission is HANDLE, (record, admission)
@@ -230,13 +261,17 @@ class ProjectionMachine(RuleBasedStateMachine):
         """Per entity, the timestamps its next event may commit late with: within the span
         behind the present, not before its last event, and passed by its instance's query.
 
-        Never an entity's first event: an unknown entity that the query meets at seq nr 2
-        while its late seq nr 1 is behind the query is taken as first seen there (the core's
-        first-sight rule holds for one writer; the PostgreSQL issue adds the check of seq nr
-        n-1's timestamp that late commits need)."""
+        An entity's first event only under the rule of concurrent writers: with
+        `QUERY_IN_COMMIT_ORDER` an unknown entity that the query meets at seq nr 2 while its
+        late seq nr 1 is behind the query is taken as first seen there (right for one
+        writer, whose events never commit late)."""
         slots = []
         for pid in PIDS:
             if not self.journal[pid]:
+                if self.first_sight is FirstSight.PREVIOUS_OLDER_THAN_WINDOW:
+                    latest = self.instance_of(slice_of(pid)).query_offset.timestamp - 1
+                    if self.clock - BACKTRACKING_SPAN <= latest:
+                        slots.append((pid, self.clock - BACKTRACKING_SPAN, latest))
                 continue
             last = self.journal[pid][-1].timestamp
             earliest = max(self.clock - BACKTRACKING_SPAN, last)
@@ -388,6 +423,8 @@ class ProjectionMachine(RuleBasedStateMachine):
 
 EXERCISED = (
     "evicted",
+    "first sight: timestamp looked up",
+    "first sight after a late event",
     "loaded",
     "lookup found",
     "replay",

@@ -9,6 +9,9 @@ left for the shell is the I/O, named by the answer:
 - `DROP`: nothing to hand over (a duplicate, a placeholder, or a replayed event that cannot
   fill its gap);
 - `LookUp`: the entity left memory: load its stored seq nr, `tracker.learn` it, admit again;
+- `LookUpTimestamp`: an entity never seen, met above seq nr 1, from a source with concurrent
+  writers (the first-sight rule, `fluvial.core.first_sight`): read the timestamp of its event
+  before (`Source.event_timestamp`) and admit again with `previous=PreviousEvent(timestamp)`;
 - `Replay`: a gap: read the entity's events `from_seq_nr..to_seq_nr` and admit each with
   `EnvelopeSource.REPLAY` (`admit_replayed` does that loop), handling those answered `HANDLE`;
 - `Load`: accepted, but it came without its payload: load the event (`Source.load_event`) and
@@ -39,8 +42,10 @@ from fluvial.core.offset_tracker import (
     ACCEPTED,
     FILLS_PLACEHOLDER,
     EnvelopeSource,
+    NeedsPreviousTimestamp,
     NeedsStoredSeqNr,
     OffsetTracker,
+    PreviousEvent,
     RejectedBacktracking,
     RejectedSeqNr,
 )
@@ -82,6 +87,17 @@ class Replay:
 
 
 @attrs.frozen
+class LookUpTimestamp:
+    """The first-sight rule asks for the timestamp of the entity's event `seq_nr` (the one
+    before the record's): read it from the source and admit the record again with
+    `previous=PreviousEvent(timestamp)` (None if the source does not have it). Nothing was
+    changed (the slice offset has not moved either)."""
+
+    persistence_id: str
+    seq_nr: int
+
+
+@attrs.frozen
 class Load:
     """Accepted, but delivered without its payload (by the backtracking query): load the
     event with its payload and admit the loaded record again with `loaded=True`. Nothing was
@@ -91,11 +107,16 @@ class Load:
     seq_nr: int
 
 
-Admission = Outcome | LookUp | Replay | Load
+Admission = Outcome | LookUp | LookUpTimestamp | Replay | Load
 
 
 def admit(
-    tracker: OffsetTracker, record: EventRecord, source: EnvelopeSource, *, loaded: bool = False
+    tracker: OffsetTracker,
+    record: EventRecord,
+    source: EnvelopeSource,
+    *,
+    loaded: bool = False,
+    previous: PreviousEvent | None = None,
 ) -> Admission:
     """Decide what to do with `record`, delivered by `source`, and record it in `tracker`.
 
@@ -105,22 +126,27 @@ def admit(
     so a later replay of it is handled; from a replay it is settled.
 
     Promises: an answer `HANDLE` counts the record as handled; only `EnvelopeSource.QUERY`
-    moves the record's slice offset (live, backtracking and replayed records arrive out of
-    timestamp order, so moving the offset for them could pass an event the query has not
-    delivered yet, which a restart would then never see); a replayed record never asks for
-    another replay (a gap within a replay is left to the query). Raises nothing.
+    moves the record's slice offset, and `BACKTRACKING` where the query has already been in
+    this run (`OffsetTracker.passed`): live and replayed records arrive out of timestamp
+    order, so moving the offset for them could pass an event the query has not delivered
+    yet, which a restart would then never see; a replayed record never asks for
+    another replay (a gap within a replay is left to the query). `previous` is the source's
+    answer to a `LookUpTimestamp` for this record: pass it again when admitting the record
+    once more (after a `Load`). Raises nothing.
     """
-    verdict = tracker.validate(record, source)
+    verdict = tracker.validate(record, source, previous)
     if verdict.__class__ is NeedsStoredSeqNr:
         return LookUp(record.persistence_id)
-    if source is QUERY:  # the one rule for the slice offset: see the docstring
-        tracker.passed(record)
+    if isinstance(verdict, NeedsPreviousTimestamp):
+        return LookUpTimestamp(verdict.persistence_id, verdict.seq_nr)
+    if verdict is ACCEPTED and record.payload is None and source is BACKTRACKING and not loaded:
+        return Load(record.persistence_id, record.seq_nr)  # nothing changed yet
+    if source is QUERY or source is BACKTRACKING:  # the rule for the slice offset: see above
+        tracker.passed(record, source)
     if verdict is ACCEPTED:
         if record.payload is not None:
             tracker.accept(record)
             return HANDLE
-        if source is BACKTRACKING and not loaded:  # not a query: its offset has not moved
-            return Load(record.persistence_id, record.seq_nr)
         if source is REPLAY:  # dropped by the producer even in a replay: settled
             tracker.accept(record)
         else:

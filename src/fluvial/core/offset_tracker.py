@@ -29,6 +29,9 @@ from typing import Any
 import attrs
 
 from fluvial.core.envelope_source import EnvelopeSource as EnvelopeSource
+from fluvial.core.first_sight import FirstSight as FirstSight
+from fluvial.core.first_sight import PreviousEvent as PreviousEvent
+from fluvial.core.first_sight import judge_first_sight
 from fluvial.core.ids import SliceRange
 from fluvial.core.offset_verdicts import ACCEPTED as ACCEPTED
 from fluvial.core.offset_verdicts import DUPLICATE as DUPLICATE
@@ -36,6 +39,7 @@ from fluvial.core.offset_verdicts import FILLS_PLACEHOLDER as FILLS_PLACEHOLDER
 from fluvial.core.offset_verdicts import Accepted as Accepted
 from fluvial.core.offset_verdicts import Duplicate as Duplicate
 from fluvial.core.offset_verdicts import FillsPlaceholder as FillsPlaceholder
+from fluvial.core.offset_verdicts import NeedsPreviousTimestamp as NeedsPreviousTimestamp
 from fluvial.core.offset_verdicts import NeedsStoredSeqNr as NeedsStoredSeqNr
 from fluvial.core.offset_verdicts import RejectedBacktracking as RejectedBacktracking
 from fluvial.core.offset_verdicts import RejectedSeqNr as RejectedSeqNr
@@ -73,6 +77,7 @@ class OffsetTracker:
         window: int = 5 * 60 * 1_000_000,
         complete: bool = False,
         generation: int = 0,
+        first_sight: FirstSight = FirstSight.QUERY_IN_COMMIT_ORDER,
     ) -> None:
         """`complete` says that `entities` holds every entity this projection has ever seen
         (a fresh projection), so an entity not in memory needs no store lookup.
@@ -80,10 +85,15 @@ class OffsetTracker:
         `generation` is the store's count of management calls that changed the stored
         offsets (`reset`, `set_offset`, `skip_event`) when it loaded them; the changes the
         tracker hands out carry it, so that the store refuses them after such a call (the
-        tracker's memory no longer says what the store holds)."""
+        tracker's memory no longer says what the store holds).
+
+        `first_sight` is the rule for an entity never seen, met above seq nr 1: a property of
+        the source, not of the store that loads the tracker, so the runner sets it (from
+        `Source.first_sight`) before it admits anything."""
         self.slices = slices
         self.window = window
         self.generation = generation
+        self.first_sight = first_sight
         # Per slice: the timestamp and the (pid -> seq nr) seen at it. Kept as mutable pairs,
         # and entities as the records themselves, because these change for every envelope.
         self._slice_tips: dict[int, tuple[int, dict[str, int]]] = {
@@ -98,6 +108,7 @@ class OffsetTracker:
         self._dirty_entities: dict[str, SeenEntity | EventRecord] = {}
         self._previous: dict[str, int] = {}  # of each dirty entity: see OffsetChanges
         self._dirty_slices: set[int] = set()
+        self._query_reached = 0  # the newest timestamp the query delivered since loading
 
     def resume_offset(self) -> TimestampOffset:
         """Where the query resumes: the earliest of the range's slice offsets, so no slice
@@ -132,8 +143,11 @@ class OffsetTracker:
             return None
         return seen.handled_seq_nr if isinstance(seen, SeenEntity) else seen.seq_nr
 
-    def validate(self, record: EventRecord, source: EnvelopeSource) -> Verdict:
-        """What to do with `record`, which arrived by `source`."""
+    def validate(
+        self, record: EventRecord, source: EnvelopeSource, previous: PreviousEvent | None = None
+    ) -> Verdict:
+        """What to do with `record`, which arrived by `source`; `previous` is the source's
+        answer to an earlier `NeedsPreviousTimestamp` for it."""
         seen = self._entities.get(record.persistence_id)
         if seen is None and not self._complete:
             return NeedsStoredSeqNr(record.persistence_id)
@@ -144,18 +158,24 @@ class OffsetTracker:
                 replay=source is EnvelopeSource.REPLAY,
                 backtracking=source is EnvelopeSource.BACKTRACKING,
             )
-        previous = seen.seq_nr if seen else 0
-        if record.seq_nr <= previous:
+        highest = seen.seq_nr if seen else 0
+        if record.seq_nr <= highest:
             return DUPLICATE
-        if record.seq_nr == previous + 1:
+        if record.seq_nr == highest + 1:
             return ACCEPTED
-        if previous == 0 and source is EnvelopeSource.QUERY:
-            # The ordered query shows an entity's events in seq nr order, so a first sight
-            # above 1 means its earlier events precede where this projection started.
-            return ACCEPTED
+        if highest == 0 and source is not EnvelopeSource.REPLAY:
+            tip = self._slice_tips.get(record.slice)
+            return judge_first_sight(
+                self.first_sight,
+                record,
+                source,
+                previous,
+                slice_offset=tip[0] if tip else None,
+                window=self.window,
+            )
         if source is EnvelopeSource.BACKTRACKING:
-            return RejectedBacktracking(previous + 1)
-        return RejectedSeqNr(previous + 1)
+            return RejectedBacktracking(highest + 1)
+        return RejectedSeqNr(highest + 1)
 
     def learn(self, persistence_id: str, stored: SeenEntity | None) -> None:
         """The store's answer to `NeedsStoredSeqNr` (None: never seen)."""
@@ -198,8 +218,20 @@ class OffsetTracker:
             self._latest = entity.timestamp
             self._evict()
 
-    def passed(self, record: EventRecord) -> None:
-        """The ordered query delivered `record` (handled or a duplicate): move its slice on."""
+    def passed(self, record: EventRecord, source: EnvelopeSource = EnvelopeSource.QUERY) -> None:
+        """The ordered query delivered `record` (handled or a duplicate): move its slice on.
+
+        Or the backtracking query did (`source`), which reads behind the query: then only if
+        the query has reached the record's timestamp in this run (not merely a stored offset
+        of another slice says so), so that every event of its slice before it was delivered
+        by the query or committed late, as the record itself was, and is the backtracking
+        query's to find (after a restart too: it starts its span behind the resume offset).
+        Without it, a slice whose last event committed late would stay behind that event,
+        which its projection has handled, until another event of the slice arrives."""
+        if source is EnvelopeSource.QUERY:
+            self._query_reached = max(self._query_reached, record.timestamp)
+        elif record.timestamp > self._query_reached:
+            return
         tip = self._slice_tips.get(record.slice)
         if tip is None or record.timestamp > tip[0]:
             self._slice_tips[record.slice] = (

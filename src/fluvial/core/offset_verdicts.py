@@ -38,6 +38,16 @@ class NeedsStoredSeqNr:
 
 
 @attrs.frozen
+class NeedsPreviousTimestamp:
+    """The entity was never seen and this is not its first event, from a source with
+    concurrent writers (`fluvial.core.first_sight`): get the timestamp of its event `seq_nr`
+    (the one before) from the source and validate again with it."""
+
+    persistence_id: str
+    seq_nr: int
+
+
+@attrs.frozen
 class FillsPlaceholder:
     """A replayed event at a seq nr seen so far only as a placeholder, the first of them: handle
     it (the entity's seq nr stays where the stream has it)."""
@@ -50,6 +60,7 @@ Verdict = (
     | RejectedSeqNr
     | RejectedBacktracking
     | NeedsStoredSeqNr
+    | NeedsPreviousTimestamp
 )
 
 # `validate` answers these very objects, so that the shell may compare with `is`.

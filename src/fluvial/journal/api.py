@@ -173,6 +173,25 @@ class HasLivePath(Protocol):
         ...
 
 
+@runtime_checkable
+class HasConcurrentWriters(Protocol):
+    """A journal that many writers append to at once (PostgreSQL: connections of any number
+    of processes), so that its timestamps are not commit order: a transaction that took its
+    timestamp first can commit after one that took a later one, and a reader that has passed
+    that time never sees its event in timestamp order.
+
+    A projection over such a journal (`fluvial.projection`'s `LocalJournalSource`) reads a
+    little behind the journal's clock, runs a backtracking query further behind it, and
+    judges an entity it first meets above seq nr 1 by the timestamp of the event before
+    (`fluvial.core.first_sight.FirstSight.PREVIOUS_OLDER_THAN_WINDOW`). Journals with one
+    writer (SQLite, memory) hand out timestamps in commit order and are not this."""
+
+    async def current_timestamp(self) -> int:
+        """The journal's clock now, in the microseconds of its timestamps (PostgreSQL: the
+        database server's clock, which every writer's timestamps come from)."""
+        ...
+
+
 class SnapshotStore(Protocol):
     """Where an entity's snapshots are kept: the starting point of its recovery."""
 

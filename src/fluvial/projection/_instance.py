@@ -4,8 +4,9 @@
 kind's consumer (`_exactly_once.py`, `_at_least_once.py`). Admission is
 `fluvial.core.envelope_admission`'s decision for each record, and this module's I/O for it,
 all through the `Source` and `OffsetStore` protocols: look up an entity that left memory,
-replay a gap from the source, load the payload of an accepted record that came without one,
-decode what is accepted → the envelopes to hand to the handler.
+read the timestamp the first-sight rule asks for, replay a gap from the source, load the
+payload of an accepted record that came without one, decode what is accepted → the envelopes
+to hand to the handler.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fluvial.core.envelope_admission import (
     Admission,
     Load,
     LookUp,
+    LookUpTimestamp,
     Replay,
     admit,
     admit_replayed,
@@ -30,7 +32,7 @@ from fluvial.core.envelope_admission import (
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import DataError, FluvialError
 from fluvial.core.ids import SliceRange
-from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker
+from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, PreviousEvent
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.projection._supervision import open_supervisor
@@ -74,7 +76,7 @@ class Instance(Generic[E, T]):
         self.projection = projection
         self.name = projection.name
         self.slices = slices
-        self.tracker = OffsetTracker(slices)
+        self.tracker = OffsetTracker(slices, first_sight=source.first_sight)
         self.made_progress = False
 
     async def run(
@@ -97,6 +99,8 @@ class Instance(Generic[E, T]):
         self.tracker = await self.store.load(
             self.name, self.slices, window=int(self.projection.window * 1_000_000)
         )
+        # The first-sight rule is the source's (its journal's writers), not the store's.
+        self.tracker.first_sight = self.source.first_sight
 
     def committed(self, changes: OffsetChanges) -> None:
         """`changes` are stored."""
@@ -130,12 +134,20 @@ class Instance(Generic[E, T]):
     async def _admit_with_io(
         self, record: EventRecord, source: EnvelopeSource, admission: Admission
     ) -> list[EventEnvelope[E]]:
-        """Do the I/O `admission` asks for: look the entity up (and admit again), replay a
-        gap, load the payload; the envelopes to hand to the handler."""
+        """Do the I/O `admission` asks for: look the entity up (and admit again), read the
+        timestamp of the event before (and admit again), replay a gap, load the payload; the
+        envelopes to hand to the handler."""
+        previous: PreviousEvent | None = None
         if isinstance(admission, LookUp):
             stored = await self.store.load_entity(self.name, record.persistence_id)
             self.tracker.learn(record.persistence_id, stored)
             admission = admit(self.tracker, record, source)
+        if isinstance(admission, LookUpTimestamp):
+            timestamp = await self.source.event_timestamp(
+                admission.persistence_id, admission.seq_nr
+            )
+            previous = PreviousEvent(timestamp)
+            admission = admit(self.tracker, record, source, previous=previous)
         if isinstance(admission, Load):
             loaded = await self.source.load_event(admission.persistence_id, admission.seq_nr)
             if loaded is not None:
@@ -147,7 +159,7 @@ class Instance(Generic[E, T]):
                     admission.persistence_id,
                     admission.seq_nr,
                 )
-            admission = admit(self.tracker, record, source, loaded=True)
+            admission = admit(self.tracker, record, source, loaded=True, previous=previous)
         if isinstance(admission, Replay):
             return await self._replay(record, admission)
         return self._decode(record, source) if admission is HANDLE else []

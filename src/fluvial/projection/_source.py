@@ -1,11 +1,15 @@
 """Any journal as a projection's source: three paths into one stream of batches.
 
 - query: events-by-slices from the resume offset, catching up and then following commits;
-- backtracking: the same query re-run over a span behind the first, without payloads, so an
-  event committed late by a concurrent writer is still delivered (its payload is loaded only
-  if it is accepted: `fluvial.core.envelope_admission.Load`; SQLite hands out timestamps
-  inside its serialized write transaction, so there it finds only duplicates; it matters for
-  journals with concurrent writers);
+  on a journal with concurrent writers (`HasConcurrentWriters`: PostgreSQL) only up to
+  `SourceSettings.behind_current_time` behind the journal's clock, so that most transactions
+  that took an earlier timestamp have committed before the query passes it;
+- backtracking: a second events-by-slices query, with its own position, following the first
+  (and, with concurrent writers, `backtracking_behind_current_time` behind the journal's
+  clock), without payloads, so that an event committed late by a concurrent writer, behind
+  what the query has passed, is still delivered (its payload is loaded only if it is
+  accepted: `fluvial.core.envelope_admission.Load`). SQLite hands out timestamps inside its
+  serialized write transaction, so there it finds only duplicates;
 - live: events published in-process right after commit, with no database read, when the
   journal has a live path (`HasLivePath`: SQLite and memory do).
 
@@ -20,10 +24,11 @@ from collections.abc import Sequence
 import trio
 
 from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
-from fluvial.journal.api import HasLivePath, Journal
+from fluvial.journal.api import MAX_TIMESTAMP, HasConcurrentWriters, HasLivePath, Journal
 from fluvial.projection._source_settings import SourceSettings
 from fluvial.projection._supervision import open_supervisor
 from fluvial.projection.api import Batch
@@ -31,7 +36,10 @@ from fluvial.projection.api import Batch
 
 class LocalJournalSource:
     """The events of one entity type and slice range of a journal, by the query, the live
-    path and the backtracking query (see the module docstring); a `Source`."""
+    path and the backtracking query (see the module docstring); a `Source`.
+
+    Its `first_sight` rule is the journal's: `PREVIOUS_OLDER_THAN_WINDOW` for a journal with
+    concurrent writers (`HasConcurrentWriters`), else `QUERY_IN_COMMIT_ORDER`."""
 
     def __init__(
         self,
@@ -44,6 +52,12 @@ class LocalJournalSource:
         self.entity_type = entity_type
         self.slices = slices
         self.settings = settings
+        self._clock = journal if isinstance(journal, HasConcurrentWriters) else None
+        self.first_sight = (
+            FirstSight.QUERY_IN_COMMIT_ORDER
+            if self._clock is None
+            else FirstSight.PREVIOUS_OLDER_THAN_WINDOW
+        )
         self._query_offset = TimestampOffset.start()
 
     async def run(
@@ -82,10 +96,14 @@ class LocalJournalSource:
 
     async def _query(self, send: trio.MemorySendChannel[Batch]) -> None:
         journal, page_size = self.journal, self.settings.page_size
+        behind = _microseconds(self.settings.behind_current_time)
+        until: int | None = None  # how far to read, fixed while catching up
         while True:
             seen = journal.append_count()
+            if until is None:
+                until = await self._behind_current_time(behind)
             page = await journal.read_events_by_slices(
-                self.entity_type, self.slices, self._query_offset, page_size
+                self.entity_type, self.slices, self._query_offset, page_size, to_timestamp=until
             )
             if page:
                 offset = self._query_offset
@@ -95,13 +113,21 @@ class LocalJournalSource:
                 await send.send((page, EnvelopeSource.QUERY))
             if len(page) < page_size:
                 await journal.wait_for_new_events(seen)
+                until = None
 
     async def _backtracking(self, send: trio.MemorySendChannel[Batch], interval: float) -> None:
-        span = int(self.settings.backtracking_span * 1_000_000)
+        span = _microseconds(self.settings.backtracking_span)
+        behind = _microseconds(self.settings.backtracking_behind_current_time)
+        # From the span behind where the query resumed: what a late commit may have left
+        # there before a restart, the backtracking of the run before may not have reached.
+        after = TimestampOffset(max(0, self._query_offset.timestamp - span))
         while True:
             await trio.sleep(interval)
-            until = self._query_offset.timestamp
-            after = TimestampOffset(max(0, until - span))
+            until = min(self._query_offset.timestamp, await self._behind_current_time(behind))
+            if after.timestamp < until - span:
+                # Fallen behind by more than the span (the query caught up on old events,
+                # committed long before it read them): no late commit is back there.
+                after = TimestampOffset(until - span)
             while page := await self.journal.read_events_by_slices(
                 self.entity_type,
                 self.slices,
@@ -113,6 +139,13 @@ class LocalJournalSource:
                 await send.send((page, EnvelopeSource.BACKTRACKING))
                 for record in page:
                     after = after.advanced_to(record)
+
+    async def _behind_current_time(self, behind: int) -> int:
+        """The newest timestamp to read: `behind` microseconds before the journal's clock
+        with concurrent writers; every one in commit order."""
+        if self._clock is None:
+            return MAX_TIMESTAMP
+        return await self._clock.current_timestamp() - behind
 
     async def _live(
         self,
@@ -141,3 +174,7 @@ class LocalJournalSources:
     ) -> LocalJournalSource:
         """See `SourceProvider.source`."""
         return LocalJournalSource(self.journal, entity_type, slices, settings)
+
+
+def _microseconds(seconds: float) -> int:
+    return int(seconds * 1_000_000)

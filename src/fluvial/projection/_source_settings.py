@@ -1,4 +1,5 @@
-"""How a projection reads the local journal: page size, backtracking, live path."""
+"""How a projection reads the local journal: page size, reading behind current time,
+backtracking, live path."""
 
 from __future__ import annotations
 
@@ -7,9 +8,27 @@ import attrs
 
 @attrs.frozen
 class SourceSettings:
-    """`page_size` events per query; backtracking every `backtracking_interval` seconds over
-    the `backtracking_span` seconds of event time behind the query (None: off); `live`
-    subscribes to the in-process live path, buffering at most `live_buffer` events.
+    """`page_size` events per query; backtracking every `backtracking_interval` seconds (None:
+    off); `live` subscribes to the in-process live path, buffering at most `live_buffer`
+    events.
+
+    The backtracking query reads without payloads, from `backtracking_span` seconds of event
+    time behind where the query resumed, on up to the query's position, and never more than
+    `backtracking_span` behind it (it skips ahead when it falls further behind, e.g. while the
+    query catches up on old events, which no late commit can be among).
+
+    For a journal with concurrent writers (`fluvial.journal.api.HasConcurrentWriters`:
+    PostgreSQL) the query reads only events at least `behind_current_time` seconds older than
+    the journal's clock, so that most transactions that took an earlier timestamp have
+    committed when it passes; the backtracking query reads only those at least
+    `backtracking_behind_current_time` seconds older, so it finds every event whose
+    transaction committed within that time of taking its timestamp. Keep
+    `backtracking_span` above `backtracking_behind_current_time + backtracking_interval` (what
+    a restart's backtracking must cover again), and the projection's `window` above
+    `backtracking_span` (the first-sight rule, docs/projections.md). Journals whose timestamps
+    are commit order (SQLite, memory) read up to the newest event: there backtracking finds
+    only duplicates, and `backtracking_interval=None` saves its reads. The defaults are the
+    reference system's.
 
     An exactly-once handler commits one page per transaction while it catches up, and each
     commit also writes the offsets of every slice the page touched; 4,000 events a page
@@ -18,6 +37,8 @@ class SourceSettings:
 
     page_size: int = 4000
     backtracking_interval: float | None = 5.0
-    backtracking_span: float = 2.0
+    backtracking_span: float = 120.0
+    behind_current_time: float = 0.1
+    backtracking_behind_current_time: float = 10.0
     live: bool = True
     live_buffer: int = 10_000

@@ -9,7 +9,8 @@ the SQLite file, memory or PostgreSQL as its `OffsetStore`. docs/seams.md explai
   brought it (query, live, backtracking); the offset tracker drops what two paths both bring.
   It also replays one entity's events between two seq nrs (to fill a gap), loads one event
   with its payload (records may come without one: backtracking, filtered events) and gives the
-  timestamp of one event (the first-sight rule of journals with concurrent writers).
+  timestamp of one event, and says by which first-sight rule its entities are judged
+  (`first_sight`: concurrent writers or not).
 - `OffsetStore[T]` loads and saves an instance's `OffsetTracker` state, compares and sets it,
   holds the leases of slice ranges, and is the management API. An exactly-once handler writes
   through the store's transaction, of type `T` (`sqlite3.Connection` for the SQLite store):
@@ -24,6 +25,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import trio
 
 from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
 from fluvial.core.leases import Lease
 from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, SeenEntity
@@ -50,6 +52,14 @@ Batch = tuple[Sequence[EventRecord], EnvelopeSource]
 
 class Source(Protocol):
     """The events of one projection instance (one entity type or stream, one slice range)."""
+
+    @property
+    def first_sight(self) -> FirstSight:
+        """How an entity never seen, met above seq nr 1, is judged (`fluvial.core.first_sight`):
+        `QUERY_IN_COMMIT_ORDER` when the events come from a journal with one writer, whose
+        query cannot skip an event; `PREVIOUS_OLDER_THAN_WINDOW` when they come from one with
+        concurrent writers (PostgreSQL), where an event can commit behind the query."""
+        ...
 
     async def run(
         self,
@@ -78,7 +88,8 @@ class Source(Protocol):
         ...
 
     async def event_timestamp(self, persistence_id: str, seq_nr: int) -> int | None:
-        """The timestamp of one event (None if the source does not have it)."""
+        """The timestamp of one event (None if the source does not have it): the first-sight
+        rule of `PREVIOUS_OLDER_THAN_WINDOW` asks for it."""
         ...
 
 

@@ -47,6 +47,8 @@ EVENTS_BY_SLICES: LiteralString = (
     "AND slice BETWEEN %(min)s AND %(max)s AND db_timestamp BETWEEN %(from)s AND %(to)s "
     "ORDER BY db_timestamp, persistence_id, seq_nr LIMIT %(limit)s"
 )
+# The server's clock as appends read it (`_INSERT`), in the microseconds of db_timestamp.
+CLOCK_NOW: LiteralString = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 HIGHEST_SEQ_NR: LiteralString = (
     "SELECT coalesce(max(seq_nr), 0) FROM event_journal WHERE persistence_id = %s"
 )

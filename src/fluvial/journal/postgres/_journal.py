@@ -27,6 +27,7 @@ from fluvial.core.records import (
 from fluvial.journal.api import MAX_SEQ_NR, MAX_TIMESTAMP, EventStored, WriteFromElsewhereResult
 from fluvial.journal.postgres import _event_rows, _snapshots
 from fluvial.journal.postgres._event_rows import (
+    CLOCK_NOW,
     EVENT_COLUMNS,
     EVENT_COLUMNS_NOT_FROM_ORIGIN,
     EVENT_COLUMNS_WITHOUT_PAYLOAD,
@@ -45,7 +46,8 @@ from fluvial.journal.queries import by_slices_parameters
 class PostgresJournal:
     """Journal, SnapshotStore and WriteFromElsewhere in one PostgreSQL schema, shared with any
     number of processes, with projection offsets in the same schema (`offset_store()`); see
-    `open_postgres_journal`."""
+    `open_postgres_journal`. Its writers are concurrent (`HasConcurrentWriters`): projections
+    read it behind the server's clock and backtrack."""
 
     def __init__(self, pool: ConnectionPool, poll_interval: float) -> None:
         self._pool = pool
@@ -165,6 +167,17 @@ class PostgresJournal:
                 (persistence_id, seq_nr),
             ).fetchone()
             return None if row is None else event_from_row(row)
+
+        return await self._pool.run(query)
+
+    async def current_timestamp(self) -> int:
+        """See `HasConcurrentWriters.current_timestamp`: the server's `clock_timestamp()`,
+        what appends stamp their events with (docs/postgres.md, "Concurrent writers")."""
+
+        def query(conn: Connection) -> int:
+            row = conn.execute(CLOCK_NOW).fetchone()
+            assert row is not None
+            return int(row[0])
 
         return await self._pool.run(query)
 
