@@ -13,6 +13,7 @@ import pytest
 import trio
 from producer_service_helpers import (
     QUIET,
+    EventsStream,
     events_stream,
     init_request,
     kind,
@@ -101,25 +102,74 @@ async def test_an_idle_stream_gets_heartbeats(autojump_clock: object) -> None:
         assert trio.current_time() - start == pytest.approx(6.0, abs=0.5)
 
 
-async def test_filter_updates_are_acknowledged_or_refused_and_the_stream_goes_on() -> None:
+def exclude_all_but(*entity_ids: str) -> list[pb.FilterCriterion]:
+    return [
+        pb.FilterCriterion(exclude_regexes=pb.Regexes([".*"])),
+        pb.FilterCriterion(
+            include_entity_ids=pb.IncludeEntityIds([pb.IncludedEntityId(i) for i in entity_ids])
+        ),
+    ]
+
+
+async def filter_answer(stream: EventsStream, update: pb.FilterUpdate) -> pb.StreamEventsResponse:
+    await stream.send(pb.StreamEventsRequest(filter_update=update))
+    with trio.fail_after(10):
+        while kind(answer := await stream.receive()) in {"heartbeat", "batch"}:
+            pass
+    assert answer is not None
+    return answer
+
+
+async def test_the_consumers_filter_holds_from_init_and_from_each_acknowledged_update() -> None:
     journal = MemoryJournal()
     appender = Appender(journal)
-    async with producer_channel(journal) as channel, events_stream(channel, init_request()) as s:
-        include = pb.FilterCriterion(include_entity_ids=pb.IncludeEntityIds([]))
-        await s.send(pb.StreamEventsRequest(filter_update=pb.FilterUpdate(4, [include])))
-        answer = await s.receive()
-        assert answer is not None and answer.filter_update_ack == pb.FilterUpdateAck(4)
+    await appender.append("a", 1)
+    await appender.append("b", 2)
+    init = init_request(filter=exclude_all_but("b"))
+    async with producer_channel(journal) as channel, events_stream(channel, init) as s:
+        assert list(await receive_events(s, 1)) == ["Account|b"]
+        # Criteria fold: the include of b holds until removed.
+        forget_b = pb.FilterCriterion(remove_include_entity_ids=pb.EntityIds(["b"]))
+        answer = await filter_answer(s, pb.FilterUpdate(4, [*exclude_all_but("c"), forget_b]))
+        assert answer.filter_update_ack == pb.FilterUpdateAck(4)
+        for entity_id in ("a", "b", "c"):
+            await appender.append(entity_id, 3)
+        received = await receive_events(s, 1)
+        assert list(received) == ["Account|c"]  # a and b are excluded now, and do not travel
 
-        # A criterion of no kind (a newer consumer's) refuses the whole update.
-        await s.send(
-            pb.StreamEventsRequest(filter_update=pb.FilterUpdate(5, [pb.FilterCriterion()]))
-        )
-        answer = await s.receive()
-        assert answer is not None and answer.filter_update_refused is not None
+
+@pytest.mark.parametrize(
+    ("criterion", "message"),
+    [
+        pytest.param(pb.FilterCriterion(), "criterion 0 has no kind set", id="no-kind"),
+        pytest.param(
+            pb.FilterCriterion(include_regexes=pb.Regexes(["("])),
+            "filter criterion 0 (include_regexes): IncludeRegexEntityIds",
+            id="bad-regex",
+        ),
+        pytest.param(
+            pb.FilterCriterion(include_topics=pb.Topics(["a/#/b"])),
+            "filter criterion 0 (include_topics): IncludeTopics",
+            id="bad-topic",
+        ),
+    ],
+)
+async def test_a_refused_filter_update_leaves_the_filter_and_the_stream_as_they_were(
+    criterion: pb.FilterCriterion, message: str
+) -> None:
+    journal = MemoryJournal()
+    appender = Appender(journal)
+    init = init_request(filter=exclude_all_but("a"))
+    async with producer_channel(journal) as channel, events_stream(channel, init) as s:
+        # The first criterion is fine: the whole update is refused all the same.
+        update = pb.FilterUpdate(5, [*exclude_all_but("b"), criterion])
+        answer = await filter_answer(s, update)
         refused = answer.filter_update_refused
+        assert refused is not None
         assert (refused.correlation_id, refused.status_code) == (5, 3)
-        assert "criterion 0 has no kind set" in refused.message
-
+        assert message.replace("0", "2") in refused.message
+        assert "the filter stays as it was" in refused.message
+        await appender.append("b", 1)
         await appender.append("a", 1)
         assert list(await receive_events(s, 1)) == ["Account|a"]
 

@@ -82,6 +82,12 @@ BAD_STREAMS = [
         "negative timestamp",
         id="negative-offset-timestamp",
     ),
+    pytest.param(
+        [init_request(filter=[pb.FilterCriterion(exclude_regexes=pb.Regexes(["[a-"]))])],
+        GrpcInvalidArgument,
+        r"Init: filter criterion 0 \(exclude_regexes\): ExcludeRegexEntityIds",
+        id="init-with-a-bad-regex",
+    ),
     pytest.param([FILTER_UPDATE], GrpcInvalidArgument, "FilterUpdate before Init", id="no-init"),
     pytest.param(
         [init_request(), init_request()], GrpcInvalidArgument, "a second Init", id="second-init"
