@@ -166,7 +166,7 @@ async def test_a_refused_filter_update_leaves_the_filter_and_the_stream_as_they_
         answer = await filter_answer(s, update)
         refused = answer.filter_update_refused
         assert refused is not None
-        assert (refused.correlation_id, refused.status_code) == (5, 3)
+        assert (refused.correlation_id, refused.status_code, refused.criterion_index) == (5, 3, 2)
         assert message.replace("0", "2") in refused.message
         assert "the filter stays as it was" in refused.message
         await appender.append("b", 1)

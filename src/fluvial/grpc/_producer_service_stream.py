@@ -37,6 +37,7 @@ from fluvial.core.replication_stream_messages import (
     EndStream,
     FilterChanged,
     FilterRefused,
+    FilterUpdate,
     ReplaysChanged,
     ValidInit,
 )
@@ -53,6 +54,7 @@ from ._producer_wire import (
     batch_messages,
     consumer_message,
     consumer_passes,
+    refused_criterion,
 )
 from ._proto.fluvial import v1 as pb
 from ._server import ServerCall
@@ -92,6 +94,8 @@ class StreamEventsCall:
         # task that produces them.
         self._out, self._out_receive = trio.open_memory_channel[_Outgoing](0)
         self._replays: StreamReplays | None = None
+        # The criteria of the latest filter update (a refusal names the one at fault).
+        self._update: Criteria = ()
 
     async def run(self) -> None:
         """Serve the call until the consumer ends it (OK) or the core ends it (its status,
@@ -103,7 +107,10 @@ class StreamEventsCall:
                 if request is None:
                     answer = self.stream.receive(ConsumerDone())
                 else:
-                    answer = self.stream.receive(consumer_message(request))
+                    message = consumer_message(request)
+                    if isinstance(message, FilterUpdate):
+                        self._update = message.criteria
+                    answer = self.stream.receive(message)
                 if isinstance(answer, EndStream):
                     if answer.error is not None:
                         raise error_of(answer.error)
@@ -127,6 +134,7 @@ class StreamEventsCall:
                     correlation_id=answer.correlation_id,
                     status_code=answer.error.status.value,
                     message=str(answer.error),
+                    criterion_index=refused_criterion(self._update),
                 )
                 await self._out.send(pb.StreamEventsResponse(filter_update_refused=refused))
             case ReplaysChanged():

@@ -242,6 +242,16 @@ class WireCriteria:
         return filter.updated(update)
 
 
+def refused_criterion(criteria: Criteria) -> int | None:
+    """The index of the first of `criteria` that `WireCriteria` refuses, if one is."""
+    for index, criterion in enumerate(criteria):
+        try:
+            core_criteria(index, criterion)
+        except InvalidCriterion:
+            return index
+    return None
+
+
 def consumer_passes(filter: Filter, records: Sequence[EventRecord]) -> list[EventRecord]:
     """The records of `records` that the consumer's `filter` lets pass; the others need not
     travel (the producer's own filter made placeholders of what it drops, before this)."""
