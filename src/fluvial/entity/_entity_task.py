@@ -89,7 +89,7 @@ class EntityTasks:
             live.batch = batch = await mailbox.take_all()
             if not batch:
                 return  # retired: the mailbox was closed
-            live.last_active = trio.current_time()
+            live.active = True  # not the time: trio.current_time() is three calls per batch
             if live.reload:
                 # The last append failed (a conflict means another writer): reload first.
                 live.state, live.seq_nr = await self._recover(live)
