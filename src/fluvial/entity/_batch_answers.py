@@ -65,7 +65,10 @@ class BatchAnswers:
                 # (snapshots never pile up, and a reader after the reply can find it).
                 self._nursery.start_soon(self._save_snapshot_then_resume, live, leftovers)
                 return
-        self._resume(live, leftovers)
+        if leftovers is None:  # `_resume`, without a call per batch
+            live.mailbox.release()
+        else:
+            self._entities.retire(live, leftovers)
 
     def _resume(self, live: LiveEntity, leftovers: list[Ask] | None) -> None:
         """After a batch: take the next mail, or retire if the batch stopped the entity."""

@@ -114,7 +114,7 @@ class EntityTasks:
                 continue
             # The entity decides nothing more until the append is answered (`on_appended`
             # releases the mailbox), so it never decides against unstored events.
-            mailbox.hold()
+            mailbox.held = True  # not a method: a call less per batch
             live.in_flight = decision
             appended = live.on_appended
             assert appended is not None

@@ -49,7 +49,14 @@ class Ask(SingleWaiter):
 
     def answer(self, value: object) -> None:
         """Set the reply and wake the caller; a later answer or failure is ignored."""
-        self._settle(outcome.Value(value))
+        # `_settle`, written out: one call less per command.
+        if self._answer is None:
+            task = self._task
+            if task is None:
+                self._answer = outcome.Value(value)
+            else:
+                self._answer, self._task = _DELIVERED, None
+                trio.lowlevel.reschedule(task, outcome.Value(value))
 
     def fail(self, error: BaseException) -> None:
         """Set the error the caller raises and wake it; a later answer or failure is ignored."""
@@ -99,6 +106,7 @@ class Mailbox:
         self._receiver = SingleWaiter()  # the entity task, waiting for mail
         self._room = trio.lowlevel.ParkingLot()
         self.closed = False
+        # Set, the receiver waits, mail or not, until `release` (while a write is out).
         self.held = False
 
     def __len__(self) -> int:
@@ -108,10 +116,6 @@ class Mailbox:
     def idle(self) -> bool:
         """The entity is waiting for mail, none is queued, and nothing holds it."""
         return self._receiver.waiting and not self._items and not self.held
-
-    def hold(self) -> None:
-        """Keep the receiver waiting, mail or not, until `release` (while a write is out)."""
-        self.held = True
 
     def release(self) -> None:
         """Let the receiver take its mail again, waking it if some is queued."""
@@ -130,9 +134,12 @@ class Mailbox:
     @trio.lowlevel.enable_ki_protection  # called from callers' tasks: never half done
     def offer(self, ask: Ask) -> bool:
         """Queue `ask` if there is room; False if the mailbox is full or closed."""
-        if len(self._items) >= self._capacity or self.closed:
+        items = self._items
+        if len(items) >= self._capacity or self.closed:
             return False
-        self.put_nowait(ask)
+        items.append(ask)  # `put_nowait`, written out: one call less per command
+        if not self.held:
+            self._receiver.wake()
         return True
 
     @trio.lowlevel.enable_ki_protection  # called from callers' tasks: never half done
