@@ -40,6 +40,7 @@ from producer_fixtures import (
     Added,
     Appender,
     CountingJournal,
+    Credited,
     Received,
     public_cents,
     valid_init,
@@ -288,6 +289,28 @@ async def test_an_init_of_another_stream_is_refused(journal: Journal) -> None:
     send, _ = trio.open_memory_channel[Batch](1)
     with pytest.raises(UsageError, match="the Init of stream 'others'"):
         await run_producer_stream(journal, SOURCE, valid_init(other), INTERNAL, send)
+
+
+class TransformationFailed(Exception):
+    pass
+
+
+def _failing(envelope: EventEnvelope[Added]) -> Credited | None:
+    raise TransformationFailed(envelope.persistence_id)
+
+
+async def test_an_exception_of_the_transformation_ends_the_stream_as_itself(
+    journal: Journal,
+) -> None:
+    await Appender(journal).append("a", 1)
+    failing: EventProducerSource[Added, Credited] = EventProducerSource(
+        stream_id="accounts", entity_type=ENTITY_TYPE, serializers=PUBLIC, transformation=_failing
+    )
+    send, _ = trio.open_memory_channel[Batch](100)
+    with trio.fail_after(10), pytest.raises(TransformationFailed, match=r"Account\|a"):
+        await run_producer_stream(
+            journal, failing, valid_init(failing), INTERNAL, send, settings=QUIET
+        )
 
 
 async def test_a_replay_gives_the_public_events_between_two_seq_nrs(journal: Journal) -> None:

@@ -35,6 +35,7 @@ from fluvial.core.replication_stream_messages import ValidInit
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.grpc._producer_source import EventProducerSource
 from fluvial.journal.api import Journal
+from fluvial.nursery_errors import open_service_nursery
 from fluvial.projection._source import LocalJournalSource
 from fluvial.projection._source_settings import SourceSettings
 from fluvial.projection.api import Batch
@@ -87,7 +88,7 @@ async def run_producer_stream(
 
     # Unbuffered: the source's next page waits until this one is taken.
     records_in, records_out = trio.open_memory_channel[Batch](0)
-    async with trio.open_nursery() as nursery:
+    async with open_service_nursery() as nursery:
         await nursery.start(local.run, init.resume_offset(), records_in)
         task_status.started()
         await _send_batches(records_out, send, publish, settings)
