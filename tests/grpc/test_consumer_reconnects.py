@@ -112,7 +112,7 @@ class FakeChannel:
     @asynccontextmanager
     async def open_stream(
         self, method: str, request_type: Any, reply_type: Any, *, metadata: Any = ()
-    ) -> AsyncIterator[FakeStream]:
+    ) -> AsyncIterator[Any]:
         self.opened_at.append(trio.current_time())
         step = self.script.pop(0) if self.script else Serve()
         if isinstance(step, Refuse):
