@@ -1,0 +1,187 @@
+"""One `StreamEvents` call of the producer service: receive a message, ask the stream core,
+do what it answered.
+
+The call runs three kinds of task in a nursery of its own:
+
+- the receiving loop (the call's own task): each request becomes a core message
+  (`consumer_message`), `ProducerStream.receive` answers, and the answer is carried out:
+  `ValidInit` starts the pipeline (`run_producer_stream`) and sends `StreamStarted` once its
+  live subscription is open; `FilterChanged` / `FilterRefused` are acknowledged;
+  `ReplaysChanged` goes to `StreamReplays`; `EndStream` ends the call with its status;
+- forwarders, which encode the pipeline's batches and the replays' batches into messages;
+- one sender, the only task that writes to the call: it takes the next message from a
+  channel of capacity 0 and sends a `Heartbeat` when none came for the heartbeat interval.
+
+Backpressure: the sender waits while HTTP/2 flow control says so, the forwarders wait for
+the sender, the pipeline for the forwarders (bounded channels), and the journal query for
+the pipeline; so a consumer that does not read holds at most a few batches of memory here,
+and blocks only its own call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.replication_stream import ProducerStream
+from fluvial.core.replication_stream_errors import RemoteStreamError, StreamStatus
+from fluvial.core.replication_stream_messages import (
+    ConsumerDone,
+    EndStream,
+    FilterChanged,
+    FilterRefused,
+    ReplaysChanged,
+    ValidInit,
+)
+from fluvial.nursery_errors import open_service_nursery
+from fluvial.projection.api import Batch
+
+from ._errors import GrpcCallFailed, GrpcError, GrpcInvalidArgument, GrpcNotFound
+from ._producer_replays import ReplayAnswer, ReplayBatch, StreamReplays
+from ._producer_stream import run_producer_stream
+from ._producer_wire import Criteria, Undecodable, WireCriteria, batch_messages, consumer_message
+from ._proto.fluvial import v1 as pb
+from ._server import ServerCall
+
+if TYPE_CHECKING:
+    from ._producer_service import Producer
+
+STREAM_EVENTS: Final = "/fluvial.v1.EventProducerService/StreamEvents"
+_HEARTBEAT: Final = pb.StreamEventsResponse(heartbeat=pb.Heartbeat())
+_STARTED: Final = pb.StreamEventsResponse(started=pb.StreamStarted())
+
+Call = ServerCall[pb.StreamEventsRequest | Undecodable, pb.StreamEventsResponse]
+
+
+def error_of(error: RemoteStreamError) -> GrpcError:
+    """The gRPC error a call ends with for a refusal of the core."""
+    details = str(error)
+    if error.status is StreamStatus.NOT_FOUND:
+        return GrpcNotFound(details)
+    if error.status is StreamStatus.INVALID_ARGUMENT:
+        return GrpcInvalidArgument(details)
+    return GrpcCallFailed(details, status=error.status.name, code=error.status.value)
+
+
+class StreamEventsCall:
+    """The producer's side of one `StreamEvents` call (see the module docstring)."""
+
+    def __init__(self, producer: Producer, call: Call) -> None:
+        self.producer = producer
+        self.call = call
+        self.stream: ProducerStream[Criteria, Criteria] = ProducerStream(
+            producer.entity_types, WireCriteria()
+        )
+        # What the sender sends next: capacity 0, so what waits is at most one message per
+        # task that produces them.
+        self._out, self._out_receive = trio.open_memory_channel[pb.StreamEventsResponse](0)
+        # The persistence id of each running replay, which its batches name (ReplayPart).
+        self._replayed: dict[int, str] = {}
+        self._replays: StreamReplays | None = None
+
+    async def run(self) -> None:
+        """Serve the call until the consumer ends it (OK) or the core ends it (its status,
+        raised as a `GrpcError`)."""
+        async with open_service_nursery() as nursery:
+            nursery.start_soon(self._send_all)
+            while True:
+                request = await self.call.receive()
+                if request is None:
+                    answer = self.stream.receive(ConsumerDone())
+                else:
+                    answer = self.stream.receive(consumer_message(request))
+                if isinstance(answer, EndStream):
+                    if answer.error is not None:
+                        raise error_of(answer.error)
+                    nursery.cancel_scope.cancel()
+                    return
+                await self._carry_out(answer, nursery)
+
+    async def _carry_out(
+        self,
+        answer: ValidInit[Criteria] | FilterChanged[Criteria] | FilterRefused | ReplaysChanged,
+        nursery: trio.Nursery,
+    ) -> None:
+        match answer:
+            case ValidInit():
+                await self._start(answer, nursery)
+            case FilterChanged():
+                ack = pb.FilterUpdateAck(correlation_id=answer.correlation_id)
+                await self._out.send(pb.StreamEventsResponse(filter_update_ack=ack))
+            case FilterRefused():
+                refused = pb.FilterUpdateRefused(
+                    correlation_id=answer.correlation_id,
+                    status_code=answer.error.status.value,
+                    message=str(answer.error),
+                )
+                await self._out.send(pb.StreamEventsResponse(filter_update_refused=refused))
+            case ReplaysChanged():
+                assert self._replays is not None, "replays are admitted only when streaming"
+                for replay in answer.start:
+                    self._replayed[replay.correlation_id] = replay.persistence_id
+                await self._replays.apply(answer)
+
+    async def _start(self, init: ValidInit[Criteria], nursery: trio.Nursery) -> None:
+        producer = self.producer
+        source = producer.sources[init.stream_id]
+        settings = producer.settings
+        batches, batches_receive = trio.open_memory_channel[Batch](settings.buffered_batches)
+        replayed, replayed_receive = trio.open_memory_channel[ReplayAnswer](
+            settings.buffered_batches
+        )
+        self._replays = StreamReplays(
+            nursery,
+            self.stream,
+            producer.journal,
+            source,
+            producer.serializers,
+            replayed,
+            batch_size=settings.stream.batch_size,
+        )
+        await nursery.start(
+            lambda task_status: run_producer_stream(
+                producer.journal,
+                source,
+                init,
+                producer.serializers,
+                batches,
+                settings=settings.stream,
+                task_status=task_status,
+            )
+        )
+        # The live subscription is open: StreamStarted goes before any batch.
+        await self._out.send(_STARTED)
+        nursery.start_soon(self._forward_batches, batches_receive)
+        nursery.start_soon(self._forward_replays, replayed_receive)
+
+    async def _forward_batches(self, receive: trio.MemoryReceiveChannel[Batch]) -> None:
+        max_size = self.producer.max_message_size
+        async for records, path in receive:
+            for batch in batch_messages(records, path, max_size=max_size):
+                await self._out.send(pb.StreamEventsResponse(batch=batch))
+
+    async def _forward_replays(self, receive: trio.MemoryReceiveChannel[ReplayAnswer]) -> None:
+        max_size = self.producer.max_message_size
+        async for answer in receive:
+            # A superseded replay has no message of its own on the wire: the consumer sent
+            # the request that replaced it, and that one is answered.
+            if not isinstance(answer, ReplayBatch):
+                continue
+            persistence_id = self._replayed[answer.correlation_id]
+            if answer.last:
+                del self._replayed[answer.correlation_id]
+            part = pb.ReplayPart(answer.correlation_id, persistence_id, answer.last)
+            for batch in batch_messages(
+                answer.records, EnvelopeSource.REPLAY, max_size=max_size, replay=part
+            ):
+                await self._out.send(pb.StreamEventsResponse(batch=batch))
+
+    async def _send_all(self) -> None:
+        interval = self.producer.settings.heartbeat_interval
+        while True:
+            message: Any = None
+            with trio.move_on_after(interval):
+                message = await self._out_receive.receive()
+            await self.call.send(_HEARTBEAT if message is None else message)
