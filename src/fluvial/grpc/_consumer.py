@@ -172,11 +172,11 @@ class GrpcSource:
             except (GrpcUnavailable, _StreamSilent) as error:
                 delay = self.settings.reconnect.delay(attempt, random.random())
                 log.warning(
-                    "stream %r (slices %s) from %s broke, reopening in %.2fs: %s",
+                    "stream %r (slices %s) broke, reopening in %.2fs from timestamp %d: %s",
                     self.stream_id,
                     self.slices,
-                    "the start" if self.resume_offset.timestamp == 0 else self.resume_offset,
                     delay,
+                    self.resume_offset.timestamp,
                     error,
                 )
                 attempt += 1
