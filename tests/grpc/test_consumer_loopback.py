@@ -164,6 +164,24 @@ async def test_through_a_faulty_proxy_the_consumer_recovers_and_loses_and_double
         await wait_for_model(world.consumer_file, fold(world.stored))
 
 
+async def test_without_keep_alive_a_stalled_connection_is_found_by_the_heartbeat_timeout(
+    world: World,
+) -> None:
+    proxy = FaultyProxy(world.producer.port)
+    await world.nursery.start(proxy.serve)
+    await world.append(5)
+    settings = attrs.evolve(FAST, channel=ChannelSettings(keepalive=None), heartbeat_timeout=1.0)
+    async with open_grpc_consumer("127.0.0.1", proxy.port, settings=settings) as consumer:
+        await world.project(consumer)
+        await wait_for_model(world.consumer_file, fold(world.stored))
+        proxy.stall()
+        await world.append(5)
+        with trio.fail_after(10):
+            while proxy.opened == 1:  # noqa: ASYNC110 (the consumer reconnects)
+                await trio.sleep(0.05)
+        await wait_for_model(world.consumer_file, fold(world.stored))
+
+
 async def test_a_gap_is_replayed_from_the_producer(world: World) -> None:
     await world.append(6)
     # Start past most of the history: the first event each entity shows then is a gap

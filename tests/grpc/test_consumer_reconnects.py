@@ -105,6 +105,10 @@ class FakeChannel:
         self.script = list(script)
         self.opened_at: list[float] = []
         self.inits: list[pb.StreamInit] = []
+        self.dropped_at: list[float] = []
+
+    async def drop_connection(self) -> None:
+        self.dropped_at.append(trio.current_time())
 
     async def unary(self, method: str, request: Any, reply_type: Any, *, metadata: Any = ()) -> Any:
         raise AssertionError("no unary call expected")
@@ -197,6 +201,7 @@ async def test_a_broken_stream_is_reopened_and_resumes_after_the_last_query_batc
     _, received = await run_source(channel, settings, receive_for=10)
     # The backoff starts again after each stream that started.
     assert channel.opened_at == [0.0, 0.5, 1.0]
+    assert channel.dropped_at == []  # grpclib made a new connection itself
     assert received == [([a1, b1, a2], EnvelopeSource.QUERY), ([live], EnvelopeSource.LIVE)]
     assert channel.inits[0].offsets == []
     # Resumed after the query batch, for every slice, each seen entity under its slice; the
@@ -216,6 +221,7 @@ async def test_a_stream_silent_past_the_heartbeat_timeout_is_reopened(
     settings = ConsumerSettings(reconnect=NO_JITTER, heartbeat_timeout=15.0)
     await run_source(channel, settings, receive_for=20)
     assert channel.opened_at == [0.0, 15.5]
+    assert channel.dropped_at == [15.0]  # the connection may be dead: the next one is new
 
 
 async def test_time_spent_waiting_for_a_slow_projection_is_not_silence(

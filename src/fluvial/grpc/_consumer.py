@@ -87,6 +87,8 @@ class Channel(Protocol):
         self, method: str, request: Any, reply_type: type[_Reply], *, metadata: Metadata = ()
     ) -> _Reply: ...
 
+    async def drop_connection(self) -> None: ...
+
     def open_stream(
         self,
         method: str,
@@ -180,6 +182,10 @@ class GrpcSource:
                     error,
                 )
                 attempt += 1
+                if isinstance(error, _StreamSilent):
+                    # The connection may be dead without grpclib knowing (keep-alive off, or
+                    # slower to tell): a new stream on it would be silent too.
+                    await self.channel.drop_connection()
                 await trio.sleep(delay)
                 self.reconnects += 1
 
