@@ -7,121 +7,33 @@ A fake channel stands in for grpclib (the `Channel` protocol of `fluvial.grpc._c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
-
-import attrs
 import pytest
 import trio
 import trio.testing
+from consumer_fakes import (
+    NO_JITTER,
+    SLICES,
+    STARTED,
+    FakeChannel,
+    Refuse,
+    Serve,
+    batch,
+    record,
+)
 
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import UsageError
-from fluvial.core.ids import SliceRange, slice_for
+from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord
-from fluvial.core.serialization import SerializedPayload
 from fluvial.grpc import (
     ConsumerSettings,
     GrpcConsumer,
     GrpcNotFound,
-    GrpcUnavailable,
     ProducerProtocolError,
     Reconnect,
 )
-from fluvial.grpc._batch_codec import MSGPACK_ROWS_V1, encode_events
 from fluvial.grpc._proto.fluvial import v1 as pb
 from fluvial.projection.api import Batch
-
-SLICES = SliceRange(0, 1023)
-NO_JITTER = Reconnect(initial=0.5, maximum=4.0, multiplier=2.0, jitter=0.0)
-
-
-def record(entity_id: str, seq_nr: int, timestamp: int) -> EventRecord:
-    pid = f"Cart|{entity_id}"
-    return EventRecord(
-        pid,
-        seq_nr,
-        "Cart",
-        slice_for(pid),
-        SerializedPayload("added", 1, b"x"),
-        timestamp=timestamp,
-        write_timestamp=timestamp,
-    )
-
-
-def batch(path: pb.EventPath, records: Sequence[EventRecord]) -> pb.StreamEventsResponse:
-    return pb.StreamEventsResponse(
-        batch=pb.EventBatch(
-            path=path, encoding=pb.BatchEncoding(MSGPACK_ROWS_V1), events=encode_events(records)
-        )
-    )
-
-
-STARTED = pb.StreamEventsResponse(started=pb.StreamStarted())
-
-
-@attrs.frozen
-class Refuse:
-    """Opening the stream fails with `error`."""
-
-    error: Exception = attrs.field(factory=lambda: GrpcUnavailable("connection refused"))
-
-
-@attrs.frozen
-class Serve:
-    """The stream answers `messages`, then `then`: "break" (the connection is lost) or
-    "silent" (nothing more arrives)."""
-
-    messages: Sequence[pb.StreamEventsResponse] = (STARTED,)
-    then: str = "silent"
-
-
-class FakeStream:
-    def __init__(self, step: Serve, channel: FakeChannel) -> None:
-        self.step = step
-        self.channel = channel
-        self.pending = list(step.messages)
-
-    async def send(self, message: pb.StreamEventsRequest) -> None:
-        assert message.init is not None
-        self.channel.inits.append(message.init)
-
-    async def receive(self) -> pb.StreamEventsResponse | None:
-        await trio.lowlevel.checkpoint()
-        if self.pending:
-            return self.pending.pop(0)
-        if self.step.then == "break":
-            raise GrpcUnavailable("the stream was cut")
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-
-class FakeChannel:
-    """Plays `script`, one step per `open_stream`; records when each was opened and its Init."""
-
-    def __init__(self, script: Sequence[Refuse | Serve]) -> None:
-        self.script = list(script)
-        self.opened_at: list[float] = []
-        self.inits: list[pb.StreamInit] = []
-        self.dropped_at: list[float] = []
-
-    async def drop_connection(self) -> None:
-        self.dropped_at.append(trio.current_time())
-
-    async def unary(self, method: str, request: Any, reply_type: Any, *, metadata: Any = ()) -> Any:
-        raise AssertionError("no unary call expected")
-
-    @asynccontextmanager
-    async def open_stream(
-        self, method: str, request_type: Any, reply_type: Any, *, metadata: Any = ()
-    ) -> AsyncIterator[Any]:
-        self.opened_at.append(trio.current_time())
-        step = self.script.pop(0) if self.script else Serve()
-        if isinstance(step, Refuse):
-            raise step.error
-        yield FakeStream(step, self)
 
 
 async def run_source(
