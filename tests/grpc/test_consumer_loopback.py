@@ -223,6 +223,10 @@ async def test_a_replay_in_parts_lazy_payloads_and_timestamps_come_from_the_prod
         assert await source.load_event(pid, 6) is None
         assert await source.event_timestamp(pid, 3) == mine[2].timestamp
         assert await source.event_timestamp(pid, 6) is None
+        assert await source.latest_event_timestamp() == world.stored[-1].timestamp
+        one_slice = consumer.source(SOURCE.stream_id, SliceRange(mine[0].slice, mine[0].slice))
+        in_it = [r.timestamp for r in world.stored if r.slice == mine[0].slice]
+        assert await one_slice.latest_event_timestamp() == max(in_it)
         unknown = consumer.source("no-such-stream", SliceRange.all())
         with pytest.raises(GrpcNotFound, match="no-such-stream"):
             await unknown.load_event(pid, 1)

@@ -23,7 +23,8 @@ A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol
   projection's backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
 - `replay`, `load_event` and `event_timestamp` are the unary calls `Replay` (asked again from
   where an answer stopped, until it is complete), `LoadEvent` and `EventTimestamp`, each
-  under the `call_timeout` deadline. Their errors are raised as themselves (the runner
+  under the `call_timeout` deadline; `latest_event_timestamp` (not part of `Source`) is
+  `LatestEventTimestamp`, for a projection's lag. Their errors are raised as themselves (the runner
   restarts the instance).
 """
 
@@ -51,6 +52,7 @@ from ._channel import Metadata, open_channel
 from ._consumer_settings import ConsumerSettings
 from ._consumer_wire import (
     EVENT_TIMESTAMP,
+    LATEST_EVENT_TIMESTAMP,
     LOAD_EVENT,
     REPLAY,
     STREAM_EVENTS,
@@ -222,11 +224,13 @@ class GrpcSource:
             if kind == "batch":
                 assert isinstance(message, pb.EventBatch)
                 records, path = batch_of(message, self.slices)
+                if not records:
+                    continue
                 if path is EnvelopeSource.QUERY:
                     offset = offset_after(self.resume_offset, records)
                     await send.send((records, path))
                     self.resume_offset = offset  # handed over: a reopened stream goes on after it
-                elif records:
+                else:
                     await send.send((records, path))
             elif kind == "started":
                 raise ProducerProtocolError("the producer sent StreamStarted twice")
@@ -311,6 +315,16 @@ class GrpcSource:
             stream_id=self.stream_id, persistence_id=persistence_id, seq_nr=seq_nr
         )
         reply = await self._unary(EVENT_TIMESTAMP, request, pb.EventTimestampResponse)
+        return reply.timestamp
+
+    async def latest_event_timestamp(self) -> int | None:
+        """The timestamp of the stream's latest event in this source's slices (None: it has
+        none), from the unary `LatestEventTimestamp`: with the projection's offsets, its lag
+        behind the producer."""
+        request = pb.LatestEventTimestampRequest(
+            stream_id=self.stream_id, slice_min=self.slices.min, slice_max=self.slices.max
+        )
+        reply = await self._unary(LATEST_EVENT_TIMESTAMP, request, pb.LatestEventTimestampResponse)
         return reply.timestamp
 
     async def _unary(self, method: str, request: Any, reply_type: type[_Reply]) -> _Reply:

@@ -28,6 +28,7 @@ SERVICE: Final = "/fluvial.v1.EventProducerService"
 STREAM_EVENTS: Final = f"{SERVICE}/StreamEvents"
 LOAD_EVENT: Final = f"{SERVICE}/LoadEvent"
 EVENT_TIMESTAMP: Final = f"{SERVICE}/EventTimestamp"
+LATEST_EVENT_TIMESTAMP: Final = f"{SERVICE}/LatestEventTimestamp"
 REPLAY: Final = f"{SERVICE}/Replay"
 
 _PATHS: Final[dict[int, EnvelopeSource]] = {
