@@ -51,3 +51,8 @@ bench-grpc: setup
 # The demo: shopping carts on an embedded SQLite journal, with a projection following them.
 demo: setup
     {{python}} -m fluvial demo
+
+# Filter evaluation: 1,000 entity-id criteria, 100 regexes, 100 topic expressions, against a
+# call that evaluates nothing, in the same run.
+bench-filters: setup
+    {{python}} benchmarks/bench_filters.py

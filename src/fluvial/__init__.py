@@ -15,6 +15,28 @@ from fluvial.core.envelope_source import EnvelopeSource as EnvelopeSource
 from fluvial.core.errors import DataError as DataError
 from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError
+from fluvial.core.filters import EntityReplay as EntityReplay
+from fluvial.core.filters import Filter as Filter
+from fluvial.core.filters import FilterUpdate as FilterUpdate
+from fluvial.core.filters import FilterVerdict as FilterVerdict
+from fluvial.core.filters import InvalidFilterData as InvalidFilterData
+from fluvial.core.filters import evaluate as evaluate
+from fluvial.core.filters_criteria import ExcludeEntityIds as ExcludeEntityIds
+from fluvial.core.filters_criteria import ExcludeRegexEntityIds as ExcludeRegexEntityIds
+from fluvial.core.filters_criteria import ExcludeTags as ExcludeTags
+from fluvial.core.filters_criteria import FilterCriterion as FilterCriterion
+from fluvial.core.filters_criteria import IncludeEntityIds as IncludeEntityIds
+from fluvial.core.filters_criteria import IncludeRegexEntityIds as IncludeRegexEntityIds
+from fluvial.core.filters_criteria import IncludeTags as IncludeTags
+from fluvial.core.filters_criteria import IncludeTopics as IncludeTopics
+from fluvial.core.filters_criteria import InvalidFilterCriterion as InvalidFilterCriterion
+from fluvial.core.filters_criteria import RemoveExcludeEntityIds as RemoveExcludeEntityIds
+from fluvial.core.filters_criteria import RemoveExcludeRegexEntityIds as RemoveExcludeRegexEntityIds
+from fluvial.core.filters_criteria import RemoveExcludeTags as RemoveExcludeTags
+from fluvial.core.filters_criteria import RemoveIncludeEntityIds as RemoveIncludeEntityIds
+from fluvial.core.filters_criteria import RemoveIncludeRegexEntityIds as RemoveIncludeRegexEntityIds
+from fluvial.core.filters_criteria import RemoveIncludeTags as RemoveIncludeTags
+from fluvial.core.filters_criteria import RemoveIncludeTopics as RemoveIncludeTopics
 from fluvial.core.first_sight import FirstSight as FirstSight
 from fluvial.core.ids import InvalidPersistenceId as InvalidPersistenceId
 from fluvial.core.ids import InvalidSliceRange as InvalidSliceRange
@@ -49,6 +71,7 @@ from fluvial.core.serialization import SerializerRegistry as SerializerRegistry
 from fluvial.core.serialization import UnknownManifest as UnknownManifest
 from fluvial.core.serialization import UnregisteredType as UnregisteredType
 from fluvial.core.serialization import UnsupportedType as UnsupportedType
+from fluvial.core.topics import TOPIC_TAG_PREFIX as TOPIC_TAG_PREFIX
 from fluvial.entity import CommandFailed as CommandFailed
 from fluvial.entity import CommandTypeError as CommandTypeError
 from fluvial.entity import Entities as Entities
@@ -104,8 +127,10 @@ from fluvial.projection import Source as Source
 from fluvial.projection import SourceProvider as SourceProvider
 from fluvial.projection import SourceSettings as SourceSettings
 from fluvial.projection import serve_projection as serve_projection
+from fluvial.projection import serve_shared_projection as serve_shared_projection
 
 __all__ = [
+    "TOPIC_TAG_PREFIX",
     "AtLeastOnce",
     "Backoff",
     "Command",
@@ -121,6 +146,7 @@ __all__ = [
     "EntityError",
     "EntityHandlers",
     "EntityRef",
+    "EntityReplay",
     "EntityStopped",
     "EnvelopeSource",
     "EventAlreadyStored",
@@ -130,13 +156,26 @@ __all__ = [
     "EventSourcedBehavior",
     "EventStored",
     "ExactlyOnce",
+    "ExcludeEntityIds",
+    "ExcludeRegexEntityIds",
+    "ExcludeTags",
+    "Filter",
+    "FilterCriterion",
+    "FilterUpdate",
+    "FilterVerdict",
     "FirstSight",
     "FluvialError",
     "GroupedAtLeastOnce",
     "GroupedExactlyOnce",
     "HasConcurrentWriters",
     "HasOffsetStore",
+    "IncludeEntityIds",
+    "IncludeRegexEntityIds",
+    "IncludeTags",
+    "IncludeTopics",
     "InvalidAppend",
+    "InvalidFilterCriterion",
+    "InvalidFilterData",
     "InvalidPersistenceId",
     "InvalidReplicationMetadata",
     "InvalidSliceRange",
@@ -169,6 +208,13 @@ __all__ = [
     "ReadModelClearFailed",
     "ReadModelMigrationFailed",
     "RecoveryStrategy",
+    "RemoveExcludeEntityIds",
+    "RemoveExcludeRegexEntityIds",
+    "RemoveExcludeTags",
+    "RemoveIncludeEntityIds",
+    "RemoveIncludeRegexEntityIds",
+    "RemoveIncludeTags",
+    "RemoveIncludeTopics",
     "ReplicatedPersistenceId",
     "ReplicationMetadata",
     "SchemaVersionTooNew",
@@ -198,11 +244,13 @@ __all__ = [
     "WriteTransaction",
     "current_events_by_slices",
     "current_snapshots_by_slices",
+    "evaluate",
     "events_by_persistence_id",
     "events_by_slices",
     "open_entities",
     "open_sqlite_journal",
     "serve_projection",
+    "serve_shared_projection",
     "slice_for",
     "slice_ranges",
 ]

@@ -236,11 +236,9 @@ def test_a_bad_first_message_ends_the_stream_naming_what_was_wrong(
             "5..4",
         ),
         (
-            ReplayRequest(
-                correlation_id=-1, persistence_id=pid_in(LOW), from_seq_nr=1, to_seq_nr=4
-            ),
+            ReplayRequest(correlation_id=0, persistence_id=pid_in(LOW), from_seq_nr=1, to_seq_nr=4),
             RefusalReason.CORRELATION_ID,
-            "-1",
+            "correlation id 0 is not within 1..",
         ),
         (FilterUpdate(correlation_id=2**64, criteria="x"), RefusalReason.CORRELATION_ID, "2**64"),
     ],
@@ -300,33 +298,33 @@ def pids(count: int) -> list[str]:
 
 def test_three_replays_run_at_once_the_rest_queue_and_start_as_slots_free() -> None:
     s = streaming()
-    requests = [replay(i, pid) for i, pid in enumerate(pids(5))]
+    requests = [replay(i, pid) for i, pid in enumerate(pids(5), start=1)]
     answers = [s.receive(r) for r in requests]
     assert answers[:3] == [ReplaysChanged(start=(accepted(r),)) for r in requests[:3]]
     assert answers[3:] == [ReplaysChanged(), ReplaysChanged()]
     assert s.replays.running == tuple(map(accepted, requests[:3]))
     assert s.replays.queued == tuple(map(accepted, requests[3:]))
-    assert s.replay_finished(1) == ReplaysChanged(start=(accepted(requests[3]),))
-    assert s.replay_finished(0) == ReplaysChanged(start=(accepted(requests[4]),))
-    assert s.replay_finished(2) == ReplaysChanged()
+    assert s.replay_finished(2) == ReplaysChanged(start=(accepted(requests[3]),))
+    assert s.replay_finished(1) == ReplaysChanged(start=(accepted(requests[4]),))
+    assert s.replay_finished(3) == ReplaysChanged()
 
 
 def test_a_new_replay_of_an_entity_replaces_its_running_or_queued_one() -> None:
     s = streaming()
     a, b, c, d = pids(4)
-    for i, pid in enumerate((a, b, c, d)):
+    for i, pid in enumerate((a, b, c, d), start=1):
         s.receive(replay(i, pid))
     # d is queued: its new request takes its place in the queue.
-    assert s.receive(replay(10, d, first=4)) == ReplaysChanged(superseded=(accepted(replay(3, d)),))
+    assert s.receive(replay(10, d, first=4)) == ReplaysChanged(superseded=(accepted(replay(4, d)),))
     assert s.replays.queued == (accepted(replay(10, d, first=4)),)
     # a runs: it is cancelled and the new request runs in its slot.
-    old, new = replay(0, a), replay(11, a, first=2)
+    old, new = replay(1, a), replay(11, a, first=2)
     assert s.receive(new) == ReplaysChanged(
         start=(accepted(new),), cancel=(accepted(old),), superseded=(accepted(old),)
     )
     assert len(s.replays.running) == 3
-    with pytest.raises(LocalStreamError, match="no running replay has correlation id 0"):
-        s.replay_finished(0)  # cancelled: the shell reports it no more
+    with pytest.raises(LocalStreamError, match="no running replay has correlation id 1"):
+        s.replay_finished(1)  # cancelled: the shell reports it no more
 
 
 def test_a_correlation_id_in_use_by_a_replay_is_refused() -> None:

@@ -64,10 +64,10 @@ async def test_replays_send_their_events_in_order_at_most_three_at_once() -> Non
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             replays = StreamReplays(nursery, stream, journal, SOURCE, INTERNAL, send, batch_size=3)
-            for i, entity in enumerate("abcde"):
+            for i, entity in enumerate("abcde", start=1):
                 await replays.apply(replay(stream, i, entity))
             await trio.testing.wait_all_tasks_blocked()
-            assert [r.correlation_id for r in stream.replays.running] == [0, 1, 2]
+            assert [r.correlation_id for r in stream.replays.running] == [1, 2, 3]
             while sum(isinstance(a, ReplayBatch) and a.last for a in answers) < 5:
                 answers.append(await receive.receive())
     by_id: dict[int, list[ReplayBatch]] = {}
@@ -85,7 +85,7 @@ async def test_replays_send_their_events_in_order_at_most_three_at_once() -> Non
         assert [b.last for b in batches] == [False, False, True]
         records = [r for b in batches for r in b.records]
         assert [r.seq_nr for r in records] == list(range(1, 8))
-        assert {r.persistence_id for r in records} == {f"Account|{'abcde'[correlation_id]}"}
+        assert {r.persistence_id for r in records} == {f"Account|{'abcde'[correlation_id - 1]}"}
         assert [public_cents(r) for r in records] == [100 * n for n in range(1, 8)]
     assert stream.replays.running == ()
 

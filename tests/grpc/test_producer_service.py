@@ -13,6 +13,7 @@ import pytest
 import trio
 from producer_service_helpers import (
     QUIET,
+    EventsStream,
     events_stream,
     init_request,
     kind,
@@ -23,12 +24,20 @@ from producer_service_helpers import (
 
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import slice_for
-from fluvial.grpc import ProducerSettings, serve_producer
+from fluvial.core.records import EventEnvelope
+from fluvial.grpc import (
+    GrpcCallFailed,
+    GrpcUnavailable,
+    ProducerSettings,
+    ServerSettings,
+    serve_producer,
+)
+from fluvial.grpc._channel import open_channel
 from fluvial.grpc._proto.fluvial import v1 as pb
 from fluvial.journal.api import Journal
 from fluvial.journal.memory import MemoryJournal
 from fluvial.journal.sqlite._journal import open_sqlite_journal
-from producer_fixtures import INTERNAL, SOURCE, Appender, public_cents
+from producer_fixtures import INTERNAL, SOURCE, Added, Appender, Credited, public_cents
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -99,25 +108,74 @@ async def test_an_idle_stream_gets_heartbeats(autojump_clock: object) -> None:
         assert trio.current_time() - start == pytest.approx(6.0, abs=0.5)
 
 
-async def test_filter_updates_are_acknowledged_or_refused_and_the_stream_goes_on() -> None:
+def exclude_all_but(*entity_ids: str) -> list[pb.FilterCriterion]:
+    return [
+        pb.FilterCriterion(exclude_regexes=pb.Regexes([".*"])),
+        pb.FilterCriterion(
+            include_entity_ids=pb.IncludeEntityIds([pb.IncludedEntityId(i) for i in entity_ids])
+        ),
+    ]
+
+
+async def filter_answer(stream: EventsStream, update: pb.FilterUpdate) -> pb.StreamEventsResponse:
+    await stream.send(pb.StreamEventsRequest(filter_update=update))
+    with trio.fail_after(10):
+        while kind(answer := await stream.receive()) in {"heartbeat", "batch"}:
+            pass
+    assert answer is not None
+    return answer
+
+
+async def test_the_consumers_filter_holds_from_init_and_from_each_acknowledged_update() -> None:
     journal = MemoryJournal()
     appender = Appender(journal)
-    async with producer_channel(journal) as channel, events_stream(channel, init_request()) as s:
-        include = pb.FilterCriterion(include_entity_ids=pb.IncludeEntityIds([]))
-        await s.send(pb.StreamEventsRequest(filter_update=pb.FilterUpdate(4, [include])))
-        answer = await s.receive()
-        assert answer is not None and answer.filter_update_ack == pb.FilterUpdateAck(4)
+    await appender.append("a", 1)
+    await appender.append("b", 2)
+    init = init_request(filter=exclude_all_but("b"))
+    async with producer_channel(journal) as channel, events_stream(channel, init) as s:
+        assert list(await receive_events(s, 1)) == ["Account|b"]
+        # Criteria fold: the include of b holds until removed.
+        forget_b = pb.FilterCriterion(remove_include_entity_ids=pb.EntityIds(["b"]))
+        answer = await filter_answer(s, pb.FilterUpdate(4, [*exclude_all_but("c"), forget_b]))
+        assert answer.filter_update_ack == pb.FilterUpdateAck(4)
+        for entity_id in ("a", "b", "c"):
+            await appender.append(entity_id, 3)
+        received = await receive_events(s, 1)
+        assert list(received) == ["Account|c"]  # a and b are excluded now, and do not travel
 
-        # A criterion of no kind (a newer consumer's) refuses the whole update.
-        await s.send(
-            pb.StreamEventsRequest(filter_update=pb.FilterUpdate(5, [pb.FilterCriterion()]))
-        )
-        answer = await s.receive()
-        assert answer is not None and answer.filter_update_refused is not None
+
+@pytest.mark.parametrize(
+    ("criterion", "message"),
+    [
+        pytest.param(pb.FilterCriterion(), "criterion 0 has no kind set", id="no-kind"),
+        pytest.param(
+            pb.FilterCriterion(include_regexes=pb.Regexes(["("])),
+            "filter criterion 0 (include_regexes): IncludeRegexEntityIds",
+            id="bad-regex",
+        ),
+        pytest.param(
+            pb.FilterCriterion(include_topics=pb.Topics(["a/#/b"])),
+            "filter criterion 0 (include_topics): IncludeTopics",
+            id="bad-topic",
+        ),
+    ],
+)
+async def test_a_refused_filter_update_leaves_the_filter_and_the_stream_as_they_were(
+    criterion: pb.FilterCriterion, message: str
+) -> None:
+    journal = MemoryJournal()
+    appender = Appender(journal)
+    init = init_request(filter=exclude_all_but("a"))
+    async with producer_channel(journal) as channel, events_stream(channel, init) as s:
+        # The first criterion is fine: the whole update is refused all the same.
+        update = pb.FilterUpdate(5, [*exclude_all_but("b"), criterion])
+        answer = await filter_answer(s, update)
         refused = answer.filter_update_refused
-        assert (refused.correlation_id, refused.status_code) == (5, 3)
-        assert "criterion 0 has no kind set" in refused.message
-
+        assert refused is not None
+        assert (refused.correlation_id, refused.status_code, refused.criterion_index) == (5, 3, 2)
+        assert message.replace("0", "2") in refused.message
+        assert "the filter stays as it was" in refused.message
+        await appender.append("b", 1)
         await appender.append("a", 1)
         assert list(await receive_events(s, 1)) == ["Account|a"]
 
@@ -167,3 +225,69 @@ async def test_serve_producer_refuses_no_sources_and_two_of_one_stream_id() -> N
         await serve_producer(MemoryJournal(), [SOURCE, SOURCE], serializers=INTERNAL)
     with pytest.raises(UsageError, match="heartbeat_interval"):
         ProducerSettings(heartbeat_interval=0)
+
+
+async def test_a_producer_shutting_down_ends_its_streams_unavailable() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_producer(
+                MemoryJournal(), [SOURCE], serializers=INTERNAL, task_status=task_status
+            )
+        )
+        async with (
+            open_channel("127.0.0.1", port) as channel,
+            events_stream(channel, init_request()) as stream,
+        ):
+            nursery.cancel_scope.cancel()
+            with trio.fail_after(10), pytest.raises(GrpcUnavailable, match="shutting down"):
+                while True:
+                    await stream.receive()
+
+
+def _unlucky(envelope: EventEnvelope[Added]) -> Credited | None:
+    if envelope.event.amount == 13:
+        raise ValueError("13 is not published")
+    return Credited(envelope.event.amount)
+
+
+async def test_a_transformation_that_raises_ends_its_stream_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = MemoryJournal()
+    appender = Appender(journal)
+    unlucky = attrs.evolve(SOURCE, stream_id="unlucky", transformation=_unlucky)
+    async with (
+        producer_channel(journal, sources=[SOURCE, unlucky]) as channel,
+        events_stream(channel, init_request()) as good,
+        events_stream(channel, init_request("unlucky")) as bad,
+    ):
+        await appender.append("a", 13)
+        with trio.fail_after(10), pytest.raises(GrpcCallFailed) as failed:
+            while True:
+                await bad.receive()
+        assert failed.value.status == "UNKNOWN"
+        assert "13 is not published" in caplog.text  # logged by the server
+        await appender.append("b", 1)
+        with trio.fail_after(10):
+            while "Account|b" not in await receive_events(good, 1):
+                pass
+
+
+async def test_a_batch_larger_than_the_send_limit_travels_split() -> None:
+    journal = MemoryJournal()
+    await Appender(journal).append("a", *range(1, 201))  # ~9 KiB in one batch of 200
+    settings = attrs.evolve(QUIET, server=ServerSettings(max_send_message_size=2000))
+    async with (
+        producer_channel(journal, settings=settings) as channel,
+        events_stream(channel, init_request()) as stream,
+    ):
+        sizes: list[int] = []
+        seq_nrs: list[int] = []
+        with trio.fail_after(10):
+            while len(seq_nrs) < 200:
+                message = await stream.receive()
+                if message is not None and message.batch is not None:
+                    sizes.append(len(bytes(message)))
+                    seq_nrs += [r.seq_nr for r in records_of(message.batch)]
+        assert seq_nrs == list(range(1, 201))
+        assert len(sizes) > 4 and max(sizes) <= 2000

@@ -4,8 +4,9 @@ encoding reads what fluvial sends, and fluvial reads what it sends.
 The foreign client is a separate Python process that never imports fluvial: its message
 classes are generated from proto/ by grpcio-tools' protoc for the official protobuf runtime,
 and it decodes the batch bytes with a generic msgpack decoder (msgspec without types),
-following the documented layout field by field, as a Go or Java client would. (A full grpcio
-client consuming a live stream comes with the producer.)
+following the documented layout field by field, as a Go or Java client would. A grpcio
+client of the same generated code consumes a live StreamEvents stream of `serve_producer`
+over loopback: catch-up, then an event committed while it listens.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import sys
 from pathlib import Path
 
 import betterproto2
+import trio
 
 from fluvial.core.records import EventRecord
 from fluvial.core.replication_metadata import ReplicationMetadata, VersionVector
 from fluvial.core.serialization import SerializedPayload
+from fluvial.grpc import serve_producer
 from fluvial.grpc._batch_codec import decode_events, encode_events
 from fluvial.grpc._proto.fluvial import v1 as pb
+from fluvial.journal.memory import MemoryJournal
+from producer_fixtures import INTERNAL, SOURCE, Appender
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +102,9 @@ RECORDS = [
 ]
 
 
-def _foreign_client(tmp_path: Path, stdin: bytes) -> dict[str, object]:
+def _generated(tmp_path: Path) -> Path:
+    """The foreign client's code, generated from proto/ by the official tooling: messages
+    (protobuf runtime) and the grpcio client stub."""
     generated = tmp_path / "generated"
     generated.mkdir()
     subprocess.run(
@@ -107,6 +114,7 @@ def _foreign_client(tmp_path: Path, stdin: bytes) -> dict[str, object]:
             "grpc_tools.protoc",
             f"--proto_path={ROOT / 'proto'}",
             f"--python_out={generated}",
+            f"--grpc_python_out={generated}",
             *sorted(str(p) for p in (ROOT / "proto").rglob("*.proto")),
         ],
         check=True,
@@ -115,11 +123,19 @@ def _foreign_client(tmp_path: Path, stdin: bytes) -> dict[str, object]:
     # Regular packages, so that this `fluvial` (only the generated code) hides ours.
     for package in (generated / "fluvial", generated / "fluvial" / "v1"):
         (package / "__init__.py").touch()
+    return generated
+
+
+def _foreign_env(generated: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(generated), "PATH": "/usr/bin:/bin"}
+
+
+def _foreign_client(tmp_path: Path, stdin: bytes) -> dict[str, object]:
     result = subprocess.run(
         [sys.executable, "-c", FOREIGN_CLIENT],
         input=stdin,
         capture_output=True,
-        env={"PYTHONPATH": str(generated), "PATH": "/usr/bin:/bin"},
+        env=_foreign_env(_generated(tmp_path)),
         timeout=60,
     )
     assert result.returncode == 0, result.stderr.decode()
@@ -202,4 +218,90 @@ def _as_foreign_client_sees_it(record: EventRecord) -> dict[str, object]:
             "origin_seq_nr": replication.origin_seq_nr,
             "version_vector": replication.version_vector.as_dict(),
         },
+    }
+
+
+# A grpcio consumer: opens StreamEvents, says "started" once the producer did, then collects
+# events (decoding rows and payloads with a generic msgpack decoder) until it has `want`.
+GRPCIO_CONSUMER = r"""
+import json, sys, threading
+import grpc, msgspec
+from fluvial.v1 import events_pb2, producer_pb2, producer_pb2_grpc
+
+port, want = int(sys.argv[1]), int(sys.argv[2])
+done = threading.Event()
+
+def requests():
+    yield producer_pb2.StreamEventsRequest(init=producer_pb2.StreamInit(
+        stream_id="accounts", slice_min=0, slice_max=1023))
+    done.wait()  # the consumer's side stays open while it listens
+
+with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    call = producer_pb2_grpc.EventProducerServiceStub(channel).StreamEvents(
+        requests(), timeout=30)
+    kinds, events = [], {}
+    for response in call:
+        kind = response.WhichOneof("kind")
+        kinds.append(kind)
+        if kind == "started":
+            print("started", flush=True)
+        elif kind == "batch":
+            assert response.batch.encoding == events_pb2.BATCH_ENCODING_MSGPACK_ROWS_V1
+            path = events_pb2.EventPath.Name(response.batch.path)
+            for row in msgspec.msgpack.decode(response.batch.events):
+                pid, seq_nr, payload = row[0], row[1], row[4]
+                events.setdefault(f"{pid} {seq_nr}", {
+                    "path": path,
+                    "manifest": payload[0],
+                    "event": msgspec.msgpack.decode(payload[2]),
+                })
+        if len(events) >= want:
+            break
+    done.set()
+    call.cancel()
+print(json.dumps({"first": kinds[0], "events": events}), flush=True)
+"""
+
+
+async def test_a_grpcio_client_consumes_a_live_stream_of_serve_producer(tmp_path: Path) -> None:
+    generated = _generated(tmp_path)
+    journal = MemoryJournal()
+    appender = Appender(journal)
+    await appender.append("a", 1, 2)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_producer(
+                journal, [SOURCE], serializers=INTERNAL, task_status=task_status
+            )
+        )
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", GRPCIO_CONSUMER, str(port), "3"],
+            stdout=subprocess.PIPE,
+            env=_foreign_env(generated),
+        )
+        assert process.stdout is not None
+        output = b""
+        try:
+            with trio.fail_after(60):
+                while b"started\n" not in output:
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, f"the consumer ended: {output!r}"
+                    output += chunk
+                await appender.append("b", 3)  # committed while the consumer listens: live
+                while chunk := await process.stdout.receive_some():
+                    output += chunk
+                assert await process.wait() == 0
+        finally:
+            process.kill()  # a no-op once it exited
+        nursery.cancel_scope.cancel()
+    answer = json.loads(output.decode().splitlines()[-1])
+    assert answer["first"] == "started"
+    events = answer["events"]
+    live_path = events["Account|b 1"].pop("path")
+    assert live_path in {"EVENT_PATH_LIVE", "EVENT_PATH_QUERY"}  # whichever came first
+    credited = "public.Credited"
+    assert events == {
+        "Account|a 1": {"path": "EVENT_PATH_QUERY", "manifest": credited, "event": {"cents": 100}},
+        "Account|a 2": {"path": "EVENT_PATH_QUERY", "manifest": credited, "event": {"cents": 200}},
+        "Account|b 1": {"manifest": credited, "event": {"cents": 300}},
     }

@@ -24,6 +24,8 @@ import enum
 from collections.abc import Mapping
 from typing import Final, Generic, Protocol, TypeVar
 
+import attrs
+
 from fluvial.core.errors import FluvialError
 from fluvial.core.ids import (
     NUMBER_OF_SLICES,
@@ -60,7 +62,7 @@ F = TypeVar("F")
 U = TypeVar("U")
 U_contra = TypeVar("U_contra", contravariant=True)
 
-# Correlation ids travel as protobuf uint64.
+# Correlation ids travel as protobuf uint64; 0 marks the replays the producer starts itself.
 MAX_CORRELATION_ID: Final = 2**64 - 1
 
 
@@ -230,14 +232,7 @@ class ProducerStream(Generic[F, U]):
                 f"FilterUpdate {update.correlation_id}: {exc}; the filter stays as it was",
             )
             return FilterRefused(correlation_id=update.correlation_id, error=error)
-        self.init = ValidInit(
-            stream_id=self.init.stream_id,
-            entity_type=self.init.entity_type,
-            slices=self.init.slices,
-            offsets=self.init.offsets,
-            filter=filter,
-            with_payloads=self.init.with_payloads,
-        )
+        self.init = attrs.evolve(self.init, filter=filter)
         return FilterChanged(correlation_id=update.correlation_id, filter=filter)
 
     def _check_replay(self, request: ReplayRequest) -> Replay:
@@ -317,10 +312,11 @@ def check_seq_nr(what: str, persistence_id: str, seq_nr: int) -> None:
 
 
 def _check_correlation_id(what: str, correlation_id: int) -> None:
-    if not 0 <= correlation_id <= MAX_CORRELATION_ID:
+    if not 1 <= correlation_id <= MAX_CORRELATION_ID:
         raise RemoteStreamError(
             RefusalReason.CORRELATION_ID,
-            f"{what}: correlation id {correlation_id} is not within 0..{MAX_CORRELATION_ID}",
+            f"{what}: correlation id {correlation_id} is not within 1..{MAX_CORRELATION_ID} "
+            "(0 answers the replays the producer starts itself)",
         )
 
 

@@ -50,7 +50,7 @@ class RefusalReason(enum.Enum):
     PERSISTENCE_ID = "not a persistence id"
     OTHER_ENTITY_TYPE = "persistence id of another entity type"
     OUTSIDE_SLICE_RANGE = "persistence id outside the stream's slice range"
-    CORRELATION_ID = "correlation id"  # in use already, or not a uint64
+    CORRELATION_ID = "correlation id"  # in use already, or not within 1..2**64-1
     INVALID_CRITERIA = "invalid filter criteria"
 
 

@@ -28,10 +28,11 @@ from fluvial.journal.api import Journal
 
 @attrs.frozen(kw_only=True)
 class ReplayBatch:
-    """Events of the in-stream replay `correlation_id`, in seq nr order; `last` on its final
-    batch (which may be empty: the journal had no more)."""
+    """Events of the in-stream replay `correlation_id` of `persistence_id`, in seq nr order;
+    `last` on its final batch (which may be empty: the journal had no more)."""
 
     correlation_id: int
+    persistence_id: str
     records: Sequence[EventRecord]
     last: bool
 
@@ -84,7 +85,7 @@ class StreamReplays:
         init = self._stream.init
         assert init is not None, "replays start only on an open stream"
         with scope:
-            answer = replay.correlation_id
+            answer, pid = replay.correlation_id, replay.persistence_id
             pending: list[EventRecord] | None = None
             # Each batch goes once the next is read, so the final one can carry `last`.
             async for batch in replay_batches(
@@ -99,11 +100,15 @@ class StreamReplays:
             ):
                 if pending is not None:
                     await self._send.send(
-                        ReplayBatch(correlation_id=answer, records=pending, last=False)
+                        ReplayBatch(
+                            correlation_id=answer, persistence_id=pid, records=pending, last=False
+                        )
                     )
                 pending = batch
             await self._send.send(
-                ReplayBatch(correlation_id=answer, records=pending or [], last=True)
+                ReplayBatch(
+                    correlation_id=answer, persistence_id=pid, records=pending or [], last=True
+                )
             )
             del self._scopes[answer]
             await self.apply(self._stream.replay_finished(answer))

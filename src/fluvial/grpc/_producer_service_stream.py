@@ -8,9 +8,13 @@ The call runs three kinds of task in a nursery of its own:
   `ValidInit` starts the pipeline (`run_producer_stream`) and sends `StreamStarted` once its
   live subscription is open; `FilterChanged` / `FilterRefused` are acknowledged;
   `ReplaysChanged` goes to `StreamReplays`; `EndStream` ends the call with its status;
-- forwarders, which encode the pipeline's batches and the replays' batches into messages;
-- one sender, the only task that writes to the call: it takes the next message from a
-  channel of capacity 0 and sends a `Heartbeat` when none came for the heartbeat interval.
+- forwarders, which pass on the pipeline's batches and encode the replays' batches;
+- one sender, the only task that writes to the call: it takes the next message or batch from
+  a channel of capacity 0, and sends a `Heartbeat` when none came for the heartbeat interval.
+  It applies the consumer's filter (`consumer_passes`) to a batch as it sends it, so that
+  every event sent after a `FilterUpdateAck` (which travels through the same channel) follows
+  the new filter. Replays answer with every event asked for: the consumer's filter is not
+  applied to them (the producer's is: placeholders).
 
 Backpressure: the sender waits while HTTP/2 flow control says so, the forwarders wait for
 the sender, the pipeline for the forwarders (bounded channels), and the journal query for
@@ -20,11 +24,12 @@ and blocks only its own call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.filters import Filter
 from fluvial.core.replication_stream import ProducerStream
 from fluvial.core.replication_stream_errors import RemoteStreamError, StreamStatus
 from fluvial.core.replication_stream_messages import (
@@ -32,6 +37,7 @@ from fluvial.core.replication_stream_messages import (
     EndStream,
     FilterChanged,
     FilterRefused,
+    FilterUpdate,
     ReplaysChanged,
     ValidInit,
 )
@@ -41,7 +47,15 @@ from fluvial.projection.api import Batch
 from ._errors import GrpcCallFailed, GrpcError, GrpcInvalidArgument, GrpcNotFound
 from ._producer_replays import ReplayAnswer, ReplayBatch, StreamReplays
 from ._producer_stream import run_producer_stream
-from ._producer_wire import Criteria, Undecodable, WireCriteria, batch_messages, consumer_message
+from ._producer_wire import (
+    Criteria,
+    Undecodable,
+    WireCriteria,
+    batch_messages,
+    consumer_message,
+    consumer_passes,
+    refused_criterion,
+)
 from ._proto.fluvial import v1 as pb
 from ._server import ServerCall
 
@@ -53,6 +67,8 @@ _HEARTBEAT: Final = pb.StreamEventsResponse(heartbeat=pb.Heartbeat())
 _STARTED: Final = pb.StreamEventsResponse(started=pb.StreamStarted())
 
 Call = ServerCall[pb.StreamEventsRequest | Undecodable, pb.StreamEventsResponse]
+# What the sender takes: a message as it is, or a batch of the pipeline to filter and encode.
+_Outgoing = pb.StreamEventsResponse | Batch
 
 
 def error_of(error: RemoteStreamError) -> GrpcError:
@@ -71,15 +87,15 @@ class StreamEventsCall:
     def __init__(self, producer: Producer, call: Call) -> None:
         self.producer = producer
         self.call = call
-        self.stream: ProducerStream[Criteria, Criteria] = ProducerStream(
+        self.stream: ProducerStream[Filter, Criteria] = ProducerStream(
             producer.entity_types, WireCriteria()
         )
         # What the sender sends next: capacity 0, so what waits is at most one message per
         # task that produces them.
-        self._out, self._out_receive = trio.open_memory_channel[pb.StreamEventsResponse](0)
-        # The persistence id of each running replay, which its batches name (ReplayPart).
-        self._replayed: dict[int, str] = {}
+        self._out, self._out_receive = trio.open_memory_channel[_Outgoing](0)
         self._replays: StreamReplays | None = None
+        # The criteria of the latest filter update (a refusal names the one at fault).
+        self._update: Criteria = ()
 
     async def run(self) -> None:
         """Serve the call until the consumer ends it (OK) or the core ends it (its status,
@@ -91,7 +107,10 @@ class StreamEventsCall:
                 if request is None:
                     answer = self.stream.receive(ConsumerDone())
                 else:
-                    answer = self.stream.receive(consumer_message(request))
+                    message = consumer_message(request)
+                    if isinstance(message, FilterUpdate):
+                        self._update = message.criteria
+                    answer = self.stream.receive(message)
                 if isinstance(answer, EndStream):
                     if answer.error is not None:
                         raise error_of(answer.error)
@@ -101,7 +120,7 @@ class StreamEventsCall:
 
     async def _carry_out(
         self,
-        answer: ValidInit[Criteria] | FilterChanged[Criteria] | FilterRefused | ReplaysChanged,
+        answer: ValidInit[Filter] | FilterChanged[Filter] | FilterRefused | ReplaysChanged,
         nursery: trio.Nursery,
     ) -> None:
         match answer:
@@ -115,15 +134,14 @@ class StreamEventsCall:
                     correlation_id=answer.correlation_id,
                     status_code=answer.error.status.value,
                     message=str(answer.error),
+                    criterion_index=refused_criterion(self._update),
                 )
                 await self._out.send(pb.StreamEventsResponse(filter_update_refused=refused))
             case ReplaysChanged():
                 assert self._replays is not None, "replays are admitted only when streaming"
-                for replay in answer.start:
-                    self._replayed[replay.correlation_id] = replay.persistence_id
                 await self._replays.apply(answer)
 
-    async def _start(self, init: ValidInit[Criteria], nursery: trio.Nursery) -> None:
+    async def _start(self, init: ValidInit[Filter], nursery: trio.Nursery) -> None:
         producer = self.producer
         source = producer.sources[init.stream_id]
         settings = producer.settings
@@ -157,10 +175,8 @@ class StreamEventsCall:
         nursery.start_soon(self._forward_replays, replayed_receive)
 
     async def _forward_batches(self, receive: trio.MemoryReceiveChannel[Batch]) -> None:
-        max_size = self.producer.max_message_size
-        async for records, path in receive:
-            for batch in batch_messages(records, path, max_size=max_size):
-                await self._out.send(pb.StreamEventsResponse(batch=batch))
+        async for batch in receive:
+            await self._out.send(batch)
 
     async def _forward_replays(self, receive: trio.MemoryReceiveChannel[ReplayAnswer]) -> None:
         max_size = self.producer.max_message_size
@@ -169,10 +185,7 @@ class StreamEventsCall:
             # the request that replaced it, and that one is answered.
             if not isinstance(answer, ReplayBatch):
                 continue
-            persistence_id = self._replayed[answer.correlation_id]
-            if answer.last:
-                del self._replayed[answer.correlation_id]
-            part = pb.ReplayPart(answer.correlation_id, persistence_id, answer.last)
+            part = pb.ReplayPart(answer.correlation_id, answer.persistence_id, answer.last)
             for batch in batch_messages(
                 answer.records, EnvelopeSource.REPLAY, max_size=max_size, replay=part
             ):
@@ -180,8 +193,20 @@ class StreamEventsCall:
 
     async def _send_all(self) -> None:
         interval = self.producer.settings.heartbeat_interval
+        max_size = self.producer.max_message_size
         while True:
-            message: Any = None
+            outgoing: _Outgoing | None = None
             with trio.move_on_after(interval):
-                message = await self._out_receive.receive()
-            await self.call.send(_HEARTBEAT if message is None else message)
+                outgoing = await self._out_receive.receive()
+            if outgoing is None:
+                await self.call.send(_HEARTBEAT)
+            elif isinstance(outgoing, pb.StreamEventsResponse):
+                await self.call.send(outgoing)
+            else:
+                filter = self.stream.filter
+                assert filter is not None, "batches come only once the Init was accepted"
+                records, path = outgoing
+                passed = consumer_passes(filter, records)
+                # A batch the filter emptied is not sent: what it excludes need not travel.
+                for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
+                    await self.call.send(pb.StreamEventsResponse(batch=batch))

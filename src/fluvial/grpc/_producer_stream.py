@@ -67,7 +67,8 @@ async def run_producer_stream(
     `serializers` decodes the stored (internal) events. Start it with `nursery.start`: it is
     started once events committed after that will reach `send`. A read error, an event that
     cannot be decoded, or an exception of the transformation or the filter ends it, raised
-    as itself. UsageError if `init` is not of `source`'s stream."""
+    as itself (a closed `send`: `trio.BrokenResourceError`). UsageError if `init` is not of
+    `source`'s stream."""
     if (init.stream_id, init.entity_type) != (source.stream_id, source.entity_type):
         raise UsageError(
             f"the Init of stream {init.stream_id!r} ({init.entity_type}) cannot run on the "

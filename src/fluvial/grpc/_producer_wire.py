@@ -7,8 +7,9 @@ checking its content (the core does: `fluvial.core.replication_stream`). Outboun
 `batch_messages` encodes a batch of records (`_batch_codec`) into as many `EventBatch`
 messages as it takes to keep each below the send limit.
 
-The filter criteria travel to the core as they came (`WireCriteria`, the `CriteriaFold` of
-the wire's `FilterCriterion`s); `fluvial.core.filters` will bring a fold that evaluates them.
+A consumer's filter criteria become `fluvial.core.filters` criteria in `WireCriteria`, the
+`CriteriaFold` the stream core folds them with: the stream's filter is a `Filter`, and
+`consumer_passes` asks it about each record the stream would send.
 """
 
 from __future__ import annotations
@@ -22,6 +23,25 @@ from grpclib.encoding.base import CodecBase
 
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import DataError
+from fluvial.core.filters import Filter
+from fluvial.core.filters_criteria import (
+    ExcludeEntityIds,
+    ExcludeRegexEntityIds,
+    ExcludeTags,
+    FilterCriterion,
+    IncludeEntityIds,
+    IncludeRegexEntityIds,
+    IncludeTags,
+    IncludeTopics,
+    InvalidFilterCriterion,
+    RemoveExcludeEntityIds,
+    RemoveExcludeRegexEntityIds,
+    RemoveExcludeTags,
+    RemoveIncludeEntityIds,
+    RemoveIncludeRegexEntityIds,
+    RemoveIncludeTags,
+    RemoveIncludeTopics,
+)
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import MAX_SEQ_NR, EventRecord
 from fluvial.core.replication_stream_messages import (
@@ -166,27 +186,85 @@ def consumer_message(
 
 
 class InvalidCriterion(DataError):
-    """A filter criterion the producer cannot take (for now: one with no kind set)."""
+    """A consumer's filter criterion the producer cannot take: one of no kind (a newer
+    consumer's), or a value its criterion refuses (a bad regex or topic expression)."""
+
+
+# Each wire criterion with a list of strings, and the core criterion it is.
+_STRINGS_CRITERIA: Final[dict[str, tuple[str, Any]]] = {
+    "exclude_tags": ("tags", ExcludeTags),
+    "remove_exclude_tags": ("tags", RemoveExcludeTags),
+    "include_tags": ("tags", IncludeTags),
+    "remove_include_tags": ("tags", RemoveIncludeTags),
+    "exclude_entity_ids": ("entity_ids", ExcludeEntityIds),
+    "remove_exclude_entity_ids": ("entity_ids", RemoveExcludeEntityIds),
+    "remove_include_entity_ids": ("entity_ids", RemoveIncludeEntityIds),
+    "exclude_regexes": ("regexes", ExcludeRegexEntityIds),
+    "remove_exclude_regexes": ("regexes", RemoveExcludeRegexEntityIds),
+    "include_regexes": ("regexes", IncludeRegexEntityIds),
+    "remove_include_regexes": ("regexes", RemoveIncludeRegexEntityIds),
+    "include_topics": ("topics", IncludeTopics),
+    "remove_include_topics": ("topics", RemoveIncludeTopics),
+}
+
+
+def core_criteria(index: int, criterion: pb.FilterCriterion) -> list[FilterCriterion]:
+    """The core's criteria for the wire's `criterion` (number `index` of its update): one, or
+    one `IncludeEntityIds` per included entity (each has its own seq nr).
+
+    InvalidCriterion naming the index for a criterion of no kind or a value it refuses."""
+    kind, value = betterproto2.which_one_of(criterion, "kind")
+    try:
+        if isinstance(value, pb.IncludeEntityIds):
+            return [IncludeEntityIds({e.entity_id}, e.seq_nr) for e in value.entity_ids]
+        if value is None or kind not in _STRINGS_CRITERIA:
+            raise InvalidCriterion(
+                f"filter criterion {index} has no kind set (a kind newer than this producer knows)"
+            )
+        field, make = _STRINGS_CRITERIA[kind]
+        return [make(frozenset(getattr(value, field)))]
+    except InvalidFilterCriterion as exc:
+        raise InvalidCriterion(f"filter criterion {index} ({kind}): {exc}") from None
 
 
 class WireCriteria:
-    """The `CriteriaFold` of the wire's criteria: the filter is every criterion received, in
-    order. A criterion with no kind set (a newer consumer's) refuses its whole update, so
-    that a consumer never believes a filter holds that does not (filters.proto)."""
+    """The `CriteriaFold` of the wire's criteria into a `Filter`. An update with a criterion
+    the producer cannot take is refused whole, naming the criterion, so that a consumer never
+    believes a filter holds that does not (filters.proto)."""
 
-    def empty(self) -> Criteria:
-        """No criteria."""
-        return ()
+    def empty(self) -> Filter:
+        """No criteria: everything passes."""
+        return Filter()
 
-    def apply(self, filter: Criteria, criteria: Criteria) -> Criteria:
-        """`criteria` after `filter`'s; InvalidCriterion naming the first of no kind."""
-        for index, criterion in enumerate(criteria):
-            if betterproto2.which_one_of(criterion, "kind")[1] is None:
-                raise InvalidCriterion(
-                    f"filter criterion {index} has no kind set (a kind newer than this "
-                    "producer knows)"
-                )
-        return (*filter, *criteria)
+    def apply(self, filter: Filter, criteria: Criteria) -> Filter:
+        """`filter` after `criteria`, in order; InvalidCriterion naming the first it refuses."""
+        update = [c for index, wire in enumerate(criteria) for c in core_criteria(index, wire)]
+        return filter.updated(update)
+
+
+def refused_criterion(criteria: Criteria) -> int | None:
+    """The index of the first of `criteria` that `WireCriteria` refuses, if one is."""
+    for index, criterion in enumerate(criteria):
+        try:
+            core_criteria(index, criterion)
+        except InvalidCriterion:
+            return index
+    return None
+
+
+def consumer_passes(filter: Filter, records: Sequence[EventRecord]) -> list[EventRecord]:
+    """The records of `records` that the consumer's `filter` lets pass; the others need not
+    travel (the producer's own filter made placeholders of what it drops, before this)."""
+    if filter.empty:
+        return list(records)
+    return [r for r in records if filter.matches(_entity_id(r), r.tags)]
+
+
+def _entity_id(record: EventRecord) -> str:
+    # EventEnvelope.entity_id's rule, for a record: a replicated entity's id is the same at
+    # every replica (what lies between the first and the last "|").
+    rest = record.persistence_id.partition("|")[2]
+    return rest if record.replication is None else rest.rpartition("|")[0]
 
 
 def batch_messages(

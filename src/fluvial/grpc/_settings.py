@@ -130,14 +130,26 @@ class ChannelSettings:
     )
 
 
+# The HTTP/2 window of a whole connection, as large as HTTP/2 allows: grpclib's default (4 MiB,
+# the same as one stream's) lets one stream whose reader stopped take the whole connection's
+# window, and every other call on the channel stalls behind it. Each stream stays bounded by
+# its own window (grpclib's 4 MiB), so what a connection buffers is at most that per stream.
+_CONNECTION_WINDOW = 2**31 - 1
+
+
 def grpclib_configuration(
     keepalive: KeepAlive | None, *, server_name: str | None = None
 ) -> Configuration:
     """grpclib's configuration for `keepalive` (None: no pings from this side)."""
     if keepalive is None:
         # grpclib's server default pings every 2 hours; None must mean no pings at all.
-        return Configuration(_keepalive_time=None, ssl_target_name_override=server_name)
+        return Configuration(
+            _keepalive_time=None,
+            http2_connection_window_size=_CONNECTION_WINDOW,
+            ssl_target_name_override=server_name,
+        )
     return Configuration(
+        http2_connection_window_size=_CONNECTION_WINDOW,
         _keepalive_time=keepalive.interval,
         _keepalive_timeout=keepalive.timeout,
         _keepalive_permit_without_calls=keepalive.without_calls,

@@ -10,6 +10,7 @@ from fluvial.projection._handlers import GroupedExactlyOnce as GroupedExactlyOnc
 from fluvial.projection._handlers import RecoveryStrategy as RecoveryStrategy
 from fluvial.projection._runner import Projection as Projection
 from fluvial.projection._runner import serve_projection as serve_projection
+from fluvial.projection._shared import serve_shared_projection as serve_shared_projection
 from fluvial.projection._source import LocalJournalSources as LocalJournalSources
 from fluvial.projection._source_settings import SourceSettings as SourceSettings
 from fluvial.projection.api import Batch as Batch
@@ -36,4 +37,5 @@ __all__ = [
     "SourceProvider",
     "SourceSettings",
     "serve_projection",
+    "serve_shared_projection",
 ]

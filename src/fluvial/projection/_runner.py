@@ -150,9 +150,36 @@ async def serve_projection(
     restarts the instance with the backoff, logged with the projection, slices and cause.
     """
     slices = slices or SliceRange.all()
-    store = offsets if offsets is not None else _own_offset_store(source)
+    store = offsets if offsets is not None else own_offset_store(source)
+    await serve_owned(
+        source,
+        serializers,
+        projection,
+        slices,
+        store=store,
+        owner=new_owner(),
+        task_status=task_status,
+    )
+
+
+def new_owner() -> str:
+    """A lease owner's name no other instance has: host, process id, a random part."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+async def serve_owned(
+    source: Journal | SourceProvider,
+    serializers: SerializerRegistry,
+    projection: Projection[E, Any],
+    slices: SliceRange,
+    *,
+    store: OffsetStore[Any],
+    owner: str,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    """`serve_projection` with its store and its lease's `owner` given: the shared helper
+    (`_shared.py`) runs each range of one node under that node's name."""
     provider = source if _is_source_provider(source) else LocalJournalSources(source)
-    owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
     lease = await store.acquire_lease(
         projection.name,
         projection.entity_type,
@@ -178,7 +205,7 @@ def _is_source_provider(source: Journal | SourceProvider) -> TypeIs[SourceProvid
     return isinstance(source, SourceProvider) and callable(source.source)
 
 
-def _own_offset_store(source: object) -> OffsetStore[Any]:
+def own_offset_store(source: object) -> OffsetStore[Any]:
     if not isinstance(source, HasOffsetStore):
         raise UsageError(
             f"serve_projection: {type(source).__name__} keeps no offsets of its own "

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 
-class _Status:
+class Status:
     """A task status that remembers whether the task said it has started."""
 
     def __init__(self, inner: trio.TaskStatus[None]) -> None:
@@ -67,7 +67,7 @@ class Supervisor:
         *,
         task_status: trio.TaskStatus[None],
     ) -> None:
-        status = _Status(task_status)
+        status = Status(task_status)
         try:
             await function(*args, task_status=status)
         except Exception as exc:
