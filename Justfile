@@ -44,9 +44,11 @@ bench-postgres: setup
 proto: setup
     {{python}} proto/generate.py
 
-# The gRPC wire benchmarks: the event batch codec against betterproto2 messages per event.
+# The gRPC benchmarks: the event batch codec against betterproto2 messages per event; the
+# consumer's catch-up over loopback against the same projection over the local journal.
 bench-grpc: setup
     {{python}} benchmarks/bench_grpc_encoding.py
+    {{python}} benchmarks/bench_consumer.py
 
 # The demo: shopping carts on an embedded SQLite journal, with a projection following them.
 demo: setup
