@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
+import outcome
+import trio
 from msgspec.structs import replace
 
 from fluvial._wakeup import Signal
@@ -36,10 +38,17 @@ from fluvial.journal.postgres._event_rows import (
     event_from_row,
     unseen,
 )
+from fluvial.journal.postgres._group_commit import GroupCommit
 from fluvial.journal.postgres._offset_store import PostgresOffsetStore
 from fluvial.journal.postgres._pool import ConnectionPool
 from fluvial.journal.postgres._schema import check_schema_name, migrate
 from fluvial.journal.queries import by_slices_parameters
+from fluvial.nursery_errors import open_service_nursery
+
+# Group commit (see _group_commit.py): transactions of appends in flight at once, and the
+# appends one may hold.
+WRITERS = 2
+MAX_APPENDS_PER_TRANSACTION = 2000
 
 
 class PostgresJournal:
@@ -47,7 +56,7 @@ class PostgresJournal:
     number of processes, with projection offsets in the same schema (`offset_store()`); see
     `open_postgres_journal`."""
 
-    def __init__(self, pool: ConnectionPool, poll_interval: float) -> None:
+    def __init__(self, pool: ConnectionPool, poll_interval: float, schema: str) -> None:
         self._pool = pool
         self._poll_interval = poll_interval
         # Counts this process's appends: followers here wake at once, others poll.
@@ -55,6 +64,15 @@ class PostgresJournal:
         # This process's last timestamp: its next appends get later ones (see _event_rows.py).
         self._last_timestamp = 0
         self._offset_store: PostgresOffsetStore | None = None
+        self._group_commit = GroupCommit(
+            pool,
+            name=schema,
+            writers=WRITERS,
+            max_appends=MAX_APPENDS_PER_TRANSACTION,
+            floor=lambda: self._last_timestamp + 1,
+            stamped=self._stamped,
+            committed=self._appends.notify,
+        )
 
     def offset_store(self) -> PostgresOffsetStore:
         """The journal's offset store, in its schema, on the database server's clock (the same
@@ -68,13 +86,21 @@ class PostgresJournal:
         """See `Journal.append`."""
         check_append_batch(events)
         if not events:
+            await trio.lowlevel.checkpoint()
             return []
-        first = await self._pool.run(
-            functools.partial(
-                _event_rows.append_events, events=events, floor=self._last_timestamp + 1
-            )
-        )
-        return self._appended_at(events, first)
+        return await self._group_commit.append(events)
+
+    def append_soon(
+        self,
+        events: Sequence[EventRecord],
+        on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
+    ) -> None:
+        """See `AppendSoon.append_soon`: the entity runtime's way in, no task parked."""
+        check_append_batch(events)
+        if not events:
+            on_done(outcome.Value([]))
+            return
+        self._group_commit.append_soon(events, on_done)
 
     async def write_from_elsewhere(
         self, events: Sequence[EventRecord]
@@ -95,12 +121,17 @@ class PostgresJournal:
         ]
 
     def _appended_at(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
+        stamped = self._stamped(events, first)
+        self._appends.notify()
+        return stamped
+
+    def _stamped(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
+        """`events` as stored from timestamp `first` on; later appends get later ones."""
         stamped = [
             replace(e, timestamp=first + i, write_timestamp=e.write_timestamp or first + i)
             for i, e in enumerate(events)
         ]
         self._last_timestamp = max(self._last_timestamp, stamped[-1].timestamp)
-        self._appends.notify()
         return stamped
 
     async def read_events(
@@ -241,6 +272,13 @@ async def _open(
 ) -> AsyncIterator[PostgresJournal]:
     try:
         await pool.run(functools.partial(migrate, schema=schema))
-        yield PostgresJournal(pool, poll_interval)
+        journal = PostgresJournal(pool, poll_interval, schema)
+        async with open_service_nursery() as nursery:
+            await nursery.start(journal._group_commit.serve)
+            try:
+                yield journal
+            finally:
+                # The appends taken or waiting commit, and their callers are answered.
+                journal._group_commit.close()
     finally:
         await pool.aclose()

@@ -1,0 +1,164 @@
+"""The transaction of a group commit: the appends of many entities in one statement, each
+checked on its own, each answered on its own. Runs whole in a pool worker thread.
+
+One statement (its own transaction in autocommit, one round trip) inserts the rows of every
+append whose first seq nr follows its entity's highest stored one, and says which appends
+those were; the others stored nothing and are told why (conflict or gap) from one more read.
+That check sees what was committed when the statement began. A writer elsewhere that commits
+one of the seq nrs in between makes the statement fail on the primary key, storing nothing of
+the batch: the batch is then run again with a savepoint around each append, so that only the
+appends that collide fail (`JournalConflict`), as does any append the server refuses for its
+own rows (a bad value) while the others commit. Nothing stored is ever overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import LiteralString
+
+import outcome
+import psycopg
+
+from fluvial.core.records import EventRecord
+from fluvial.journal.api import JournalConflict, JournalGap
+from fluvial.journal.postgres._event_rows import Connection, append_events, tags_json
+
+# The rows go as arrays, one element per event, `append_no` the place of its append in the
+# batch (1-based); the first event of each append is checked against its entity's stored
+# events. A statement sees neither its own inserts nor later commits, so every row of one
+# append passes or fails together.
+_INSERT_BATCH: LiteralString = """
+WITH clock AS (
+    SELECT greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint, %(floor)s)
+        AS first
+), follows AS (
+    SELECT f.append_no FROM unnest(%(first_pid)s::text[], %(first_seq_nr)s::bigint[])
+        WITH ORDINALITY AS f(pid, seq_nr, append_no)
+    WHERE (SELECT coalesce(max(j.seq_nr), 0) FROM event_journal j
+        WHERE j.persistence_id = f.pid) = f.seq_nr - 1
+), stored AS (
+    INSERT INTO event_journal (persistence_id, seq_nr, entity_type, slice, db_timestamp,
+        write_timestamp, tags, manifest, ser_version, payload, origin_replica, origin_seq_nr,
+        version_vector)
+    SELECT e.pid, e.seq_nr, e.entity_type, e.slice, clock.first + e.n - 1, e.written,
+        e.tags::jsonb, e.manifest, e.ser_version, e.payload, e.origin, e.origin_seq_nr, e.vv
+    FROM clock, unnest(%(append_no)s::integer[], %(pid)s::text[], %(seq_nr)s::bigint[],
+        %(entity_type)s::text[], %(slice)s::integer[], %(written)s::bigint[],
+        %(tags)s::text[], %(manifest)s::text[], %(ser_version)s::integer[],
+        %(payload)s::bytea[], %(origin)s::text[], %(origin_seq_nr)s::bigint[], %(vv)s::text[])
+        WITH ORDINALITY AS e(append_no, pid, seq_nr, entity_type, slice, written, tags,
+            manifest, ser_version, payload, origin, origin_seq_nr, vv, n)
+    WHERE e.append_no IN (SELECT append_no FROM follows)
+    RETURNING 1
+)
+SELECT (SELECT first FROM clock), array(SELECT append_no FROM follows),
+    (SELECT count(*) FROM stored)
+"""
+_HIGHEST_OF_EACH: LiteralString = (
+    "SELECT persistence_id, max(seq_nr) FROM event_journal "
+    "WHERE persistence_id = ANY(%s) GROUP BY persistence_id"
+)
+
+AppendOutcome = outcome.Outcome[int]
+
+
+def commit_appends(
+    conn: Connection, appends: Sequence[Sequence[EventRecord]], floor: int
+) -> list[AppendOutcome]:
+    """Append each of `appends` (one entity's consecutive events each, no entity twice) if it
+    follows its entity's stored events, in one transaction; per append, the timestamp of its
+    first event or the error that refused it (JournalConflict, JournalGap, or the server's
+    own for rows it cannot store), with nothing of a refused append stored.
+
+    Timestamps are at least `floor` and increase along the batch (row `i` gets first + i):
+    one entity's events are in seq nr order.
+    """
+    try:
+        return _in_one_statement(conn, appends, floor)
+    except psycopg.Error:
+        if conn.broken:
+            raise  # nothing to answer from here: the pool says PostgresUnavailable
+        # A seq nr committed elsewhere since the check, or a row the server refuses: the
+        # statement stored nothing. Find out whose it is by running each alone.
+        return _one_savepoint_each(conn, appends, floor)
+
+
+def _in_one_statement(
+    conn: Connection, appends: Sequence[Sequence[EventRecord]], floor: int
+) -> list[AppendOutcome]:
+    rows = [(number, e) for number, events in enumerate(appends, 1) for e in events]
+    payloads = [e.payload for _, e in rows]
+    replications = [e.replication for _, e in rows]
+    result = conn.execute(
+        _INSERT_BATCH,
+        {
+            "floor": floor,
+            "first_pid": [events[0].persistence_id for events in appends],
+            "first_seq_nr": [events[0].seq_nr for events in appends],
+            "append_no": [number for number, _ in rows],
+            "pid": [e.persistence_id for _, e in rows],
+            "seq_nr": [e.seq_nr for _, e in rows],
+            "entity_type": [e.entity_type for _, e in rows],
+            "slice": [e.slice for _, e in rows],
+            "written": [e.write_timestamp or None for _, e in rows],
+            "tags": [tags_json(e.tags) for _, e in rows],
+            "manifest": [p.manifest if p else None for p in payloads],
+            "ser_version": [p.version if p else None for p in payloads],
+            "payload": [p.data if p else None for p in payloads],
+            "origin": [r.origin_replica if r else None for r in replications],
+            "origin_seq_nr": [r.origin_seq_nr if r else None for r in replications],
+            "vv": [r.version_vector.to_json() if r else None for r in replications],
+        },
+    ).fetchone()
+    assert result is not None
+    first, followed, _ = result
+    stored = set(followed)
+    outcomes: list[AppendOutcome] = []
+    refused: list[tuple[int, Sequence[EventRecord]]] = []
+    offset = 0
+    for number, events in enumerate(appends, 1):
+        if number in stored:
+            outcomes.append(outcome.Value(int(first) + offset))
+        else:
+            outcomes.append(outcome.Value(0))  # replaced below
+            refused.append((number - 1, events))
+        offset += len(events)
+    if refused:
+        # Why each stored nothing (the highest seq nr only grows, so a read after the commit
+        # is right about a taken seq nr; a gap it may see filled since, and a retry succeeds).
+        highest = dict(
+            conn.execute(
+                _HIGHEST_OF_EACH, (sorted({events[0].persistence_id for _, events in refused}),)
+            ).fetchall()
+        )
+        for index, events in refused:
+            pid, seq_nr = events[0].persistence_id, events[0].seq_nr
+            stored_up_to = int(highest.get(pid, 0))
+            error: Exception = (
+                JournalConflict(pid, seq_nr)
+                if seq_nr <= stored_up_to
+                else JournalGap(pid, seq_nr, stored_up_to)
+            )
+            outcomes[index] = outcome.Error(error)
+    return outcomes
+
+
+def _one_savepoint_each(
+    conn: Connection, appends: Sequence[Sequence[EventRecord]], floor: int
+) -> list[AppendOutcome]:
+    outcomes: list[AppendOutcome] = []
+    with conn.transaction():
+        for events in appends:
+            try:
+                with conn.transaction():  # a savepoint: a refused append undoes only itself
+                    first = append_events(conn, events, floor)
+            except (JournalConflict, JournalGap) as exc:
+                outcomes.append(outcome.Error(exc))
+            except psycopg.Error as exc:
+                if conn.broken:
+                    raise  # the pool says PostgresUnavailable, for the whole batch
+                outcomes.append(outcome.Error(exc))  # the server refused this append's rows
+            else:
+                outcomes.append(outcome.Value(first))
+                floor = first + len(events)
+    return outcomes
