@@ -126,7 +126,7 @@ def _in_one_statement(
     if refused:
         # Why each stored nothing (the highest seq nr only grows, so a read after the commit
         # is right about a taken seq nr; a gap it may see filled since, and a retry succeeds).
-        highest = dict(
+        highest: dict[str, int] = dict(
             conn.execute(
                 _HIGHEST_OF_EACH, (sorted({events[0].persistence_id for _, events in refused}),)
             ).fetchall()
