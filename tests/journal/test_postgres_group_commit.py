@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import trio
 
-from fluvial.core.ids import SliceRange
+from fluvial.core.ids import PersistenceId, SliceRange
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
 from fluvial.entity import open_entities
@@ -144,6 +144,32 @@ async def test_a_row_the_server_refuses_fails_only_its_own_append(postgres_schem
         for pid in others:
             assert await read_all(journal, pid) == list(answered[f"{pid}#1"].unwrap())
         assert await read_all(journal, refused) == []
+
+
+async def test_what_the_batch_carries_comes_back_unchanged(postgres_schema: str) -> None:
+    """The batch goes to the server as JSON: text beyond ASCII, tags, any payload bytes."""
+    pids = [PersistenceId("Pg", name) for name in ("caf\u00e9", '\U0001f600 "quoted" \\', "plain")]
+    batches = [
+        [
+            EventRecord(
+                persistence_id=str(pid),
+                seq_nr=seq_nr,
+                entity_type=pid.entity_type,
+                slice=pid.slice,
+                tags=frozenset({"t\u00e9", "b"}) if seq_nr == 1 else frozenset(),
+                payload=SerializedPayload("m\u00e4nifest", 7, bytes(range(256)) * seq_nr),
+            )
+            for seq_nr in (1, 2)
+        ]
+        for pid in pids
+    ]
+    async with open_postgres_journal(DSN, schema=postgres_schema) as journal:
+        answered = _append_all_at_once(journal, batches)
+        await answered.all()
+        for pid, batch in zip(pids, batches, strict=True):
+            stored = await read_all(journal, pid)
+            assert stored == list(answered[f"{pid}#1"].unwrap())
+            assert [(r.tags, r.payload) for r in stored] == [(e.tags, e.payload) for e in batch]
 
 
 async def test_one_entitys_appends_made_at_once_commit_in_order(postgres_schema: str) -> None:

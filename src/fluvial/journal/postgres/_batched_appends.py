@@ -16,48 +16,58 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import LiteralString
 
+import msgspec
 import outcome
 import psycopg
 
 from fluvial.core.records import EventRecord
 from fluvial.journal.api import JournalConflict, JournalGap
-from fluvial.journal.postgres._event_rows import Connection, append_events, tags_json
+from fluvial.journal.postgres._event_rows import Connection, append_events
 
-# The rows go as arrays, one element per event, `append_no` the place of its append in the
-# batch (1-based); the first event of each append is checked against its entity's stored
-# events. A statement sees neither its own inserts nor later commits, so every row of one
-# append passes or fails together.
+# The rows go as one JSON array of arrays, one per event: [append_no (the place of its append
+# in the batch, 1-based), first (1 for an append's first event), pid, seq_nr, entity_type,
+# slice, write_timestamp, tags (an array or null), manifest, ser_version, payload (base64),
+# origin_replica, origin_seq_nr, version_vector]. psycopg dumps a Python list as an array in
+# Python, ~60 ms for the 13 arrays of 1,000 events, half the group commit's time; msgspec
+# writes the JSON in C, and the server reads it in ~2 ms. The first event of each append is
+# checked against its entity's stored events; a statement sees neither its own inserts nor
+# later commits, so all rows of one append pass or fail together.
 _INSERT_BATCH: LiteralString = """
 WITH clock AS (
     SELECT greatest((extract(epoch FROM clock_timestamp()) * 1000000)::bigint, %(floor)s)
         AS first
+), e AS (
+    SELECT (r->>0)::integer AS append_no, (r->>1)::integer AS first, r->>2 AS pid,
+        (r->>3)::bigint AS seq_nr, r->>4 AS entity_type, (r->>5)::integer AS slice,
+        (r->>6)::bigint AS written, nullif(r->7, 'null') AS tags, r->>8 AS manifest,
+        (r->>9)::integer AS ser_version, decode(r->>10, 'base64') AS payload,
+        r->>11 AS origin, (r->>12)::bigint AS origin_seq_nr, r->>13 AS vv, n
+    FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS x(r, n)
 ), follows AS (
-    SELECT f.append_no FROM unnest(%(first_pid)s::text[], %(first_seq_nr)s::bigint[])
-        WITH ORDINALITY AS f(pid, seq_nr, append_no)
-    WHERE (SELECT coalesce(max(j.seq_nr), 0) FROM event_journal j
-        WHERE j.persistence_id = f.pid) = f.seq_nr - 1
+    SELECT e.append_no FROM e
+    WHERE e.first = 1 AND (SELECT coalesce(max(j.seq_nr), 0) FROM event_journal j
+        WHERE j.persistence_id = e.pid) = e.seq_nr - 1
 ), stored AS (
     INSERT INTO event_journal (persistence_id, seq_nr, entity_type, slice, db_timestamp,
         write_timestamp, tags, manifest, ser_version, payload, origin_replica, origin_seq_nr,
         version_vector)
     SELECT e.pid, e.seq_nr, e.entity_type, e.slice, clock.first + e.n - 1, e.written,
-        e.tags::jsonb, e.manifest, e.ser_version, e.payload, e.origin, e.origin_seq_nr, e.vv
-    FROM clock, unnest(%(append_no)s::integer[], %(pid)s::text[], %(seq_nr)s::bigint[],
-        %(entity_type)s::text[], %(slice)s::integer[], %(written)s::bigint[],
-        %(tags)s::text[], %(manifest)s::text[], %(ser_version)s::integer[],
-        %(payload)s::bytea[], %(origin)s::text[], %(origin_seq_nr)s::bigint[], %(vv)s::text[])
-        WITH ORDINALITY AS e(append_no, pid, seq_nr, entity_type, slice, written, tags,
-            manifest, ser_version, payload, origin, origin_seq_nr, vv, n)
+        e.tags, e.manifest, e.ser_version, e.payload, e.origin, e.origin_seq_nr, e.vv
+    FROM clock, e
     WHERE e.append_no IN (SELECT append_no FROM follows)
     RETURNING 1
 )
 SELECT (SELECT first FROM clock), array(SELECT append_no FROM follows),
     (SELECT count(*) FROM stored)
 """
+_encode_json = msgspec.json.Encoder().encode
 _HIGHEST_OF_EACH: LiteralString = (
     "SELECT persistence_id, max(seq_nr) FROM event_journal "
     "WHERE persistence_id = ANY(%s) GROUP BY persistence_id"
 )
+
+_NO_PAYLOAD = (None, None, None)
+_NO_REPLICATION = (None, None, None)
 
 AppendOutcome = outcome.Outcome[int]
 
@@ -81,34 +91,48 @@ def commit_appends(
         # A seq nr committed elsewhere since the check, or a row the server refuses: the
         # statement stored nothing. Find out whose it is by running each alone.
         return _one_savepoint_each(conn, appends, floor)
+    except (msgspec.EncodeError, UnicodeError):
+        # A string JSON cannot carry (a lone surrogate): nothing was sent; each alone tells.
+        return _one_savepoint_each(conn, appends, floor)
 
 
 def _in_one_statement(
     conn: Connection, appends: Sequence[Sequence[EventRecord]], floor: int
 ) -> list[AppendOutcome]:
-    rows = [(number, e) for number, events in enumerate(appends, 1) for e in events]
-    payloads = [e.payload for _, e in rows]
-    replications = [e.replication for _, e in rows]
+    rows: list[tuple[object, ...]] = []
+    for number, events in enumerate(appends, 1):
+        first_row = 1
+        for e in events:
+            payload, replication = e.payload, e.replication
+            rows.append(
+                (
+                    number,
+                    first_row,
+                    e.persistence_id,
+                    e.seq_nr,
+                    e.entity_type,
+                    e.slice,
+                    e.write_timestamp or None,
+                    sorted(e.tags) if e.tags else None,
+                    *(
+                        (payload.manifest, payload.version, payload.data)
+                        if payload
+                        else _NO_PAYLOAD
+                    ),
+                    *(
+                        (
+                            replication.origin_replica,
+                            replication.origin_seq_nr,
+                            replication.version_vector.to_json(),
+                        )
+                        if replication
+                        else _NO_REPLICATION
+                    ),
+                )
+            )
+            first_row = 0
     result = conn.execute(
-        _INSERT_BATCH,
-        {
-            "floor": floor,
-            "first_pid": [events[0].persistence_id for events in appends],
-            "first_seq_nr": [events[0].seq_nr for events in appends],
-            "append_no": [number for number, _ in rows],
-            "pid": [e.persistence_id for _, e in rows],
-            "seq_nr": [e.seq_nr for _, e in rows],
-            "entity_type": [e.entity_type for _, e in rows],
-            "slice": [e.slice for _, e in rows],
-            "written": [e.write_timestamp or None for _, e in rows],
-            "tags": [tags_json(e.tags) for _, e in rows],
-            "manifest": [p.manifest if p else None for p in payloads],
-            "ser_version": [p.version if p else None for p in payloads],
-            "payload": [p.data if p else None for p in payloads],
-            "origin": [r.origin_replica if r else None for r in replications],
-            "origin_seq_nr": [r.origin_seq_nr if r else None for r in replications],
-            "vv": [r.version_vector.to_json() if r else None for r in replications],
-        },
+        _INSERT_BATCH, {"floor": floor, "rows": _encode_json(rows).decode()}
     ).fetchone()
     assert result is not None
     first, followed, _ = result
