@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import trio
@@ -52,7 +52,7 @@ RAW_COPY = f"COPY event_journal ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = ["text", "int8", "text", "int4", "int8", "text", "int4", "bytea"]
 
 
-class JournalUnderBench(Journal, SnapshotStore):
+class JournalUnderBench(Journal, SnapshotStore, Protocol):
     """What the entity runtime is given."""
 
 
