@@ -19,10 +19,16 @@ from typing import LiteralString
 import msgspec
 import outcome
 import psycopg
+from msgspec.structs import replace
 
 from fluvial.core.records import EventRecord
 from fluvial.journal.api import JournalConflict, JournalGap
-from fluvial.journal.postgres._event_rows import Connection, append_events
+from fluvial.journal.postgres._event_rows import (
+    EVENT_COLUMNS,
+    Connection,
+    append_events,
+    event_from_row,
+)
 
 # The rows go as one JSON array of arrays, one per event: [append_no (the place of its append
 # in the batch, 1-based), first (1 for an append's first event), pid, seq_nr, entity_type,
@@ -73,7 +79,11 @@ AppendOutcome = outcome.Outcome[int]
 
 
 def commit_appends(
-    conn: Connection, appends: Sequence[Sequence[EventRecord]], floor: int
+    conn: Connection,
+    appends: Sequence[Sequence[EventRecord]],
+    floor: int,
+    *,
+    read_back: bool = False,
 ) -> list[AppendOutcome]:
     """Append each of `appends` (one entity's consecutive events each, no entity twice) if it
     follows its entity's stored events, in one transaction; per append, the timestamp of its
@@ -82,7 +92,42 @@ def commit_appends(
 
     Timestamps are at least `floor` and increase along the batch (row `i` gets first + i):
     one entity's events are in seq nr order.
+
+    `read_back`: the batch ran before and its connection broke, so it may have committed. Run
+    again, the check refuses every append that did (nothing is stored twice); those refused
+    as a conflict whose stored events are exactly theirs are answered as stored, with the
+    stored timestamps.
     """
+    outcomes = _commit(conn, appends, floor)
+    if read_back:
+        for index, (events, result) in enumerate(zip(appends, outcomes, strict=True)):
+            if isinstance(result, outcome.Error) and isinstance(result.error, JournalConflict):
+                outcomes[index] = _stored_before(conn, events) or result
+    return outcomes
+
+
+def _stored_before(conn: Connection, events: Sequence[EventRecord]) -> AppendOutcome | None:
+    """The first timestamp of `events` if they are stored exactly (stamped as this journal
+    stamps them), else None."""
+    rows = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM event_journal WHERE persistence_id = %s "
+        "AND seq_nr BETWEEN %s AND %s ORDER BY seq_nr",
+        (events[0].persistence_id, events[0].seq_nr, events[-1].seq_nr),
+    ).fetchall()
+    stored = [event_from_row(row) for row in rows]
+    if len(stored) != len(events):
+        return None
+    first = stored[0].timestamp
+    stamped = [
+        replace(e, timestamp=first + i, write_timestamp=e.write_timestamp or first + i)
+        for i, e in enumerate(events)
+    ]
+    return outcome.Value(first) if stamped == stored else None
+
+
+def _commit(
+    conn: Connection, appends: Sequence[Sequence[EventRecord]], floor: int
+) -> list[AppendOutcome]:
     try:
         return _in_one_statement(conn, appends, floor)
     except psycopg.Error:

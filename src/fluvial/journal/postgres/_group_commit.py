@@ -32,7 +32,7 @@ from fluvial._wakeup import SingleWaiter
 from fluvial.core.records import EventRecord
 from fluvial.journal.api import JournalClosed
 from fluvial.journal.postgres._batched_appends import commit_appends
-from fluvial.journal.postgres._pool import ConnectionPool
+from fluvial.journal.postgres._pool import ConnectionPool, OutcomeUnknown
 
 log = logging.getLogger("fluvial.journal")
 
@@ -185,18 +185,27 @@ class GroupCommit:
             # Shielded: once taken, a batch runs to its end and every caller is answered
             # (closing the journal waits for it).
             with trio.CancelScope(shield=True):
+                appends = [pending.events for pending in batch]
                 result = await outcome.acapture(
-                    self._pool.run,
-                    _Transaction([pending.events for pending in batch], self._floor()),
+                    self._pool.run, _Transaction(appends, self._floor())
                 )
+                if isinstance(result, outcome.Error) and isinstance(result.error, OutcomeUnknown):
+                    # The connection broke mid-commit: run it again, answering those that
+                    # had committed by reading them back (never storing anything twice).
+                    result = await outcome.acapture(
+                        self._pool.run,
+                        _Transaction(appends, self._floor(), read_back=True),
+                        idempotent=True,
+                    )
         finally:
             for pending in batch:
                 self._in_flight.discard(pending.events[0].persistence_id)
         if isinstance(result, outcome.Error):
-            # The transaction as a whole failed (the server is unreachable): every append of
-            # the batch shares the error.
+            # The transaction as a whole failed (the server unreachable for longer than the
+            # pool retries): every append of the batch shares the error, PostgresUnavailable
+            # (may have committed: the entity runtime reloads before its next command).
             for pending in batch:
-                self._answer(pending, result)
+                self._answer(pending, outcome.Error(result.error))  # an outcome is used once
             return
         stored_any = False
         for pending, first in zip(batch, result.unwrap(), strict=True):
@@ -223,11 +232,14 @@ class GroupCommit:
 class _Transaction:
     """What the pool runs for one group commit (a picklable partial, not a closure)."""
 
-    __slots__ = ("appends", "floor")
+    __slots__ = ("appends", "floor", "read_back")
 
-    def __init__(self, appends: list[Sequence[EventRecord]], floor: int) -> None:
+    def __init__(
+        self, appends: list[Sequence[EventRecord]], floor: int, *, read_back: bool = False
+    ) -> None:
         self.appends = appends
         self.floor = floor
+        self.read_back = read_back
 
     def __call__(self, conn: Any) -> list[outcome.Outcome[int]]:
-        return commit_appends(conn, self.appends, self.floor)
+        return commit_appends(conn, self.appends, self.floor, read_back=self.read_back)

@@ -109,10 +109,13 @@ class PostgresJournal:
         check_from_elsewhere(events)
         if not events:
             return []
+        # Idempotent: run again after a lost connection, what the first run stored is
+        # answered EventAlreadyStored.
         decision, first = await self._pool.run(
             functools.partial(
                 _event_rows.write_from_elsewhere, events=events, floor=self._last_timestamp + 1
-            )
+            ),
+            idempotent=True,
         )
         stamped = iter(self._appended_at(decision.stored, first) if decision.stored else [])
         return [
@@ -147,7 +150,7 @@ class PostgresJournal:
             ).fetchall()
             return [event_from_row(row) for row in rows]
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     async def highest_seq_nr(self, persistence_id: str) -> int:
         """See `Journal.highest_seq_nr`."""
@@ -156,7 +159,7 @@ class PostgresJournal:
             row = conn.execute(HIGHEST_SEQ_NR, (persistence_id,)).fetchone()
             return int(row[0]) if row else 0
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     async def read_events_by_slices(
         self,
@@ -184,7 +187,7 @@ class PostgresJournal:
             rows = conn.execute(EVENTS_BY_SLICES.format(columns=columns), parameters).fetchall()
             return unseen(after, [event_from_row(row) for row in rows], limit)
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
         """See `Journal.load_event`."""
@@ -197,7 +200,7 @@ class PostgresJournal:
             ).fetchone()
             return None if row is None else event_from_row(row)
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     def append_count(self) -> int:
         """See `Journal.append_count`."""
@@ -211,7 +214,8 @@ class PostgresJournal:
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
         """See `SnapshotStore.save_snapshot`."""
         await self._pool.run(
-            functools.partial(_snapshots.save_snapshot, snapshot=snapshot, keep=keep)
+            functools.partial(_snapshots.save_snapshot, snapshot=snapshot, keep=keep),
+            idempotent=True,  # an upsert: a second run stores the same
         )
 
     async def load_snapshot(
@@ -221,7 +225,8 @@ class PostgresJournal:
         return await self._pool.run(
             functools.partial(
                 _snapshots.load_snapshot, persistence_id=persistence_id, max_seq_nr=max_seq_nr
-            )
+            ),
+            idempotent=True,
         )
 
     async def read_snapshots_by_slices(
@@ -235,7 +240,8 @@ class PostgresJournal:
                 slices=slices,
                 after=after,
                 limit=limit,
-            )
+            ),
+            idempotent=True,
         )
 
 
@@ -246,6 +252,7 @@ def open_postgres_journal(
     pool_size: int = 8,
     poll_interval: float = 0.5,
     connect_timeout: float = 10.0,
+    retry_for: float = 10.0,
 ) -> AbstractAsyncContextManager[PostgresJournal]:
     """Open the PostgreSQL journal (and snapshot store) in `schema` of the database at `dsn`
     (a libpq connection string or URI, such as ``postgresql://user@host:5432/db``).
@@ -254,15 +261,20 @@ def open_postgres_journal(
     PostgresSchemaTooNew for a schema of a newer fluvial (changing nothing) and
     PostgresUnavailable when the server cannot be reached within `connect_timeout` seconds.
     At most `pool_size` connections run calls at a time; `poll_interval` is how often
-    `wait_for_new_events` looks for other processes' commits. Arguments that cannot work
-    raise UsageError here.
+    `wait_for_new_events` looks for other processes' commits. A call that loses the server
+    retries with backoff for up to `retry_for` seconds, then raises PostgresUnavailable
+    (docs/postgres.md, "Faults"). Arguments that cannot work raise UsageError here.
     """
     check_schema_name(schema)
     if pool_size < 1:
         raise UsageError(f"pool_size must be at least 1, not {pool_size}")
     if poll_interval <= 0 or connect_timeout <= 0:
         raise UsageError("poll_interval and connect_timeout must be positive seconds")
-    pool = ConnectionPool(dsn, schema, pool_size, connect_timeout=connect_timeout)
+    if not retry_for >= 0 or retry_for == float("inf"):
+        raise UsageError(f"retry_for must be seconds, 0 or more and finite, not {retry_for}")
+    pool = ConnectionPool(
+        dsn, schema, pool_size, connect_timeout=connect_timeout, retry_for=retry_for
+    )
     return _open(pool, schema, poll_interval)
 
 
@@ -271,7 +283,7 @@ async def _open(
     pool: ConnectionPool, schema: str, poll_interval: float
 ) -> AsyncIterator[PostgresJournal]:
     try:
-        await pool.run(functools.partial(migrate, schema=schema))
+        await pool.run(functools.partial(migrate, schema=schema), retry=False)
         journal = PostgresJournal(pool, poll_interval, schema)
         async with open_service_nursery() as nursery:
             await nursery.start(journal._group_commit.serve)
