@@ -39,7 +39,7 @@ from fluvial.journal.postgres import open_postgres_journal
 from fluvial.journal.sqlite._journal import open_sqlite_journal
 
 DSN = os.environ.get("FLUVIAL_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-SCHEMA = "bench_journal"
+SCHEMA = f"bench_journal_{os.getpid()}"  # its own: other runs may share the server
 SEQUENTIAL = 1_000
 ENTITIES = 1_000
 ROUNDS = 5  # appends (or commands) per entity in the concurrent shapes

@@ -230,7 +230,7 @@ class GroupCommit:
 
 
 class _Transaction:
-    """What the pool runs for one group commit (a picklable partial, not a closure)."""
+    """What the pool runs for one group commit."""
 
     __slots__ = ("appends", "floor", "read_back")
 

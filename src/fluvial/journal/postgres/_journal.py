@@ -1,8 +1,9 @@
 """The PostgreSQL journal and snapshot store, on a pool of psycopg connections.
 
-The transactions live by job (event rows and appends in _event_rows.py, snapshots in
-_snapshots.py); this class runs them on the pool and tells waiting followers what this process
-committed. Other processes' commits are found by polling (`poll_interval`).
+The transactions live by job (event rows in _event_rows.py, the group commit of appends in
+_group_commit.py and _batched_appends.py, snapshots in _snapshots.py); this class runs them on
+the pool and tells waiting followers what this process committed. Other processes' commits
+are found by polling (`poll_interval`).
 """
 
 from __future__ import annotations
