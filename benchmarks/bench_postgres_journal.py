@@ -128,9 +128,11 @@ async def _journal_appends(run: str) -> tuple[float, float]:
             await journal.append([record])
         sequential = SEQUENTIAL / (time.perf_counter() - started)
 
+        rows = _concurrent_rows(f"{run}-conc")  # made before the clock starts, as for raw
+
         async def entity(n: int) -> None:
-            for seq_nr in range(1, ROUNDS + 1):
-                await journal.append([_event(n, seq_nr, f"{run}-conc")])
+            for seq_nr in range(ROUNDS):
+                await journal.append([rows[seq_nr][n]])
 
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
