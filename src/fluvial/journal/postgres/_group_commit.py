@@ -32,7 +32,8 @@ from fluvial._wakeup import SingleWaiter
 from fluvial.core.records import EventRecord
 from fluvial.journal.api import JournalClosed
 from fluvial.journal.postgres._batched_appends import commit_appends
-from fluvial.journal.postgres._pool import ConnectionPool, OutcomeUnknown
+from fluvial.journal.postgres._errors import PostgresOutcomeUnknown
+from fluvial.journal.postgres._pool import ConnectionPool
 
 log = logging.getLogger("fluvial.journal")
 
@@ -189,7 +190,9 @@ class GroupCommit:
                 result = await outcome.acapture(
                     self._pool.run, _Transaction(appends, self._floor())
                 )
-                if isinstance(result, outcome.Error) and isinstance(result.error, OutcomeUnknown):
+                if isinstance(result, outcome.Error) and isinstance(
+                    result.error, PostgresOutcomeUnknown
+                ):
                     # The connection broke mid-commit: run it again, answering those that
                     # had committed by reading them back (never storing anything twice).
                     result = await outcome.acapture(

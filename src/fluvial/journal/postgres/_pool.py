@@ -11,7 +11,7 @@ Faults: a call whose connection cannot be opened did nothing, so it is tried aga
 0.05 s, 0.1 s, ... up to 1 s apart, until `retry_for` seconds have passed since its first
 failure, then raises PostgresUnavailable. A call whose connection breaks while its work runs
 is tried again only if the work says it is `idempotent` (reads, snapshot upserts, events from
-elsewhere: their second run answers the same); any other raises `OutcomeUnknown`, since the
+elsewhere: their second run answers the same); any other raises `PostgresOutcomeUnknown`, since the
 server may have committed it: the group commit answers those by reading back
 (_group_commit.py).
 """
@@ -25,21 +25,13 @@ import psycopg
 import trio
 
 from fluvial.journal.api import JournalClosed
-from fluvial.journal.postgres._errors import PostgresUnavailable
+from fluvial.journal.postgres._errors import PostgresOutcomeUnknown, PostgresUnavailable
 
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
-
-
-class OutcomeUnknown(PostgresUnavailable):
-    """The connection broke while the work ran: the server may or may not have committed it."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.add_note("the connection broke during the call: it may or may not have committed")
 
 
 class _NotConnected(Exception):
@@ -70,7 +62,7 @@ class ConnectionPool:
     ) -> T:
         """`work(connection)` in a worker thread; every error of the work comes out as itself,
         except the connection's: retried as the module says, then PostgresUnavailable (or
-        OutcomeUnknown). `retry=False`: no retries (opening the journal fails fast)."""
+        PostgresOutcomeUnknown). `retry=False`: no retries (opening the journal fails fast)."""
         deadline: float | None = None
         backoff = _FIRST_BACKOFF
         while True:
@@ -79,7 +71,7 @@ class ConnectionPool:
             except _NotConnected as exc:
                 failure: PostgresUnavailable = PostgresUnavailable(str(exc))
                 failure.__cause__ = exc.cause
-            except OutcomeUnknown as exc:
+            except PostgresOutcomeUnknown as exc:
                 if not idempotent:
                     raise
                 failure = exc
@@ -116,7 +108,7 @@ class ConnectionPool:
             self._give_back(conn)  # a broken one is closed, not given back
             if not conn.broken:
                 raise  # the server refused this work (a deadlock, a timeout): as itself
-            raise OutcomeUnknown(str(exc).strip()) from exc
+            raise PostgresOutcomeUnknown(str(exc).strip()) from exc
         except BaseException:
             self._give_back(conn)
             raise
