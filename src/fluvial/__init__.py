@@ -17,7 +17,7 @@ from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError
 from fluvial.core.filters import EntityReplay as EntityReplay
 from fluvial.core.filters import Filter as Filter
-from fluvial.core.filters import FilterUpdate as FilterUpdate
+from fluvial.core.filters import FilterCriteriaUpdate as FilterCriteriaUpdate
 from fluvial.core.filters import FilterVerdict as FilterVerdict
 from fluvial.core.filters import InvalidFilterData as InvalidFilterData
 from fluvial.core.filters import evaluate as evaluate
@@ -160,8 +160,8 @@ __all__ = [
     "ExcludeRegexEntityIds",
     "ExcludeTags",
     "Filter",
+    "FilterCriteriaUpdate",
     "FilterCriterion",
-    "FilterUpdate",
     "FilterVerdict",
     "FirstSight",
     "FluvialError",

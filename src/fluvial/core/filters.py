@@ -58,7 +58,7 @@ from fluvial.core.filters_regexes import RegexMatcher
 from fluvial.core.records import EventEnvelope
 from fluvial.core.topics import TopicMatcher
 
-FilterUpdate = FilterCriterion | Iterable[FilterCriterion]
+FilterCriteriaUpdate = FilterCriterion | Iterable[FilterCriterion]
 """What `Filter.updated` takes: one criterion, or criteria applied in order."""
 
 
@@ -195,11 +195,11 @@ class Filter:
         object.__setattr__(self, "_compiled", _Compiled(self))
 
     @classmethod
-    def of(cls, update: FilterUpdate) -> Filter:
+    def of(cls, update: FilterCriteriaUpdate) -> Filter:
         """The filter that `update` makes of no criteria: `Filter().updated(update)`."""
         return cls().updated(update)
 
-    def updated(self, update: FilterUpdate) -> Filter:
+    def updated(self, update: FilterCriteriaUpdate) -> Filter:
         """This filter after `update`: each criterion adds its values to its part, or removes
         them, in order. Idempotent: `f.updated(u).updated(u) == f.updated(u)`. Criteria check
         their values when they are built (`InvalidFilterCriterion`), so an update whose
@@ -263,7 +263,7 @@ class Filter:
         object.__setattr__(updated, "_compiled", _Compiled(updated, self._compiled, changes))
         return updated
 
-    def replays(self, update: FilterUpdate) -> tuple[EntityReplay, ...]:
+    def replays(self, update: FilterCriteriaUpdate) -> tuple[EntityReplay, ...]:
         """The replays that `update` asks of this filter, in entity id order: each entity it
         includes by id with a seq nr n >= 1 that this filter did not hold (not included by id,
         or included with another seq nr), replayed from n. Computed from the filter before and
