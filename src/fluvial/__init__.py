@@ -20,7 +20,7 @@ from fluvial.core.filters import Filter as Filter
 from fluvial.core.filters import FilterCriteriaUpdate as FilterCriteriaUpdate
 from fluvial.core.filters import FilterVerdict as FilterVerdict
 from fluvial.core.filters import InvalidFilterData as InvalidFilterData
-from fluvial.core.filters import evaluate as evaluate
+from fluvial.core.filters import evaluate_filters as evaluate_filters
 from fluvial.core.filters_criteria import ExcludeEntityIds as ExcludeEntityIds
 from fluvial.core.filters_criteria import ExcludeRegexEntityIds as ExcludeRegexEntityIds
 from fluvial.core.filters_criteria import ExcludeTags as ExcludeTags
@@ -244,7 +244,7 @@ __all__ = [
     "WriteTransaction",
     "current_events_by_slices",
     "current_snapshots_by_slices",
-    "evaluate",
+    "evaluate_filters",
     "events_by_persistence_id",
     "events_by_slices",
     "open_entities",

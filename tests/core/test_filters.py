@@ -28,7 +28,7 @@ from fluvial import (
     ReplicatedPersistenceId,
     ReplicationMetadata,
     UsageError,
-    evaluate,
+    evaluate_filters,
 )
 from fluvial.core.errors import DataError
 from fluvial.core.records import MAX_SEQ_NR
@@ -160,12 +160,12 @@ def test_the_producers_filter_comes_first_and_a_consumer_cannot_override_it() ->
     consumer = Filter.of([EVERYTHING, IncludeTags({"internal", "shared"})])
 
     def verdict(tags: set[str]) -> FilterVerdict:
-        return evaluate("e", frozenset(tags), consumer=consumer, producer=producer)
+        return evaluate_filters("e", frozenset(tags), consumer=consumer, producer=producer)
 
     assert verdict({"internal"}) is FilterVerdict.PRODUCER_DROPS
     assert verdict({"shared"}) is FilterVerdict.PASSES
     assert verdict({"other"}) is FilterVerdict.CONSUMER_EXCLUDES
-    assert evaluate("e", frozenset({"internal"}), consumer=consumer) is FilterVerdict.PASSES
+    assert evaluate_filters("e", frozenset({"internal"}), consumer=consumer) is FilterVerdict.PASSES
 
 
 def test_updates_fold_idempotently_and_removals_undo_additions() -> None:

@@ -11,8 +11,8 @@ Everything that decides what passes a filter lives in this module (with its crit
   entity id, regex) overrides every exclude. No criteria: everything passes; includes alone
   change nothing, since nothing is excluded; ``ExcludeRegexEntityIds({".*"})`` excludes
   everything, so that only the includes pass.
-- `evaluate` puts the producer's filter before the consumer's: what the producer drops, the
-  consumer's includes cannot bring back; the verdict says which of them dropped it, since the
+- `evaluate_filters` puts the producer's filter before the consumer's: what the producer drops,
+  the consumer's includes cannot bring back; the verdict says which of them dropped it, since the
   producer sends a placeholder for what it drops and needs to send nothing of what the consumer
   excludes.
 - `Filter.replays(update)`: the entities an update newly includes by id with a seq nr to
@@ -68,7 +68,7 @@ class InvalidFilterData(DataError):
 
 
 class FilterVerdict(enum.Enum):
-    """What `evaluate` answers for one event."""
+    """What `evaluate_filters` answers for one event."""
 
     PASSES = "passes"
     """Both filters let it through: send it."""
@@ -418,7 +418,7 @@ _EMPTY = Filter()
 _FIELDS = tuple(field.name for field in attrs.fields(Filter) if field.init)
 
 
-def evaluate(
+def evaluate_filters(
     entity_id: str, tags: frozenset[str], *, consumer: Filter, producer: Filter | None = None
 ) -> FilterVerdict:
     """The verdict on one event of the entity `entity_id` with `tags`: the `producer`'s filter
