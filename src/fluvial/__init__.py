@@ -17,10 +17,10 @@ from fluvial.core.errors import FluvialError as FluvialError
 from fluvial.core.errors import UsageError as UsageError
 from fluvial.core.filters import EntityReplay as EntityReplay
 from fluvial.core.filters import Filter as Filter
-from fluvial.core.filters import FilterUpdate as FilterUpdate
+from fluvial.core.filters import FilterCriteriaUpdate as FilterCriteriaUpdate
 from fluvial.core.filters import FilterVerdict as FilterVerdict
 from fluvial.core.filters import InvalidFilterData as InvalidFilterData
-from fluvial.core.filters import evaluate as evaluate
+from fluvial.core.filters import evaluate_filters as evaluate_filters
 from fluvial.core.filters_criteria import ExcludeEntityIds as ExcludeEntityIds
 from fluvial.core.filters_criteria import ExcludeRegexEntityIds as ExcludeRegexEntityIds
 from fluvial.core.filters_criteria import ExcludeTags as ExcludeTags
@@ -160,8 +160,8 @@ __all__ = [
     "ExcludeRegexEntityIds",
     "ExcludeTags",
     "Filter",
+    "FilterCriteriaUpdate",
     "FilterCriterion",
-    "FilterUpdate",
     "FilterVerdict",
     "FirstSight",
     "FluvialError",
@@ -244,7 +244,7 @@ __all__ = [
     "WriteTransaction",
     "current_events_by_slices",
     "current_snapshots_by_slices",
-    "evaluate",
+    "evaluate_filters",
     "events_by_persistence_id",
     "events_by_slices",
     "open_entities",

@@ -52,7 +52,7 @@ def _record(draw: st.DrawFn) -> EventRecord:
     )
 
 
-@settings(max_examples=200, deadline=None)  # the machine is shared: no per-example deadline
+@settings(max_examples=50, deadline=None)  # the machine is shared: no per-example deadline
 @given(st.lists(_record(), max_size=20))
 def test_decode_gives_back_the_encoded_records(records: list[EventRecord]) -> None:
     assert decode_events(encode_events(records)) == records
@@ -192,13 +192,13 @@ def _decodes_or_refuses(data: bytes) -> None:
         assert all(isinstance(record, EventRecord) for record in records)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(st.binary(max_size=200) | _msgpack_values.map(msgspec.msgpack.encode))
 def test_any_bytes_decode_to_records_or_raise_invalid_event_batch(data: bytes) -> None:
     _decodes_or_refuses(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(st.lists(_record(), min_size=1, max_size=5), st.data())
 def test_a_valid_batch_with_a_byte_changed_decodes_or_raises_invalid_event_batch(
     records: list[EventRecord], data: st.DataObject

@@ -149,11 +149,11 @@ async def test_iterating_an_asyncio_iterator_from_trio_and_cancelling_it() -> No
 async def test_trio_code_runs_from_asyncio_and_its_errors_and_cancels_cross_back() -> None:
     cancelled: list[str] = []
 
-    async def trio_side(x: int) -> int:
+    async def trio_side(x: int, *, times: int = 2) -> int:
         await trio.lowlevel.checkpoint()
         if x < 0:
             raise ValueError("negative")
-        return x * 2
+        return x * times
 
     async def trio_forever() -> None:
         try:
@@ -164,6 +164,7 @@ async def test_trio_code_runs_from_asyncio_and_its_errors_and_cancels_cross_back
 
     async def asyncio_side() -> tuple[int, str]:
         doubled = await run_trio(trio_side, 21)
+        assert await run_trio(trio_side, 21, times=3) == 63
         try:
             await run_trio(trio_side, -1)
         except ValueError as error:

@@ -3,7 +3,11 @@ keep-alive."""
 
 from __future__ import annotations
 
+import gc
 import socket
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -20,6 +24,7 @@ from grpc_transport_helpers import (
     echo_service,
 )
 
+import fluvial.grpc._server
 from fluvial.grpc import (
     ChannelSettings,
     GrpcCallFailed,
@@ -104,6 +109,27 @@ async def test_a_busy_port_fails_before_start_returns() -> None:
                 await nursery.start(
                     lambda task_status: serve_grpc([], port=port, task_status=task_status)
                 )
+
+
+async def test_a_server_whose_asyncio_bridge_fails_to_open_closes_its_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The bind comes before the bridge: a bridge that fails to open (here: raises on entry)
+    # must not leave the socket listening until the garbage collector finds it.
+    @asynccontextmanager
+    async def failing_bridge() -> AsyncIterator[None]:
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("no asyncio loop")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(fluvial.grpc._server, "open_asyncio_bridge", failing_bridge)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(RuntimeError, match="no asyncio loop"):
+            await serve_grpc([])
+        gc.collect()
+    leaked = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaked == [], [str(w.message) for w in leaked]
 
 
 async def test_cancelling_the_server_ends_calls_in_flight_unavailable_and_closes_the_port() -> None:

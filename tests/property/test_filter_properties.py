@@ -1,8 +1,8 @@
 """Filters against the reference filter (tests/property/filter_reference.py), under hypothesis.
 
 - Evaluation: for any filter built by any updates, and any event, `Filter.matches` answers what
-  the reference answers; `evaluate` puts the producer's filter first; the topic matcher and
-  the combined regexes answer what level-by-level matching and one `re.fullmatch` per pattern
+  the reference answers; `evaluate_filters` puts the producer's filter first; the topic matcher
+  and the combined regexes answer what level-by-level matching and one `re.fullmatch` per pattern
   answer.
 - The fold: a filter built by updates holds what the reference holds; applying an update again
   changes nothing; updating with a list is updating with each criterion in turn; a removal
@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from fluvial.core.filters import Filter, FilterVerdict, evaluate
+from fluvial.core.filters import Filter, FilterVerdict, evaluate_filters
 from fluvial.core.filters_criteria import (
     ExcludeEntityIds,
     ExcludeRegexEntityIds,
@@ -111,7 +111,7 @@ def test_the_producers_filter_comes_first_and_the_consumer_cannot_override_it(
             expected = FilterVerdict.CONSUMER_EXCLUDES
         else:
             expected = FilterVerdict.PASSES
-        assert evaluate(entity_id, tags, consumer=consumer, producer=producer) is expected
+        assert evaluate_filters(entity_id, tags, consumer=consumer, producer=producer) is expected
 
 
 @settings(max_examples=400)

@@ -11,8 +11,8 @@ Everything that decides what passes a filter lives in this module (with its crit
   entity id, regex) overrides every exclude. No criteria: everything passes; includes alone
   change nothing, since nothing is excluded; ``ExcludeRegexEntityIds({".*"})`` excludes
   everything, so that only the includes pass.
-- `evaluate` puts the producer's filter before the consumer's: what the producer drops, the
-  consumer's includes cannot bring back; the verdict says which of them dropped it, since the
+- `evaluate_filters` puts the producer's filter before the consumer's: what the producer drops,
+  the consumer's includes cannot bring back; the verdict says which of them dropped it, since the
   producer sends a placeholder for what it drops and needs to send nothing of what the consumer
   excludes.
 - `Filter.replays(update)`: the entities an update newly includes by id with a seq nr to
@@ -58,7 +58,7 @@ from fluvial.core.filters_regexes import RegexMatcher
 from fluvial.core.records import EventEnvelope
 from fluvial.core.topics import TopicMatcher
 
-FilterUpdate = FilterCriterion | Iterable[FilterCriterion]
+FilterCriteriaUpdate = FilterCriterion | Iterable[FilterCriterion]
 """What `Filter.updated` takes: one criterion, or criteria applied in order."""
 
 
@@ -68,7 +68,7 @@ class InvalidFilterData(DataError):
 
 
 class FilterVerdict(enum.Enum):
-    """What `evaluate` answers for one event."""
+    """What `evaluate_filters` answers for one event."""
 
     PASSES = "passes"
     """Both filters let it through: send it."""
@@ -195,11 +195,11 @@ class Filter:
         object.__setattr__(self, "_compiled", _Compiled(self))
 
     @classmethod
-    def of(cls, update: FilterUpdate) -> Filter:
+    def of(cls, update: FilterCriteriaUpdate) -> Filter:
         """The filter that `update` makes of no criteria: `Filter().updated(update)`."""
         return cls().updated(update)
 
-    def updated(self, update: FilterUpdate) -> Filter:
+    def updated(self, update: FilterCriteriaUpdate) -> Filter:
         """This filter after `update`: each criterion adds its values to its part, or removes
         them, in order. Idempotent: `f.updated(u).updated(u) == f.updated(u)`. Criteria check
         their values when they are built (`InvalidFilterCriterion`), so an update whose
@@ -263,7 +263,7 @@ class Filter:
         object.__setattr__(updated, "_compiled", _Compiled(updated, self._compiled, changes))
         return updated
 
-    def replays(self, update: FilterUpdate) -> tuple[EntityReplay, ...]:
+    def replays(self, update: FilterCriteriaUpdate) -> tuple[EntityReplay, ...]:
         """The replays that `update` asks of this filter, in entity id order: each entity it
         includes by id with a seq nr n >= 1 that this filter did not hold (not included by id,
         or included with another seq nr), replayed from n. Computed from the filter before and
@@ -418,7 +418,7 @@ _EMPTY = Filter()
 _FIELDS = tuple(field.name for field in attrs.fields(Filter) if field.init)
 
 
-def evaluate(
+def evaluate_filters(
     entity_id: str, tags: frozenset[str], *, consumer: Filter, producer: Filter | None = None
 ) -> FilterVerdict:
     """The verdict on one event of the entity `entity_id` with `tags`: the `producer`'s filter

@@ -95,11 +95,14 @@ class TopicMatcher:
         # The regex matches the whole tag, prefix included, so that a tag is one call.
         prefix = re.escape(TOPIC_TAG_PREFIX)
         try:
-            regex = re.compile(prefix + _levels_regex(root, first=True), re.DOTALL)
-        except RecursionError:
-            # Literals that share prefixes at many depths nest too deep for `re` (or for the
-            # factoring): without the factoring, the depth is the levels', at most MAX_LEVELS.
-            regex = re.compile(prefix + _levels_regex(root, first=True, factor=False), re.DOTALL)
+            levels, nesting = _levels_regex(root, first=True)
+        except _TooDeep:
+            nesting = _MAX_NESTING + 1
+        if nesting > _MAX_NESTING:
+            # Literals that share prefixes at many depths nest too deep for `re`: without the
+            # factoring, the nesting is the levels', at most MAX_LEVELS + 1.
+            levels, _ = _levels_regex(root, first=True, factor=False)
+        regex = re.compile(prefix + levels, re.DOTALL)
         self._fullmatch = regex.fullmatch
 
     def matches(self, topic: str) -> bool:
@@ -115,37 +118,56 @@ class TopicMatcher:
         return False
 
 
-def _levels_regex(node: _Node, *, first: bool = False, factor: bool = True) -> str:
+# The deepest nesting of groups the factored regex may have: `re` compiles recursively, about
+# two frames per group, so 200 groups stay far below the interpreter's recursion limit whatever
+# the caller's stack; a deeper factoring is given up for the flat one (an explicit bound rather
+# than a RecursionError, whose threshold would depend on the caller's stack depth and whose cost
+# grows with the depth reached before it).
+_MAX_NESTING = 2 * MAX_LEVELS
+
+
+class _TooDeep(Exception):
+    """The factoring would nest deeper than `_MAX_NESTING`."""
+
+
+def _levels_regex(node: _Node, *, first: bool = False, factor: bool = True) -> tuple[str, int]:
     """The regex of what may follow the levels that led to `node` (the whole topic, for the
-    root, `first`): the end of the topic if an expression ends there, anything if one goes on
-    with ``#`` (the parent level, or ``/`` and more), otherwise ``/`` and one of the levels
-    below. With `factor`, the literal levels below share their common leading characters, so
-    that ``re`` leaves a branch at its first character that differs instead of trying each."""
+    root, `first`), with how deep its groups nest: the end of the topic if an expression ends
+    there, anything if one goes on with ``#`` (the parent level, or ``/`` and more), otherwise
+    ``/`` and one of the levels below. With `factor`, the literal levels below share their
+    common leading characters, so that ``re`` leaves a branch at its first character that
+    differs instead of trying each; `_TooDeep` if that would nest deeper than `_MAX_NESTING`."""
     if node.rest:
-        return ".*" if first else "(?:/.*)?"
+        return (".*", 0) if first else ("(?:/.*)?", 1)
     separator = "" if first else re.escape(SEPARATOR)
-    branches = [""] if node.ends else []
+    branches: list[tuple[str, int]] = [("", 0)] if node.ends else []
     literals = [
         (level, _levels_regex(child, factor=factor))
         for level, child in sorted(node.children.items())
     ]
     if literals:
         if factor:
-            branches.append(separator + _factored(literals))
+            regex, nesting = _factored(literals, depth=0)
+            branches.append((separator + regex, nesting))
         else:
-            branches += [separator + re.escape(level) + then for level, then in literals]
+            branches += [
+                (separator + re.escape(level) + then[0], then[1]) for level, then in literals
+            ]
     if node.one_level is not None:
-        branches.append(
-            f"{separator}[^{re.escape(SEPARATOR)}]*" + _levels_regex(node.one_level, factor=factor)
-        )
+        then, nesting = _levels_regex(node.one_level, factor=factor)
+        branches.append((f"{separator}[^{re.escape(SEPARATOR)}]*" + then, nesting))
     return _alternation(branches)
 
 
-def _factored(literals: list[tuple[str, str]]) -> str:
-    """The regex of ``literal + then`` for each `(literal, then)`, the literals written as a
-    tree of their characters: a common prefix once, then the alternatives after it."""
-    branches: list[str] = []
-    by_first: dict[str, list[tuple[str, str]]] = {}
+def _factored(literals: list[tuple[str, tuple[str, int]]], *, depth: int) -> tuple[str, int]:
+    """The regex of ``literal + then`` for each `(literal, then)` (`then` a regex and its
+    nesting), the literals written as a tree of their characters: a common prefix once, then
+    the alternatives after it. `depth` is how many groups the calls above opened or may open
+    around it; `_TooDeep` before it would pass `_MAX_NESTING`."""
+    if depth + max(nesting for _, (_, nesting) in literals) > _MAX_NESTING:
+        raise _TooDeep
+    branches: list[tuple[str, int]] = []
+    by_first: dict[str, list[tuple[str, tuple[str, int]]]] = {}
     for literal, then in literals:
         if literal:
             by_first.setdefault(literal[0], []).append((literal, then))
@@ -153,17 +175,21 @@ def _factored(literals: list[tuple[str, str]]) -> str:
             branches.append(then)
     for group in by_first.values():
         if len(group) == 1:
-            literal, then = group[0]
-            branches.append(re.escape(literal) + then)
+            literal, (only, nesting) = group[0]
+            branches.append((re.escape(literal) + only, nesting))
             continue
         # Characters, not path components, are what is shared here.
         prefix = os.path.commonprefix([literal for literal, _ in group])  # noqa: RUF071
         rest = [(literal[len(prefix) :], then) for literal, then in group]
-        branches.append(re.escape(prefix) + _factored(rest))
+        regex, nesting = _factored(rest, depth=depth + 1)
+        branches.append((re.escape(prefix) + regex, nesting))
     return _alternation(branches)
 
 
-def _alternation(branches: list[str]) -> str:
+def _alternation(branches: list[tuple[str, int]]) -> tuple[str, int]:
     if not branches:
-        return "(?!)"  # no expression: nothing matches
-    return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return "(?!)", 0  # no expression: nothing matches
+    if len(branches) == 1:
+        return branches[0]
+    nesting = 1 + max(nesting for _, nesting in branches)
+    return "(?:" + "|".join(regex for regex, _ in branches) + ")", nesting

@@ -18,9 +18,9 @@ no asyncio type reaches fluvial's public API and the bridge can be replaced here
   exception of the asyncio side comes out as itself.
 - `iterate_asyncio(iterator)`: from trio, iterate an asyncio async iterator (a grpclib stream),
   one `run_asyncio` per item, with the same cancellation.
-- `run_trio(fn, *args)`: from asyncio (a grpclib handler), run the trio function `fn(*args)` in
-  a trio task and await its result; cancelling the asyncio task (grpclib does when the peer
-  resets the stream or the server closes) cancels the trio task.
+- `run_trio(fn, *args, **kwargs)`: from asyncio (a grpclib handler), run the trio function
+  `fn(*args, **kwargs)` in a trio task and await its result; cancelling the asyncio task
+  (grpclib does when the peer resets the stream or the server closes) cancels the trio task.
 
 The risk this module contains: trio-asyncio works by replacing asyncio's event loop policy and
 `get_event_loop` / `get_running_loop` functions when it is imported (process-wide), and the
@@ -44,9 +44,10 @@ cancel scope. The cost is a thread hop per call (~20-50 µs) instead of a same-t
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -181,10 +182,14 @@ def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
     return context
 
 
-_END = object()
+class _End:
+    """The value `_next_or_end` answers for an iterator's end."""
 
 
-async def _next_or_end(iterator: AsyncIterator[_T]) -> Any:
+_END = _End()
+
+
+async def _next_or_end(iterator: AsyncIterator[_T]) -> _T | _End:
     # StopAsyncIteration must not cross the asyncio Task: it becomes a value here.
     try:
         return await iterator.__anext__()
@@ -204,9 +209,9 @@ class _AsyncioIterator(Generic[_T]):
 
     async def __anext__(self) -> _T:
         item = await run_asyncio(_next_or_end, self._iterator)
-        if item is _END:
+        if isinstance(item, _End):
             raise StopAsyncIteration
-        return item  # type: ignore[no-any-return]
+        return item
 
 
 def iterate_asyncio(iterator: AsyncIterator[_T]) -> AsyncIterator[_T]:
@@ -214,10 +219,12 @@ def iterate_asyncio(iterator: AsyncIterator[_T]) -> AsyncIterator[_T]:
     return _AsyncioIterator(iterator)
 
 
-def run_trio(fn: Callable[..., Awaitable[_T]], *args: Any) -> Awaitable[_T]:
-    """From asyncio: run `await fn(*args)` in a new trio task; await the returned future.
+def run_trio(fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> Awaitable[_T]:
+    """From asyncio: run `await fn(*args, **kwargs)` in a new trio task; await the returned
+    future.
 
     Cancelling the awaiting asyncio task cancels the trio task; the trio task's exception is
     raised by the await as it is.
     """
-    return _loop().trio_as_future(fn, *args)
+    # trio-asyncio passes positional arguments only.
+    return _loop().trio_as_future(functools.partial(fn, *args, **kwargs))

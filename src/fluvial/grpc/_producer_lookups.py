@@ -93,6 +93,9 @@ async def load_event(
     record = await journal.load_event(persistence_id, seq_nr)
     if record is None:
         return None
+    # The request does not say which path delivered the record the consumer is loading (a
+    # backtracking record, or one of a stream that omits payloads): the transformation sees
+    # QUERY, the path of the stream's own events and `EventEnvelope.source`'s default.
     return PublicForm(source, serializers).of(record, EnvelopeSource.QUERY)
 
 
@@ -105,6 +108,8 @@ async def event_timestamp(
     """The journal timestamp of one event (None if not stored): what the transformation
     does not change. RemoteStreamError as for `replay_batches`."""
     check_request(source, persistence_id, seq_nr, "event timestamp")
+    # The payload comes along: the journal protocol has no lookup by persistence id without
+    # payloads (only `read_events_by_slices(with_payloads=False)`, by timestamp).
     record = await journal.load_event(persistence_id, seq_nr)
     return None if record is None else record.timestamp
 

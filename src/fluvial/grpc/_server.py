@@ -216,20 +216,19 @@ async def serve_grpc(
     settings = settings or ServerSettings()
     sock = _bound_socket(host, port)
     bound_port = int(sock.getsockname()[1])
-    async with open_asyncio_bridge():
-        try:
+    # Closed on every way out, the bridge failing to open or cancelled while it opens included
+    # (once the server is stopped, it has closed the socket and this close does nothing).
+    with sock:
+        async with open_asyncio_bridge():
             server = await run_asyncio(
                 _start, services, sock, settings, auth, codec or ProtoCodec()
             )
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            task_status.started(bound_port)
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await run_asyncio(_stop, server)
+            try:
+                task_status.started(bound_port)
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await run_asyncio(_stop, server)
 
 
 class ServerCall(Generic[_Request, _Reply]):
