@@ -99,6 +99,12 @@ class GrpcChannel:
         self._channel = channel
         self._settings = settings
 
+    async def drop_connection(self) -> None:
+        """Close the connection now: its calls fail with `GrpcUnavailable`, and the next call
+        connects again. For a connection found dead by other means than the keep-alive pings
+        (a consumer's stream silent past its heartbeat timeout)."""
+        await run_asyncio(_close_channel, self._channel)
+
     async def unary(
         self,
         method: str,

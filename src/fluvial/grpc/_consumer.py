@@ -1,0 +1,338 @@
+"""The consumer side of replication over gRPC: a producer's stream as a projection's `Source`.
+
+`open_grpc_consumer(host, port)` owns one channel (one HTTP/2 connection) to one producer;
+`consumer.source(stream_id, slices, settings)` is its `SourceProvider` method, so that
+`serve_projection(consumer, serializers, projection, slices, offsets=store)` runs a projection
+(`projection.entity_type` is the stream id) over the producer's events, with its offsets in
+the consumer's own store. Every projection and slice-range instance of the process that uses
+the consumer shares its channel.
+
+A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol.md):
+
+- `run` opens `StreamEvents` with an Init (stream id, slice range, the offset for each slice),
+  reports started once the producer answers `StreamStarted`, and hands each `EventBatch`,
+  decoded, to the runner as `(records, path)`. When the stream breaks (`GrpcUnavailable`: the
+  connection refused, reset or closed, a keep-alive ping unanswered, the producer shutting
+  down; or a stream silent for longer than `heartbeat_timeout`) it opens it again after the
+  `Reconnect` backoff, resuming after the last query batch it handed over: everything before
+  that is in the runner's channel, and what the runner has not reached it still receives, so
+  nothing is lost, and what comes twice (a live event the query brings again) the runner's
+  offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream id the producer
+  does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a malformed batch) is
+  raised as itself: the runner restarts the instance from its stored offsets with the
+  projection's backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
+- `replay`, `load_event` and `event_timestamp` are the unary calls `Replay` (asked again from
+  where an answer stopped, until it is complete), `LoadEvent` and `EventTimestamp`, each
+  under the `call_timeout` deadline; `latest_event_timestamp` (not part of `Source`) is
+  `LatestEventTimestamp`, for a projection's lag. Their errors are raised as themselves (the runner
+  restarts the instance).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import betterproto2
+import trio
+
+from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.first_sight import FirstSight
+from fluvial.core.ids import SliceRange
+from fluvial.core.offsets import TimestampOffset
+from fluvial.core.records import EventRecord
+from fluvial.projection._source_settings import SourceSettings
+from fluvial.projection.api import Batch
+
+from ._batch_codec import decode_events
+from ._channel import Metadata, open_channel
+from ._consumer_settings import ConsumerSettings
+from ._consumer_wire import (
+    EVENT_TIMESTAMP,
+    LATEST_EVENT_TIMESTAMP,
+    LOAD_EVENT,
+    REPLAY,
+    STREAM_EVENTS,
+    ProducerProtocolError,
+    batch_of,
+    check_slices,
+    offset_after,
+    stream_init,
+)
+from ._errors import GrpcDeadlineExceeded, GrpcUnavailable
+from ._proto.fluvial import v1 as pb
+
+log = logging.getLogger("fluvial.grpc.consumer")
+
+_Request = TypeVar("_Request")
+_Reply = TypeVar("_Reply")
+_Sent = TypeVar("_Sent", contravariant=True)
+_Received = TypeVar("_Received", covariant=True)
+
+
+class _Stream(Protocol[_Sent, _Received]):
+    """One streaming call (`fluvial.grpc._channel.ClientStream`)."""
+
+    async def send(self, message: _Sent) -> None: ...
+
+    async def receive(self) -> _Received | None: ...
+
+
+class Channel(Protocol):
+    """What a consumer needs of a channel (`fluvial.grpc._channel.GrpcChannel` is one; the
+    tests give a fake one to drive reconnects on the virtual clock)."""
+
+    async def unary(
+        self, method: str, request: Any, reply_type: type[_Reply], *, metadata: Metadata = ()
+    ) -> _Reply: ...
+
+    async def drop_connection(self) -> None: ...
+
+    def open_stream(
+        self,
+        method: str,
+        request_type: type[_Request],
+        reply_type: type[_Reply],
+        *,
+        metadata: Metadata = (),
+    ) -> AbstractAsyncContextManager[_Stream[_Request, _Reply]]: ...
+
+
+class _StreamSilent(Exception):
+    """Nothing arrived on the stream for the heartbeat timeout: it is dead."""
+
+
+@asynccontextmanager
+async def open_grpc_consumer(
+    host: str, port: int, *, settings: ConsumerSettings | None = None
+) -> AsyncIterator[GrpcConsumer]:
+    """A consumer of the producer at `host`:`port`, with one channel to it, for the block.
+
+    Nothing is connected until a source runs or a call is made. A TLS file that cannot be
+    used raises `TlsConfigurationError` here. The block's exceptions come out as themselves.
+    """
+    settings = settings or ConsumerSettings()
+    async with open_channel(host, port, settings=settings.channel) as channel:
+        yield GrpcConsumer(channel, settings)
+
+
+class GrpcConsumer:
+    """The sources of one producer's streams over one shared channel: a `SourceProvider`
+    (see the module docstring). Made by `open_grpc_consumer`."""
+
+    def __init__(self, channel: Channel, settings: ConsumerSettings) -> None:
+        self.channel = channel
+        self.settings = settings
+
+    def source(
+        self, stream_id: str, slices: SliceRange, settings: SourceSettings | None = None
+    ) -> GrpcSource:
+        """The source of the events of `stream_id` in `slices`. `settings` (the projection's,
+        for a local journal) does not apply: the producer reads its journal as it is set up,
+        the consumer as its `ConsumerSettings` say."""
+        return GrpcSource(self.channel, self.settings, stream_id, slices)
+
+
+class GrpcSource:
+    """The events of one stream id and slice range of a producer: a `Source` (see the module
+    docstring). Its `first_sight` rule is `ConsumerSettings.first_sight`."""
+
+    def __init__(
+        self, channel: Channel, settings: ConsumerSettings, stream_id: str, slices: SliceRange
+    ) -> None:
+        self.channel = channel
+        self.settings = settings
+        self.stream_id = stream_id
+        self.slices = slices
+        self.first_sight: FirstSight = settings.first_sight
+        # Where a reopened stream resumes: after the last query batch handed to the runner.
+        self.resume_offset = TimestampOffset.start()
+        self.reconnects = 0  # streams opened again after one broke, for logs and tests
+
+    async def run(
+        self,
+        offset: TimestampOffset,
+        send: trio.MemorySendChannel[Batch],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """See `Source.run` and the module docstring: started once the producer's first
+        stream started; reopens a broken stream itself."""
+        self.resume_offset = offset
+        started = False
+        attempt = 0
+        while True:
+            try:
+                async with self._open_stream() as stream:
+                    await self._await_started(stream)
+                    attempt = 0
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._forward(stream, send)
+            except (GrpcUnavailable, _StreamSilent) as error:
+                delay = self.settings.reconnect.delay(attempt, random.random())
+                log.warning(
+                    "stream %r (slices %s) broke, reopening in %.2fs from timestamp %d: %s",
+                    self.stream_id,
+                    self.slices,
+                    delay,
+                    self.resume_offset.timestamp,
+                    error,
+                )
+                attempt += 1
+                if isinstance(error, _StreamSilent):
+                    # The connection may be dead without grpclib knowing (keep-alive off, or
+                    # slower to tell): a new stream on it would be silent too.
+                    await self.channel.drop_connection()
+                await trio.sleep(delay)
+                self.reconnects += 1
+
+    def _open_stream(
+        self,
+    ) -> AbstractAsyncContextManager[_Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]]:
+        return self.channel.open_stream(
+            STREAM_EVENTS,
+            pb.StreamEventsRequest,
+            pb.StreamEventsResponse,
+            metadata=self.settings.metadata,
+        )
+
+    async def _await_started(
+        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]
+    ) -> None:
+        init = stream_init(self.stream_id, self.slices, self.resume_offset)
+        await stream.send(pb.StreamEventsRequest(init=init))
+        while True:
+            kind, _ = await self._receive(stream)
+            if kind == "started":
+                return
+            if kind == "batch":
+                raise ProducerProtocolError("the producer sent an event batch before StreamStarted")
+            # A heartbeat, or a kind newer than this consumer: nothing to do.
+
+    async def _forward(
+        self,
+        stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse],
+        send: trio.MemorySendChannel[Batch],
+    ) -> None:
+        while True:
+            kind, message = await self._receive(stream)
+            if kind == "batch":
+                assert isinstance(message, pb.EventBatch)
+                records, path = batch_of(message, self.slices)
+                if not records:
+                    continue
+                if path is EnvelopeSource.QUERY:
+                    offset = offset_after(self.resume_offset, records)
+                    await send.send((records, path))
+                    self.resume_offset = offset  # handed over: a reopened stream goes on after it
+                else:
+                    await send.send((records, path))
+            elif kind == "started":
+                raise ProducerProtocolError("the producer sent StreamStarted twice")
+            # Heartbeats keep the stream alive; filter acks answer updates this consumer
+            # does not send yet; an unknown kind is ignored (producer.proto).
+
+    async def _receive(
+        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]
+    ) -> tuple[str | None, object]:
+        """The next message's kind and value; `_StreamSilent` after the heartbeat timeout,
+        `GrpcUnavailable` if the producer ended the stream (it never does while it serves)."""
+        timeout = self.settings.heartbeat_timeout
+        with trio.move_on_after(timeout):
+            response = await stream.receive()
+            if response is None:
+                raise GrpcUnavailable("the producer ended the stream", method=STREAM_EVENTS)
+            kind, value = betterproto2.which_one_of(response, "kind")
+            return kind or None, value
+        raise _StreamSilent(f"nothing arrived on the stream for {timeout}s (heartbeat_timeout)")
+
+    async def replay(
+        self, persistence_id: str, from_seq_nr: int, to_seq_nr: int
+    ) -> Sequence[EventRecord]:
+        """See `Source.replay`: the unary `Replay`, asked again after the last event of an
+        answer that is not complete."""
+        replayed: list[EventRecord] = []
+        first = from_seq_nr
+        while first <= to_seq_nr:
+            request = pb.ReplayRequest(
+                stream_id=self.stream_id,
+                persistence_id=persistence_id,
+                from_seq_nr=first,
+                to_seq_nr=to_seq_nr,
+            )
+            reply = await self._unary(REPLAY, request, pb.ReplayResponse)
+            if reply.batch is None:
+                raise ProducerProtocolError(f"a replay of {persistence_id} answered no batch")
+            records = decode_events(reply.batch.events, encoding=int(reply.batch.encoding))
+            check_slices(records, self.slices)
+            for record in records:
+                if record.persistence_id != persistence_id or not (
+                    first <= record.seq_nr <= to_seq_nr
+                ):
+                    raise ProducerProtocolError(
+                        f"a replay of {persistence_id} seq nrs {first}..{to_seq_nr} answered "
+                        f"{record.persistence_id} seq nr {record.seq_nr}"
+                    )
+            replayed.extend(records)
+            if reply.batch.replay is not None and reply.batch.replay.complete:
+                break
+            if not records:
+                raise ProducerProtocolError(
+                    f"a replay of {persistence_id} from seq nr {first} answered no event and "
+                    "is not complete"
+                )
+            first = records[-1].seq_nr + 1
+        return replayed
+
+    async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
+        """See `Source.load_event`: the unary `LoadEvent` (a placeholder when the producer's
+        filter or transformation drops the event)."""
+        request = pb.LoadEventRequest(
+            stream_id=self.stream_id, persistence_id=persistence_id, seq_nr=seq_nr
+        )
+        reply = await self._unary(LOAD_EVENT, request, pb.LoadEventResponse)
+        if not reply.events:
+            return None
+        records = decode_events(reply.events, encoding=int(reply.encoding))
+        if not records:
+            return None
+        record = records[0]
+        if len(records) > 1 or (record.persistence_id, record.seq_nr) != (persistence_id, seq_nr):
+            raise ProducerProtocolError(
+                f"loading {persistence_id} seq nr {seq_nr} answered {len(records)} event(s), "
+                f"the first {record.persistence_id} seq nr {record.seq_nr}"
+            )
+        return record
+
+    async def event_timestamp(self, persistence_id: str, seq_nr: int) -> int | None:
+        """See `Source.event_timestamp`: the unary `EventTimestamp`."""
+        request = pb.EventTimestampRequest(
+            stream_id=self.stream_id, persistence_id=persistence_id, seq_nr=seq_nr
+        )
+        reply = await self._unary(EVENT_TIMESTAMP, request, pb.EventTimestampResponse)
+        return reply.timestamp
+
+    async def latest_event_timestamp(self) -> int | None:
+        """The timestamp of the stream's latest event in this source's slices (None: it has
+        none), from the unary `LatestEventTimestamp`: with the projection's offsets, its lag
+        behind the producer."""
+        request = pb.LatestEventTimestampRequest(
+            stream_id=self.stream_id, slice_min=self.slices.min, slice_max=self.slices.max
+        )
+        reply = await self._unary(LATEST_EVENT_TIMESTAMP, request, pb.LatestEventTimestampResponse)
+        return reply.timestamp
+
+    async def _unary(self, method: str, request: Any, reply_type: type[_Reply]) -> _Reply:
+        timeout = self.settings.call_timeout
+        with trio.move_on_after(timeout):
+            return await self.channel.unary(
+                method, request, reply_type, metadata=self.settings.metadata
+            )
+        raise GrpcDeadlineExceeded(
+            f"no answer within {timeout}s (ConsumerSettings.call_timeout)", method=method
+        )

@@ -1,0 +1,117 @@
+"""A fake of the consumer's channel (the `Channel` protocol of `fluvial.grpc._consumer`): each
+`open_stream` plays the next step of a script, so that tests drive a `GrpcSource` on the
+virtual clock and see exactly what it asked."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from fluvial.core.ids import SliceRange, slice_for
+from fluvial.core.records import EventRecord
+from fluvial.core.serialization import SerializedPayload
+from fluvial.grpc import GrpcUnavailable, Reconnect
+from fluvial.grpc._batch_codec import MSGPACK_ROWS_V1, encode_events
+from fluvial.grpc._proto.fluvial import v1 as pb
+
+SLICES = SliceRange(0, 1023)
+NO_JITTER = Reconnect(initial=0.5, maximum=4.0, multiplier=2.0, jitter=0.0)
+
+
+def record(entity_id: str, seq_nr: int, timestamp: int) -> EventRecord:
+    pid = f"Cart|{entity_id}"
+    return EventRecord(
+        pid,
+        seq_nr,
+        "Cart",
+        slice_for(pid),
+        SerializedPayload("added", 1, b"x"),
+        timestamp=timestamp,
+        write_timestamp=timestamp,
+    )
+
+
+def batch(path: pb.EventPath, records: Sequence[EventRecord]) -> pb.StreamEventsResponse:
+    return pb.StreamEventsResponse(
+        batch=pb.EventBatch(
+            path=path, encoding=pb.BatchEncoding(MSGPACK_ROWS_V1), events=encode_events(records)
+        )
+    )
+
+
+STARTED = pb.StreamEventsResponse(started=pb.StreamStarted())
+
+
+@attrs.frozen
+class Refuse:
+    """Opening the stream fails with `error`."""
+
+    error: Exception = attrs.field(factory=lambda: GrpcUnavailable("connection refused"))
+
+
+@attrs.frozen
+class Serve:
+    """The stream answers `messages`, then `then`: "break" (the connection is lost) or
+    "silent" (nothing more arrives)."""
+
+    messages: Sequence[pb.StreamEventsResponse] = (STARTED,)
+    then: str = "silent"
+
+
+class FakeStream:
+    def __init__(self, step: Serve, channel: FakeChannel) -> None:
+        self.step = step
+        self.channel = channel
+        self.pending = list(step.messages)
+
+    async def send(self, message: pb.StreamEventsRequest) -> None:
+        assert message.init is not None
+        self.channel.inits.append(message.init)
+
+    async def receive(self) -> pb.StreamEventsResponse | None:
+        await trio.lowlevel.checkpoint()
+        if self.pending:
+            return self.pending.pop(0)
+        if self.step.then == "break":
+            raise GrpcUnavailable("the stream was cut")
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+class FakeChannel:
+    """Plays `script`, one step per `open_stream`; records when each was opened and its Init,
+    when the connection was dropped, and the unary calls, answered by `unary[method]`."""
+
+    def __init__(
+        self,
+        script: Sequence[Refuse | Serve],
+        unary: Mapping[str, Callable[[Any], Any]] | None = None,
+    ) -> None:
+        self.script = list(script)
+        self.answers = dict(unary or {})
+        self.calls: list[tuple[str, Any]] = []
+        self.opened_at: list[float] = []
+        self.inits: list[pb.StreamInit] = []
+        self.dropped_at: list[float] = []
+
+    async def drop_connection(self) -> None:
+        self.dropped_at.append(trio.current_time())
+
+    async def unary(self, method: str, request: Any, reply_type: Any, *, metadata: Any = ()) -> Any:
+        await trio.lowlevel.checkpoint()
+        self.calls.append((method, request))
+        return self.answers[method](request)
+
+    @asynccontextmanager
+    async def open_stream(
+        self, method: str, request_type: Any, reply_type: Any, *, metadata: Any = ()
+    ) -> AsyncIterator[Any]:
+        self.opened_at.append(trio.current_time())
+        step = self.script.pop(0) if self.script else Serve()
+        if isinstance(step, Refuse):
+            raise step.error
+        yield FakeStream(step, self)
