@@ -87,29 +87,38 @@ def is_demo_journal(path: Path) -> bool:
     return row is not None and row[0] == MARKER_TEXT
 
 
-def clear_previous_demo(path: Path) -> None:
-    """Delete the demo journal at `path` (and its SQLite sidecar files) from an earlier run.
+def clear_previous_demo(*paths: Path) -> None:
+    """Delete the demo databases at `paths` (and their SQLite sidecar files) from an earlier
+    run.
 
-    Raises `DemoFileRefused`, deleting nothing, if `path` exists and is not a demo journal,
-    or if a sidecar file of `path` is there without its database (a log of something else).
-    Does nothing if `path` does not exist.
+    Raises `DemoFileRefused`, deleting nothing at any of the paths, if one exists and is not a
+    demo database, or if a sidecar file of one is there without its database (a log of
+    something else). A path that does not exist is left so.
     """
-    sidecars = [path.with_name(path.name + suffix) for suffix in _SIDECARS]
+    for path in paths:
+        _check_is_demo_file_or_nothing(path)
+    for path in paths:
+        for file in [path, *_sidecars(path)]:
+            file.unlink(missing_ok=True)
+
+
+def _sidecars(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in _SIDECARS]
+
+
+def _check_is_demo_file_or_nothing(path: Path) -> None:
     if not path.exists():
-        orphans = [str(s) for s in sidecars if s.exists()]
+        orphans = [str(s) for s in _sidecars(path) if s.exists()]
         if orphans:
             raise DemoFileRefused(
                 f"{', '.join(orphans)} exists without {path}: not removed; "
                 "delete it yourself or choose another --db"
             )
-        return
-    if not is_demo_journal(path):
+    elif not is_demo_journal(path):
         raise DemoFileRefused(
             f"{path} exists and is not a journal written by `fluvial demo`: left unchanged; "
             "choose another --db (or delete the file yourself)"
         )
-    for file in [path, *sidecars]:
-        file.unlink(missing_ok=True)
 
 
 def _resolved(path: Path) -> Path:
@@ -250,8 +259,7 @@ async def run_demo(path: Path, carts: int) -> None:
     """
     path = await trio.to_thread.run_sync(_resolved, path)
     reports = consumer_file(path)
-    for file in (path, reports):
-        await trio.to_thread.run_sync(clear_previous_demo, file)
+    await trio.to_thread.run_sync(clear_previous_demo, path, reports)
     await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
     say("fluvial demo — two services on loopback, events replicated over gRPC, no broker")
     say(f"  producer: shopping carts, journal {path}")
