@@ -22,7 +22,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from fluvial import FluvialError, SerializerRegistry, UsageError, open_sqlite_jo
 from fluvial.core.records import MAX_SEQ_NR
 from fluvial.examples.cart_consumer import CartsView, read_view
 from fluvial.examples.demo_process import MARKER_TABLE, MARKER_TEXT, say
-from fluvial.examples.shopping_cart import CartState, apply_event, register_cart
+from fluvial.examples.shopping_cart import ENTITY_TYPE, CartState, apply_event, register_cart
 
 # SQLite's files beside a database: the write-ahead log, its index, a rollback journal.
 _SIDECARS = ("-wal", "-shm", "-journal")
@@ -213,27 +213,35 @@ async def _stop(process: trio.Process) -> None:
     process.kill()
 
 
-async def journal_view(path: Path) -> CartsView:
+async def journal_view(path: Path, upto: Mapping[str, int] | None = None) -> CartsView:
     """What the consumer's read model must hold: the fold of every event in the producer's
-    journal (each cart's state by the cart's own event handler), each event once."""
+    journal (each cart's state by the cart's own event handler), each event once.
+
+    With `upto` (cart id -> count), only the first `count` events of those carts: what a
+    consumer that has applied that many of each must hold (the crash tests' check mid-stream).
+    """
     registry = register_cart(SerializerRegistry())
     events: dict[str, int] = {}
     items: dict[tuple[str, str], int] = {}
     checked_out: set[str] = set()
     async with open_sqlite_journal(path) as journal:
-        pids = await journal.database.read(
-            lambda c: [
-                row[0] for row in c.execute("SELECT DISTINCT persistence_id FROM event_journal")
-            ]
-        )
+        if upto is None:
+            pids = await journal.database.read(
+                lambda c: [
+                    row[0] for row in c.execute("SELECT DISTINCT persistence_id FROM event_journal")
+                ]
+            )
+        else:
+            pids = [f"{ENTITY_TYPE}|{cart_id}" for cart_id in upto]
         for pid in pids:
+            cart_id = pid.split("|", 1)[1]
             state = CartState()
-            records = await journal.read_events(pid, 1, MAX_SEQ_NR, 1_000_000)
+            last = MAX_SEQ_NR if upto is None else upto[cart_id]
+            records = await journal.read_events(pid, 1, last, 1_000_000)
             for record in records:
                 assert record.payload is not None
                 event = registry.decode(record.payload, persistence_id=pid, seq_nr=record.seq_nr)
                 state = apply_event(state, event)
-            cart_id = pid.split("|", 1)[1]
             events[cart_id] = len(records)
             items.update({(cart_id, item): n for item, n in state.items.items()})
             if state.checked_out:
