@@ -45,6 +45,10 @@ def projected(path: Path) -> CartsView:
         connection.close()
 
 
+def has_projected(path: Path, count: int) -> Callable[[], bool]:
+    return lambda: projected(path).total_events >= count
+
+
 async def until(condition: Callable[[], bool], *services: ServiceProcess) -> None:
     """Poll `condition` (another process's file: polling is the signal there is) while every
     one of `services` runs; the caller's scope bounds the time."""
@@ -89,7 +93,7 @@ async def test_a_consumer_killed_10_times_at_random_points_ends_with_the_fold_of
                         await trio.sleep(rng.uniform(0.0, 2.5))
                     else:  # while it projects
                         target = projected(reports).total_events + rng.randint(1, 80)
-                        await until(lambda t=target: projected(reports).total_events >= t, consumer)
+                        await until(has_projected(reports, target), consumer)
                         await trio.sleep(rng.uniform(0, 0.05))
                     consumer.kill()
                 view = await assert_is_the_fold_of_what_it_counted(reports, journal)
@@ -103,7 +107,7 @@ async def test_a_consumer_killed_10_times_at_random_points_ends_with_the_fold_of
             running("producer", PRODUCER, *shopping(journal, port, 0)),
             running("consumer", CONSUMER, *consumer_args) as consumer,
         ):
-            await until(lambda: projected(reports).total_events >= expected.total_events, consumer)
+            await until(has_projected(reports, expected.total_events), consumer)
             await trio.sleep(0.3)  # an event applied twice late would show now
     assert projected(reports) == expected
 
@@ -121,7 +125,7 @@ async def test_a_producer_killed_mid_stream_and_restarted_leaves_the_consumer_ev
         async with running("consumer", CONSUMER, *consumer_args) as consumer:
             async with running("producer", PRODUCER, *shopping(journal, port, 100_000)) as first:
                 target = rng.randint(100, 300)
-                await until(lambda: projected(reports).total_events >= target, consumer, first)
+                await until(has_projected(reports, target), consumer, first)
                 first.kill()  # mid-stream: shopping, committing, sending batches
             await assert_is_the_fold_of_what_it_counted(reports, journal)
             await trio.sleep(rng.uniform(0.1, 0.5))
@@ -130,9 +134,7 @@ async def test_a_producer_killed_mid_stream_and_restarted_leaves_the_consumer_ev
             ) as second:
                 await second.wait_until(lambda: second.done_shopping, "it was done shopping")
                 expected = await journal_view(journal)
-                await until(
-                    lambda: projected(reports).total_events >= expected.total_events, consumer
-                )
+                await until(has_projected(reports, expected.total_events), consumer)
                 await trio.sleep(0.3)  # an event applied twice late would show now
             assert not consumer.ended  # the same consumer process, never restarted
     assert projected(reports) == expected
