@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import socket
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,17 +44,16 @@ def projected(path: Path) -> CartsView:
         connection.close()
 
 
-def has_projected(path: Path, count: int) -> Callable[[], bool]:
-    return lambda: projected(path).total_events >= count
-
-
-async def until(condition: Callable[[], bool], *services: ServiceProcess) -> None:
-    """Poll `condition` (another process's file: polling is the signal there is) while every
-    one of `services` runs; the caller's scope bounds the time."""
-    while not condition():
-        for service in services:
-            assert not service.ended, f"the {service.name} exited"
-        await trio.sleep(0.01)
+async def until_projected(path: Path, count: int, *services: ServiceProcess) -> None:
+    """Until the read model in `path` counts `count` events (at most 30 s), while every one of
+    `services` runs. Polls: the other process's file is the only signal there is."""
+    with trio.move_on_after(30):
+        while projected(path).total_events < count:
+            for service in services:
+                assert not service.ended, f"the {service.name} exited"
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"{projected(path).total_events} events projected, not {count}")
 
 
 async def assert_is_the_fold_of_what_it_counted(reports: Path, journal: Path) -> CartsView:
@@ -93,7 +91,7 @@ async def test_a_consumer_killed_10_times_at_random_points_ends_with_the_fold_of
                         await trio.sleep(rng.uniform(0.0, 2.5))
                     else:  # while it projects
                         target = projected(reports).total_events + rng.randint(1, 80)
-                        await until(has_projected(reports, target), consumer)
+                        await until_projected(reports, target, consumer)
                         await trio.sleep(rng.uniform(0, 0.05))
                     consumer.kill()
                 view = await assert_is_the_fold_of_what_it_counted(reports, journal)
@@ -107,7 +105,7 @@ async def test_a_consumer_killed_10_times_at_random_points_ends_with_the_fold_of
             running("producer", PRODUCER, *shopping(journal, port, 0)),
             running("consumer", CONSUMER, *consumer_args) as consumer,
         ):
-            await until(has_projected(reports, expected.total_events), consumer)
+            await until_projected(reports, expected.total_events, consumer)
             await trio.sleep(0.3)  # an event applied twice late would show now
     assert projected(reports) == expected
 
@@ -125,7 +123,7 @@ async def test_a_producer_killed_mid_stream_and_restarted_leaves_the_consumer_ev
         async with running("consumer", CONSUMER, *consumer_args) as consumer:
             async with running("producer", PRODUCER, *shopping(journal, port, 100_000)) as first:
                 target = rng.randint(100, 300)
-                await until(has_projected(reports, target), consumer, first)
+                await until_projected(reports, target, consumer, first)
                 first.kill()  # mid-stream: shopping, committing, sending batches
             await assert_is_the_fold_of_what_it_counted(reports, journal)
             await trio.sleep(rng.uniform(0.1, 0.5))
@@ -134,7 +132,7 @@ async def test_a_producer_killed_mid_stream_and_restarted_leaves_the_consumer_ev
             ) as second:
                 await second.wait_until(lambda: second.done_shopping, "it was done shopping")
                 expected = await journal_view(journal)
-                await until(has_projected(reports, expected.total_events), consumer)
+                await until_projected(reports, expected.total_events, consumer)
                 await trio.sleep(0.3)  # an event applied twice late would show now
             assert not consumer.ended  # the same consumer process, never restarted
     assert projected(reports) == expected
