@@ -22,7 +22,7 @@ from fluvial.cli import main
 from fluvial.core.ids import slice_for
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
-from fluvial.examples.demo import consumer_file, is_demo_journal
+from fluvial.examples.demo_files import consumer_file, is_demo_journal
 from fluvial.examples.demo_process import mark_as_demo_file
 from fluvial.journal.sqlite._journal import open_sqlite_journal
 

@@ -23,7 +23,8 @@ import pytest
 import trio
 
 from fluvial.examples.cart_consumer import CartsView, read_view
-from fluvial.examples.demo import ServiceProcess, journal_view, running
+from fluvial.examples.demo import journal_view
+from fluvial.examples.demo_services import ServiceProcess, running
 
 PRODUCER = "fluvial.examples.cart_producer"
 CONSUMER = "fluvial.examples.cart_consumer"
