@@ -29,8 +29,10 @@ from fluvial.grpc import (
     ConsumerSettings,
     GrpcConsumer,
     GrpcNotFound,
+    GrpcUnauthenticated,
     ProducerProtocolError,
     Reconnect,
+    TlsHandshakeFailed,
 )
 from fluvial.grpc._proto.fluvial import v1 as pb
 from fluvial.projection.api import Batch
@@ -152,14 +154,23 @@ async def test_time_spent_waiting_for_a_slow_projection_is_not_silence(
     assert channel.opened_at == [0.0]
 
 
-async def test_a_producer_that_refuses_the_stream_fails_the_source_with_its_error(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize(
+    "error",
+    [
+        GrpcNotFound("no stream 'carts'"),
+        GrpcUnauthenticated("a bearer token is needed"),
+        TlsHandshakeFailed("the peer's certificate is not trusted"),  # a GrpcUnavailable
+    ],
+)
+async def test_an_error_that_waiting_does_not_cure_fails_the_source_as_itself(
+    autojump_clock: trio.testing.MockClock, error: Exception
 ) -> None:
-    channel = FakeChannel([Refuse(GrpcNotFound("no stream 'carts'"))])
+    channel = FakeChannel([Refuse(error)])
     source = GrpcConsumer(channel, ConsumerSettings()).source("carts", SLICES)
     send, _receive = trio.open_memory_channel[Batch](10)
-    with pytest.raises(GrpcNotFound, match="no stream 'carts'"):
+    with pytest.raises(type(error)) as raised, trio.fail_after(60):
         await source.run(TimestampOffset.start(), send)
+    assert raised.value is error
     assert channel.opened_at == [0.0]
 
 

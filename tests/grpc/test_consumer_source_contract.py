@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
-pytest.register_assert_rewrite("fluvial.testing.source_contract")
+# Both before their import: the journal contract's package is imported here first (its record
+# helpers), before the journal tests register it.
+pytest.register_assert_rewrite(
+    "fluvial.testing.source_contract", "fluvial.testing.journal_contract"
+)
 
 from fluvial.core.serialization import SerializerRegistry  # noqa: E402
 from fluvial.grpc import (  # noqa: E402

@@ -25,7 +25,13 @@ from producer_service_helpers import (
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import slice_for
 from fluvial.core.records import EventEnvelope
-from fluvial.grpc import GrpcCallFailed, GrpcUnavailable, ProducerSettings, serve_producer
+from fluvial.grpc import (
+    GrpcCallFailed,
+    GrpcUnavailable,
+    ProducerSettings,
+    ServerSettings,
+    serve_producer,
+)
 from fluvial.grpc._channel import open_channel
 from fluvial.grpc._proto.fluvial import v1 as pb
 from fluvial.journal.api import Journal
@@ -265,3 +271,23 @@ async def test_a_transformation_that_raises_ends_its_stream_only(
         with trio.fail_after(10):
             while "Account|b" not in await receive_events(good, 1):
                 pass
+
+
+async def test_a_batch_larger_than_the_send_limit_travels_split() -> None:
+    journal = MemoryJournal()
+    await Appender(journal).append("a", *range(1, 201))  # ~9 KiB in one batch of 200
+    settings = attrs.evolve(QUIET, server=ServerSettings(max_send_message_size=2000))
+    async with (
+        producer_channel(journal, settings=settings) as channel,
+        events_stream(channel, init_request()) as stream,
+    ):
+        sizes: list[int] = []
+        seq_nrs: list[int] = []
+        with trio.fail_after(10):
+            while len(seq_nrs) < 200:
+                message = await stream.receive()
+                if message is not None and message.batch is not None:
+                    sizes.append(len(bytes(message)))
+                    seq_nrs += [r.seq_nr for r in records_of(message.batch)]
+        assert seq_nrs == list(range(1, 201))
+        assert len(sizes) > 4 and max(sizes) <= 2000

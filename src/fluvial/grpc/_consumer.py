@@ -18,7 +18,8 @@ A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol
   that is in the runner's channel, and what the runner has not reached it still receives, so
   nothing is lost, and what comes twice (a live event the query brings again) the runner's
   offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream id the producer
-  does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a malformed batch) is
+  does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a TLS handshake that
+  fails, a malformed batch) is
   raised as itself: the runner restarts the instance from its stored offsets with the
   projection's backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
 - `replay`, `load_event` and `event_timestamp` are the unary calls `Replay` (asked again from
@@ -62,7 +63,7 @@ from ._consumer_wire import (
     offset_after,
     stream_init,
 )
-from ._errors import GrpcDeadlineExceeded, GrpcUnavailable
+from ._errors import GrpcDeadlineExceeded, GrpcUnavailable, TlsHandshakeFailed
 from ._proto.fluvial import v1 as pb
 
 log = logging.getLogger("fluvial.grpc.consumer")
@@ -174,6 +175,8 @@ class GrpcSource:
                         task_status.started()
                     await self._forward(stream, send)
             except (GrpcUnavailable, _StreamSilent) as error:
+                if isinstance(error, TlsHandshakeFailed):
+                    raise  # a certificate waiting does not cure: the runner's restarts show it
                 delay = self.settings.reconnect.delay(attempt, random.random())
                 log.warning(
                     "stream %r (slices %s) broke, reopening in %.2fs from timestamp %d: %s",

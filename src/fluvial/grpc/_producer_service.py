@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from typing import Any, Final, NoReturn, TypeVar, cast
+from typing import Any, Final, NoReturn, cast
 
 import attrs
 import trio
@@ -39,9 +39,6 @@ from ._producer_wire import ProducerCodec, Undecodable, encoded_size, events_bud
 from ._proto.fluvial import v1 as pb
 from ._server import ServerCall, TrioMethod, serve_grpc, trio_service
 from ._settings import ServerSettings
-
-_Request = TypeVar("_Request")
-_Reply = TypeVar("_Reply")
 
 _SERVICE: Final = "/fluvial.v1.EventProducerService/"
 LOAD_EVENT: Final = _SERVICE + "LoadEvent"

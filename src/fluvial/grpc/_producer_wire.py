@@ -280,7 +280,7 @@ def batch_messages(
 
     MessageTooLarge if one event alone does not fit."""
     budget = max_size - _MESSAGE_OVERHEAD - (len(replay.persistence_id) if replay else 0)
-    parts = list(_encoded_parts(records, budget))
+    parts = list(_encoded_parts(records, budget, max_size))
     for index, events in enumerate(parts):
         part = None
         if replay is not None:
@@ -291,16 +291,17 @@ def batch_messages(
         )
 
 
-def _encoded_parts(records: Sequence[EventRecord], budget: int) -> Iterator[bytes]:
+def _encoded_parts(records: Sequence[EventRecord], budget: int, max_size: int) -> Iterator[bytes]:
     events = encode_events(records)
     if len(events) <= budget:
         yield events
         return
     if len(records) == 1:
-        raise MessageTooLarge(size=len(events), limit=budget, message_type="EventBatch")
+        # The transport's own error for a reply too large: RESOURCE_EXHAUSTED, logged.
+        raise MessageTooLarge(size=len(events), limit=max_size, message_type="EventBatch")
     half = len(records) // 2
-    yield from _encoded_parts(records[:half], budget)
-    yield from _encoded_parts(records[half:], budget)
+    yield from _encoded_parts(records[:half], budget, max_size)
+    yield from _encoded_parts(records[half:], budget, max_size)
 
 
 def encoded_size(record: EventRecord) -> int:
