@@ -147,7 +147,7 @@ async def run_cart_consumer(path: Path, *, port: int, lease_duration: float = 2.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--db", type=Path, required=True, help="the read model's SQLite file")
     parser.add_argument("--port", type=int, required=True, help="the producer's port")
     parser.add_argument("--lease-duration", type=float, default=2.0)
