@@ -101,7 +101,6 @@ async def test_a_consumer_killed_10_times_at_random_points_ends_with_the_fold_of
         # The producer stopped shopping (and serving); it serves its journal again, as it is.
         assert sizes == sorted(sizes) and sizes[-1] > sizes[0], sizes
         expected = await journal_view(journal)
-        assert expected.total_events > sizes[-1]
         async with (
             running("producer", PRODUCER, *shopping(journal, port, 0)),
             running("consumer", CONSUMER, *consumer_args) as consumer,
