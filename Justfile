@@ -44,9 +44,11 @@ bench-postgres: setup
 proto: setup
     {{python}} proto/generate.py
 
-# The gRPC wire benchmarks: the event batch codec against betterproto2 messages per event.
+# The gRPC benchmarks: the event batch codec against betterproto2 messages per event; the
+# consumer's catch-up over loopback against the same projection over the local journal.
 bench-grpc: setup
     {{python}} benchmarks/bench_grpc_encoding.py
+    {{python}} benchmarks/bench_consumer.py
 
 # The demo: a producer and a consumer service (two processes on loopback) replicating shopping
 # carts over gRPC; the consumer is killed and resumes; its read model checked against the journal.

@@ -18,6 +18,7 @@ from psycopg import sql
 
 DSN = os.environ.get("FLUVIAL_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+CREATE = "createdb -h 127.0.0.1 -U postgres test"
 
 
 @functools.cache
@@ -36,7 +37,10 @@ def require_postgres(dsn: str = DSN) -> None:
     error = _unreachable(dsn)
     if error is None:
         return
-    message = f"PostgreSQL not reachable at {dsn}: {error}; start it with `{START}`"
+    message = (
+        f"PostgreSQL not reachable at {dsn}: {error}; start it with `{START}` "
+        f"(and create the database with `{CREATE}`; docs/postgres.md, Tests)"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message} (CI=true: PostgreSQL tests must run, not skip)")
     pytest.skip(message)

@@ -40,6 +40,7 @@ from producer_fixtures import (
     Added,
     Appender,
     CountingJournal,
+    Credited,
     Received,
     public_cents,
     valid_init,
@@ -183,6 +184,45 @@ async def test_what_a_later_slices_offset_has_seen_is_not_sent_again(journal: Jo
     assert received.seq_nrs(QUERY) == {"Account|a": [2], "Account|b": [3]}
 
 
+class ConcurrentMemoryJournal(MemoryJournal):
+    """The memory journal, declared to have concurrent writers (`HasConcurrentWriters`): its
+    timestamps are then not taken to be commit order."""
+
+    async def current_timestamp(self) -> int:
+        return self._clock + 1_000_000  # its events are all well behind its clock
+
+
+async def test_with_concurrent_writers_an_event_behind_a_later_slices_offset_is_sent() -> None:
+    # The consumer's offset in b's slice is past c1, which it has not seen: with concurrent
+    # writers c1 can have committed after the consumer's query passed its timestamp.
+    journal = ConcurrentMemoryJournal()
+    appender = Appender(journal)
+    a1 = (await appender.append("a", 1))[0]
+    b1 = (await appender.append("b", 2))[0]
+    c = next(f"c{n}" for n in range(10_000) if slice_for(f"Account|c{n}") == b1.slice)
+    c1 = (await appender.append(c, 3))[0]
+    b2 = (await appender.append("b", 4))[0]
+    assert a1.slice != b1.slice and a1.timestamp < c1.timestamp < b2.timestamp
+    received = Received()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            receive = await start_stream(
+                nursery,
+                journal,
+                slices=SliceRange(min(a1.slice, b1.slice), max(a1.slice, b1.slice)),
+                offsets=[
+                    SliceOffset(slice=a1.slice, offset=offset_after(a1)),
+                    SliceOffset(slice=b1.slice, offset=offset_after(b2)),
+                ],
+            )
+            await appender.append("a", 5)
+            while 2 not in received.seq_nrs(QUERY).get(a1.persistence_id, []):
+                received.batches.append(await receive.receive())
+            nursery.cancel_scope.cancel()
+    # c1 came (before a2: timestamp order); so did b's, which the consumer drops by seq nr.
+    assert received.seq_nrs(QUERY)[c1.persistence_id] == [1]
+
+
 def offset_after(record: EventRecord) -> TimestampOffset:
     return TimestampOffset(record.timestamp, {record.persistence_id: record.seq_nr})
 
@@ -288,6 +328,28 @@ async def test_an_init_of_another_stream_is_refused(journal: Journal) -> None:
     send, _ = trio.open_memory_channel[Batch](1)
     with pytest.raises(UsageError, match="the Init of stream 'others'"):
         await run_producer_stream(journal, SOURCE, valid_init(other), INTERNAL, send)
+
+
+class TransformationFailed(Exception):
+    pass
+
+
+def _failing(envelope: EventEnvelope[Added]) -> Credited | None:
+    raise TransformationFailed(envelope.persistence_id)
+
+
+async def test_an_exception_of_the_transformation_ends_the_stream_as_itself(
+    journal: Journal,
+) -> None:
+    await Appender(journal).append("a", 1)
+    failing: EventProducerSource[Added, Credited] = EventProducerSource(
+        stream_id="accounts", entity_type=ENTITY_TYPE, serializers=PUBLIC, transformation=_failing
+    )
+    send, _ = trio.open_memory_channel[Batch](100)
+    with trio.fail_after(10), pytest.raises(TransformationFailed, match=r"Account\|a"):
+        await run_producer_stream(
+            journal, failing, valid_init(failing), INTERNAL, send, settings=QUIET
+        )
 
 
 async def test_a_replay_gives_the_public_events_between_two_seq_nrs(journal: Journal) -> None:

@@ -109,3 +109,38 @@ async def test_a_newer_request_supersedes_the_running_replay_of_its_entity() -> 
     seq_nrs = [r.seq_nr for a in after if isinstance(a, ReplayBatch) for r in a.records]
     assert seq_nrs == [6, 7, 8, 9, 10]
     assert stream.replays.running == ()
+
+
+async def test_a_replay_superseded_as_its_last_batch_is_taken_ends_without_error() -> None:
+    # The consumer takes replay 1's last batch (its sender is rescheduled, not run yet) and a
+    # newer request of its entity comes before the sender runs again: the core cancels
+    # replay 1 (too late to interrupt its send), whose task must then end quietly.
+    journal = MemoryJournal()
+    await Appender(journal).append("a", 1, 2)
+    stream = open_stream()
+    send, receive = trio.open_memory_channel[ReplayAnswer](0)
+    answers: list[ReplayAnswer] = []
+
+    async def collect() -> None:
+        async for answer in receive:
+            answers.append(answer)
+            if isinstance(answer, ReplayBatch) and answer.correlation_id == 2 and answer.last:
+                return
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            replays = StreamReplays(nursery, stream, journal, SOURCE, INTERNAL, send)
+            await replays.apply(replay(stream, 1, "a"))
+            await trio.testing.wait_all_tasks_blocked()  # replay 1 waits to send its last
+            answers.append(receive.receive_nowait())
+            nursery.start_soon(collect)
+            await replays.apply(replay(stream, 2, "a", first=2))
+    assert [(type(a).__name__, a.correlation_id) for a in answers] == [
+        ("ReplayBatch", 1),
+        ("ReplaySuperseded", 1),
+        ("ReplayBatch", 2),
+    ]
+    last = answers[-1]
+    assert isinstance(last, ReplayBatch)
+    assert [r.seq_nr for r in last.records] == [2]
+    assert stream.replays.running == ()

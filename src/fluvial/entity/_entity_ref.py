@@ -27,6 +27,7 @@ class EntityRef(Generic[C]):
         self._entities = entities
         self.behavior = behavior
         self.persistence_id = PersistenceId(behavior.entity_type, entity_id)
+        self._key = str(self.persistence_id)  # what `LiveEntities.live` is keyed by
 
     async def ask(self, command: CommandOf[C, R]) -> R:
         """Send `command` to the entity and wait for its reply.
@@ -50,7 +51,7 @@ class EntityRef(Generic[C]):
         await trio.lowlevel.checkpoint_if_cancelled()
         ask = Ask(command)
         entities = self._entities
-        live = entities.live.get(self.persistence_id)
+        live = entities.live.get(self._key)
         # The common case, a live entity with room in its mailbox, takes no detour.
         if live is None or entities.closed or not live.mailbox.offer(ask):
             await entities.deliver(self.behavior, self.persistence_id, ask)

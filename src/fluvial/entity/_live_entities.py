@@ -38,7 +38,9 @@ class LiveEntities:
         mailbox_size: int,
         passivate_after: float,
     ) -> None:
-        self.live: dict[PersistenceId, LiveEntity] = {}
+        # By the persistence id's string form (`LiveEntity.key`): a str caches its hash, a
+        # PersistenceId computes it in Python, once per command.
+        self.live: dict[str, LiveEntity] = {}
         self.closed = False
         self._nursery = nursery
         self._mailbox_size = mailbox_size
@@ -54,7 +56,7 @@ class LiveEntities:
         while True:
             if self.closed:
                 raise EntityStopped(f"{pid}: the entity runtime is closed")
-            live = self.live.get(pid) or self.spawn(behavior, pid)
+            live = self.live.get(str(pid)) or self.spawn(behavior, pid)
             try:
                 await live.mailbox.put(ask)
                 return
@@ -77,18 +79,17 @@ class LiveEntities:
             key,
             slice_for(key),
             Mailbox(self._mailbox_size),
-            trio.current_time(),
             behavior.handlers_for(EntityContext(pid)),
         )
         live.on_appended = functools.partial(self._answers.appended, live)
-        self.live[pid] = live
+        self.live[key] = live
         self._nursery.start_soon(self._tasks.run, live, name=key)
         return live
 
     def forget(self, live: LiveEntity) -> None:
         """`live` is no longer in memory (its task ends)."""
-        if self.live.get(live.pid) is live:
-            del self.live[live.pid]
+        if self.live.get(live.key) is live:
+            del self.live[live.key]
 
     def retire(self, live: LiveEntity, leftovers: Sequence[Ask] = ()) -> None:
         """Take `live` out of service; its unhandled commands go to a new incarnation, or,
@@ -108,13 +109,22 @@ class LiveEntities:
 
     @trio.lowlevel.enable_ki_protection  # see `fluvial.entity._opening`
     async def passivate_idle(self, task_status: trio.TaskStatus[None]) -> None:
-        """Retire entities idle for `passivate_after`; checks at a quarter of that period."""
+        """Retire entities idle for `passivate_after`; checks at a quarter of that period.
+
+        An entity is retired by the fourth sweep in a row that finds it idle (waiting for mail,
+        none taken since the sweep before): the first of them comes after its last work, and
+        the sweeps are at least a quarter period apart, so it has idled a whole period by then.
+        Counting sweeps spares the entity task a clock reading per batch.
+        """
         task_status.started()
         while True:
             await trio.sleep(self._passivate_after / 4)
-            horizon = trio.current_time() - self._passivate_after
             for live in list(self.live.values()):
-                if live.mailbox.idle and live.last_active <= horizon:
+                if live.active or not live.mailbox.idle:
+                    live.active, live.idle_sweeps = False, 0
+                    continue
+                live.idle_sweeps += 1
+                if live.idle_sweeps >= 4:
                     self.retire(live)
 
     def close(self) -> None:

@@ -21,19 +21,22 @@ from fluvial.entity._mailbox import Ask, Mailbox
 
 @attrs.define(eq=False)
 class LiveEntity:
-    """One incarnation of an entity: its mailbox and when it last had work."""
+    """One incarnation of an entity: its mailbox and whether it had work lately."""
 
     behavior: EventSourcedBehavior[Any, Any, Any]
     pid: PersistenceId
     key: str
     slice: int
     mailbox: Mailbox
-    last_active: float
     handlers: EntityHandlers[Any, Any, Any]  # the behavior's, bound to this entity's context
     # What the stored events say, once recovered; updated when an append commits.
     state: Any = None
     seq_nr: int = 0
     reload: bool = False  # an append failed: recover before deciding again
+    # Whether it took mail since the passivation sweep last looked, and how many sweeps in a
+    # row have found it idle since (`LiveEntities.passivate_idle`).
+    active: bool = True
+    idle_sweeps: int = 0
     # The asks taken from the mailbox and not yet handed on (answered, or their append out):
     # if the task ends, they share its fate. Those already answered ignore that.
     batch: Sequence[Ask] = ()

@@ -8,8 +8,10 @@ memory channels or Events).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
+import outcome
 import trio
 
 from fluvial._wakeup import SingleWaiter
@@ -26,48 +28,73 @@ class MailboxClosed(EntityStopped):
 
 class Ask(SingleWaiter):
     """One command on its way to an entity, and the slot its answer goes to; its caller waits
-    on it for the answer."""
+    on it for the answer.
 
-    __slots__ = ("_error", "_settled", "_value", "command")
+    The answer travels in the caller's wake-up (the outcome trio resumes it with), so that the
+    wait is trio's own coroutine: an `async def reply` around it cost a coroutine per command.
+    An answer that comes while nobody waits is kept for the next `reply`.
+    """
+
+    __slots__ = ("_answer", "command")
 
     def __init__(self, command: object) -> None:
         self._task = None  # `SingleWaiter.__init__`, without a call per command
         self.command = command
-        self._settled = False
-        self._value: Any = None
-        self._error: BaseException | None = None
+        self._answer: outcome.Outcome[Any] | None = None  # kept while nobody waits
 
     @property
     def answered(self) -> bool:
         """Whether the reply (or the error) is set."""
-        return self._settled
+        return self._answer is not None
 
     def answer(self, value: object) -> None:
         """Set the reply and wake the caller; a later answer or failure is ignored."""
-        if not self._settled:
-            self._settled, self._value = True, value
-            self.wake()
+        # `_settle`, written out: one call less per command.
+        if self._answer is None:
+            task = self._task
+            if task is None:
+                self._answer = outcome.Value(value)
+            else:
+                self._answer, self._task = _DELIVERED, None
+                trio.lowlevel.reschedule(task, outcome.Value(value))
 
     def fail(self, error: BaseException) -> None:
         """Set the error the caller raises and wake it; a later answer or failure is ignored."""
-        if not self._settled:
-            self._settled, self._error = True, error
-            self.wake()
+        self._settle(outcome.Error(error))
 
-    async def reply(self) -> Any:
-        """The reply, or raise the error. A cancelled caller stops waiting; the command is
-        carried out all the same (see `EntityRef.ask`)."""
-        if self._settled:
-            await trio.lowlevel.checkpoint()
-        else:
-            await self.wait()
-        if self._error is None:
-            return self._value
-        error, self._error = self._error, None
-        try:
-            raise error
-        finally:
-            del error  # the traceback holds this frame: no cycle through it
+    def _settle(self, answer: outcome.Outcome[Any]) -> None:
+        if self._answer is None:
+            task = self._task
+            if task is None:
+                self._answer = answer  # nobody waits (yet): `reply` takes it
+            else:
+                # Not kept here: the caller's frame holds this ask, and an error's traceback
+                # that frame.
+                self._answer, self._task = _DELIVERED, None
+                trio.lowlevel.reschedule(task, answer)
+
+    def reply(self) -> Coroutine[Any, Any, Any]:
+        """The reply, or raise the error: `await ask.reply()`, at once, in the caller's task.
+        A cancelled caller stops waiting; the command is carried out all the same (see
+        `EntityRef.ask`). Not an `async def`: see `SingleWaiter.wait`."""
+        answer = self._answer
+        if answer is None:
+            return self.wait()
+        self._answer = _DELIVERED
+        return _answered(answer)
+
+
+# What an ask keeps once its answer went to its caller: answered, and nothing held.
+_DELIVERED: outcome.Outcome[Any] = outcome.Value(None)
+
+
+async def _answered(answer: outcome.Outcome[Any]) -> Any:
+    """An answer that came before its caller waited: a checkpoint, then the answer."""
+    await trio.lowlevel.checkpoint()
+    try:
+        return answer.unwrap()
+    finally:
+        del answer  # an error's traceback holds this frame: no cycle through it
 
 
 class Mailbox:
@@ -79,6 +106,7 @@ class Mailbox:
         self._receiver = SingleWaiter()  # the entity task, waiting for mail
         self._room = trio.lowlevel.ParkingLot()
         self.closed = False
+        # Set, the receiver waits, mail or not, until `release` (while a write is out).
         self.held = False
 
     def __len__(self) -> int:
@@ -88,10 +116,6 @@ class Mailbox:
     def idle(self) -> bool:
         """The entity is waiting for mail, none is queued, and nothing holds it."""
         return self._receiver.waiting and not self._items and not self.held
-
-    def hold(self) -> None:
-        """Keep the receiver waiting, mail or not, until `release` (while a write is out)."""
-        self.held = True
 
     def release(self) -> None:
         """Let the receiver take its mail again, waking it if some is queued."""
@@ -110,9 +134,12 @@ class Mailbox:
     @trio.lowlevel.enable_ki_protection  # called from callers' tasks: never half done
     def offer(self, ask: Ask) -> bool:
         """Queue `ask` if there is room; False if the mailbox is full or closed."""
-        if len(self._items) >= self._capacity or self.closed:
+        items = self._items
+        if len(items) >= self._capacity or self.closed:
             return False
-        self.put_nowait(ask)
+        items.append(ask)  # `put_nowait`, written out: one call less per command
+        if not self.held:
+            self._receiver.wake()
         return True
 
     @trio.lowlevel.enable_ki_protection  # called from callers' tasks: never half done
@@ -131,7 +158,10 @@ class Mailbox:
             await self._receiver.wait()
         batch = list(self._items)
         self._items.clear()
-        if self._room:
+        # Senders wait for room only while the mailbox holds `capacity` asks or more, and it
+        # only grows until taken: a smaller batch leaves none waiting (and `if self._room`
+        # is a Python call per batch).
+        if len(batch) >= self._capacity:
             self._room.unpark_all()
         return batch
 

@@ -110,5 +110,9 @@ class StreamReplays:
                     correlation_id=answer, persistence_id=pid, records=pending or [], last=True
                 )
             )
+            if self._scopes.get(answer) is not scope:
+                # Cancelled once the consumer had taken the last batch (the send had
+                # completed): the core has let this replay go already.
+                return
             del self._scopes[answer]
             await self.apply(self._stream.replay_finished(answer))

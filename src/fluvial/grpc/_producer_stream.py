@@ -30,14 +30,18 @@ import trio
 
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import UsageError
+from fluvial.core.first_sight import FirstSight
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.replication_stream_messages import ValidInit
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.grpc._producer_source import EventProducerSource
 from fluvial.journal.api import Journal
+from fluvial.nursery_errors import open_service_nursery
 from fluvial.projection._source import LocalJournalSource
 from fluvial.projection._source_settings import SourceSettings
 from fluvial.projection.api import Batch
+
+QUERY_IN_COMMIT_ORDER = FirstSight.QUERY_IN_COMMIT_ORDER
 
 
 @attrs.frozen(kw_only=True)
@@ -77,17 +81,19 @@ async def run_producer_stream(
     settings = settings or ProducerStreamSettings()
     local = LocalJournalSource(journal, source.entity_type, init.slices, settings.source)
     public_form = PublicForm(source, serializers, with_payloads=init.with_payloads)
-    seen_until = init.seen_until()
+    # The query starts at the earliest slice offset; what later slices' offsets have seen
+    # already need not travel again (the consumer would drop it by seq nr). Only where
+    # timestamps are commit order: with concurrent writers an event behind a slice's offset
+    # may have committed after the consumer passed its timestamp, unseen.
+    seen_until = init.seen_until() if local.first_sight is QUERY_IN_COMMIT_ORDER else 0
 
     def publish(records: Sequence[EventRecord], path: EnvelopeSource) -> list[EventRecord]:
-        # The query starts at the earliest slice offset; what later slices' offsets have
-        # seen already need not travel again (the consumer would drop it by seq nr).
         unseen = [r for r in records if r.timestamp > seen_until or not init.has_seen(r)]
         return public_form(unseen, path)
 
     # Unbuffered: the source's next page waits until this one is taken.
     records_in, records_out = trio.open_memory_channel[Batch](0)
-    async with trio.open_nursery() as nursery:
+    async with open_service_nursery() as nursery:
         await nursery.start(local.run, init.resume_offset(), records_in)
         task_status.started()
         await _send_batches(records_out, send, publish, settings)

@@ -73,7 +73,9 @@ class LocalJournalSource:
             if self.settings.live and isinstance(self.journal, HasLivePath):
                 await supervisor.start(self._live, self.journal, send)
             if self.settings.backtracking_interval is not None:
-                supervisor.start_soon(self._backtracking, send, self.settings.backtracking_interval)
+                supervisor.start_soon(
+                    self._backtracking, send, self.settings.backtracking_interval, offset.timestamp
+                )
             task_status.started()
             await supervisor.run(self._query, send)
 
@@ -115,18 +117,24 @@ class LocalJournalSource:
                 await journal.wait_for_new_events(seen)
                 until = None
 
-    async def _backtracking(self, send: trio.MemorySendChannel[Batch], interval: float) -> None:
+    async def _backtracking(
+        self, send: trio.MemorySendChannel[Batch], interval: float, resumed: int
+    ) -> None:
         span = _microseconds(self.settings.backtracking_span)
         behind = _microseconds(self.settings.backtracking_behind_current_time)
-        # From the span behind where the query resumed: what a late commit may have left
-        # there before a restart, the backtracking of the run before may not have reached.
-        after = TimestampOffset(max(0, self._query_offset.timestamp - span))
+        # From the span behind where the query resumed (`resumed`): what a late commit may
+        # have left there before a restart, the backtracking of the run before may not have
+        # reached. That span comes first, however far the query has caught up since.
+        after = TimestampOffset(max(0, resumed - span))
         while True:
             await trio.sleep(interval)
             until = min(self._query_offset.timestamp, await self._behind_current_time(behind))
-            if after.timestamp < until - span:
-                # Fallen behind by more than the span (the query caught up on old events,
-                # committed long before it read them): no late commit is back there.
+            if after.timestamp < resumed:
+                until = min(until, resumed)
+            elif after.timestamp < until - span:
+                # Fallen behind by more than the span where this run's query has read (it
+                # caught up on old events, committed long before it read them): no late
+                # commit is back there.
                 after = TimestampOffset(until - span)
             while page := await self.journal.read_events_by_slices(
                 self.entity_type,
@@ -139,6 +147,8 @@ class LocalJournalSource:
                 await send.send((page, EnvelopeSource.BACKTRACKING))
                 for record in page:
                     after = after.advanced_to(record)
+            if until == resumed and after.timestamp < resumed:
+                after = TimestampOffset(resumed)  # read up to there: what follows is the query's
 
     async def _behind_current_time(self, behind: int) -> int:
         """The newest timestamp to read: `behind` microseconds before the journal's clock

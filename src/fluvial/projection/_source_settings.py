@@ -15,7 +15,8 @@ class SourceSettings:
     The backtracking query reads without payloads, from `backtracking_span` seconds of event
     time behind where the query resumed, on up to the query's position, and never more than
     `backtracking_span` behind it (it skips ahead when it falls further behind, e.g. while the
-    query catches up on old events, which no late commit can be among).
+    query catches up on old events, which no late commit can be among, once it has read the
+    span behind where the query resumed).
 
     For a journal with concurrent writers (`fluvial.journal.api.HasConcurrentWriters`:
     PostgreSQL) the query reads only events at least `behind_current_time` seconds older than

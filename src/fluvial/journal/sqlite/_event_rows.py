@@ -52,17 +52,19 @@ EVENTS_BY_SLICES = (
 # integer key comes from the `entity` table, where the writer makes sure it exists
 # (`ENTITY_KEYS`). Events of this journal's own entities leave the replication columns NULL,
 # so they bind four values fewer (`INSERT_EVENT`); the others take `INSERT_TRACED_EVENT`.
+# Untagged events bind '' for their tags, stored as NULL (`nullif`): see `_event_row`.
 INSERT_EVENT = (
     "INSERT INTO event_journal (entity_id, persistence_id, seq_nr, entity_type, slice, tags, "
     "manifest, ser_version, payload, db_timestamp) VALUES "
-    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9)"
+    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,nullif(?5, ''),?6,?7,?8,"
+    "?9)"
 )
 INSERT_TRACED_EVENT = (
     "INSERT INTO event_journal (entity_id, persistence_id, seq_nr, entity_type, slice, tags, "
     "manifest, ser_version, payload, write_timestamp, origin_replica, origin_seq_nr, "
     "version_vector, db_timestamp) VALUES "
-    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,"
-    "?12,?13)"
+    "((SELECT id FROM entity WHERE persistence_id = ?1), ?1,?2,?3,?4,nullif(?5, ''),?6,?7,?8,"
+    "?9,?10,?11,?12,?13)"
 )
 ENTITY_KEYS = EnsuredKeys("INSERT OR IGNORE INTO entity (persistence_id) VALUES (?)")
 # An append must start right after the entity's highest stored seq nr; the writer remembers
@@ -98,22 +100,31 @@ def insert_events(events: Sequence[EventRecord]) -> RowInsert:
         if record.replication is not None or record.write_timestamp:
             rows = [traced_event_row(e) for e in events]
             return RowInsert(INSERT_TRACED_EVENT, rows, _conflict, ENTITY_KEYS, FOLLOWS_STORED)
+    # map, not a list comprehension: no frame of its own per append
     return RowInsert(
-        INSERT_EVENT, [_event_row(e) for e in events], _conflict, ENTITY_KEYS, FOLLOWS_STORED
+        INSERT_EVENT, list(map(_event_row, events)), _conflict, ENTITY_KEYS, FOLLOWS_STORED
     )
 
 
 def _event_row(record: EventRecord) -> tuple[Any, ...]:
+    # sqlite3 binds an int, float, str or bytearray as it is; any other value (None, bytes)
+    # it first looks up in its adapters, which costs more than SQLite's insert of the row's
+    # columns (~3,400 instructions each, a formatted AttributeError among them; callgrind,
+    # benchmarks/callgrind_commands.py). So an untagged event binds '' (the insert stores
+    # NULL) and the payload goes as a bytearray (a copy of a few dozen bytes; stored as the
+    # same BLOB, read back as bytes). Anything else goes as given: what SQLite cannot bind
+    # fails the write in the writer, as a `JournalFileError`.
     payload = record.payload
+    data = payload.data if payload else None
     return (
         record.persistence_id,
         record.seq_nr,
         record.entity_type,
         record.slice,
-        tags_json(record.tags) if record.tags else None,  # most are untagged: no call
+        tags_json(record.tags) if record.tags else "",  # most are untagged: no call
         payload.manifest if payload else None,
         payload.version if payload else None,
-        payload.data if payload else None,
+        bytearray(data) if type(data) is bytes else data,
     )
 
 

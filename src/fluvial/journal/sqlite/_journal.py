@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import msgspec
 import outcome
 from msgspec.structs import replace
 
@@ -214,21 +215,14 @@ class SqliteJournal:
         )
 
 
-class _Committed:
+class _Committed(msgspec.Struct, eq=False):
     """What `append_soon` does once its write is committed: one small object per append
-    (a closure would be five: the function, its cells and their tuple)."""
+    (a closure would be five: the function, its cells and their tuple), a Struct because it
+    is built in C (a class's `__init__` is a Python call per append)."""
 
-    __slots__ = ("events", "journal", "on_done")
-
-    def __init__(
-        self,
-        journal: SqliteJournal,
-        events: Sequence[EventRecord],
-        on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
-    ) -> None:
-        self.journal = journal
-        self.events = events
-        self.on_done = on_done
+    journal: SqliteJournal
+    events: Sequence[EventRecord]
+    on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None]
 
     def __call__(self, result: outcome.Outcome[int]) -> None:
         if isinstance(result, outcome.Value):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-import attrs
+import msgspec
 import outcome
 import trio
 
@@ -51,15 +51,11 @@ class WriteTransaction:
         """Run `ensured` for each of `keys` not known to be committed already."""
         self._keys.ensure(self.connection, ensured, keys)
 
-    def check_follows(self, check: SeqNrCheck, rows: list[tuple[Any, ...]]) -> None:
-        """Raise `check.on_gap` unless `rows` (one key's, in seq nr order) start right after
-        the key's highest stored seq nr. A first seq nr at or below it passes: the unique
-        index refuses it as a conflict."""
-        key, first = rows[0][0], rows[0][1]
-        highest = self._seq_nrs.highest(self.connection, check.highest_sql, key)
-        if first > highest + 1:
-            raise check.on_gap(key, first, highest)
-        self._seq_nrs.appended(key, max(highest, rows[-1][1]))
+    def check_follows(self, check: SeqNrCheck, runs: Iterable[list[tuple[Any, ...]]]) -> None:
+        """Raise `check.on_gap` unless each of `runs` (one key's rows, in seq nr order) starts
+        right after the key's highest seq nr, stored or written before in this transaction.
+        A first seq nr at or below it passes: the unique index refuses it as a conflict."""
+        self._seq_nrs.check_follows(self.connection, check, runs)
 
     def highest_seq_nr(self, check: SeqNrCheck, key: str) -> int:
         """The highest seq nr of `key`, stored or written in this transaction, as the
@@ -87,8 +83,7 @@ class WriteTransaction:
         return self._last_timestamp
 
 
-@attrs.define(eq=False)
-class RowInsert:
+class RowInsert(msgspec.Struct, eq=False):
     """A write that only inserts rows with one statement; returns the first row's timestamp.
 
     The statement's last parameter is a timestamp column: row `i` gets the first timestamp plus
@@ -99,6 +94,8 @@ class RowInsert:
     transaction of thousands of rows gives the garbage collector nothing to walk. With
     `ensure`, the rows' first values are keys that `ensure` makes exist first; with `follows`,
     the rows are one key's seq nrs, checked to follow its stored ones (`SeqNrCheck`).
+    (A msgspec Struct, as `PendingWrite`: one is built per append, and a Struct is built in C,
+    an attrs class in a Python `__init__`.)
     """
 
     sql: str
@@ -118,39 +115,31 @@ def _insert_all(txn: WriteTransaction, inserts: list[RowInsert]) -> int:
     """Insert the rows of `inserts` (all with the first one's statement) with one
     `executemany`, stamped with consecutive timestamps; return the first timestamp."""
     head = inserts[0]
+    runs = [insert.rows for insert in inserts]
     if head.follows is not None:
-        for insert in inserts:
-            txn.check_follows(head.follows, insert.rows)
-    first = txn.next_timestamps(sum(len(insert.rows) for insert in inserts))
+        txn.check_follows(head.follows, runs)
+    rows = list(itertools.chain.from_iterable(runs))
+    first = txn.next_timestamps(len(rows))
     if head.ensure is not None:
-        txn.ensure_keys(head.ensure, (row[0] for insert in inserts for row in insert.rows))
-    rows = itertools.chain.from_iterable(insert.rows for insert in inserts)
+        txn.ensure_keys(head.ensure, [row[0] for row in rows])
     txn.connection.executemany(head.sql, _stamped(rows, first))
     return first
 
 
-class PendingWrite(Generic[T]):
+class PendingWrite(msgspec.Struct, Generic[T], eq=False):
     """A write waiting for its commit, and who to tell: a parked task or a callback.
 
     `alone`: the write commits in a transaction of its own, after the other writes handed
     over with it have committed and their callers were woken (see `transactions_of`).
+    `result` is the write's outcome, once it has one. (A msgspec Struct: one is built per
+    write, in C; a class's `__init__` is a Python call.)
     """
 
-    __slots__ = ("alone", "function", "on_done", "result", "task")
-
-    def __init__(
-        self,
-        function: Callable[[WriteTransaction], T],
-        task: trio.lowlevel.Task | None,
-        on_done: Callable[[outcome.Outcome[T]], None] | None = None,
-        *,
-        alone: bool = False,
-    ) -> None:
-        self.function = function
-        self.task = task
-        self.on_done = on_done
-        self.alone = alone
-        self.result: outcome.Outcome[T] | None = None
+    function: Callable[[WriteTransaction], T]
+    task: trio.lowlevel.Task | None
+    on_done: Callable[[outcome.Outcome[T]], None] | None = None
+    alone: bool = False
+    result: outcome.Outcome[T] | None = None
 
 
 def transactions_of(batch: list[PendingWrite[Any]]) -> list[list[PendingWrite[Any]]]:
@@ -308,13 +297,15 @@ def pages_written(batch: list[PendingWrite[Any]]) -> int:
 def _row_insert_run(batch: list[PendingWrite[Any]], start: int) -> list[RowInsert]:
     """The `RowInsert`s with the same statement from `start` on."""
     run: list[RowInsert] = []
-    for pending in batch[start:]:
-        function = pending.function
-        if not isinstance(function, RowInsert) or (
-            run
-            and (function.sql, function.ensure, function.follows)
-            != (run[0].sql, run[0].ensure, run[0].follows)
-        ):
+    same = None  # what the run's inserts share, compared as one tuple (`is` before `==`)
+    for index in range(start, len(batch)):
+        function = batch[index].function
+        if not isinstance(function, RowInsert):
+            break
+        statement = (function.sql, function.ensure, function.follows)
+        if same is None:
+            same = statement
+        elif statement != same:
             break
         run.append(function)
     return run
