@@ -1,6 +1,7 @@
 """The PostgreSQL journal: events, snapshots and projection offsets in one schema of a
 database that any number of fluvial processes share (docs/postgres.md)."""
 
+from fluvial.journal.postgres._errors import PostgresOutcomeUnknown as PostgresOutcomeUnknown
 from fluvial.journal.postgres._errors import PostgresSchemaTooNew as PostgresSchemaTooNew
 from fluvial.journal.postgres._errors import PostgresUnavailable as PostgresUnavailable
 from fluvial.journal.postgres._journal import PostgresJournal as PostgresJournal
@@ -10,6 +11,7 @@ from fluvial.journal.postgres._offset_store import PostgresOffsetStore as Postgr
 __all__ = [
     "PostgresJournal",
     "PostgresOffsetStore",
+    "PostgresOutcomeUnknown",
     "PostgresSchemaTooNew",
     "PostgresUnavailable",
     "open_postgres_journal",

@@ -1,4 +1,5 @@
-"""The PostgreSQL journal's own errors: a server it cannot reach, a schema of a newer fluvial."""
+"""The PostgreSQL journal's own errors: a server it cannot reach (or lost during a call), a
+schema of a newer fluvial."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ class PostgresUnavailable(JournalError):
             "connection settings (host, port, database, user)"
         )
         self.detail = detail
+
+
+class PostgresOutcomeUnknown(PostgresUnavailable):
+    """The connection broke while the call ran, and it stayed broken for longer than the
+    journal retries (`retry_for`): the call may or may not have committed. Read back what it
+    wrote to know (the entity runtime reloads the entity before its next command)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.add_note("the connection broke during the call: it may or may not have committed")
 
 
 class PostgresSchemaTooNew(JournalError):

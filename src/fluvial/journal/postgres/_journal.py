@@ -1,17 +1,20 @@
 """The PostgreSQL journal and snapshot store, on a pool of psycopg connections.
 
-The transactions live by job (event rows and appends in _event_rows.py, snapshots in
-_snapshots.py); this class runs them on the pool and tells waiting followers what this process
-committed. Other processes' commits are found by polling (`poll_interval`).
+The transactions live by job (event rows in _event_rows.py, the group commit of appends in
+_group_commit.py and _batched_appends.py, snapshots in _snapshots.py); this class runs them on
+the pool and tells waiting followers what this process committed. Other processes' commits
+are found by polling (`poll_interval`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
+import outcome
+import trio
 from msgspec.structs import replace
 
 from fluvial._wakeup import Signal
@@ -37,10 +40,17 @@ from fluvial.journal.postgres._event_rows import (
     event_from_row,
     unseen,
 )
+from fluvial.journal.postgres._group_commit import GroupCommit
 from fluvial.journal.postgres._offset_store import PostgresOffsetStore
 from fluvial.journal.postgres._pool import ConnectionPool
 from fluvial.journal.postgres._schema import check_schema_name, migrate
 from fluvial.journal.queries import by_slices_parameters
+from fluvial.nursery_errors import open_service_nursery
+
+# Group commit (see _group_commit.py): transactions of appends in flight at once, and the
+# appends one may hold.
+WRITERS = 2
+MAX_APPENDS_PER_TRANSACTION = 2000
 
 
 class PostgresJournal:
@@ -49,7 +59,7 @@ class PostgresJournal:
     `open_postgres_journal`. Its writers are concurrent (`HasConcurrentWriters`): projections
     read it behind the server's clock and backtrack."""
 
-    def __init__(self, pool: ConnectionPool, poll_interval: float) -> None:
+    def __init__(self, pool: ConnectionPool, poll_interval: float, schema: str) -> None:
         self._pool = pool
         self._poll_interval = poll_interval
         # Counts this process's appends: followers here wake at once, others poll.
@@ -57,6 +67,15 @@ class PostgresJournal:
         # This process's last timestamp: its next appends get later ones (see _event_rows.py).
         self._last_timestamp = 0
         self._offset_store: PostgresOffsetStore | None = None
+        self._group_commit = GroupCommit(
+            pool,
+            name=schema,
+            writers=WRITERS,
+            max_appends=MAX_APPENDS_PER_TRANSACTION,
+            floor=lambda: self._last_timestamp + 1,
+            stamped=self._stamped,
+            committed=self._appends.notify,
+        )
 
     def offset_store(self) -> PostgresOffsetStore:
         """The journal's offset store, in its schema, on the database server's clock (the same
@@ -70,13 +89,21 @@ class PostgresJournal:
         """See `Journal.append`."""
         check_append_batch(events)
         if not events:
+            await trio.lowlevel.checkpoint()
             return []
-        first = await self._pool.run(
-            functools.partial(
-                _event_rows.append_events, events=events, floor=self._last_timestamp + 1
-            )
-        )
-        return self._appended_at(events, first)
+        return await self._group_commit.append(events)
+
+    def append_soon(
+        self,
+        events: Sequence[EventRecord],
+        on_done: Callable[[outcome.Outcome[Sequence[EventRecord]]], None],
+    ) -> None:
+        """See `AppendSoon.append_soon`: the entity runtime's way in, no task parked."""
+        check_append_batch(events)
+        if not events:
+            on_done(outcome.Value([]))
+            return
+        self._group_commit.append_soon(events, on_done)
 
     async def write_from_elsewhere(
         self, events: Sequence[EventRecord]
@@ -85,10 +112,13 @@ class PostgresJournal:
         check_from_elsewhere(events)
         if not events:
             return []
+        # Idempotent: run again after a lost connection, what the first run stored is
+        # answered EventAlreadyStored.
         decision, first = await self._pool.run(
             functools.partial(
                 _event_rows.write_from_elsewhere, events=events, floor=self._last_timestamp + 1
-            )
+            ),
+            idempotent=True,
         )
         stamped = iter(self._appended_at(decision.stored, first) if decision.stored else [])
         return [
@@ -97,12 +127,17 @@ class PostgresJournal:
         ]
 
     def _appended_at(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
+        stamped = self._stamped(events, first)
+        self._appends.notify()
+        return stamped
+
+    def _stamped(self, events: Sequence[EventRecord], first: int) -> list[EventRecord]:
+        """`events` as stored from timestamp `first` on; later appends get later ones."""
         stamped = [
             replace(e, timestamp=first + i, write_timestamp=e.write_timestamp or first + i)
             for i, e in enumerate(events)
         ]
         self._last_timestamp = max(self._last_timestamp, stamped[-1].timestamp)
-        self._appends.notify()
         return stamped
 
     async def read_events(
@@ -118,7 +153,7 @@ class PostgresJournal:
             ).fetchall()
             return [event_from_row(row) for row in rows]
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     async def highest_seq_nr(self, persistence_id: str) -> int:
         """See `Journal.highest_seq_nr`."""
@@ -127,7 +162,7 @@ class PostgresJournal:
             row = conn.execute(HIGHEST_SEQ_NR, (persistence_id,)).fetchone()
             return int(row[0]) if row else 0
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     async def read_events_by_slices(
         self,
@@ -155,7 +190,7 @@ class PostgresJournal:
             rows = conn.execute(EVENTS_BY_SLICES.format(columns=columns), parameters).fetchall()
             return unseen(after, [event_from_row(row) for row in rows], limit)
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
         """See `Journal.load_event`."""
@@ -168,7 +203,7 @@ class PostgresJournal:
             ).fetchone()
             return None if row is None else event_from_row(row)
 
-        return await self._pool.run(query)
+        return await self._pool.run(query, idempotent=True)
 
     async def current_timestamp(self) -> int:
         """See `HasConcurrentWriters.current_timestamp`: the server's `clock_timestamp()`,
@@ -193,7 +228,8 @@ class PostgresJournal:
     async def save_snapshot(self, snapshot: SnapshotRecord, *, keep: int) -> None:
         """See `SnapshotStore.save_snapshot`."""
         await self._pool.run(
-            functools.partial(_snapshots.save_snapshot, snapshot=snapshot, keep=keep)
+            functools.partial(_snapshots.save_snapshot, snapshot=snapshot, keep=keep),
+            idempotent=True,  # an upsert: a second run stores the same
         )
 
     async def load_snapshot(
@@ -203,7 +239,8 @@ class PostgresJournal:
         return await self._pool.run(
             functools.partial(
                 _snapshots.load_snapshot, persistence_id=persistence_id, max_seq_nr=max_seq_nr
-            )
+            ),
+            idempotent=True,
         )
 
     async def read_snapshots_by_slices(
@@ -217,7 +254,8 @@ class PostgresJournal:
                 slices=slices,
                 after=after,
                 limit=limit,
-            )
+            ),
+            idempotent=True,
         )
 
 
@@ -228,6 +266,7 @@ def open_postgres_journal(
     pool_size: int = 8,
     poll_interval: float = 0.5,
     connect_timeout: float = 10.0,
+    retry_for: float = 10.0,
 ) -> AbstractAsyncContextManager[PostgresJournal]:
     """Open the PostgreSQL journal (and snapshot store) in `schema` of the database at `dsn`
     (a libpq connection string or URI, such as ``postgresql://user@host:5432/db``).
@@ -236,15 +275,20 @@ def open_postgres_journal(
     PostgresSchemaTooNew for a schema of a newer fluvial (changing nothing) and
     PostgresUnavailable when the server cannot be reached within `connect_timeout` seconds.
     At most `pool_size` connections run calls at a time; `poll_interval` is how often
-    `wait_for_new_events` looks for other processes' commits. Arguments that cannot work
-    raise UsageError here.
+    `wait_for_new_events` looks for other processes' commits. A call that loses the server
+    retries with backoff for up to `retry_for` seconds, then raises PostgresUnavailable
+    (docs/postgres.md, "Faults"). Arguments that cannot work raise UsageError here.
     """
     check_schema_name(schema)
     if pool_size < 1:
         raise UsageError(f"pool_size must be at least 1, not {pool_size}")
     if poll_interval <= 0 or connect_timeout <= 0:
         raise UsageError("poll_interval and connect_timeout must be positive seconds")
-    pool = ConnectionPool(dsn, schema, pool_size, connect_timeout=connect_timeout)
+    if not retry_for >= 0 or retry_for == float("inf"):
+        raise UsageError(f"retry_for must be seconds, 0 or more and finite, not {retry_for}")
+    pool = ConnectionPool(
+        dsn, schema, pool_size, connect_timeout=connect_timeout, retry_for=retry_for
+    )
     return _open(pool, schema, poll_interval)
 
 
@@ -253,7 +297,14 @@ async def _open(
     pool: ConnectionPool, schema: str, poll_interval: float
 ) -> AsyncIterator[PostgresJournal]:
     try:
-        await pool.run(functools.partial(migrate, schema=schema))
-        yield PostgresJournal(pool, poll_interval)
+        await pool.run(functools.partial(migrate, schema=schema), retry=False)
+        journal = PostgresJournal(pool, poll_interval, schema)
+        async with open_service_nursery() as nursery:
+            await nursery.start(journal._group_commit.serve)
+            try:
+                yield journal
+            finally:
+                # The appends taken or waiting commit, and their callers are answered.
+                journal._group_commit.close()
     finally:
         await pool.aclose()
