@@ -50,7 +50,8 @@ bench-grpc: setup
     {{python}} benchmarks/bench_grpc_encoding.py
     {{python}} benchmarks/bench_consumer.py
 
-# The demo: shopping carts on an embedded SQLite journal, with a projection following them.
+# The demo: a producer and a consumer service (two processes on loopback) replicating shopping
+# carts over gRPC; the consumer is killed and resumes; its read model checked against the journal.
 demo: setup
     {{python}} -m fluvial demo
 

@@ -29,18 +29,28 @@ def test_the_readme_example_runs_and_prints_its_reply(tmp_path: Path) -> None:
     assert (tmp_path / "bank.db").exists()
 
 
-def test_the_demo_shows_carts_a_refusal_a_caught_up_projection_and_recovery(
+@pytest.mark.slow
+def test_the_demo_replicates_carts_to_a_consumer_that_is_killed_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     database = tmp_path / "demo" / "fluvial-demo.db"
     assert main(["demo", "--db", str(database), "--carts", "20"]) == 0
     out = capsys.readouterr().out
-    assert "AddItem(cheese, 1) -> refused: cart is checked out" in out
-    assert re.search(r"\d+ events persisted", out)
-    assert "caught up (backlog 0)" in out
-    assert "cart-0000 -> Summary(" in out and "checked_out=True" in out
-    assert "the projection followed it (backlog 0)" in out
-    assert database.exists()
+    assert "producer | alice: AddItem(cheese, 1)   -> refused: cart is checked out" in out
+    assert re.search(r"producer \| serving stream 'carts' on 127\.0\.0\.1:\d+", out)
+    assert re.search(r"consumer \| \d+ events projected", out)
+    killed = re.search(r"SIGKILL to the consumer at (\d+) events projected", out)
+    assert killed is not None
+    # The consumer started again resumes from what it had stored, not from nothing.
+    resumed = re.findall(r"consumer \| consuming 'carts' from [\d.:]+; (\d+) events projected", out)
+    assert len(resumed) == 2 and int(resumed[1]) >= int(killed.group(1)) > 0, out
+    events = re.search(r"producer \| done shopping: (\d+) events", out)
+    assert events is not None
+    assert (
+        f"the consumer's read model equals the fold of the producer's journal: "
+        f"{events.group(1)} events of 21 carts, each applied once, 21 carts checked out"
+    ) in out
+    assert database.exists() and (tmp_path / "demo" / "fluvial-demo-consumer.db").exists()
 
 
 def test_the_demo_command_is_installed_as_a_module() -> None:

@@ -96,12 +96,16 @@ async def test_ctrl_c_ends_a_user_program_with_keyboard_interrupt(
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", DELAYS)
 async def test_ctrl_c_ends_the_demo_with_keyboard_interrupt(tmp_path: Path, delay: float) -> None:
-    # Enough carts that the demo is still shopping when the interrupt comes.
+    # Enough carts that the demo's producer is still shopping when the interrupt comes, and
+    # the consumer running: the demo stops both its services, which print nothing on stderr.
     command = [sys.executable, "-m", "fluvial", "demo", "--db", str(tmp_path / "demo.db")]
     returncode, stderr = await interrupt(
-        [*command, "--carts", "100000"], b"carts shopping concurrently", delay
+        [*command, "--carts", "100000"], b"consumer | consuming 'carts'", delay
     )
     assert_plain_keyboard_interrupt(returncode, stderr)
+    assert stderr.count("Traceback") == 1, stderr  # the demo's own, none of its services'
+    await trio.sleep(0.5)
+    assert _processes_running_on(tmp_path) == [], "the demo's services outlived it"
 
 
 @attrs.frozen
@@ -170,6 +174,19 @@ async def test_an_entity_is_started_ki_protected_from_the_askers_task(
     async with open_entities(MemoryJournal(), registry, [Prober]) as entities:
         await entities.ref(Prober, "p").ask(Probe())
     assert protected == [True]
+
+
+def _processes_running_on(directory: Path) -> list[str]:
+    """The command lines of this machine's processes that name `directory` (Linux's /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # it ended meanwhile
+            continue
+        if str(directory) in command:
+            found.append(command)
+    return found
 
 
 @contextlib.asynccontextmanager
