@@ -19,7 +19,6 @@ from fluvial.core.filters import EntityReplay as EntityReplay
 from fluvial.core.filters import Filter as Filter
 from fluvial.core.filters import FilterCriteriaUpdate as FilterCriteriaUpdate
 from fluvial.core.filters import FilterVerdict as FilterVerdict
-from fluvial.core.filters import InvalidFilterData as InvalidFilterData
 from fluvial.core.filters import evaluate_filters as evaluate_filters
 from fluvial.core.filters_criteria import ExcludeEntityIds as ExcludeEntityIds
 from fluvial.core.filters_criteria import ExcludeRegexEntityIds as ExcludeRegexEntityIds
@@ -37,6 +36,7 @@ from fluvial.core.filters_criteria import RemoveIncludeEntityIds as RemoveInclud
 from fluvial.core.filters_criteria import RemoveIncludeRegexEntityIds as RemoveIncludeRegexEntityIds
 from fluvial.core.filters_criteria import RemoveIncludeTags as RemoveIncludeTags
 from fluvial.core.filters_criteria import RemoveIncludeTopics as RemoveIncludeTopics
+from fluvial.core.filters_stored import InvalidFilterData as InvalidFilterData
 from fluvial.core.first_sight import FirstSight as FirstSight
 from fluvial.core.ids import InvalidPersistenceId as InvalidPersistenceId
 from fluvial.core.ids import InvalidSliceRange as InvalidSliceRange

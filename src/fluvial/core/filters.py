@@ -18,7 +18,7 @@ Everything that decides what passes a filter lives in this module (with its crit
 - `Filter.replays(update)`: the entities an update newly includes by id with a seq nr to
   replay from, for the runtime to start those replays.
 - `Filter.to_json` / `Filter.from_json` (and the plain-data pair `to_data` / `from_data`): the
-  persisted form, lossless.
+  persisted form, lossless (its shape in `fluvial.core.filters_stored`).
 
 The entity id is the entity's own id, the same at every replica of a replicated entity
 (`EventEnvelope.entity_id`).
@@ -34,7 +34,6 @@ from typing import Any, assert_never
 import attrs
 import msgspec
 
-from fluvial.core.errors import DataError
 from fluvial.core.filters_criteria import (
     ExcludeEntityIds,
     ExcludeRegexEntityIds,
@@ -55,16 +54,18 @@ from fluvial.core.filters_criteria import (
     check_seq_nr,
 )
 from fluvial.core.filters_regexes import RegexMatcher
+from fluvial.core.filters_stored import (
+    InvalidFilterData,
+    StoredFilter,
+    stored_from_data,
+    stored_from_json,
+    stored_to_json,
+)
 from fluvial.core.records import EventEnvelope
 from fluvial.core.topics import TopicMatcher
 
 FilterCriteriaUpdate = FilterCriterion | Iterable[FilterCriterion]
 """What `Filter.updated` takes: one criterion, or criteria applied in order."""
-
-
-class InvalidFilterData(DataError):
-    """Stored filter data (`Filter.from_json` / `from_data`) that is not a filter's: malformed,
-    of another shape, or holding a criterion a filter refuses (the message says which)."""
 
 
 class FilterVerdict(enum.Enum):
@@ -330,34 +331,26 @@ class Filter:
     def to_data(self) -> dict[str, Any]:
         """The filter as plain data (dicts, lists, strings, ints), sorted, for any encoder:
         `Filter.from_data(f.to_data()) == f`."""
-        data: dict[str, Any] = msgspec.to_builtins(self._as_struct())
+        data: dict[str, Any] = msgspec.to_builtins(self._as_stored())
         return data
 
     def to_json(self) -> bytes:
         """The filter as JSON (the same for equal filters): its persisted form,
         `Filter.from_json(f.to_json()) == f`."""
-        return _JSON_ENCODER.encode(self._as_struct())
+        return stored_to_json(self._as_stored())
 
     @classmethod
     def from_data(cls, data: object) -> Filter:
         """The filter `to_data` gave `data`; raises `InvalidFilterData` for anything else."""
-        try:
-            stored = msgspec.convert(data, _StoredFilter)
-        except msgspec.ValidationError as error:
-            raise InvalidFilterData(f"not a stored filter: {error}") from None
-        return cls._from_struct(stored)
+        return cls._from_stored(stored_from_data(data))
 
     @classmethod
     def from_json(cls, text: bytes | str) -> Filter:
         """The filter `to_json` gave `text`; raises `InvalidFilterData` for anything else."""
-        try:
-            stored = _JSON_DECODER.decode(text)
-        except msgspec.DecodeError as error:
-            raise InvalidFilterData(f"not a stored filter: {error}") from None
-        return cls._from_struct(stored)
+        return cls._from_stored(stored_from_json(text))
 
-    def _as_struct(self) -> _StoredFilter:
-        return _StoredFilter(
+    def _as_stored(self) -> StoredFilter:
+        return StoredFilter(
             exclude_tags=sorted(self.exclude_tags),
             include_tags=sorted(self.include_tags),
             exclude_entity_ids=sorted(self.exclude_entity_ids),
@@ -368,7 +361,7 @@ class Filter:
         )
 
     @classmethod
-    def _from_struct(cls, stored: _StoredFilter) -> Filter:
+    def _from_stored(cls, stored: StoredFilter) -> Filter:
         try:
             return cls(
                 exclude_tags=frozenset(stored.exclude_tags),
@@ -383,21 +376,6 @@ class Filter:
             raise InvalidFilterData(f"stored filter refused: {error}") from error
 
 
-class _StoredFilter(msgspec.Struct, forbid_unknown_fields=True):
-    """The persisted form: every part, always present; an unknown part (a later version's
-    criterion) is refused rather than dropped, since dropping it would change what passes."""
-
-    exclude_tags: list[str]
-    include_tags: list[str]
-    exclude_entity_ids: list[str]
-    include_entity_ids: dict[str, int]
-    exclude_regexes: list[str]
-    include_regexes: list[str]
-    include_topics: list[str]
-
-
-_JSON_ENCODER = msgspec.json.Encoder()
-_JSON_DECODER = msgspec.json.Decoder(_StoredFilter)
 _CRITERION_CLASSES = (
     ExcludeTags,
     RemoveExcludeTags,
