@@ -6,7 +6,6 @@ its order, so a refused criterion's index is the consumer's own."""
 from __future__ import annotations
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fluvial.core.filters import Filter
 from fluvial.core.filters_criteria import FilterCriterion, IncludeEntityIds
