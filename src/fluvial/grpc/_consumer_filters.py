@@ -8,9 +8,11 @@ over it opens one. `update` folds an update into the stored filter first (so tha
 sends it in the Init), makes it current (so that a stream opening now sends it in its Init),
 then sends a `FilterUpdate` of a fresh correlation id on every stream already open and waits
 for each answer. A refusal puts the filter back as it was, in the store and in memory, reopens
-the streams that had acked the update (their Init carries the old filter again) and raises
+the streams whose producer holds another filter now (those that acked the update, those that
+opened with it in their Init: their new Init carries the old filter) and raises
 `FilterUpdateRefused`. A stream that ends before it answers is reopened by its source with the
-current filter in its Init, which is as good as an ack.
+current filter in its Init, which is as good as an ack. A caller cancelled while it waits for
+the answers leaves the update in place (stored, current, sent): only the wait ends.
 
 Updates of one stream id run one at a time (a lock), so a stream is never sent two at once,
 and one opened while an update runs carries that update in its Init, since reading the
