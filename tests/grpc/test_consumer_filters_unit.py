@@ -143,7 +143,7 @@ async def test_the_stored_filter_holds_over_the_initial_one_and_sets_the_first_s
 ) -> None:
     otherwise = FirstSight.QUERY_IN_COMMIT_ORDER
     await store.save_consumer_filter(STREAM, Filter())  # emptied once: it had a filter
-    filters = ConsumerFilters({STREAM: ExcludeEntityIds({"x"}), "other": ()}, store)
+    filters = ConsumerFilters({STREAM: ExcludeEntityIds({"x"}), "other": Filter()}, store)
     assert filters.first_sight(STREAM, otherwise) is otherwise  # not loaded yet
     assert await filters.load(STREAM) == Filter()
     assert filters.first_sight(STREAM, otherwise) is FirstSight.REPLAY_FROM_FIRST

@@ -121,15 +121,16 @@ async def open_grpc_consumer(
     port: int,
     *,
     settings: ConsumerSettings | None = None,
-    filters: Mapping[str, FilterCriteriaUpdate] | None = None,
+    filters: Mapping[str, Filter | FilterCriteriaUpdate] | None = None,
     filter_store: ConsumerFilterStore | None = None,
 ) -> AsyncIterator[GrpcConsumer]:
     """A consumer of the producer at `host`:`port`, with one channel to it, for the block.
 
-    `filters` gives the initial filter of each stream id that has one (criteria, as for
-    `Filter.of`), `filter_store` where the filters are kept (an offset store: the one the
-    projections' offsets are in); a filter stored there holds over the initial one, being
-    the initial one with every `update_filter` since. Without a store, filters live in memory.
+    `filters` gives the initial filter of each stream id that has one (a `Filter`, or
+    criteria as for `Filter.of`), `filter_store` where the filters are kept (an offset
+    store: the one the projections' offsets are in); a filter stored there holds over the
+    initial one, being the initial one with every `update_filter` since. Without a store,
+    filters live in memory.
     An invalid criterion raises `InvalidFilterCriterion` here.
 
     Nothing is connected until a source runs or a call is made. A TLS file that cannot be

@@ -174,13 +174,13 @@ class ConsumerFilters:
 
     def __init__(
         self,
-        initial: Mapping[str, FilterCriteriaUpdate] | None = None,
+        initial: Mapping[str, Filter | FilterCriteriaUpdate] | None = None,
         store: ConsumerFilterStore | None = None,
     ) -> None:
         # Checked now: an invalid criterion is the caller's mistake, raised where it is given.
         self.initial = {
-            str(stream_id): Filter.of(criteria_of(update))
-            for stream_id, update in (initial or {}).items()
+            str(stream_id): given if isinstance(given, Filter) else Filter.of(criteria_of(given))
+            for stream_id, given in (initial or {}).items()
         }
         self.store = store
         self._current: dict[str, Filter] = {}
