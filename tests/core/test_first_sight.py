@@ -123,3 +123,18 @@ def test_a_backtracking_record_is_loaded_once_the_rule_accepts_it() -> None:
     loaded = record("T|a", 3, 5_000)
     assert admit(concurrent, loaded, BACKTRACKING, loaded=True, previous=previous) is HANDLE
     assert concurrent.seq_nr_of("T|a") == 3
+
+
+@pytest.mark.parametrize("source", STREAMS)
+def test_replay_from_first_replays_every_first_sight_above_1_from_seq_nr_1(
+    source: EnvelopeSource,
+) -> None:
+    # A consumer whose filter may have kept the entity's earlier events from it: whatever the
+    # path, and however old the event before is, its history comes first, in order.
+    filtered = tracker(FirstSight.REPLAY_FROM_FIRST, {10: 1_000_000})
+    seen = record("T|a", 4, 5_000)
+    gap = admit(filtered, seen, source)
+    assert gap == Replay("T|a", 1, 4)
+    history = [record("T|a", n, 10 * n) for n in (1, 2, 3, 4)]
+    assert admit_replayed(filtered, history) == history
+    assert admit(filtered, record("T|b", 1, 6_000), source) in (HANDLE, Load("T|b", 1))

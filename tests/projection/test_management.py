@@ -304,6 +304,7 @@ async def test_a_file_of_schema_v5_knows_its_projections_after_the_migration(
         for undo in UNDO_REPLICATION_METADATA:
             conn.execute(undo)
         conn.execute("ALTER TABLE projection_entity DROP COLUMN placeholders")
+        conn.execute("DROP TABLE consumer_filter")  # nor a consumer's filters (v9)
         conn.execute("PRAGMA user_version = 5")
         conn.commit()
     async with open_sqlite_journal(path) as journal:

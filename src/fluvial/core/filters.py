@@ -206,12 +206,7 @@ class Filter:
         their values when they are built (`InvalidFilterCriterion`), so an update whose
         criteria exist applies whole; something else among them is refused with the same error
         before anything applies."""
-        criteria = (update,) if isinstance(update, _CRITERION_CLASSES) else tuple(update)
-        for criterion in criteria:
-            if not isinstance(criterion, _CRITERION_CLASSES):
-                raise InvalidFilterCriterion(
-                    type(criterion).__name__, criterion, "is not a filter criterion"
-                )
+        criteria = criteria_of(update)
         if not criteria:
             return self
         parts: dict[str, frozenset[str]] = {}
@@ -393,6 +388,20 @@ _CRITERION_CLASSES = (
     RemoveIncludeTopics,
 )
 _EMPTY = Filter()
+
+
+def criteria_of(update: FilterCriteriaUpdate) -> tuple[FilterCriterion, ...]:
+    """The criteria of `update` (one criterion, or an iterable of them), in order, as a
+    tuple; `InvalidFilterCriterion` for anything among them that is not a criterion."""
+    criteria = (update,) if isinstance(update, _CRITERION_CLASSES) else tuple(update)
+    for criterion in criteria:
+        if not isinstance(criterion, _CRITERION_CLASSES):
+            raise InvalidFilterCriterion(
+                type(criterion).__name__, criterion, "is not a filter criterion"
+            )
+    return criteria
+
+
 _FIELDS = tuple(field.name for field in attrs.fields(Filter) if field.init)
 
 

@@ -20,6 +20,12 @@ runner; the projection runner imports no backend to choose it:
   span), so it precedes where this projection started. Otherwise it is a gap to replay
   (`RejectedSeqNr`, `RejectedBacktracking` from the backtracking query), from seq nr 1.
   A source that does not have n-1 (deleted) accepts n.
+- `FirstSight.REPLAY_FROM_FIRST`, a source that may have left out an entity's earlier events
+  on purpose (a consumer's filter excluded them: `fluvial.grpc` uses it for a stream id whose
+  filter is or has been non-empty): whatever the journal and the path, an entity first met at
+  n > 1 is a gap to replay from seq nr 1 (`RejectedSeqNr(1)`, `RejectedBacktracking(1)`), so
+  its history is handled, in order, before n. An entity whose history is gone from the source
+  replays what is left, and n is then accepted after it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class FirstSight(enum.Enum):
 
     QUERY_IN_COMMIT_ORDER = "query in commit order"  # one writer: SQLite, memory
     PREVIOUS_OLDER_THAN_WINDOW = "previous older than window"  # concurrent writers: PostgreSQL
+    REPLAY_FROM_FIRST = "replay from first"  # earlier events may have been filtered out
 
 
 @attrs.frozen
@@ -67,7 +74,9 @@ def judge_first_sight(
     """The verdict for `record` (seq nr > 1) of an entity the tracker has never seen, not from
     a replay; `slice_offset` is the timestamp the query has passed in the record's slice (None:
     none yet), `previous` what the source said of seq nr n-1 (None: not asked yet)."""
-    if rule is FirstSight.QUERY_IN_COMMIT_ORDER:
+    if rule is FirstSight.REPLAY_FROM_FIRST:
+        pass  # a gap from 1, below
+    elif rule is FirstSight.QUERY_IN_COMMIT_ORDER:
         if source is EnvelopeSource.QUERY:
             return ACCEPTED
     elif previous is None:

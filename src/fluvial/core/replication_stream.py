@@ -21,7 +21,7 @@ one; `AppendedCriteria` keeps the updates as they came) and hands the result to 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final, Generic, Protocol, TypeVar
 
 import attrs
@@ -80,6 +80,12 @@ class CriteriaFold(Protocol[F, U_contra]):
         bad topic expression): the stream refuses the update with INVALID_ARGUMENT."""
         ...
 
+    def replays(self, filter: F, criteria: U_contra) -> Sequence[tuple[str, int]]:
+        """The replays that `criteria` (valid: `apply` took them) ask of `filter`, as
+        (entity id, from seq nr) pairs: the entities they include by id with a seq nr n >= 1
+        that `filter` did not hold so (`fluvial.core.filters.Filter.replays`)."""
+        ...
+
 
 class AppendedCriteria(Generic[U]):
     """A `CriteriaFold` that evaluates nothing: the filter is the criteria as they came, in
@@ -92,6 +98,10 @@ class AppendedCriteria(Generic[U]):
     def apply(self, filter: tuple[U, ...], criteria: U) -> tuple[U, ...]:
         """`criteria` after `filter`'s."""
         return (*filter, criteria)
+
+    def replays(self, filter: tuple[U, ...], criteria: U) -> Sequence[tuple[str, int]]:
+        """None: criteria kept as they came say nothing of entities."""
+        return ()
 
 
 class StreamState(enum.Enum):
@@ -141,6 +151,10 @@ class ProducerStream(Generic[F, U]):
         self.init: ValidInit[F] | None = None  # set by the accepted Init
         self.ended: EndStream | None = None  # set when the stream ends
         self.replays = ReplayQueue(max_replays)
+        # The replays the stream starts itself (a filter update included an entity) answer
+        # correlation id 0 on the wire; in the queue each has an id of its own below 0, so
+        # that it never meets a consumer's (which are >= 1).
+        self._own_replays = 0
 
     @property
     def filter(self) -> F | None:
@@ -232,8 +246,43 @@ class ProducerStream(Generic[F, U]):
                 f"FilterUpdate {update.correlation_id}: {exc}; the filter stays as it was",
             )
             return FilterRefused(correlation_id=update.correlation_id, error=error)
-        self.init = attrs.evolve(self.init, filter=filter)
-        return FilterChanged(correlation_id=update.correlation_id, filter=filter)
+        before, self.init = self.init.filter, attrs.evolve(self.init, filter=filter)
+        return FilterChanged(
+            correlation_id=update.correlation_id,
+            filter=filter,
+            replays=self._start_own_replays(self.criteria.replays(before, update.criteria)),
+        )
+
+    def _start_own_replays(self, wanted: Sequence[tuple[str, int]]) -> ReplaysChanged:
+        """Queue a replay, up to the latest event, of each entity of `wanted` that is in the
+        stream's slices (the stream of another slice range replays the others); an entity id
+        that names no entity of the stream's type (a replicated entity's, which lives under a
+        persistence id per replica) replays nothing."""
+        assert self.init is not None
+        start: list[Replay] = []
+        cancel: list[Replay] = []
+        superseded: list[Replay] = []
+        for entity_id, from_seq_nr in wanted:
+            persistence_id = f"{self.init.entity_type}|{entity_id}"
+            try:
+                check_event_of_stream("", self.init.entity_type, self.init.slices, persistence_id)
+                check_seq_nr("", persistence_id, from_seq_nr)
+            except RemoteStreamError:
+                continue
+            self._own_replays -= 1
+            replay = Replay(
+                correlation_id=self._own_replays,
+                persistence_id=persistence_id,
+                from_seq_nr=from_seq_nr,
+                to_seq_nr=MAX_SEQ_NR,
+            )
+            changed = self.replays.request(replay)
+            start += changed.start
+            cancel += changed.cancel
+            superseded += changed.superseded
+        return ReplaysChanged(
+            start=tuple(start), cancel=tuple(cancel), superseded=tuple(superseded)
+        )
 
     def _check_replay(self, request: ReplayRequest) -> Replay:
         assert self.init is not None, "the table takes replay requests only when streaming"

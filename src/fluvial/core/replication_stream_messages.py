@@ -119,10 +119,13 @@ class ValidInit(Generic[F]):
 @attrs.frozen(kw_only=True)
 class FilterChanged(Generic[F]):
     """A filter update was applied: the stream's filter is now `filter`; acknowledge
-    `correlation_id`."""
+    `correlation_id`, then carry out `replays`: the replays the update started of the
+    entities it included by id with a seq nr >= 1, which answer correlation id 0 on the wire
+    (their ids in the queue are below 0)."""
 
     correlation_id: int
     filter: F
+    replays: ReplaysChanged = attrs.field(factory=lambda: ReplaysChanged())
 
 
 @attrs.frozen(kw_only=True)

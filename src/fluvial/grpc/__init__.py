@@ -20,6 +20,7 @@ from ._auth import Deny as Deny
 from ._consumer import GrpcConsumer as GrpcConsumer
 from ._consumer import GrpcSource as GrpcSource
 from ._consumer import open_grpc_consumer as open_grpc_consumer
+from ._consumer_filters import FilterUpdateRefused as FilterUpdateRefused
 from ._consumer_settings import ConsumerSettings as ConsumerSettings
 from ._consumer_settings import Reconnect as Reconnect
 from ._consumer_wire import ProducerProtocolError as ProducerProtocolError
@@ -55,6 +56,7 @@ __all__ = [
     "ConsumerSettings",
     "Deny",
     "EventProducerSource",
+    "FilterUpdateRefused",
     "GrpcCallFailed",
     "GrpcConsumer",
     "GrpcDeadlineExceeded",

@@ -22,6 +22,12 @@ A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol
   fails, a malformed batch) is
   raised as itself: the runner restarts the instance from its stored offsets with the
   projection's backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
+- The consumer's filter of the stream id (`_consumer_filters`, docs/filters.md) goes in every
+  Init; `GrpcConsumer.update_filter` changes it on the open streams, whose receive loop hands
+  it the answers (`OpenStream.answered`). A stream id whose filter is or has been non-empty
+  judges first sights by `FirstSight.REPLAY_FROM_FIRST`: its filter may have kept an entity's
+  earlier events from the consumer. REPLAY batches go to the runner as `(records, REPLAY)`,
+  those the producer starts itself (correlation id 0: an update included an entity) too.
 - `replay`, `load_event` and `event_timestamp` are the unary calls `Replay` (asked again from
   where an answer stopped, until it is complete), `LoadEvent` and `EventTimestamp`, each
   under the `call_timeout` deadline; `latest_event_timestamp` (not part of `Source`) is
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -41,15 +47,18 @@ import betterproto2
 import trio
 
 from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.filters import Filter, FilterCriteriaUpdate
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.projection._source_settings import SourceSettings
-from fluvial.projection.api import Batch
+from fluvial.projection.api import Batch, ConsumerFilterStore
 
 from ._batch_codec import decode_events
 from ._channel import Metadata, open_channel
+from ._consumer_filter_wire import wire_criteria
+from ._consumer_filters import ConsumerFilters, OpenStream
 from ._consumer_settings import ConsumerSettings
 from ._consumer_wire import (
     EVENT_TIMESTAMP,
@@ -108,25 +117,45 @@ class _StreamSilent(Exception):
 
 @asynccontextmanager
 async def open_grpc_consumer(
-    host: str, port: int, *, settings: ConsumerSettings | None = None
+    host: str,
+    port: int,
+    *,
+    settings: ConsumerSettings | None = None,
+    filters: Mapping[str, Filter | FilterCriteriaUpdate] | None = None,
+    filter_store: ConsumerFilterStore | None = None,
 ) -> AsyncIterator[GrpcConsumer]:
     """A consumer of the producer at `host`:`port`, with one channel to it, for the block.
+
+    `filters` gives the initial filter of each stream id that has one (a `Filter`, or
+    criteria as for `Filter.of`), `filter_store` where the filters are kept (an offset
+    store: the one the projections' offsets are in); a filter stored there holds over the
+    initial one, being the initial one with every `update_filter` since. Without a store,
+    filters live in memory.
+    An invalid criterion raises `InvalidFilterCriterion` here.
 
     Nothing is connected until a source runs or a call is made. A TLS file that cannot be
     used raises `TlsConfigurationError` here. The block's exceptions come out as themselves.
     """
     settings = settings or ConsumerSettings()
+    consumer_filters = ConsumerFilters(filters, filter_store)
     async with open_channel(host, port, settings=settings.channel) as channel:
-        yield GrpcConsumer(channel, settings)
+        yield GrpcConsumer(channel, settings, filters=consumer_filters)
 
 
 class GrpcConsumer:
     """The sources of one producer's streams over one shared channel: a `SourceProvider`
     (see the module docstring). Made by `open_grpc_consumer`."""
 
-    def __init__(self, channel: Channel, settings: ConsumerSettings) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        settings: ConsumerSettings,
+        *,
+        filters: ConsumerFilters | None = None,
+    ) -> None:
         self.channel = channel
         self.settings = settings
+        self.filters = filters or ConsumerFilters()
 
     def source(
         self, stream_id: str, slices: SliceRange, settings: SourceSettings | None = None
@@ -134,7 +163,27 @@ class GrpcConsumer:
         """The source of the events of `stream_id` in `slices`. `settings` (the projection's,
         for a local journal) does not apply: the producer reads its journal as it is set up,
         the consumer as its `ConsumerSettings` say."""
-        return GrpcSource(self.channel, self.settings, stream_id, slices)
+        return GrpcSource(self.channel, self.settings, stream_id, slices, filters=self.filters)
+
+    async def filter(self, stream_id: str) -> Filter:
+        """The consumer's current filter of `stream_id` (loaded from the filter store on first
+        use; no criteria if it has none)."""
+        return await self.filters.load(stream_id)
+
+    async def update_filter(self, stream_id: str, update: FilterCriteriaUpdate) -> Filter:
+        """Change the filter of `stream_id` on every open stream of it in this process (each
+        slice-range instance of each projection), without reconnecting; the filter after it.
+
+        `update` is criteria as for `Filter.updated` (an invalid one raises
+        `InvalidFilterCriterion` before anything is done). The update is stored first, then
+        sent to each open stream as a `FilterUpdate`, and this returns once every one has
+        acknowledged it: events sent after follow the new filter, and entities it includes by
+        id with a seq nr n >= 1 are replayed from n. A stream that is reconnecting gets the
+        new filter in its next Init. If the producer refuses it, `FilterUpdateRefused` (naming
+        the criterion and the producer's reason) is raised and the filter is as it was, stored
+        and on every stream. Cancelled while waiting for the acks, the update holds: stored,
+        sent, and in every later Init."""
+        return await self.filters.update(stream_id, update)
 
 
 class GrpcSource:
@@ -142,16 +191,28 @@ class GrpcSource:
     docstring). Its `first_sight` rule is `ConsumerSettings.first_sight`."""
 
     def __init__(
-        self, channel: Channel, settings: ConsumerSettings, stream_id: str, slices: SliceRange
+        self,
+        channel: Channel,
+        settings: ConsumerSettings,
+        stream_id: str,
+        slices: SliceRange,
+        *,
+        filters: ConsumerFilters | None = None,
     ) -> None:
         self.channel = channel
         self.settings = settings
         self.stream_id = stream_id
         self.slices = slices
-        self.first_sight: FirstSight = settings.first_sight
+        self.filters = filters or ConsumerFilters()
         # Where a reopened stream resumes: after the last query batch handed to the runner.
         self.resume_offset = TimestampOffset.start()
         self.reconnects = 0  # streams opened again after one broke, for logs and tests
+
+    @property
+    def first_sight(self) -> FirstSight:
+        """`ConsumerSettings.first_sight`, or `REPLAY_FROM_FIRST` once the stream id's filter
+        is or has been non-empty (see the module docstring)."""
+        return self.filters.first_sight(self.stream_id, self.settings.first_sight)
 
     async def run(
         self,
@@ -167,13 +228,22 @@ class GrpcSource:
         attempt = 0
         while True:
             try:
+                await self.filters.load(self.stream_id)
                 async with self._open_stream() as stream:
-                    await self._await_started(stream)
-                    attempt = 0
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await self._forward(stream, send)
+                    opened = self.filters.open(self.stream_id, stream)
+                    try:
+                        with opened.reopen_scope:
+                            await self._await_started(stream, opened)
+                            attempt = 0
+                            if not started:
+                                started = True
+                                task_status.started()
+                            await self._forward(stream, send, opened)
+                    finally:
+                        self.filters.close(self.stream_id, opened)
+                # Only a filter update that had to be undone ends a stream here: reopen it at
+                # once, with the current filter in its Init.
+                self.reconnects += 1
             except (GrpcUnavailable, _StreamSilent) as error:
                 if isinstance(error, TlsHandshakeFailed):
                     raise  # a certificate waiting does not cure: the runner's restarts show it
@@ -205,25 +275,31 @@ class GrpcSource:
         )
 
     async def _await_started(
-        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]
+        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse], opened: OpenStream
     ) -> None:
-        init = stream_init(self.stream_id, self.slices, self.resume_offset)
+        criteria = wire_criteria(opened.filter.criteria())
+        init = stream_init(self.stream_id, self.slices, self.resume_offset, criteria)
         await stream.send(pb.StreamEventsRequest(init=init))
+        opened.init_sent()  # filter updates may follow it now
         while True:
-            kind, _ = await self._receive(stream)
+            kind, message = await self._receive(stream)
             if kind == "started":
                 return
             if kind == "batch":
                 raise ProducerProtocolError("the producer sent an event batch before StreamStarted")
-            # A heartbeat, or a kind newer than this consumer: nothing to do.
+            # A filter update's answer, a heartbeat, or a kind newer than this consumer.
+            opened.answered(kind, message)
 
     async def _forward(
         self,
         stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse],
         send: trio.MemorySendChannel[Batch],
+        opened: OpenStream,
     ) -> None:
         while True:
             kind, message = await self._receive(stream)
+            if opened.answered(kind, message):
+                continue
             if kind == "batch":
                 assert isinstance(message, pb.EventBatch)
                 records, path = batch_of(message, self.slices)
@@ -237,8 +313,7 @@ class GrpcSource:
                     await send.send((records, path))
             elif kind == "started":
                 raise ProducerProtocolError("the producer sent StreamStarted twice")
-            # Heartbeats keep the stream alive; filter acks answer updates this consumer
-            # does not send yet; an unknown kind is ignored (producer.proto).
+            # Heartbeats keep the stream alive; an unknown kind is ignored (producer.proto).
 
     async def _receive(
         self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]

@@ -89,7 +89,8 @@ class ConsumerSettings:
       writer, so the default is the rule that is right for every journal,
       `PREVIOUS_OLDER_THAN_WINDOW` (it asks the producer for the timestamp of the event
       before, once per such entity). A consumer of a producer whose journal has one writer
-      (SQLite) may set `QUERY_IN_COMMIT_ORDER` and save those calls.
+      (SQLite) may set `QUERY_IN_COMMIT_ORDER` and save those calls. A stream id whose
+      filter is or has been non-empty uses `REPLAY_FROM_FIRST` instead (docs/filters.md).
     - `metadata`: request metadata sent with every call, e.g. a token for the producer's auth
       hook (`("authorization", "Bearer ...")`).
     """

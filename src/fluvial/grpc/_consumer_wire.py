@@ -46,8 +46,14 @@ class ProducerProtocolError(DataError):
     restarts the instance with its backoff). The message says what was wrong."""
 
 
-def stream_init(stream_id: str, slices: SliceRange, offset: TimestampOffset) -> pb.StreamInit:
-    """The Init of a stream of `stream_id` over `slices` that resumes after `offset`."""
+def stream_init(
+    stream_id: str,
+    slices: SliceRange,
+    offset: TimestampOffset,
+    filter: Sequence[pb.FilterCriterion] = (),
+) -> pb.StreamInit:
+    """The Init of a stream of `stream_id` over `slices` that resumes after `offset`, with
+    the consumer's `filter` (criteria whose fold it is)."""
     offsets: list[pb.SliceOffset] = []
     if offset.timestamp > 0 or offset.seen:
         seen_by_slice: dict[int, dict[str, int]] = {}
@@ -64,6 +70,7 @@ def stream_init(stream_id: str, slices: SliceRange, offset: TimestampOffset) -> 
         slice_min=slices.min,
         slice_max=slices.max,
         offsets=offsets,
+        filter=list(filter),
         # Payloads always: the runner takes a record without one from the query or the live
         # path as a placeholder, and loads lazily only what backtracking brings (which the
         # producer sends without payloads anyway).

@@ -6,7 +6,8 @@ The call runs three kinds of task in a nursery of its own:
 - the receiving loop (the call's own task): each request becomes a core message
   (`consumer_message`), `ProducerStream.receive` answers, and the answer is carried out:
   `ValidInit` starts the pipeline (`run_producer_stream`) and sends `StreamStarted` once its
-  live subscription is open; `FilterChanged` / `FilterRefused` are acknowledged;
+  live subscription is open; `FilterChanged` / `FilterRefused` are acknowledged (and the
+  replays a `FilterChanged` started, of the entities it included by id, are run);
   `ReplaysChanged` goes to `StreamReplays`; `EndStream` ends the call with its status;
 - forwarders, which pass on the pipeline's batches and encode the replays' batches;
 - one sender, the only task that writes to the call: it takes the next message or batch from
@@ -129,6 +130,8 @@ class StreamEventsCall:
             case FilterChanged():
                 ack = pb.FilterUpdateAck(correlation_id=answer.correlation_id)
                 await self._out.send(pb.StreamEventsResponse(filter_update_ack=ack))
+                assert self._replays is not None, "filter updates come only when streaming"
+                await self._replays.apply(answer.replays)
             case FilterRefused():
                 refused = pb.FilterUpdateRefused(
                     correlation_id=answer.correlation_id,
@@ -185,7 +188,9 @@ class StreamEventsCall:
             # the request that replaced it, and that one is answered.
             if not isinstance(answer, ReplayBatch):
                 continue
-            part = pb.ReplayPart(answer.correlation_id, answer.persistence_id, answer.last)
+            # The stream's own replays (ids below 0 in its queue) answer correlation id 0.
+            correlation_id = max(answer.correlation_id, 0)
+            part = pb.ReplayPart(correlation_id, answer.persistence_id, answer.last)
             for batch in batch_messages(
                 answer.records, EnvelopeSource.REPLAY, max_size=max_size, replay=part
             ):

@@ -238,8 +238,16 @@ class WireCriteria:
 
     def apply(self, filter: Filter, criteria: Criteria) -> Filter:
         """`filter` after `criteria`, in order; InvalidCriterion naming the first it refuses."""
-        update = [c for index, wire in enumerate(criteria) for c in core_criteria(index, wire)]
-        return filter.updated(update)
+        return filter.updated(_core_update(criteria))
+
+    def replays(self, filter: Filter, criteria: Criteria) -> list[tuple[str, int]]:
+        """The entities `criteria` include by id with a seq nr >= 1 that `filter` did not
+        hold so, each with its seq nr (`Filter.replays`)."""
+        return [(r.entity_id, r.from_seq_nr) for r in filter.replays(_core_update(criteria))]
+
+
+def _core_update(criteria: Criteria) -> list[FilterCriterion]:
+    return [c for index, wire in enumerate(criteria) for c in core_criteria(index, wire)]
 
 
 def refused_criterion(criteria: Criteria) -> int | None:

@@ -14,6 +14,7 @@ from fluvial.projection._shared import serve_shared_projection as serve_shared_p
 from fluvial.projection._source import LocalJournalSources as LocalJournalSources
 from fluvial.projection._source_settings import SourceSettings as SourceSettings
 from fluvial.projection.api import Batch as Batch
+from fluvial.projection.api import ConsumerFilterStore as ConsumerFilterStore
 from fluvial.projection.api import HasOffsetStore as HasOffsetStore
 from fluvial.projection.api import JournalWithOffsetStore as JournalWithOffsetStore
 from fluvial.projection.api import OffsetStore as OffsetStore
@@ -24,6 +25,7 @@ __all__ = [
     "AtLeastOnce",
     "Backoff",
     "Batch",
+    "ConsumerFilterStore",
     "ExactlyOnce",
     "GroupedAtLeastOnce",
     "GroupedExactlyOnce",

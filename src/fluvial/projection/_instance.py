@@ -123,6 +123,9 @@ class Instance(Generic[E, T]):
         events replayed before them; the tracker counts them as handled. What to do with each
         record is `fluvial.core.envelope_admission.admit`'s decision; this does its I/O."""
         tracker, accepted = self.tracker, []
+        # The source's rule may change while it runs (a gRPC consumer's filter becoming
+        # non-empty), and a batch may be the first to follow that change.
+        tracker.first_sight = self.source.first_sight
         for record in records:
             admission = admit(tracker, record, source)
             if admission is HANDLE:

@@ -15,6 +15,8 @@ the SQLite file, memory or PostgreSQL as its `OffsetStore`. docs/seams.md explai
   holds the leases of slice ranges, and is the management API. An exactly-once handler writes
   through the store's transaction, of type `T` (`sqlite3.Connection` for the SQLite store):
   the store runs the handler's writes and the offsets in one transaction.
+- `ConsumerFilterStore` keeps a gRPC consumer's filter of each stream id (docs/filters.md), in
+  the consumer's own database, so that it survives a restart; every offset store is one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import trio
 
 from fluvial.core.envelope_source import EnvelopeSource
+from fluvial.core.filters import Filter, FilterCriteriaUpdate
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
 from fluvial.core.leases import Lease
@@ -36,6 +39,7 @@ from fluvial.projection._source_settings import SourceSettings
 
 __all__ = [
     "Batch",
+    "ConsumerFilterStore",
     "HasOffsetStore",
     "JournalWithOffsetStore",
     "OffsetStore",
@@ -190,6 +194,29 @@ class OffsetStore(Protocol[T_co]):
     ) -> None:
         """Forget the offsets of `projection` (and run `clear_read_model` in the same
         transaction): it starts again from the first event."""
+        ...
+
+
+@runtime_checkable
+class ConsumerFilterStore(Protocol):
+    """Where a consumer keeps its filter of each stream id (SQLite, memory and PostgreSQL
+    offset stores are ones): a `Filter`, stored as its JSON (`Filter.to_json`), keyed by the
+    stream id. A stream id with no stored filter has none (None), which is not the same as a
+    stored empty one: that stream id had a filter once (docs/filters.md, first sight)."""
+
+    async def load_consumer_filter(self, stream_id: str) -> Filter | None:
+        """The stored filter of `stream_id` (None: none was ever stored)."""
+        ...
+
+    async def update_consumer_filter(
+        self, stream_id: str, update: FilterCriteriaUpdate
+    ) -> tuple[Filter, Filter]:
+        """Fold `update` into the stored filter of `stream_id` (none stored: the empty one),
+        in one transaction, and return the filters before and after it."""
+        ...
+
+    async def save_consumer_filter(self, stream_id: str, filter: Filter) -> None:
+        """Store `filter` as the filter of `stream_id`, replacing the one stored."""
         ...
 
 

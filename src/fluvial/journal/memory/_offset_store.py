@@ -25,6 +25,7 @@ from fluvial.core.projection_errors import (
     read_model_too_new,
 )
 from fluvial.journal.api import Journal
+from fluvial.journal.memory._consumer_filters import MemoryConsumerFilters
 from fluvial.journal.memory._offset_management import MemoryOffsetManagement
 from fluvial.journal.memory._offset_state import StoredProjection
 from fluvial.journal.memory._transaction import MemoryTransaction, staged
@@ -32,11 +33,12 @@ from fluvial.journal.memory._transaction import MemoryTransaction, staged
 T = TypeVar("T")
 
 
-class MemoryOffsetStore(MemoryOffsetManagement):
+class MemoryOffsetStore(MemoryOffsetManagement, MemoryConsumerFilters):
     """Projection offsets, leases and read-model versions in memory (nothing survives the
     process), over the events of `journal`: an `OffsetStore[MemoryTransaction]` with the
     management API (`offsets`, `backlog`, `set_offset`, `skip_event`, `reset`,
-    `wait_until_caught_up`). For tests: a projection over a `MemoryJournal` runs with no file.
+    `wait_until_caught_up`) and a gRPC consumer's filters (`ConsumerFilterStore`). For
+    tests: a projection over a `MemoryJournal` runs with no file.
 
     `MemoryJournal.offset_store()` is the journal's own (one per journal, on the wall clock);
     a store made here is another one, with offsets of its own. `clock` gives the seconds that
@@ -46,6 +48,7 @@ class MemoryOffsetStore(MemoryOffsetManagement):
     def __init__(self, journal: Journal, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(journal)
         self.clock = clock
+        self._consumer_filters: dict[str, bytes] = {}
 
     async def register(self, projection: str, entity_type: str) -> None:
         """Make `projection`, a consumer of `entity_type` events, known to the store.

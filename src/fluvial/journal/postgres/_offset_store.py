@@ -29,6 +29,7 @@ from fluvial.core.projection_errors import (
     ReadModelMigrationFailed,
     read_model_too_new,
 )
+from fluvial.journal.postgres._consumer_filters import PostgresConsumerFilters
 from fluvial.journal.postgres._event_rows import Connection
 from fluvial.journal.postgres._offset_management import PostgresOffsetManagement
 from fluvial.journal.postgres._offset_rows import (
@@ -47,11 +48,12 @@ if TYPE_CHECKING:  # the journal imports this module for `offset_store()`
 T = TypeVar("T")
 
 
-class PostgresOffsetStore(PostgresOffsetManagement):
+class PostgresOffsetStore(PostgresOffsetManagement, PostgresConsumerFilters):
     """Loads and saves projection offsets in the schema of `journal`, holds their leases, and
     runs the transaction an exactly-once handler writes through (the psycopg connection); also
     the management API (`offsets`, `backlog`, `set_offset`, `skip_event`, `reset`,
-    `wait_until_caught_up`). Any number of processes share it through the database.
+    `wait_until_caught_up`) and a gRPC consumer's filters (`ConsumerFilterStore`). Any
+    number of processes share it through the database.
 
     `PostgresJournal.offset_store()` is the journal's own (on the database's clock). `clock`
     gives the seconds that leases expire by; None (the default) reads the database server's

@@ -133,9 +133,16 @@ def _v2_projections(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+def _v3_consumer_filters(conn: psycopg.Connection[Any]) -> None:
+    # The SQLite schema's `consumer_filter`: a gRPC consumer's filter of each stream id, as
+    # `Filter.to_json` writes it, next to its offsets (docs/filters.md).
+    conn.execute("CREATE TABLE consumer_filter (stream_id text PRIMARY KEY, filter text NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
     _v1_journal_and_snapshots,
     _v2_projections,
+    _v3_consumer_filters,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

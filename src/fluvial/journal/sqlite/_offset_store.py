@@ -31,6 +31,7 @@ from fluvial.core.projection_errors import (
     ReadModelMigrationFailed,
     read_model_too_new,
 )
+from fluvial.journal.sqlite._consumer_filters import SqliteConsumerFilters
 from fluvial.journal.sqlite._database import SqliteDatabase
 from fluvial.journal.sqlite._offset_management import OffsetManagement
 from fluvial.journal.sqlite._offset_rows import (
@@ -48,10 +49,11 @@ from fluvial.journal.sqlite._transaction import WriteTransaction
 T = TypeVar("T")
 
 
-class SqliteOffsetStore(OffsetManagement):
+class SqliteOffsetStore(OffsetManagement, SqliteConsumerFilters):
     """Loads and saves projection offsets, holds their leases, and runs the transaction an
     exactly-once handler writes through; also the management API (`offsets`, `backlog`,
-    `set_offset`, `skip_event`, `reset`, `wait_until_caught_up`).
+    `set_offset`, `skip_event`, `reset`, `wait_until_caught_up`), and a gRPC consumer's
+    filters (`ConsumerFilterStore`).
 
     `clock` gives the seconds that leases expire by; every process sharing the file must use
     the same one (the wall clock, the default). It is called in the journal's writer thread,

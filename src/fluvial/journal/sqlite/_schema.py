@@ -240,6 +240,12 @@ def _projection_entity_placeholders(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE projection_entity ADD COLUMN placeholders INTEGER NOT NULL DEFAULT 0")
 
 
+def _consumer_filters(db: sqlite_utils.Database) -> None:
+    # A gRPC consumer's filter of each stream id, as `Filter.to_json` writes it: it lives in
+    # the consumer's database, next to its offsets, and survives a restart (docs/filters.md).
+    db.execute("CREATE TABLE consumer_filter (stream_id TEXT PRIMARY KEY, filter TEXT NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_journal_and_snapshots,
     _v2_projection_offsets,
@@ -249,6 +255,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v6_projection_registry_and_leases,
     _replication_metadata_and_snapshot_events,
     _projection_entity_placeholders,
+    _consumer_filters,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,11 +29,13 @@ bumps) and a conflict stores nothing and runs no write; a commit's write is stor
 offsets, and a write that raises stores nothing and comes out as itself; migrations run
 once, in order, all or none of a call, the version kept across resets; one live lease per
 overlapping slice range, taken over once expired; and the management calls store what
-docs/projections.md says, each raising UnknownProjection for a name the store does not know.
+docs/projections.md says, each raising UnknownProjection for a name the store does not know;
+and a gRPC consumer's filters, per stream id, folded and kept (`ConsumerFilterStore`).
 """
 
 from __future__ import annotations
 
+from fluvial.testing.offset_store_contract._consumer_filters import ConsumerFilterContract
 from fluvial.testing.offset_store_contract._fixture import ManagedOffsetStore as ManagedOffsetStore
 from fluvial.testing.offset_store_contract._fixture import ManualClock as ManualClock
 from fluvial.testing.offset_store_contract._fixture import StoreUnderTest as StoreUnderTest
@@ -45,6 +47,8 @@ from fluvial.testing.offset_store_contract._saves import SaveContract
 __all__ = ["ManagedOffsetStore", "ManualClock", "OffsetStoreContract", "StoreUnderTest"]
 
 
-class OffsetStoreContract(SaveContract, MigrationContract, LeaseContract, ManagementContract):
+class OffsetStoreContract(
+    SaveContract, MigrationContract, LeaseContract, ManagementContract, ConsumerFilterContract
+):
     """The contract tests. Subclass in a ``Test*`` class that defines an ``offset_store``
     fixture."""

@@ -12,7 +12,7 @@ from fluvial.core.ids import PersistenceId, SliceRange
 from fluvial.core.offset_tracker import OffsetTracker
 from fluvial.core.records import EventRecord
 from fluvial.journal.api import Journal
-from fluvial.projection.api import OffsetStore
+from fluvial.projection.api import ConsumerFilterStore, OffsetStore
 from fluvial.testing.journal_contract import entity_ids, events
 
 T = TypeVar("T")
@@ -28,9 +28,9 @@ OTHER_PROJECTION = "contract-other-projection"
 WINDOW = 5 * 60 * 1_000_000  # microseconds: the runner's default
 
 
-class ManagedOffsetStore(OffsetStore[T_co], Protocol[T_co]):
+class ManagedOffsetStore(OffsetStore[T_co], ConsumerFilterStore, Protocol[T_co]):
     """An offset store with the management calls beyond the protocol that the contract
-    tests too: `backlog` and `wait_until_caught_up`."""
+    tests too: `backlog` and `wait_until_caught_up`; and a consumer's filters."""
 
     async def backlog(self, projection: str, entity_type: str, slices: SliceRange) -> int:
         """How many events of `entity_type` in `slices` are behind the stored offsets."""
