@@ -24,6 +24,7 @@ STREAM = "/test.Echo/Stream"
 SLOW = "/test.Echo/Slow"
 REFUSE = "/test.Echo/Refuse"
 BUG = "/test.Echo/Bug"
+FLOOD = "/test.Echo/Flood"
 
 
 class RawCodec(CodecBase):
@@ -48,6 +49,8 @@ class EchoState:
     slow_started: trio.Event = attrs.field(factory=trio.Event)
     slow_cancelled: trio.Event = attrs.field(factory=trio.Event)
     stream_cancelled: trio.Event = attrs.field(factory=trio.Event)
+    flood_ended: trio.Event = attrs.field(factory=trio.Event)
+    flood_errors: list[BaseException] = attrs.field(factory=list)
 
 
 def echo_service(state: EchoState) -> Any:
@@ -78,6 +81,20 @@ def echo_service(state: EchoState) -> Any:
             state.slow_cancelled.set()
             raise
 
+    async def flood(call: ServerCall[bytes, bytes]) -> None:
+        # Sends the first message back until the call ends: a peer that goes away finds it
+        # sending (or waiting for HTTP/2 flow control), not receiving.
+        request = await call.receive()
+        assert request is not None
+        try:
+            while True:
+                await call.send(request)
+        except BaseException as error:
+            state.flood_errors.append(error)
+            raise
+        finally:
+            state.flood_ended.set()
+
     async def refuse(call: ServerCall[bytes, bytes]) -> None:
         request = await call.receive()
         raise GrpcInvalidArgument(f"cannot take {request!r}")
@@ -95,6 +112,7 @@ def echo_service(state: EchoState) -> Any:
             SLOW: unary_method(slow),
             REFUSE: unary_method(refuse),
             BUG: unary_method(bug),
+            FLOOD: TrioMethod(flood, Cardinality.UNARY_STREAM, bytes, bytes),
         }
     )
 
