@@ -6,8 +6,6 @@ timeout), and a call to a method the server does not serve (UNIMPLEMENTED naming
 from __future__ import annotations
 
 import logging
-import socket
-import struct
 
 import h2.config
 import h2.connection
@@ -16,6 +14,7 @@ import h2.settings
 import pytest
 import trio
 from grpc_transport_helpers import (
+    CUT,
     FLOOD,
     STREAM,
     UNARY,
@@ -33,10 +32,11 @@ TIMEOUT = 10.0
 
 
 async def _open_stream(
-    port: int, method: str = STREAM, *, window: int = 65535
+    port: int, method: str = STREAM, *, window: int = 65535, first: bytes = b"hello"
 ) -> tuple[trio.SocketStream, h2.connection.H2Connection, int]:
-    """A raw HTTP/2 connection with one stream of `method` open, its first message answered;
-    the server may send `window` bytes on the stream before the client opens it further."""
+    """A raw HTTP/2 connection with one stream of `method` open, its `first` message
+    answered; the server may send `window` bytes on the stream before the client opens it
+    further."""
     connection = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
     )
@@ -55,7 +55,7 @@ async def _open_stream(
             ("te", "trailers"),
         ],
     )
-    connection.send_data(stream_id, grpc_frame(b"hello"))
+    connection.send_data(stream_id, grpc_frame(first))
     await sock.send_all(connection.data_to_send())
     answered = False
     while not answered:
@@ -96,24 +96,45 @@ async def test_a_connection_dropped_mid_stream_cancels_the_handler_and_logs_no_e
     assert state.cancelled == [STREAM] * 3
 
 
-async def test_a_peer_that_ends_its_stream_and_drops_the_connection_at_once_logs_no_error(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("how", [b"return", b"stream-error"])
+async def test_a_handler_that_ends_otherwise_as_its_connection_drops_logs_no_error(
+    how: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The handler sees the end of the client's messages and returns, as grpclib cancels it
-    # for the lost connection: a handler that finished, not one that failed to stop.
+    # grpclib cancels the handler's task for the lost connection, and logs "Failed to handle
+    # cancellation" (an ERROR with a traceback) unless the task ends cancelled; a trio
+    # handler's ends as the trio task does, which the cancel may meet after its last
+    # checkpoint, or after a grpclib call failed on the cut stream.
     state = EchoState()
     caplog.set_level(logging.INFO)
     with trio.fail_after(TIMEOUT):
         async with echo_server(state=state) as port:
-            for _ in range(20):
-                sock, connection, stream_id = await _open_stream(port)
-                connection.end_stream(stream_id)
-                await sock.send_all(connection.data_to_send())
-                sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                await sock.aclose()  # a TCP reset right behind the end of the stream
-            await trio.sleep(0.5)
+            for _ in range(3):
+                state.cut_ended = trio.Event()
+                sock, _, _ = await _open_stream(port, CUT, first=how)
+                await sock.aclose()
+                await state.cut_ended.wait()
+            # The server goes on serving.
+            async with open_channel("127.0.0.1", port, codec=RawCodec()) as channel:
+                assert await channel.unary(UNARY, b"still here", bytes) == b"still here"
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [(r.getMessage(), r.exc_info) for r in errors]
+    cancelled = [r for r in caplog.records if r.getMessage().startswith("Request was cancelled")]
+    assert len(cancelled) == 3  # grpclib's INFO: it saw each end as the cancel it was
+
+
+async def test_a_real_error_of_a_handler_whose_connection_dropped_is_still_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = EchoState()
+    with trio.fail_after(TIMEOUT):
+        async with echo_server(state=state) as port:
+            sock, _, _ = await _open_stream(port, CUT, first=b"bug")
+            await sock.aclose()
+            await state.cut_ended.wait()
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.getMessage() == f"{CUT}: the handler failed as its call was cut"
+    assert error.exc_info is not None
+    assert repr(error.exc_info[1]) == repr(ValueError("a bug in the handler's cleanup"))
 
 
 async def test_a_stream_reset_as_flow_control_opens_cancels_the_sending_handler_quietly(

@@ -27,12 +27,13 @@ from typing import Any, Generic, NoReturn, TypeVar
 import attrs
 import grpclib.const
 import grpclib.server
+import h2.exceptions
 import trio
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
 
 from ._asyncio_bridge import iterate_asyncio, open_asyncio_bridge, run_asyncio, run_trio
@@ -148,8 +149,44 @@ def _guarded(
             if shutdown.begun:
                 await _answer_shutdown(stream)
             raise
+        except Exception as error:
+            if not _cancel_requested():
+                raise  # grpclib answers UNKNOWN and logs it
+            # The call was cut (the client is gone): nothing to answer; a real error still
+            # shows, once, as itself (grpclib would log it as "Failed to handle cancellation").
+            if isinstance(error, _CUT_STREAM_ERRORS):
+                log.debug("%s: the call was cut as its handler ended with %r", method, error)
+            else:
+                log.error("%s: the handler failed as its call was cut", method, exc_info=error)
+            raise asyncio.CancelledError from error
+        else:
+            if _cancel_requested() and not shutdown.begun:
+                raise asyncio.CancelledError  # it finished as its call was cut: nothing lost
 
     return guarded
+
+
+# What a handler's grpclib calls raise when the peer reset the stream or the connection is
+# gone (`_cancel_requested`), at the moment that cancels the handler.
+_CUT_STREAM_ERRORS = (
+    StreamTerminatedError,
+    ProtocolError,
+    h2.exceptions.ProtocolError,  # StreamClosedError: a send on a stream the peer reset
+    ConnectionError,
+)
+
+
+def _cancel_requested() -> bool:
+    """Whether grpclib has cancelled the running handler: the peer reset its stream or the
+    connection was lost (grpclib's `Wrapper` cancels the task), or the server is closing.
+
+    A trio handler's task (`run_trio`) does not end cancelled at once: trio-asyncio marks it
+    cancelled only if the trio task ends by that cancel. A trio handler that returned after
+    its last checkpoint, or whose grpclib call failed on the cut stream first, would end its
+    task otherwise, which grpclib logs as an error with a traceback, "Failed to handle
+    cancellation". The guard turns those ends into the cancel they are."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _answer_shutdown(stream: grpclib.server.Stream[Any, Any]) -> None:
