@@ -1,7 +1,8 @@
 """What the server does with peers that misbehave at the connection level: a connection
-dropped in the middle of a stream (the handler is cancelled, and nothing is logged as an
-error), a connection that never finishes its HTTP/2 preface (closed after the handshake
-timeout), and a call to a method the server does not serve (UNIMPLEMENTED naming it)."""
+dropped or a stream reset in the middle of a call (the handler is cancelled, however it ends,
+and nothing is logged as an error but a real error), a connection that never finishes its
+HTTP/2 preface (closed after the handshake timeout), and a call to a method the server does
+not serve (UNIMPLEMENTED naming it, after the auth hook)."""
 
 from __future__ import annotations
 
