@@ -133,7 +133,7 @@ async def test_a_real_error_of_a_handler_whose_connection_dropped_is_still_logge
             await sock.aclose()
             await state.cut_ended.wait()
     (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert error.getMessage() == f"{CUT}: the handler failed as its call was cut"
+    assert error.getMessage() == f"{CUT}: the handler failed as its call was cancelled"
     assert error.exc_info is not None
     assert repr(error.exc_info[1]) == repr(ValueError("a bug in the handler's cleanup"))
 

@@ -152,12 +152,17 @@ def _guarded(
         except Exception as error:
             if not _cancel_requested():
                 raise  # grpclib answers UNKNOWN and logs it
-            # The call was cut (the client is gone): nothing to answer; a real error still
-            # shows, once, as itself (grpclib would log it as "Failed to handle cancellation").
+            # Cancelled (its call cut, or the server shutting down), it ends as cancelled; a
+            # real error still shows, once, as itself (grpclib would log it as "Failed to
+            # handle cancellation").
             if isinstance(error, _CUT_STREAM_ERRORS):
                 log.debug("%s: the call was cut as its handler ended with %r", method, error)
             else:
-                log.error("%s: the handler failed as its call was cut", method, exc_info=error)
+                log.error(
+                    "%s: the handler failed as its call was cancelled", method, exc_info=error
+                )
+            if shutdown.begun:
+                await _answer_shutdown(stream)
             raise asyncio.CancelledError from error
         else:
             if _cancel_requested() and not shutdown.begun:
