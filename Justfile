@@ -55,6 +55,11 @@ bench-grpc: setup
 demo: setup
     {{python}} -m fluvial demo
 
+# The latest-event-timestamp query of a lag (SQLite, and PostgreSQL when reachable), beside its
+# raw statement and beside reading the slice range, in the same run.
+bench-lag: setup
+    {{python}} benchmarks/bench_latest_timestamp.py
+
 # Filter evaluation: 1,000 entity-id criteria, 100 regexes, 100 topic expressions, against a
 # call that evaluates nothing, in the same run.
 bench-filters: setup

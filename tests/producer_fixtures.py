@@ -202,6 +202,9 @@ class CountingJournal:
     async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
         return await self.inner.load_event(persistence_id, seq_nr)
 
+    async def latest_event_timestamp(self, entity_type: str, slices: SliceRange) -> int | None:
+        return await self.inner.latest_event_timestamp(entity_type, slices)
+
     def append_count(self) -> int:
         return self.inner.append_count()
 

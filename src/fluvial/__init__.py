@@ -118,7 +118,9 @@ from fluvial.projection import Backoff as Backoff
 from fluvial.projection import ExactlyOnce as ExactlyOnce
 from fluvial.projection import GroupedAtLeastOnce as GroupedAtLeastOnce
 from fluvial.projection import GroupedExactlyOnce as GroupedExactlyOnce
+from fluvial.projection import HasLatestEventTimestamp as HasLatestEventTimestamp
 from fluvial.projection import HasOffsetStore as HasOffsetStore
+from fluvial.projection import InstanceLag as InstanceLag
 from fluvial.projection import LocalJournalSources as LocalJournalSources
 from fluvial.projection import OffsetStore as OffsetStore
 from fluvial.projection import Projection as Projection
@@ -126,6 +128,7 @@ from fluvial.projection import RecoveryStrategy as RecoveryStrategy
 from fluvial.projection import Source as Source
 from fluvial.projection import SourceProvider as SourceProvider
 from fluvial.projection import SourceSettings as SourceSettings
+from fluvial.projection import projection_lag as projection_lag
 from fluvial.projection import serve_projection as serve_projection
 from fluvial.projection import serve_shared_projection as serve_shared_projection
 
@@ -168,11 +171,13 @@ __all__ = [
     "GroupedAtLeastOnce",
     "GroupedExactlyOnce",
     "HasConcurrentWriters",
+    "HasLatestEventTimestamp",
     "HasOffsetStore",
     "IncludeEntityIds",
     "IncludeRegexEntityIds",
     "IncludeTags",
     "IncludeTopics",
+    "InstanceLag",
     "InvalidAppend",
     "InvalidFilterCriterion",
     "InvalidFilterData",
@@ -249,6 +254,7 @@ __all__ = [
     "events_by_slices",
     "open_entities",
     "open_sqlite_journal",
+    "projection_lag",
     "serve_projection",
     "serve_shared_projection",
     "slice_for",

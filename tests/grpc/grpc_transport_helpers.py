@@ -13,6 +13,7 @@ import attrs
 import trio
 from grpclib.const import Cardinality
 from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import StreamTerminatedError
 
 from fluvial.grpc import GrpcInvalidArgument, ServerSettings
 from fluvial.grpc._auth import AuthHook
@@ -24,6 +25,8 @@ STREAM = "/test.Echo/Stream"
 SLOW = "/test.Echo/Slow"
 REFUSE = "/test.Echo/Refuse"
 BUG = "/test.Echo/Bug"
+FLOOD = "/test.Echo/Flood"
+CUT = "/test.Echo/Cut"
 
 
 class RawCodec(CodecBase):
@@ -48,6 +51,9 @@ class EchoState:
     slow_started: trio.Event = attrs.field(factory=trio.Event)
     slow_cancelled: trio.Event = attrs.field(factory=trio.Event)
     stream_cancelled: trio.Event = attrs.field(factory=trio.Event)
+    flood_ended: trio.Event = attrs.field(factory=trio.Event)
+    flood_errors: list[BaseException] = attrs.field(factory=list)
+    cut_ended: trio.Event = attrs.field(factory=trio.Event)
 
 
 def echo_service(state: EchoState) -> Any:
@@ -78,6 +84,39 @@ def echo_service(state: EchoState) -> Any:
             state.slow_cancelled.set()
             raise
 
+    async def flood(call: ServerCall[bytes, bytes]) -> None:
+        # Sends the first message back until the call ends: a peer that goes away finds it
+        # sending (or waiting for HTTP/2 flow control), not receiving.
+        request = await call.receive()
+        assert request is not None
+        try:
+            while True:
+                await call.send(request)
+        except BaseException as error:
+            state.flood_errors.append(error)
+            raise
+        finally:
+            state.flood_ended.set()
+
+    async def cut(call: ServerCall[bytes, bytes]) -> None:
+        # Answers its first message, then waits; cancelled (its call cut), it ends as that
+        # message says, as a handler does when the cancel meets it at the wrong moment:
+        # b"return" (it had passed its last checkpoint), b"stream-error" (its grpclib call
+        # failed on the cut stream first), b"bug" (a real error).
+        how = await call.receive()
+        await call.send(b"ok")
+        try:
+            await call.receive()
+        except trio.Cancelled:
+            if how == b"stream-error":
+                raise StreamTerminatedError("Connection lost") from None
+            if how == b"bug":
+                raise ValueError("a bug in the handler's cleanup") from None
+            if how != b"return":
+                raise
+        finally:
+            state.cut_ended.set()
+
     async def refuse(call: ServerCall[bytes, bytes]) -> None:
         request = await call.receive()
         raise GrpcInvalidArgument(f"cannot take {request!r}")
@@ -95,6 +134,8 @@ def echo_service(state: EchoState) -> Any:
             SLOW: unary_method(slow),
             REFUSE: unary_method(refuse),
             BUG: unary_method(bug),
+            FLOOD: TrioMethod(flood, Cardinality.UNARY_STREAM, bytes, bytes),
+            CUT: TrioMethod(cut, Cardinality.STREAM_STREAM, bytes, bytes),
         }
     )
 

@@ -210,6 +210,9 @@ class PlainJournal:
         self.loads.append((persistence_id, seq_nr))
         return await self.inner.load_event(persistence_id, seq_nr)
 
+    async def latest_event_timestamp(self, entity_type: str, slices: SliceRange) -> int | None:
+        return await self.inner.latest_event_timestamp(entity_type, slices)
+
     def append_count(self) -> int:
         return self.inner.append_count()
 

@@ -1,11 +1,12 @@
-"""The producer's answers to a consumer's questions about single entities, without gRPC.
+"""The producer's answers to a consumer's questions beside its stream, without gRPC.
 
 A replay of one entity between two seq nrs (the request/response call, and the in-stream
 replays the stream core admits), one event with its payload (for a record that came
-without), and one event's timestamp: each in its public form (`PublicForm`: the producer's
-filter and transformation applied, placeholders for what they drop), and each only for an
-entity of the stream's own entity type (a `RemoteStreamError` otherwise: a producer never
-hands out another entity type's events, whatever it is asked).
+without), one event's timestamp, and a slice range's latest event timestamp: each in its
+public form (`PublicForm`: the producer's filter and transformation applied, placeholders
+for what they drop), and each only for an entity of the stream's own entity type (a
+`RemoteStreamError` otherwise: a producer never hands out another entity type's events,
+whatever it is asked).
 """
 
 from __future__ import annotations
@@ -112,6 +113,16 @@ async def event_timestamp(
     # payloads (only `read_events_by_slices(with_payloads=False)`, by timestamp).
     record = await journal.load_event(persistence_id, seq_nr)
     return None if record is None else record.timestamp
+
+
+async def latest_event_timestamp(
+    journal: Journal, source: EventProducerSource[Any, Any], slices: SliceRange
+) -> int | None:
+    """The journal timestamp of the newest event of `source`'s entity type in `slices` (None
+    if it has none), from the journal's own query (`Journal.latest_event_timestamp`), as the
+    stream sends it: the filter and transformation change payloads, never a timestamp (a
+    dropped event goes as a placeholder at its own timestamp)."""
+    return await journal.latest_event_timestamp(source.entity_type, slices)
 
 
 def check_request(

@@ -11,7 +11,6 @@ keep-alive and message size limits come from its `ServerSettings`.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, Final, NoReturn, cast
 
@@ -21,17 +20,15 @@ from grpclib.const import Cardinality
 
 from fluvial.core.errors import UsageError
 from fluvial.core.ids import NUMBER_OF_SLICES, SliceRange
-from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import MAX_SEQ_NR, EventRecord
 from fluvial.core.replication_stream_errors import RemoteStreamError
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.journal.api import Journal
-from fluvial.journal.queries import current_events_by_slices
 
 from ._auth import AuthHook
 from ._batch_codec import MSGPACK_ROWS_V1, encode_events
 from ._errors import GrpcInvalidArgument, GrpcNotFound
-from ._producer_lookups import event_timestamp, load_event, replay_batches
+from ._producer_lookups import event_timestamp, latest_event_timestamp, load_event, replay_batches
 from ._producer_service_stream import STREAM_EVENTS, Call, StreamEventsCall, error_of
 from ._producer_source import EventProducerSource
 from ._producer_stream import ProducerStreamSettings
@@ -45,10 +42,6 @@ LOAD_EVENT: Final = _SERVICE + "LoadEvent"
 EVENT_TIMESTAMP: Final = _SERVICE + "EventTimestamp"
 LATEST_EVENT_TIMESTAMP: Final = _SERVICE + "LatestEventTimestamp"
 REPLAY: Final = _SERVICE + "Replay"
-
-# How many slice ranges the latest-timestamp answers are remembered for (each costs a few
-# hundred bytes; a consumer asks for its own range, again and again).
-_LATEST_CACHE_SIZE: Final = 256
 
 
 def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -109,8 +102,6 @@ class Producer:
             raise UsageError("serve_producer needs at least one EventProducerSource")
         self.entity_types = {s.stream_id: s.entity_type for s in self.sources.values()}
         self.max_message_size = settings.server.max_send_message_size
-        self._latest: OrderedDict[tuple[str, SliceRange], tuple[TimestampOffset, int | None]]
-        self._latest = OrderedDict()
 
     def source(self, call: str, stream_id: str) -> EventProducerSource[Any, Any]:
         """The source of `stream_id`; GrpcNotFound naming it if this producer has none."""
@@ -150,27 +141,8 @@ class Producer:
             )
         slices = SliceRange(request.slice_min, request.slice_max)
         return pb.LatestEventTimestampResponse(
-            timestamp=await self._latest_timestamp(source.entity_type, slices)
+            timestamp=await latest_event_timestamp(self.journal, source, slices)
         )
-
-    async def _latest_timestamp(self, entity_type: str, slices: SliceRange) -> int | None:
-        # The journal has no "latest" query: read (without payloads) what was committed since
-        # the last answer for this range. An event committed late with an earlier timestamp
-        # cannot raise the maximum, so reading on from the last offset is enough.
-        key = (entity_type, slices)
-        offset, latest = self._latest.get(key, (TimestampOffset.start(), None))
-        async for record in current_events_by_slices(
-            self.journal, entity_type, slices, offset, with_payloads=False
-        ):
-            offset = offset.advanced_to(record)
-            latest = record.timestamp
-        known = self._latest.get(key)
-        if known is None or known[0].timestamp <= offset.timestamp:
-            self._latest[key] = (offset, latest)
-        self._latest.move_to_end(key)
-        while len(self._latest) > _LATEST_CACHE_SIZE:
-            self._latest.popitem(last=False)
-        return latest
 
     async def replay(self, request: pb.ReplayRequest) -> pb.ReplayResponse:
         source = self.source("Replay", request.stream_id)

@@ -4,7 +4,9 @@
 service base subclass, or `trio_service` of trio handlers) on one host and port, with the
 transport's promises around every call:
 
-- TLS / mutual TLS, keep-alive pings and message size limits from `ServerSettings`;
+- TLS / mutual TLS, keep-alive pings, message size limits and the handshake timeout (a
+  connection that has not sent its HTTP/2 preface in time is closed: `_handshake.py`) from
+  `ServerSettings`;
 - the auth hook, asked before any handler code runs (`fluvial.grpc._auth`);
 - a handler that raises a `GrpcError` (`GrpcInvalidArgument("...")`) ends its call with that
   status and message; any other exception ends it with UNKNOWN and is logged, and the server
@@ -25,17 +27,19 @@ from typing import Any, Generic, NoReturn, TypeVar
 import attrs
 import grpclib.const
 import grpclib.server
+import h2.exceptions
 import trio
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
 
 from ._asyncio_bridge import iterate_asyncio, open_asyncio_bridge, run_asyncio, run_trio
 from ._auth import AuthHook, CallInfo, auth_listener, call_info
 from ._errors import GrpcError, MessageTooLarge, status_of
+from ._handshake import watch_handshake
 from ._limits import SizeLimitedCodec, limit_received_messages
 from ._settings import ServerSettings, grpclib_configuration
 from ._tls import server_ssl_context
@@ -54,10 +58,17 @@ class _Server(grpclib.server.Server):
     """grpclib's server, remembering its open connections so that shutdown can close them
     (grpclib's `close()` stops listening and cancels handlers, but leaves connections open)."""
 
-    def __init__(self, *args: Any, shutdown: _Shutdown, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, shutdown: _Shutdown, handshake_timeout: float, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # grpclib answers a method it does not serve before its codec is known, without a
+        # content-type, which a grpclib client reads as UNKNOWN "Missing content-type header":
+        # its lookup (`mapping.get` in `request_handler`) finds one that says UNIMPLEMENTED.
+        self._mapping = _MethodsOrUnimplemented(self._mapping)
         self.open_connections: dict[H2Protocol, asyncio.Event] = {}
         self.shutdown = shutdown
+        self.handshake_timeout = handshake_timeout
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
@@ -65,13 +76,23 @@ class _Server(grpclib.server.Server):
         # fails never makes the connection, and must leave nothing behind.
         connection_made, connection_lost = protocol.connection_made, protocol.connection_lost
         lost = asyncio.Event()
+        stop_watching: Callable[[], None] = lambda: None  # noqa: E731 (replaced when made)
 
         def on_connection_made(transport: asyncio.BaseTransport) -> None:
+            nonlocal stop_watching
             connection_made(transport)
             self.open_connections[protocol] = lost
+            counting, stop_watching = watch_handshake(
+                protocol.data_received,
+                lambda: protocol.processor.close("no HTTP/2 preface in time"),
+                self.handshake_timeout,
+                transport.get_extra_info("peername"),
+            )
+            protocol.data_received = counting  # type: ignore[method-assign, assignment]
 
         def on_connection_lost(error: BaseException | None) -> None:
             try:
+                stop_watching()
                 connection_lost(error)
             finally:
                 lost.set()
@@ -80,6 +101,22 @@ class _Server(grpclib.server.Server):
         protocol.connection_made = on_connection_made  # type: ignore[method-assign]
         protocol.connection_lost = on_connection_lost  # type: ignore[method-assign, assignment]
         return protocol
+
+
+class _MethodsOrUnimplemented(dict[str, grpclib.const.Handler]):
+    """The server's methods by path; `get` of any other path gives a handler that ends the
+    call UNIMPLEMENTED naming it (after the auth hook, like any call)."""
+
+    def get(self, path: str, default: Any = None) -> grpclib.const.Handler:
+        handler = super().get(path)
+        if handler is not None:
+            return handler
+
+        async def unimplemented(stream: grpclib.server.Stream[Any, Any]) -> None:
+            raise GRPCError(Status.UNIMPLEMENTED, f"this server does not serve the method {path}")
+
+        # Streaming both ways: the call ends without reading or sending a message.
+        return grpclib.const.Handler(unimplemented, Cardinality.STREAM_STREAM, None, None)
 
 
 @attrs.define(eq=False)
@@ -112,8 +149,49 @@ def _guarded(
             if shutdown.begun:
                 await _answer_shutdown(stream)
             raise
+        except Exception as error:
+            if not _cancel_requested():
+                raise  # grpclib answers UNKNOWN and logs it
+            # Cancelled (its call cut, or the server shutting down), it ends as cancelled; a
+            # real error still shows, once, as itself (grpclib would log it as "Failed to
+            # handle cancellation").
+            if isinstance(error, _CUT_STREAM_ERRORS):
+                log.debug("%s: the call was cut as its handler ended with %r", method, error)
+            else:
+                log.error(
+                    "%s: the handler failed as its call was cancelled", method, exc_info=error
+                )
+            if shutdown.begun:
+                await _answer_shutdown(stream)
+            raise asyncio.CancelledError from error
+        else:
+            if _cancel_requested() and not shutdown.begun:
+                raise asyncio.CancelledError  # it finished as its call was cut: nothing lost
 
     return guarded
+
+
+# What a handler's grpclib calls raise when the peer reset the stream or the connection is
+# gone (`_cancel_requested`), at the moment that cancels the handler.
+_CUT_STREAM_ERRORS = (
+    StreamTerminatedError,
+    ProtocolError,
+    h2.exceptions.ProtocolError,  # StreamClosedError: a send on a stream the peer reset
+    ConnectionError,
+)
+
+
+def _cancel_requested() -> bool:
+    """Whether grpclib has cancelled the running handler: the peer reset its stream or the
+    connection was lost (grpclib's `Wrapper` cancels the task), or the server is closing.
+
+    A trio handler's task (`run_trio`) does not end cancelled at once: trio-asyncio marks it
+    cancelled only if the trio task ends by that cancel. A trio handler that returned after
+    its last checkpoint, or whose grpclib call failed on the cut stream first, would end its
+    task otherwise, which grpclib logs as an error with a traceback, "Failed to handle
+    cancellation". The guard turns those ends into the cancel they are."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _answer_shutdown(stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -167,6 +245,7 @@ async def _start(
     server = _Server(
         [_Services(guarded)],
         shutdown=shutdown,
+        handshake_timeout=settings.handshake_timeout,
         codec=SizeLimitedCodec(codec, max_send=settings.max_send_message_size),
         config=grpclib_configuration(settings.keepalive),
     )

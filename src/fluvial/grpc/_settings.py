@@ -96,11 +96,15 @@ class ServerSettings:
     RESOURCE_EXHAUSTED before its body is read (the length prefix is checked), and the server
     goes on serving every other call. `max_send_message_size` bounds what a handler sends.
     The server pings every 30 s by default (an answer within 10 s), which finds dead consumers
-    and keeps long-lived idle streams alive through NATs and TCP load balancers.
+    and keeps long-lived idle streams alive through NATs and TCP load balancers. A connection
+    whose client has not sent its whole HTTP/2 preface within `handshake_timeout` seconds
+    (5 by default) of connecting (after the TLS handshake, which asyncio bounds to 60 s) is
+    closed: half a preface, or nothing, holds no socket open.
     """
 
     tls: TlsSettings | None = None
     keepalive: KeepAlive | None = KeepAlive(interval=30.0, timeout=10.0)
+    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
     max_receive_message_size: int = attrs.field(
         default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive_size
     )

@@ -129,6 +129,14 @@ class Journal(Protocol):
         """The stored event `seq_nr` of an entity, with its payload; None if not stored."""
         ...
 
+    async def latest_event_timestamp(self, entity_type: str, slices: SliceRange) -> int | None:
+        """The timestamp of the newest stored event of `entity_type` in `slices`; None if it
+        has none. One index-backed read, no payloads: a consumer's lag (`fluvial.projection`'s
+        `projection_lag`, the producer's `LatestEventTimestamp`) asks it again and again.
+        Committed events only: with concurrent writers (`HasConcurrentWriters`) a transaction
+        still open may commit one with an earlier timestamp after this answered."""
+        ...
+
     def append_count(self) -> int:
         """A counter of this process's commits, for `wait_for_new_events`."""
         ...

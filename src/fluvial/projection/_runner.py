@@ -179,7 +179,7 @@ async def serve_owned(
 ) -> None:
     """`serve_projection` with its store and its lease's `owner` given: the shared helper
     (`_shared.py`) runs each range of one node under that node's name."""
-    provider = source if _is_source_provider(source) else LocalJournalSources(source)
+    provider = source if is_source_provider(source) else LocalJournalSources(source)
     lease = await store.acquire_lease(
         projection.name,
         projection.entity_type,
@@ -199,7 +199,7 @@ async def serve_owned(
         await keeper.release()
 
 
-def _is_source_provider(source: Journal | SourceProvider) -> TypeIs[SourceProvider]:
+def is_source_provider(source: Journal | SourceProvider) -> TypeIs[SourceProvider]:
     # A runtime-checkable protocol matches by attribute name only: a journal that keeps what
     # it wraps in an attribute `source` is still a journal, not a provider.
     return isinstance(source, SourceProvider) and callable(source.source)

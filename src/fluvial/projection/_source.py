@@ -36,7 +36,8 @@ from fluvial.projection.api import Batch
 
 class LocalJournalSource:
     """The events of one entity type and slice range of a journal, by the query, the live
-    path and the backtracking query (see the module docstring); a `Source`.
+    path and the backtracking query (see the module docstring); a `Source` that knows its
+    latest event timestamp (`HasLatestEventTimestamp`).
 
     Its `first_sight` rule is the journal's: `PREVIOUS_OLDER_THAN_WINDOW` for a journal with
     concurrent writers (`HasConcurrentWriters`), else `QUERY_IN_COMMIT_ORDER`."""
@@ -95,6 +96,11 @@ class LocalJournalSource:
         narrower read)."""
         record = await self.journal.load_event(persistence_id, seq_nr)
         return None if record is None else record.timestamp
+
+    async def latest_event_timestamp(self) -> int | None:
+        """See `HasLatestEventTimestamp`: the journal's `latest_event_timestamp` of this
+        source's entity type and slices."""
+        return await self.journal.latest_event_timestamp(self.entity_type, self.slices)
 
     async def _query(self, send: trio.MemorySendChannel[Batch]) -> None:
         journal, page_size = self.journal, self.settings.page_size

@@ -10,7 +10,8 @@ the SQLite file, memory or PostgreSQL as its `OffsetStore`. docs/seams.md explai
   It also replays one entity's events between two seq nrs (to fill a gap), loads one event
   with its payload (records may come without one: backtracking, filtered events) and gives the
   timestamp of one event, and says by which first-sight rule its entities are judged
-  (`first_sight`: concurrent writers or not).
+  (`first_sight`: concurrent writers or not). A source that also knows its latest event
+  timestamp (`HasLatestEventTimestamp`) can report a projection's lag (`projection_lag`).
 - `OffsetStore[T]` loads and saves an instance's `OffsetTracker` state, compares and sets it,
   holds the leases of slice ranges, and is the management API. An exactly-once handler writes
   through the store's transaction, of type `T` (`sqlite3.Connection` for the SQLite store):
@@ -40,6 +41,7 @@ from fluvial.projection._source_settings import SourceSettings
 __all__ = [
     "Batch",
     "ConsumerFilterStore",
+    "HasLatestEventTimestamp",
     "HasOffsetStore",
     "JournalWithOffsetStore",
     "OffsetStore",
@@ -94,6 +96,18 @@ class Source(Protocol):
     async def event_timestamp(self, persistence_id: str, seq_nr: int) -> int | None:
         """The timestamp of one event (None if the source does not have it): the first-sight
         rule of `PREVIOUS_OLDER_THAN_WINDOW` asks for it."""
+        ...
+
+
+@runtime_checkable
+class HasLatestEventTimestamp(Protocol):
+    """A `Source` that can tell the timestamp of its newest event: what `projection_lag`
+    compares an instance's stored offsets with (the local journal's source and the gRPC
+    consumer's are such sources)."""
+
+    async def latest_event_timestamp(self) -> int | None:
+        """The timestamp of the newest event of the source's entity type (or stream) in its
+        slice range, None if it has none; errors come out as themselves."""
         ...
 
 

@@ -18,7 +18,9 @@ a source delivers the events of its entity type and slice range only, each path 
 backtracking) in timestamp order; its query path delivers every event after the offset it was
 started from, exactly once, catching up in pages and then following; once started, events
 stored after that reach it; and it replays one entity's events, loads one event with its
-payload and gives one event's timestamp, answering None (or fewer events) for what it lacks.
+payload and gives one event's timestamp, answering None (or fewer events) for what it lacks;
+a source that tells its latest event timestamp (`HasLatestEventTimestamp`) tells its newest
+event's.
 
 Those tests store events from one writer, whose timestamps are commit order. A source over
 a journal with concurrent writers (PostgreSQL) promises more, which the suite checks when
@@ -42,9 +44,10 @@ from fluvial.core.offset_tracker import EnvelopeSource
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.projection._source_settings import SourceSettings
-from fluvial.projection.api import Batch, Source, SourceProvider
+from fluvial.projection.api import Batch, HasLatestEventTimestamp, Source, SourceProvider
 from fluvial.testing.journal_contract._records import (
     ENTITY_TYPE,
+    HIGH,
     LOW,
     OTHER_ENTITY_TYPE,
     TIMEOUT,
@@ -216,6 +219,23 @@ class SourceContract:
             assert await source.load_event(str(pid), 3) is None
             assert await source.event_timestamp(str(pid), 3) is None
             assert await source.load_event(f"{ENTITY_TYPE}|nobody", 1) is None
+
+    async def test_its_latest_event_timestamp_is_its_newest_events_if_it_tells_one(
+        self, source_under_test: SourceUnderTest
+    ) -> None:
+        source = source_under_test.provider.source(ENTITY_TYPE, LOW, SETTINGS)
+        if not isinstance(source, HasLatestEventTimestamp):
+            return  # optional: such a source reports no lag
+        (pid,) = entity_ids(ENTITY_TYPE, LOW, 1)
+        (outside,) = entity_ids(ENTITY_TYPE, HIGH, 1)
+        (other,) = entity_ids(OTHER_ENTITY_TYPE, LOW, 1)
+        with trio.fail_after(TIMEOUT):
+            assert await source.latest_event_timestamp() is None
+            stored = await source_under_test.write(events(pid, 1, 2))
+            # Newer events of other slices and another entity type are not its own.
+            await source_under_test.write(events(outside, 1, 1))
+            await source_under_test.write(events(other, 1, 1))
+            assert await source.latest_event_timestamp() == stored[-1].timestamp
 
     async def test_its_first_sight_rule_fits_its_writers(
         self, source_under_test: SourceUnderTest

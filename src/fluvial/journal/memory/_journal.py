@@ -155,6 +155,14 @@ class MemoryJournal:
                 found.append(record if with_payload else replace(record, payload=None))
         return found
 
+    async def latest_event_timestamp(self, entity_type: str, slices: SliceRange) -> int | None:
+        """See `Journal.latest_event_timestamp`: the newest of `_by_time` that matches."""
+        await trio.lowlevel.checkpoint()
+        for record in reversed(self._by_time):
+            if record.entity_type == entity_type and record.slice in slices:
+                return record.timestamp
+        return None
+
     async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
         """See `Journal.load_event`."""
         await trio.lowlevel.checkpoint()

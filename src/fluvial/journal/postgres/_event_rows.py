@@ -47,6 +47,16 @@ EVENTS_BY_SLICES: LiteralString = (
     "AND slice BETWEEN %(min)s AND %(max)s AND db_timestamp BETWEEN %(from)s AND %(to)s "
     "ORDER BY db_timestamp, persistence_id, seq_nr LIMIT %(limit)s"
 )
+# The newest event of an entity type in a slice range: per slice, one descent of
+# event_journal_by_slices (entity type, slice, timestamp) to the slice's newest entry, read
+# backwards with LIMIT 1; at most 1,024 descents, however many events. (A max() over the
+# range would read every entry of it.)
+LATEST_EVENT_TIMESTAMP: LiteralString = (
+    "SELECT max(latest.db_timestamp) FROM generate_series(%(min)s::integer, %(max)s::integer) "
+    "AS s(slice) CROSS JOIN LATERAL (SELECT db_timestamp FROM event_journal "
+    "WHERE entity_type = %(entity_type)s AND slice = s.slice "
+    "ORDER BY db_timestamp DESC LIMIT 1) AS latest"
+)
 # The server's clock as appends read it (`_INSERT`), in the microseconds of db_timestamp.
 CLOCK_NOW: LiteralString = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 HIGHEST_SEQ_NR: LiteralString = (

@@ -205,6 +205,16 @@ class PostgresJournal:
 
         return await self._pool.run(query, idempotent=True)
 
+    async def latest_event_timestamp(self, entity_type: str, slices: SliceRange) -> int | None:
+        """See `Journal.latest_event_timestamp`."""
+        parameters = {"entity_type": entity_type, "min": slices.min, "max": slices.max}
+
+        def query(conn: Connection) -> int | None:
+            row = conn.execute(_event_rows.LATEST_EVENT_TIMESTAMP, parameters).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._pool.run(query, idempotent=True)
+
     async def current_timestamp(self) -> int:
         """See `HasConcurrentWriters.current_timestamp`: the server's `clock_timestamp()`,
         what appends stamp their events with (docs/postgres.md, "Concurrent writers")."""

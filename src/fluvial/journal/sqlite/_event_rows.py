@@ -48,6 +48,18 @@ EVENTS_BY_SLICES = (
     "AND db_timestamp BETWEEN :from AND :to AND slice BETWEEN :min AND :max "
     "ORDER BY db_timestamp LIMIT :limit"
 )
+# The newest event of an entity type in a slice range: event_journal_by_slices (entity type,
+# timestamp, slice) read backwards from the entity type's newest entry, its slice tested on
+# the entry (a covering index: no row is read), until one is in the range. That is one entry
+# when the range holds the newest event; entries of other slices newer than the range's
+# latest before that (the whole entity type's when the range has none: an index whose slice
+# came before the timestamp would answer that at once, but would give up the by-slices
+# query's order: `_replication_metadata_and_snapshot_events` in _schema.py).
+LATEST_EVENT_TIMESTAMP = (
+    "SELECT db_timestamp FROM event_journal "
+    "WHERE entity_type = :entity_type AND slice BETWEEN :min AND :max "
+    "ORDER BY db_timestamp DESC LIMIT 1"
+)
 # The timestamp goes last: the writer appends it to each row (see `RowInsert`). The entity's
 # integer key comes from the `entity` table, where the writer makes sure it exists
 # (`ENTITY_KEYS`). Events of this journal's own entities leave the replication columns NULL,

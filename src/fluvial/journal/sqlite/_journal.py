@@ -36,6 +36,7 @@ from fluvial.journal.sqlite._event_rows import (
     EVENT_COLUMNS_NOT_FROM_ORIGIN,
     EVENT_COLUMNS_WITHOUT_PAYLOAD,
     EVENTS_BY_SLICES,
+    LATEST_EVENT_TIMESTAMP,
     event_from_row,
     insert_events,
     unseen,
@@ -176,6 +177,16 @@ class SqliteJournal:
                 (persistence_id, seq_nr),
             ).fetchone()
             return None if row is None else event_from_row(row)
+
+        return await self.database.read(query)
+
+    async def latest_event_timestamp(self, entity_type: str, slices: SliceRange) -> int | None:
+        """See `Journal.latest_event_timestamp`."""
+        parameters = {"entity_type": entity_type, "min": slices.min, "max": slices.max}
+
+        def query(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(LATEST_EVENT_TIMESTAMP, parameters).fetchone()
+            return None if row is None else int(row[0])
 
         return await self.database.read(query)
 

@@ -22,9 +22,10 @@ entity's highest stored + 1 raises `JournalGap` and stores nothing), reads retur
 was stored (replication metadata and write timestamps included), the events-by-slices queries
 return one entity type and slice range in timestamp order (up to a timestamp, without payloads
 or without one origin's), and resuming from any offset yields exactly the events not seen yet,
-then follows new ones; one event loads by seq nr; snapshots keep their event's timestamp and
-tags, and the newest of each entity come by slices in their events' order; events written from
-elsewhere keep their identity and are answered stored, already stored or gap (docs/event-model.md).
+then follows new ones; one event loads by seq nr, and a slice range's latest event timestamp is
+its newest event's; snapshots keep their event's timestamp and tags, and the newest of each
+entity come by slices in their events' order; events written from elsewhere keep their identity
+and are answered stored, already stored or gap (docs/event-model.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The contract of the reads a consumer or producer makes beside its stream: by slices up to a
-timestamp, without payloads or without one origin's payloads, and one event by persistence id
-and seq nr."""
+timestamp, without payloads or without one origin's payloads, one event by persistence id
+and seq nr, and the latest event timestamp of a slice range."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from fluvial.journal.api import EventStored
 from fluvial.journal.queries import events_by_slices
 from fluvial.testing.journal_contract._records import (
     ENTITY_TYPE,
+    HIGH,
     LOW,
     OTHER_ENTITY_TYPE,
     TIMEOUT,
@@ -94,6 +95,38 @@ class LookupContract:
         assert await journal.load_event(some.persistence_id, 7) is None
         assert await journal.load_event(some.persistence_id, 0) is None
         assert await journal.load_event(f"{ENTITY_TYPE}|unknown", 1) is None
+
+    async def test_latest_event_timestamp_is_the_newest_of_one_entity_type_and_slice_range(
+        self, journal: JournalUnderTest
+    ) -> None:
+        (first,) = entity_ids(ENTITY_TYPE, SliceRange(3, 3), 1)
+        (second,) = entity_ids(ENTITY_TYPE, SliceRange(700, 1023), 1)
+        (other,) = entity_ids(OTHER_ENTITY_TYPE, SliceRange(3, 3), 1)
+        ranges = [SliceRange.all(), SliceRange(3, 3), SliceRange(0, 699), HIGH, SliceRange(4, 4)]
+
+        async def latest() -> list[int | None]:
+            return [await journal.latest_event_timestamp(ENTITY_TYPE, r) for r in ranges]
+
+        assert await latest() == [None] * len(ranges)  # an empty journal has none
+        low = await journal.append(events(first, 1, 3))
+        assert await latest() == [
+            low[-1].timestamp,
+            low[-1].timestamp,
+            low[-1].timestamp,
+            None,
+            None,
+        ]
+        high = await journal.append(events(second, 1, 2))
+        # Another entity type's newer events count for none of this one's ranges.
+        await journal.append(events(other, 1, 2))
+        assert await latest() == [
+            high[-1].timestamp,
+            low[-1].timestamp,
+            low[-1].timestamp,
+            high[-1].timestamp,
+            None,
+        ]
+        assert await journal.latest_event_timestamp("NoSuchType", SliceRange.all()) is None
 
     async def test_events_by_slices_leave_out_the_payloads_of_one_origin(
         self, journal: JournalUnderTest
