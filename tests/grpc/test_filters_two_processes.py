@@ -107,7 +107,7 @@ async def until_applied(path: Path, consumer: ServiceProcess, **counts: int) -> 
     1..count, each once, in order."""
     await until(
         lambda: all(len(applied(path).get(e, [])) >= n for e, n in counts.items()),
-        lambda: applied(path),
+        lambda: {e: applied(path).get(e) for e in counts},
         consumer,
     )
     await trio.sleep(0.3)  # a duplicate applied late would show now
@@ -245,7 +245,7 @@ async def test_an_update_the_producer_refuses_leaves_the_old_filter_and_the_stre
         async with producing(tmp_path) as producer:
             await append(producer, "x", 2)
             async with consuming(tmp_path, producer, initial.criteria()) as consumer:
-                await until(lambda: "b" in applied(reports), lambda: applied(reports), consumer)
+                await until(lambda: "b" in applied(reports), lambda: "no event of b", consumer)
                 # The consumer's regex is valid; on the wire it is one the producer cannot
                 # compile (a consumer whose rules are not the producer's): refused, by it.
                 update: list[FilterCriterion] = [
