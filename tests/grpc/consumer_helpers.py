@@ -194,6 +194,47 @@ def credits_projection(name: str = "credits") -> Projection[Credited, sqlite3.Co
     )
 
 
+def create_applied(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE applied (n INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, "
+        "seq_nr INTEGER NOT NULL)"
+    )
+
+
+def apply_in_order(conn: sqlite3.Connection, envelope: EventEnvelope[Credited]) -> None:
+    """An exactly-once handler that keeps the order it applied the events in."""
+    conn.execute(
+        "INSERT INTO applied (entity, seq_nr) VALUES (?, ?)", (envelope.entity_id, envelope.seq_nr)
+    )
+
+
+ORDERED_PROJECTION = Projection(
+    "filtered",
+    SOURCE.stream_id,
+    ExactlyOnce(apply_in_order, migrations=(create_applied,)),
+    backoff=Backoff(min=0.05, max=0.5),
+)
+
+
+def applied(path: Path) -> dict[str, list[int]]:
+    """Per entity, the seq nrs `ORDERED_PROJECTION` applied, in the order it applied them, as
+    the consumer's file holds them (read-only: this may be another process's file)."""
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    except sqlite3.OperationalError:  # not created yet: opening read-only creates nothing
+        return {}
+    try:
+        rows = connection.execute("SELECT entity, seq_nr FROM applied ORDER BY n").fetchall()
+    except sqlite3.OperationalError:  # no table yet
+        return {}
+    finally:
+        connection.close()
+    by_entity: dict[str, list[int]] = {}
+    for entity, seq_nr in rows:
+        by_entity.setdefault(entity, []).append(seq_nr)
+    return by_entity
+
+
 def read_credits(path: Path) -> dict[tuple[str, int], tuple[int, int]]:
     """(pid, seq nr) -> (cents, times applied), as the consumer's file holds them."""
     with sqlite3.connect(path) as conn:

@@ -7,14 +7,13 @@ seq nr 1 under a filter is replayed from 1."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
-from consumer_helpers import CONSUMER_REGISTRY, RestartableProducer
+from consumer_helpers import CONSUMER_REGISTRY, ORDERED_PROJECTION, RestartableProducer, applied
 
 from fluvial.core.filters import Filter
 from fluvial.core.filters_criteria import (
@@ -28,7 +27,6 @@ from fluvial.core.filters_criteria import (
 )
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange, slice_for
-from fluvial.core.records import EventEnvelope
 from fluvial.grpc import (
     ChannelSettings,
     ConsumerSettings,
@@ -43,8 +41,8 @@ from fluvial.grpc import (
 from fluvial.grpc._consumer_filter_wire import wire_criteria
 from fluvial.grpc._proto.fluvial import v1 as pb
 from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
-from fluvial.projection import Backoff, ExactlyOnce, Projection, SourceSettings, serve_projection
-from producer_fixtures import ENTITY_TYPE, SOURCE, Appender, Credited
+from fluvial.projection import SourceSettings, serve_projection
+from producer_fixtures import ENTITY_TYPE, SOURCE, Appender
 
 STREAM = SOURCE.stream_id
 FAST = ConsumerSettings(
@@ -68,40 +66,6 @@ E4_SLICE = SliceRange(slice_for(f"{ENTITY_TYPE}|e4"), slice_for(f"{ENTITY_TYPE}|
 TWIN = next(
     f"twin-{n}" for n in range(100_000) if slice_for(f"{ENTITY_TYPE}|twin-{n}") == E4_SLICE.min
 )
-
-
-def _create(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "CREATE TABLE applied (n INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, "
-        "seq_nr INTEGER NOT NULL)"
-    )
-
-
-def _apply(conn: sqlite3.Connection, envelope: EventEnvelope[Credited]) -> None:
-    conn.execute(
-        "INSERT INTO applied (entity, seq_nr) VALUES (?, ?)", (envelope.entity_id, envelope.seq_nr)
-    )
-
-
-PROJECTION = Projection(
-    "filtered",
-    STREAM,
-    ExactlyOnce(_apply, migrations=(_create,)),
-    backoff=Backoff(min=0.05, max=0.5),
-)
-
-
-def applied(path: Path) -> dict[str, list[int]]:
-    """Per entity, the seq nrs the consumer's handler applied, in the order it applied them."""
-    with sqlite3.connect(path) as conn:
-        try:
-            rows = conn.execute("SELECT entity, seq_nr FROM applied ORDER BY n").fetchall()
-        except sqlite3.OperationalError:  # not created yet
-            return {}
-    by_entity: dict[str, list[int]] = {}
-    for entity, seq_nr in rows:
-        by_entity.setdefault(entity, []).append(seq_nr)
-    return by_entity
 
 
 @attrs.define
@@ -139,7 +103,7 @@ class World:
             lambda task_status: serve_projection(
                 consumer,
                 CONSUMER_REGISTRY,
-                PROJECTION,
+                ORDERED_PROJECTION,
                 slices,
                 offsets=store,
                 task_status=task_status,
@@ -190,7 +154,7 @@ async def test_an_entity_included_mid_stream_arrives_whole_and_excluded_again_st
         await world.append(LOW, 3)
         await world.append("e0", 2)
         await world.wait_until_applied(e0=5, **{LOW: 7})
-        offsets = await store.offsets(PROJECTION.name)
+        offsets = await store.offsets(ORDERED_PROJECTION.name)
         assert max(o.timestamp for o in offsets.values()) > 0
         assert await store.load_consumer_filter(STREAM) == Filter.of(ExcludeEntityIds({LOW}))
 

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,11 +26,13 @@ class DemoFailed(FluvialError):
 
 @attrs.define(eq=False)
 class ServiceProcess:
-    """A service of the demo running as a child process. Its lines are printed with its name;
-    the last count of events it printed, its port and whether it is done shopping are kept."""
+    """A service of the demo running as a child process. Its lines are printed with its name
+    and kept (`lines`); the last count of events it printed, its port and whether it is done
+    shopping are kept too."""
 
     name: str
     process: trio.Process
+    lines: list[str] = attrs.field(factory=list)
     events: int = 0
     port: int | None = None
     done_shopping: bool = False
@@ -51,6 +53,7 @@ class ServiceProcess:
 
     def _read(self, line: str) -> None:
         say(f"  {self.name} | {line}")
+        self.lines.append(line)
         if served := re.search(r"serving stream .* on [\d.]+:(\d+)", line):
             self.port = int(served.group(1))
         if count := re.search(r"(\d+) events", line):
@@ -69,16 +72,25 @@ class ServiceProcess:
                 raise DemoFailed(f"the {self.name} exited before {what}")
             await self._changed.wait()
 
+    async def send_line(self, line: str) -> None:
+        """Write `line` to its standard input (a service that reads commands there)."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(line.encode() + b"\n")
+
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind, as a crash or a power cut."""
         self.process.kill()
 
 
 @asynccontextmanager
-async def running(name: str, module: str, *args: str) -> AsyncIterator[ServiceProcess]:
+async def running(
+    name: str, module: str, *args: str, import_paths: Sequence[Path] = ()
+) -> AsyncIterator[ServiceProcess]:
     """Run `python -m module args` for the block; then close its stdin, which stops it (or
-    kill it after 5 s). Its own process group: a Ctrl-C reaches the demo, which stops it."""
-    env = {**os.environ, "PYTHONPATH": str(Path(fluvial.__file__).parents[1])}
+    kill it after 5 s). Its own process group: a Ctrl-C reaches the demo, which stops it.
+    `import_paths` are where `module` and its imports are found, besides fluvial."""
+    paths = [Path(fluvial.__file__).parents[1], *import_paths]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(path) for path in paths)}
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", module, *args],
         stdin=subprocess.PIPE,
