@@ -7,7 +7,7 @@ Two roles, each its own process (bench_replication.py starts them):
   then the bytes: the encoded `StreamEventsResponse`s a fluvial producer would send) and ends
   the call OK. Prints `{"port": N}`, stops when standard input closes.
 - `client PORT [--tls-dir D]`: opens the call, sends one message, reads replies until the
-  call ends; prints `{"seconds": s, "messages": m, "bytes": b}`, timed from before the
+  call ends; prints `{"seconds": s, "cpu": s, "messages": m, "bytes": b}`, timed from before the
   connection to the last reply, as bench_replication.py times a consumer.
 
 Both sides pass bytes through a codec that does nothing, so what is measured is HTTP/2 framing,
@@ -97,13 +97,15 @@ async def serve(messages: list[bytes], tls_dir: Path | None) -> None:
     server = Server([Service()], codec=PassThrough(), config=CONFIG)
     await server.start(sock=sock, ssl=_context(tls_dir, server=True))
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
+    cpu = time.process_time()
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+    print(json.dumps({"cpu": time.process_time() - cpu}), flush=True)
     server.close()
     await server.wait_closed()
 
 
 async def read_all(port: int, tls_dir: Path | None) -> dict[str, float]:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     channel = Channel(
         "127.0.0.1", port, ssl=_context(tls_dir, server=False), codec=PassThrough(), config=CONFIG
     )
@@ -116,7 +118,8 @@ async def read_all(port: int, tls_dir: Path | None) -> dict[str, float]:
                 size += len(message)
     finally:
         channel.close()
-    return {"seconds": time.perf_counter() - started, "messages": count, "bytes": size}
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": elapsed, "cpu": cpu, "messages": count, "bytes": size}
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ from fluvial.journal.sqlite import open_sqlite_journal
 from fluvial.projection._source_settings import SourceSettings
 
 HERE = Path(__file__).parent
+SCRIPT = HERE / "bench_replication.py"  # what the producer and consumer processes run
 ENTITIES = 100
 ENTITY_TYPE = "Tick"
 STREAM_ID = "ticks"
@@ -115,6 +116,7 @@ async def run_producer(db: Path, tls_dir: Path | None, rate: float, seconds: flo
             )
         )
         _emit({"port": port})
+        cpu = time.process_time()
         if rate:
             await trio.to_thread.run_sync(sys.stdin.buffer.readline)  # "go"
             committed: list[tuple[str, int, int]] = []
@@ -134,6 +136,7 @@ async def run_producer(db: Path, tls_dir: Path | None, rate: float, seconds: flo
                     await trio.sleep_until(next_at)
             _emit({"committed": committed})
         await trio.to_thread.run_sync(sys.stdin.buffer.read)
+        _emit({"cpu": time.process_time() - cpu})  # every thread's, since it served
         nursery.cancel_scope.cancel()
 
 
@@ -190,7 +193,7 @@ async def run_consumer(db: Path, port: int, tls_dir: Path | None, events: int, l
         open_grpc_consumer("127.0.0.1", port, settings=settings) as producer,
         trio.open_nursery() as nursery,
     ):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await nursery.start(
             lambda task_status: serve_projection(
                 producer,
@@ -207,9 +210,9 @@ async def run_consumer(db: Path, port: int, tls_dir: Path | None, events: int, l
             await trio.sleep(0.002)
         while _count(db) < events:  # noqa: ASYNC110 (another connection)
             await trio.sleep(0.001)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         nursery.cancel_scope.cancel()
-    _emit({"handled": handled} if live else {"seconds": elapsed})
+    _emit({"handled": handled, "cpu": cpu} if live else {"seconds": elapsed, "cpu": cpu})
 
 
 # -- the benchmark: child processes and the table --------------------------------------------
@@ -247,9 +250,16 @@ class Child:
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
-    def stop(self) -> None:
+    def finish(self) -> dict[str, Any]:
+        """Close its stdin and return its last message."""
         assert self.process.stdin is not None
         self.process.stdin.close()
+        return self.message()
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        if not self.process.stdin.closed:
+            self.process.stdin.close()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -271,46 +281,69 @@ def _tls_args(tls_dir: Path | None) -> list[str]:
     return [] if tls_dir is None else ["--tls-dir", str(tls_dir)]
 
 
-def catch_up(tmp: Path, journal: Path, events: int, tls_dir: Path | None, run: int) -> float:
-    """Events/s of one fluvial catch-up of `journal`, in two fresh processes."""
-    script = str(HERE / "bench_replication.py")
+@attrs.frozen
+class Run:
+    """One catch-up: events/s, and the CPU time of each process per event (µs, every thread,
+    from serving or connecting to the end)."""
+
+    events_per_second: float
+    sender_us: float
+    receiver_us: float
+
+
+def catch_up(tmp: Path, journal: Path, events: int, tls_dir: Path | None, run: int) -> Run:
+    """One fluvial catch-up of `journal`, in two fresh processes."""
+    script = str(SCRIPT)
     db = tmp / f"consumer-{run}.db"
-    with child(
-        "producer", script, "--role", "producer", "--db", str(journal), *_tls_args(tls_dir)
-    ) as producer:
+    producer_args = ["--role", "producer", "--db", str(journal), *_tls_args(tls_dir)]
+    with child("producer", script, *producer_args) as producer:
         port = producer.message()["port"]
         consumer_args = ["--role", "consumer", "--db", str(db), "--port", str(port)]
         consumer_args += ["--events", str(events), *_tls_args(tls_dir)]
         with child("consumer", script, *consumer_args) as consumer:
-            seconds = float(consumer.message()["seconds"])
-    return events / seconds
+            result = consumer.message()
+        sender_cpu = float(producer.finish()["cpu"])
+    return Run(
+        events / float(result["seconds"]),
+        sender_cpu / events * 1e6,
+        float(result["cpu"]) / events * 1e6,
+    )
 
 
-def raw_stream(messages: Path, events: int, tls_dir: Path | None, expected: int) -> float:
-    """Events/s of the same messages over raw grpclib, in two fresh processes."""
+def raw_stream(messages: Path, events: int, tls_dir: Path | None, expected: int) -> Run:
+    """The same messages over raw grpclib, in two fresh processes."""
     script = str(HERE / "_raw_grpclib_stream.py")
     with child("raw server", script, "server", str(messages), *_tls_args(tls_dir)) as server:
         port = server.message()["port"]
         with child("raw client", script, "client", str(port), *_tls_args(tls_dir)) as client:
             result = client.message()
+        sender_cpu = float(server.finish()["cpu"])
     if result["messages"] != expected:
         raise RuntimeError(f"the raw client read {result['messages']} messages of {expected}")
-    return events / float(result["seconds"])
+    return Run(
+        events / float(result["seconds"]),
+        sender_cpu / events * 1e6,
+        float(result["cpu"]) / events * 1e6,
+    )
 
 
 @attrs.frozen
 class Latency:
+    """One live run: latencies in ms, CPU per event in µs (as `Run`'s)."""
+
     events: int
     commit_p50: float
     commit_p99: float
     commit_max: float
     append_p50: float
     append_p99: float
+    sender_us: float
+    receiver_us: float
 
 
 def live(tmp: Path, tls_dir: Path | None, rate: float, seconds: float, run: int) -> Latency:
-    """The live path's latencies (ms) at `rate` events/s for `seconds`."""
-    script = str(HERE / "bench_replication.py")
+    """The live path's latencies at `rate` events/s for `seconds`."""
+    script = str(SCRIPT)
     events = int(rate * seconds)
     journal, db = tmp / f"live-producer-{run}.db", tmp / f"live-consumer-{run}.db"
     producer_args = ["--role", "producer", "--db", str(journal), *_tls_args(tls_dir)]
@@ -323,7 +356,9 @@ def live(tmp: Path, tls_dir: Path | None, rate: float, seconds: float, run: int)
             consumer.message()  # started: its stream is open
             producer.say("go")
             committed = {(pid, seq_nr): at for pid, seq_nr, at in producer.message()["committed"]}
-            handled = consumer.message()["handled"]
+            result = consumer.message()
+        sender_cpu = float(producer.finish()["cpu"])
+    handled = result["handled"]
     from_commit = [(at - committed[pid, seq_nr]) / 1e6 for pid, seq_nr, _, at in handled]
     from_append = [(at - stamp) / 1e6 for _, _, stamp, at in handled]
     commit_cuts = statistics.quantiles(from_commit, n=100)
@@ -335,6 +370,8 @@ def live(tmp: Path, tls_dir: Path | None, rate: float, seconds: float, run: int)
         max(from_commit),
         append_cuts[49],
         append_cuts[98],
+        sender_cpu / events * 1e6,
+        float(result["cpu"]) / events * 1e6,
     )
 
 
@@ -435,11 +472,22 @@ def main() -> None:
             for label, tls_dir in transports:
                 raw = raw_stream(messages, events, tls_dir, len(encoded))
                 fluvial = catch_up(tmp, journal, events, tls_dir, len(rows))
-                rows.append((f"{round_}: {label}", events, fluvial, raw, fluvial / raw))
-                figures.setdefault(label, []).append(fluvial)
+                ratio = fluvial.events_per_second / raw.events_per_second
+                rows.append(
+                    (
+                        f"{round_}: {label}",
+                        events,
+                        fluvial.events_per_second,
+                        raw.events_per_second,
+                        f"{ratio:.3f}",
+                        f"{fluvial.sender_us:.1f} / {fluvial.receiver_us:.1f}",
+                        f"{raw.sender_us:.2f} / {raw.receiver_us:.2f}",
+                    )
+                )
+                figures.setdefault(label, []).append(fluvial.events_per_second)
                 print(
-                    f"round {round_} catch-up {label}: fluvial {fluvial:,.0f} events/s, "
-                    f"raw grpclib {raw:,.0f} (load {_load()})",
+                    f"round {round_} catch-up {label}: fluvial {fluvial.events_per_second:,.0f} "
+                    f"events/s, raw grpclib {raw.events_per_second:,.0f} (load {_load()})",
                     flush=True,
                 )
                 if not args.no_live:
@@ -459,6 +507,8 @@ def main() -> None:
             "fluvial events/s",
             "raw grpclib events/s (baseline)",
             "ratio",
+            "fluvial CPU µs/event producer / consumer",
+            "raw CPU µs/event server / client",
         ],
         rows,
     )
@@ -475,6 +525,7 @@ def main() -> None:
                 "p99 ms",
                 "max ms",
                 "append called -> handler p50 / p99 ms",
+                "CPU µs/event producer / consumer",
             ],
             [
                 (
@@ -484,6 +535,7 @@ def main() -> None:
                     f"{f.commit_p99:.2f}",
                     f"{f.commit_max:.2f}",
                     f"{f.append_p50:.2f} / {f.append_p99:.2f}",
+                    f"{f.sender_us:.0f} / {f.receiver_us:.0f}",
                 )
                 for label, f in latencies
             ],
