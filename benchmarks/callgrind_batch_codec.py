@@ -2,7 +2,8 @@
 
 Builds batches of 500 records as benchmarks/bench_replication.py stores them (100 entities,
 a small msgspec payload, no tags), encodes them once, then encodes (`encode`) or decodes
-(`decode`) ROUNDS times 20 batches; the difference between ROUNDS and 0 rounds, divided by
+(`decode`; `consume`: as the consumer does, `batch_of` an `EventBatch` of every slice)
+ROUNDS times 20 batches; the difference between ROUNDS and 0 rounds, divided by
 ROUNDS * 10,000, is what one event costs that side::
 
     export PYTHONHASHSEED=0
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import sys
 
-from fluvial.core.ids import slice_for
+from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
-from fluvial.grpc._batch_codec import decode_events, encode_events
+from fluvial.grpc._batch_codec import MSGPACK_ROWS_V1, decode_events, encode_events
+from fluvial.grpc._consumer_wire import batch_of
+from fluvial.grpc._proto.fluvial import v1 as pb
 
 BATCHES, SIZE, ENTITIES = 20, 500, 100
 
@@ -51,13 +54,21 @@ def batches() -> list[list[EventRecord]]:
 def main(side: str, rounds: int) -> None:
     records = batches()
     encoded = [encode_events(batch) for batch in records]
+    messages = [
+        pb.EventBatch(path=pb.EventPath.QUERY, encoding=pb.BatchEncoding(MSGPACK_ROWS_V1), events=e)
+        for e in encoded
+    ]
+    every_slice = SliceRange.all()
     for _ in range(rounds):
         if side == "encode":
             for batch in records:
                 encode_events(batch)
-        else:
+        elif side == "decode":
             for data in encoded:
                 decode_events(data)
+        else:
+            for message in messages:
+                batch_of(message, every_slice)
 
 
 if __name__ == "__main__":
