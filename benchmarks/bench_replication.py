@@ -19,6 +19,9 @@ certificate for 127.0.0.1 made by trustme for the run). This script starts them,
    machine), p50 / p99 / max; and from the moment before the append was called (carried in the
    event), which includes the commit itself.
 
+Each row also gives the CPU time per event of each process (`time.process_time()`: every
+thread, from serving or connecting to the end), which says where a figure's time went.
+
 Run: .venv/bin/python benchmarks/bench_replication.py [--events 100000] [--rounds 3]
 [--rate 1000] [--seconds 5] (just bench, just bench-grpc).
 """
