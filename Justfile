@@ -27,11 +27,13 @@ fmt: setup
     {{venv}}/bin/ruff check --fix src tests benchmarks proto
     {{venv}}/bin/ruff format src tests benchmarks proto
 
-# Benchmarks (print tables with raw baselines; they are not tests).
+# Benchmarks (print tables with raw baselines; they are not tests). The last is replication
+# end to end: a producer and a consumer process over gRPC, plain and TLS, beside raw grpclib.
 bench: setup
     {{python}} benchmarks/bench_entities.py
     {{python}} benchmarks/bench_projection.py
     {{python}} benchmarks/bench_serializers.py
+    {{python}} benchmarks/bench_replication.py
 
 # The PostgreSQL benchmarks (the server at 127.0.0.1:5432, or FLUVIAL_PG_DSN): the drivers, then
 # the journal, each beside the raw driver in the same run.
@@ -45,10 +47,12 @@ proto: setup
     {{python}} proto/generate.py
 
 # The gRPC benchmarks: the event batch codec against betterproto2 messages per event; the
-# consumer's catch-up over loopback against the same projection over the local journal.
+# consumer's catch-up over loopback against the same projection over the local journal (one
+# process); replication end to end (two processes, plain and TLS) against raw grpclib.
 bench-grpc: setup
     {{python}} benchmarks/bench_grpc_encoding.py
     {{python}} benchmarks/bench_consumer.py
+    {{python}} benchmarks/bench_replication.py
 
 # The demo: a producer and a consumer service (two processes on loopback) replicating shopping
 # carts over gRPC; the consumer is killed and resumes; its read model checked against the journal.

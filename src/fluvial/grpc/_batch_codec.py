@@ -67,7 +67,7 @@ class _WireRow(msgspec.Struct, array_like=True, frozen=True, gc=False):
     entity_type: str
     slice: _Slice
     payload: _WirePayload | None
-    tags: frozenset[str]
+    tags: tuple[str, ...]  # a frozenset made only when not empty: most events have no tags
     timestamp: _Timestamp
     write_timestamp: _Timestamp
     replication: _WireReplication | None
@@ -81,6 +81,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_rows = msgspec.msgpack.Decoder(list[_WireRow]).decode
 _decode_any = msgspec.msgpack.Decoder().decode
 _UNKNOWN = object()
+_NO_TAGS: frozenset[str] = frozenset()
 _PATH = re.compile(r" - at `\$((?:\[\d+\])*)`$")
 
 
@@ -133,31 +134,38 @@ def decode_events(data: bytes, *, encoding: int = MSGPACK_ROWS_V1) -> list[Event
         raise InvalidEventBatch(_describe(data, str(exc))) from None
     except msgspec.DecodeError as exc:
         raise InvalidEventBatch(f"not an event batch: not msgpack ({exc})") from None
-    return [_record(index, row) for index, row in enumerate(rows)]
-
-
-def _record(index: int, row: _WireRow) -> EventRecord:
-    entity_type, separator, entity_id = row.persistence_id.partition("|")
-    if not (separator and entity_type and entity_id) or entity_type != row.entity_type:
-        raise InvalidEventBatch(
-            f"event batch row {index} ({row.persistence_id!r} seq nr {row.seq_nr}): entity type "
-            f"{row.entity_type!r} does not begin persistence id {row.persistence_id!r} "
-            "(entity_type|entity_id)"
+    # One loop, no call per row: this runs for every event a consumer receives.
+    records: list[EventRecord] = []
+    append = records.append
+    for index, row in enumerate(rows):
+        persistence_id, entity_type = row.persistence_id, row.entity_type
+        head, separator, entity_id = persistence_id.partition("|")
+        if head != entity_type or not (separator and entity_type and entity_id):
+            raise _not_of_its_entity_type(index, row)
+        payload, replication = row.payload, row.replication
+        append(
+            EventRecord(
+                persistence_id,
+                row.seq_nr,
+                entity_type,
+                row.slice,
+                None
+                if payload is None
+                else SerializedPayload(payload.manifest, payload.version, payload.data),
+                frozenset(tags) if (tags := row.tags) else _NO_TAGS,
+                row.timestamp,
+                row.write_timestamp,
+                None if replication is None else _replication(index, row, replication),
+            )
         )
-    payload = row.payload
-    replication = row.replication
-    return EventRecord(
-        row.persistence_id,
-        row.seq_nr,
-        row.entity_type,
-        row.slice,
-        None
-        if payload is None
-        else SerializedPayload(payload.manifest, payload.version, payload.data),
-        row.tags,
-        row.timestamp,
-        row.write_timestamp,
-        None if replication is None else _replication(index, row, replication),
+    return records
+
+
+def _not_of_its_entity_type(index: int, row: _WireRow) -> InvalidEventBatch:
+    return InvalidEventBatch(
+        f"event batch row {index} ({row.persistence_id!r} seq nr {row.seq_nr}): entity type "
+        f"{row.entity_type!r} does not begin persistence id {row.persistence_id!r} "
+        "(entity_type|entity_id)"
     )
 
 
