@@ -179,14 +179,7 @@ async def raw_h2_call(
         stream_id = connection.get_next_available_stream_id()
         connection.send_headers(
             stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", method),
-                (":authority", f"127.0.0.1:{port}"),
-                ("content-type", "application/grpc+proto"),
-                ("te", "trailers"),
-            ],
+            request_headers(port, method),
         )
         connection.send_data(stream_id, body, end_stream=end_stream)
         await sock.send_all(connection.data_to_send())
@@ -206,6 +199,18 @@ async def raw_h2_call(
                 if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                     return received
             await sock.send_all(connection.data_to_send())
+
+
+def request_headers(port: int, method: str) -> list[tuple[str, str]]:
+    """The HTTP/2 headers of a gRPC call of `method` to the server at `port` on loopback."""
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", method),
+        (":authority", f"127.0.0.1:{port}"),
+        ("content-type", "application/grpc+proto"),
+        ("te", "trailers"),
+    ]
 
 
 def grpc_frame(message: bytes, *, announced: int | None = None) -> bytes:

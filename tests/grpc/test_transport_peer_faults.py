@@ -23,6 +23,7 @@ from grpc_transport_helpers import (
     RawCodec,
     echo_server,
     grpc_frame,
+    request_headers,
 )
 
 from fluvial.core.errors import UsageError
@@ -47,14 +48,7 @@ async def _open_stream(
     stream_id = connection.get_next_available_stream_id()
     connection.send_headers(
         stream_id,
-        [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", method),
-            (":authority", f"127.0.0.1:{port}"),
-            ("content-type", "application/grpc+proto"),
-            ("te", "trailers"),
-        ],
+        request_headers(port, method),
     )
     connection.send_data(stream_id, grpc_frame(first))
     await sock.send_all(connection.data_to_send())
