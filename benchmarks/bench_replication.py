@@ -48,6 +48,7 @@ import trio
 from _raw_grpclib_stream import write_messages
 from _table import print_table
 
+from fluvial import ExcludeRegexEntityIds, Filter, IncludeEntityIds
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange, slice_for
@@ -158,9 +159,17 @@ def _count(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM model").fetchone()[0])
 
 
-async def run_consumer(db: Path, port: int, tls_dir: Path | None, events: int, live: bool) -> None:
+async def run_consumer(
+    db: Path,
+    port: int,
+    tls_dir: Path | None,
+    events: int,
+    live: bool,
+    included: Sequence[str] = (),
+) -> None:
     """Project the producer's stream into `db` until `events` events are committed; print how
-    long that took (catch-up) or when each event reached the handler (`live`)."""
+    long that took (catch-up) or when each event reached the handler (`live`). With
+    `included`, the consumer's filter passes only those entity ids (`passing_only`)."""
     from fluvial.grpc import ChannelSettings, ConsumerSettings, TlsSettings, open_grpc_consumer
     from fluvial.projection import ExactlyOnce, Projection, serve_projection
 
@@ -197,7 +206,13 @@ async def run_consumer(db: Path, port: int, tls_dir: Path | None, events: int, l
     )
     async with (
         open_sqlite_journal(db) as local,
-        open_grpc_consumer("127.0.0.1", port, settings=settings) as producer,
+        open_grpc_consumer(
+            "127.0.0.1",
+            port,
+            settings=settings,
+            filters=passing_only(included),
+            filter_store=local.offset_store() if included else None,  # where a user keeps it
+        ) as producer,
         trio.open_nursery() as nursery,
     ):
         started, cpu = time.perf_counter(), time.process_time()
@@ -297,15 +312,31 @@ class Run:
     receiver_us: float
 
 
-def catch_up(tmp: Path, journal: Path, events: int, tls_dir: Path | None, run: int) -> Run:
-    """One fluvial catch-up of `journal`, in two fresh processes."""
+def consumer_db(tmp: Path, run: int, filtered: bool = False) -> Path:
+    return tmp / f"consumer-{run}{'-filtered' if filtered else ''}.db"
+
+
+def catch_up(
+    tmp: Path,
+    journal: Path,
+    events: int,
+    tls_dir: Path | None,
+    run: int,
+    included: Sequence[str] = (),
+) -> Run:
+    """One fluvial catch-up of `journal`'s `events`, in two fresh processes; with `included`,
+    through a consumer filter passing only those entities (the figures stay per journal event,
+    each entity holding an equal share of them)."""
     script = str(SCRIPT)
-    db = tmp / f"consumer-{run}.db"
+    db = consumer_db(tmp, run, filtered=bool(included))
+    delivered = events * len(included) // ENTITIES if included else events
     producer_args = ["--role", "producer", "--db", str(journal), *_tls_args(tls_dir)]
     with child("producer", script, *producer_args) as producer:
         port = producer.message()["port"]
         consumer_args = ["--role", "consumer", "--db", str(db), "--port", str(port)]
-        consumer_args += ["--events", str(events), *_tls_args(tls_dir)]
+        consumer_args += ["--events", str(delivered), *_tls_args(tls_dir)]
+        if included:
+            consumer_args += ["--include", ",".join(included)]
         with child("consumer", script, *consumer_args) as consumer:
             result = consumer.message()
         sender_cpu = float(producer.finish()["cpu"])
@@ -395,6 +426,14 @@ async def prefill(path: Path, events: int) -> None:
                 nursery.start_soon(one, entity)
 
 
+async def journal_records(path: Path) -> list[EventRecord]:
+    """The journal at `path` as the producer's query reads it, in timestamp order."""
+    from fluvial.journal.queries import current_events_by_slices
+
+    async with open_sqlite_journal(path) as journal:
+        return [r async for r in current_events_by_slices(journal, ENTITY_TYPE, SliceRange.all())]
+
+
 async def producer_messages(path: Path) -> list[bytes]:
     """The messages a producer sends for the whole journal at `path`: its query's records in
     batches of `batch_size`, each encoded as the producer's stream encodes it."""
@@ -402,13 +441,9 @@ async def producer_messages(path: Path) -> list[bytes]:
     from fluvial.grpc._producer_wire import batch_messages
     from fluvial.grpc._proto.fluvial import v1 as pb
     from fluvial.grpc._settings import DEFAULT_MAX_MESSAGE_SIZE
-    from fluvial.journal.queries import current_events_by_slices
 
     size = ProducerStreamSettings().batch_size
-    async with open_sqlite_journal(path) as journal:
-        records = [
-            r async for r in current_events_by_slices(journal, ENTITY_TYPE, SliceRange.all())
-        ]
+    records = await journal_records(path)
     return [
         bytes(pb.StreamEventsResponse(batch=batch))
         for start in range(0, len(records), size)
@@ -416,6 +451,119 @@ async def producer_messages(path: Path) -> list[bytes]:
             records[start : start + size], EnvelopeSource.QUERY, max_size=DEFAULT_MAX_MESSAGE_SIZE
         )
     ]
+
+
+# -- catch-up through a consumer filter that passes 10% of the entities ----------------------
+
+PASSING_SHARE = 10  # the filtered catch-up's filter passes one entity in this many
+
+
+def passing_only(included: Sequence[str]) -> dict[str, Filter] | None:
+    """The consumer's filters that pass only the entity ids `included` (none: no filter), the
+    way docs/filters.md says to pass some entities: exclude everything, include those."""
+    if not included:
+        return None
+    return {STREAM_ID: Filter.of([ExcludeRegexEntityIds({".*"}), IncludeEntityIds(included)])}
+
+
+def included_entities(records: Sequence[EventRecord]) -> list[str]:
+    """Every PASSING_SHARE-th entity id, counted from the one of the journal's last event: the
+    consumer's clock stops at the last event it is sent, so the stream has gone through the
+    whole journal by then, as in the unfiltered run."""
+    last = max(records, key=lambda r: r.timestamp).persistence_id
+    first = int(last.rpartition("|e")[2])
+    return [f"e{(first + k) % ENTITIES}" for k in range(0, ENTITIES, PASSING_SHARE)]
+
+
+def check_filtered(records: Sequence[EventRecord], db: Path, included: Sequence[str]) -> str:
+    """Raise unless the consumer at `db` handled exactly the events of `included` (each
+    entity's once, in seq nr order) and its offsets stand at the last of them: each entity at
+    its last seq nr, each slice at the timestamp of its last included event. Say so, with
+    what the offsets of the other slices are."""
+    passing = {_pid(int(entity_id[1:])) for entity_id in included}
+    wanted: dict[str, list[int]] = {}
+    slice_ends: dict[int, int] = {}
+    for r in records:
+        if r.persistence_id in passing:
+            wanted.setdefault(r.persistence_id, []).append(r.seq_nr)
+            slice_ends[r.slice] = max(slice_ends.get(r.slice, 0), r.timestamp)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT pid, seq_nr FROM model ORDER BY rowid").fetchall()
+        offsets = dict(conn.execute("SELECT slice, timestamp FROM projection_offset").fetchall())
+        seen = dict(conn.execute("SELECT persistence_id, seq_nr FROM projection_entity"))
+    handled: dict[str, list[int]] = {}
+    for pid, seq_nr in rows:
+        handled.setdefault(pid, []).append(seq_nr)
+    if handled != {pid: sorted(seq_nrs) for pid, seq_nrs in wanted.items()}:
+        others = sorted(set(handled) - passing)
+        raise RuntimeError(f"the filtered consumer handled {len(rows)} events (others: {others})")
+    if seen != {pid: max(seq_nrs) for pid, seq_nrs in wanted.items()}:
+        raise RuntimeError(f"the filtered consumer's entity offsets are {seen}")
+    if offsets != slice_ends:
+        raise RuntimeError(f"the filtered consumer's slice offsets {offsets} != {slice_ends}")
+    slices = {r.slice for r in records}
+    return (
+        f"{len(rows):,} events of {len(handled)} entities, once, in order; offsets at the last "
+        f"of each; {len(slices) - len(offsets)} of {len(slices)} slices (excluded only) none"
+    )
+
+
+@attrs.frozen
+class Filtered:
+    """A catch-up through the filter beside the unfiltered one of the same round."""
+
+    unfiltered: Run
+    filtered: Run
+    check: str
+
+
+def filtered_catch_up(
+    tmp: Path,
+    journal: Path,
+    records: Sequence[EventRecord],
+    tls_dir: Path | None,
+    run: int,
+    unfiltered: Run,
+) -> Filtered:
+    """A catch-up of `journal` whose consumer's filter passes one entity in PASSING_SHARE,
+    checked against the journal's `records`."""
+    included = included_entities(records)
+    filtered = catch_up(tmp, journal, len(records), tls_dir, run, included)
+    return Filtered(
+        unfiltered,
+        filtered,
+        check_filtered(records, consumer_db(tmp, run, filtered=True), included),
+    )
+
+
+def print_filtered(events: int, filtered: Sequence[tuple[str, Filtered]]) -> None:
+    delivered = events // PASSING_SHARE
+    print_table(
+        f"catch-up of {events:,} events through a consumer filter passing {delivered:,} "
+        f"(exclude '.*', include {ENTITIES // PASSING_SHARE} of {ENTITIES} entity ids), beside "
+        "the unfiltered catch-up of the same round (the table above)",
+        [
+            "round: transport",
+            "unfiltered events/s (baseline)",
+            "filtered: journal events/s",
+            "delivered events/s",
+            "ratio (journal events/s)",
+            "CPU µs/journal event producer / consumer",
+            "what the consumer holds",
+        ],
+        [
+            (
+                label,
+                f.unfiltered.events_per_second,
+                f.filtered.events_per_second,
+                f.filtered.events_per_second / PASSING_SHARE,
+                f"{f.filtered.events_per_second / f.unfiltered.events_per_second:.2f}",
+                f"{f.filtered.sender_us:.1f} / {f.filtered.receiver_us:.1f}",
+                f.check,
+            )
+            for label, f in filtered
+        ],
+    )
 
 
 def _tls_files(directory: Path) -> Path:
@@ -446,18 +594,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="live path, per round")
     parser.add_argument("--no-tls", action="store_true", help="plain only")
     parser.add_argument("--no-live", action="store_true", help="catch-up only")
+    parser.add_argument(
+        "--no-filter", action="store_true", help="without the catch-up through a 10%% filter"
+    )
     parser.add_argument("--role", choices=["producer", "consumer"], help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tls-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--live", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--include", help=argparse.SUPPRESS)  # the entity ids a filter passes
     args = parser.parse_args()
     if args.role == "producer":
         rate = args.rate if args.live else 0.0
         trio.run(run_producer, args.db, args.tls_dir, rate, args.seconds)
         return
     if args.role == "consumer":
-        trio.run(run_consumer, args.db, args.port, args.tls_dir, args.events, args.live)
+        included = args.include.split(",") if args.include else ()
+        trio.run(run_consumer, args.db, args.port, args.tls_dir, args.events, args.live, included)
         return
 
     events = args.events // ENTITIES * ENTITIES
@@ -467,6 +620,7 @@ def main() -> None:
         print(f"load {_load()}; pre-filling {events:,} events ...", flush=True)
         trio.run(prefill, journal, events)
         encoded = trio.run(producer_messages, journal)
+        records = trio.run(journal_records, journal)
         write_messages(messages, encoded)
         transports: list[tuple[str, Path | None]] = [("plain", None)]
         if not args.no_tls:
@@ -474,6 +628,7 @@ def main() -> None:
         rows: list[tuple[object, ...]] = []
         figures: dict[str, list[float]] = {}
         latencies: list[tuple[str, Latency]] = []
+        filtered: list[tuple[str, Filtered]] = []
         for round_ in range(1, args.rounds + 1):
             for label, tls_dir in transports:
                 raw = raw_stream(messages, events, tls_dir, len(encoded))
@@ -496,6 +651,15 @@ def main() -> None:
                     f"events/s, raw grpclib {raw.events_per_second:,.0f} (load {_load()})",
                     flush=True,
                 )
+                if not args.no_filter:
+                    run = filtered_catch_up(tmp, journal, records, tls_dir, len(rows), fluvial)
+                    filtered.append((f"{round_}: {label}", run))
+                    print(
+                        f"round {round_} catch-up {label} through the filter: "
+                        f"{run.filtered.events_per_second:,.0f} journal events/s "
+                        f"(load {_load()})",
+                        flush=True,
+                    )
                 if not args.no_live:
                     latency = live(tmp, tls_dir, args.rate, args.seconds, len(rows))
                     latencies.append((f"{round_}: {label}", latency))
@@ -520,6 +684,8 @@ def main() -> None:
     )
     for label, values in figures.items():
         print(f"  {label}: fluvial {_span(values)} events/s over {len(values)} rounds")
+    if filtered:
+        print_filtered(events, filtered)
     if latencies:
         print_table(
             f"live path at {args.rate:,.0f} events/s: append returned (commit) -> handler, "
