@@ -142,10 +142,19 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.instances: list[Instance] = []
         self.first_sight = FirstSight.QUERY_IN_COMMIT_ORDER
 
-    @initialize(count=st.sampled_from(sorted(SPLITS)), first_sight=st.sampled_from(FirstSight))
-    def first_start(self, count: int, first_sight: FirstSight) -> None:
+    @initialize(
+        count=st.sampled_from(sorted(SPLITS)),
+        first_sight=st.sampled_from(FirstSight),
+        data=st.data(),
+    )
+    def first_start(self, count: int, first_sight: FirstSight, data: st.DataObject) -> None:
         self.first_sight = first_sight  # the journal's writers: one, or concurrent
         self.instances = self.start(count)
+        # Half the runs of concurrent writers begin with a late first event and its next
+        # (`append_late_first_then_next`), so that every test run meets that first sight.
+        begin_late = bool(self.first_late_slots()) and data.draw(st.booleans(), label="begin late")
+        if begin_late:
+            self.late_first_then_next(data)
 
     def load(self, slices: SliceRange) -> OffsetTracker:
         """As `SqliteOffsetStore.load`: the entities of `slices` within the window before
@@ -286,9 +295,32 @@ class ProjectionMachine(RuleBasedStateMachine):
         """An event that commits late (concurrent writers on PostgreSQL): the query has
         passed its timestamp and never delivers it; only backtracking finds it."""
         pid, earliest, latest = data.draw(st.sampled_from(self.late_slots()))
-        record = self.commit_event(pid, data.draw(st.integers(earliest, latest)))
+        self.commit_late(pid, data.draw(st.integers(earliest, latest)))
+
+    def commit_late(self, pid: str, timestamp: int) -> None:
+        record = self.commit_event(pid, timestamp)
         self.late.add((pid, record.seq_nr))
         self.instance_of(record.slice).backtracking_due.append(record)
+
+    def first_late_slots(self) -> list[tuple[str, int, int]]:
+        """The late slots of entities with no event yet (concurrent writers only)."""
+        return [slot for slot in self.late_slots() if not self.journal[slot[0]]]
+
+    @precondition(lambda self: self.first_late_slots())
+    @rule(data=st.data())
+    def append_late_first_then_next(self, data: st.DataObject) -> None:
+        """An entity's first event commits late and its second right after it: the live path
+        or the query may meet seq nr 2 first, and the first-sight rule must then find seq nr
+        1 within the window ("first sight after a late event"). `append_late` alone sets
+        this up in few runs: an entity soon has events, and the query must be near the
+        present."""
+        self.late_first_then_next(data)
+
+    def late_first_then_next(self, data: st.DataObject) -> None:
+        pid, earliest, latest = data.draw(st.sampled_from(self.first_late_slots()))
+        self.commit_late(pid, data.draw(st.integers(earliest, latest)))
+        self.clock += data.draw(st.integers(0, 3))
+        self.instance_of(slice_of(pid)).live.append(self.commit_event(pid, self.clock))
 
     def query_page(self, instance: Instance, size: int) -> list[EventRecord]:
         return [
