@@ -19,11 +19,18 @@ certificate for 127.0.0.1 made by trustme for the run). This script starts them,
    machine), p50 / p99 / max; and from the moment before the append was called (carried in the
    event), which includes the commit itself.
 
+3. Through a filter: the catch-up of the same journal by a consumer whose filter passes 10% of
+   the entities (`open_grpc_consumer(..., filters=...)`: exclude every entity id with the
+   regex `.*`, include 10 of the 100 ids), beside the unfiltered catch-up of the same round;
+   events/s of journal events and of delivered events, and a check of what the consumer
+   holds: exactly the included entities' events, each once and in order, and offsets at the
+   last of them.
+
 Each row also gives the CPU time per event of each process (`time.process_time()`: every
 thread, from serving or connecting to the end), which says where a figure's time went.
 
 Run: .venv/bin/python benchmarks/bench_replication.py [--events 100000] [--rounds 3]
-[--rate 1000] [--seconds 5] (just bench, just bench-grpc).
+[--rate 1000] [--seconds 5] [--no-tls] [--no-live] [--no-filter] (just bench, just bench-grpc).
 """
 
 from __future__ import annotations
