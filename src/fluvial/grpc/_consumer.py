@@ -59,6 +59,7 @@ from ._batch_codec import decode_events
 from ._channel import Metadata, open_channel
 from ._consumer_filter_wire import wire_criteria
 from ._consumer_filters import ConsumerFilters, OpenStream
+from ._consumer_progress import FollowedLive
 from ._consumer_settings import ConsumerSettings
 from ._consumer_wire import (
     EVENT_TIMESTAMP,
@@ -70,6 +71,7 @@ from ._consumer_wire import (
     batch_of,
     check_slices,
     offset_after,
+    progress_offset,
     stream_init,
 )
 from ._errors import GrpcDeadlineExceeded, GrpcUnavailable, TlsHandshakeFailed
@@ -206,6 +208,8 @@ class GrpcSource:
         self.filters = filters or ConsumerFilters()
         # Where a reopened stream resumes: after the last query batch handed to the runner.
         self.resume_offset = TimestampOffset.start()
+        # The LIVE records handed over that the QUERY position has not passed yet.
+        self.followed = FollowedLive()
         self.reconnects = 0  # streams opened again after one broke, for logs and tests
 
     @property
@@ -231,6 +235,7 @@ class GrpcSource:
                 await self.filters.load(self.stream_id)
                 async with self._open_stream() as stream:
                     opened = self.filters.open(self.stream_id, stream)
+                    self.followed.clear()
                     try:
                         with opened.reopen_scope:
                             await self._await_started(stream, opened)
@@ -307,13 +312,29 @@ class GrpcSource:
                     continue
                 if path is EnvelopeSource.QUERY:
                     offset = offset_after(self.resume_offset, records)
-                    await send.send((records, path))
-                    self.resume_offset = offset  # handed over: a reopened stream goes on after it
+                    await self._query_passed(send, offset, records)
                 else:
                     await send.send((records, path))
+                    if path is EnvelopeSource.LIVE:
+                        self.followed.handed_live(records)
+            elif kind == "query_progress":
+                assert isinstance(message, pb.QueryProgress)
+                await self._query_passed(send, progress_offset(self.resume_offset, message))
             elif kind == "started":
                 raise ProducerProtocolError("the producer sent StreamStarted twice")
             # Heartbeats keep the stream alive; an unknown kind is ignored (producer.proto).
+
+    async def _query_passed(
+        self,
+        send: trio.MemorySendChannel[Batch],
+        offset: TimestampOffset,
+        records: Sequence[EventRecord] = (),
+    ) -> None:
+        """The QUERY position moves to `offset`, over `records` (`_consumer_progress`)."""
+        passed = self.followed.passed(offset, records)
+        if passed:
+            await send.send((passed, EnvelopeSource.QUERY))
+        self.resume_offset = offset  # handed over: a reopened stream goes on after it
 
     async def _receive(
         self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]
