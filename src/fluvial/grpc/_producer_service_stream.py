@@ -50,7 +50,7 @@ from fluvial.nursery_errors import open_service_nursery
 from fluvial.projection.api import Batch
 
 from ._errors import GrpcCallFailed, GrpcError, GrpcInvalidArgument, GrpcNotFound
-from ._producer_progress import LiveSent
+from ._producer_progress import SentOnce
 from ._producer_replays import ReplayAnswer, ReplayBatch, StreamReplays
 from ._producer_stream import run_producer_stream
 from ._producer_wire import (
@@ -110,7 +110,7 @@ class StreamEventsCall:
         self._update: Criteria = ()
         # Whether the Init asked for QueryProgress; what went LIVE, once streaming.
         self._query_progress = False
-        self._live_sent: LiveSent | None = None
+        self._sent_once: SentOnce | None = None
 
     async def run(self) -> None:
         """Serve the call until the consumer ends it (OK) or the core ends it (its status,
@@ -190,7 +190,7 @@ class StreamEventsCall:
         )
         if self._query_progress:
             delay = settings.stream.progress_delay
-            self._live_sent = LiveSent(init.resume_offset(), delay)
+            self._sent_once = SentOnce(init.resume_offset(), delay)
         # The live subscription is open: StreamStarted goes before any batch.
         await self._out.send(_STARTED)
         nursery.start_soon(self._forward_batches, batches_receive)
@@ -220,13 +220,13 @@ class StreamEventsCall:
         max_size = self.producer.max_message_size
         while True:
             outgoing: _Outgoing | None = None
-            live_sent = self._live_sent
-            progress_due = live_sent.due if live_sent is not None else math.inf
+            sent_once = self._sent_once
+            progress_due = sent_once.due if sent_once is not None else math.inf
             with trio.move_on_at(min(trio.current_time() + interval, progress_due)):
                 outgoing = await self._out_receive.receive()
             if outgoing is None:
-                if live_sent is not None and live_sent.due <= trio.current_time():
-                    await self.call.send(live_sent.progress())
+                if sent_once is not None and sent_once.due <= trio.current_time():
+                    await self.call.send(sent_once.progress())
                 else:
                     await self.call.send(_HEARTBEAT)
             elif isinstance(outgoing, pb.StreamEventsResponse):
@@ -236,11 +236,11 @@ class StreamEventsCall:
                 assert filter is not None, "batches come only once the Init was accepted"
                 records, path = outgoing
                 passed = consumer_passes(filter, records)
-                if live_sent is not None:
+                if sent_once is not None:
                     if path is EnvelopeSource.LIVE:
-                        live_sent.sent_live(passed)
+                        passed = sent_once.live(passed)
                     elif path is EnvelopeSource.QUERY:
-                        passed = live_sent.query(passed)
+                        passed = sent_once.query(passed)
                 # A batch the filter emptied is not sent: what it excludes need not travel.
                 for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
                     await self.call.send(pb.StreamEventsResponse(batch=batch))
