@@ -48,7 +48,7 @@ QUERY_IN_COMMIT_ORDER = FirstSight.QUERY_IN_COMMIT_ORDER
 class ProducerStreamSettings:
     """How a producer stream reads and batches: at most `batch_size` records a batch; a
     smaller batch waits at most `batch_delay` seconds for more; `source` says how the
-    journal is read (page size, live path and its buffer, backtracking).
+    journal is read (page size, live path and its buffer, backtracking, `follow_delay`).
 
     `progress_delay`: to a consumer that understands it, the query's copy of an event the
     stream sent by LIVE already is not sent again; the consumer learns how far the query has
