@@ -255,7 +255,7 @@ async def test_a_followed_event_crosses_the_wire_once_and_the_stored_offsets_sti
             doubled = {event: n for event, n in copies.items() if n > 1}
             assert doubled == {}
             assert spy.progresses()
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()  # the projection, before its channel closes
 
 
 async def test_a_reopened_stream_resumes_from_the_progress_losing_and_doubling_nothing(
@@ -302,4 +302,4 @@ async def test_a_reopened_stream_resumes_from_the_progress_losing_and_doubling_n
                 assert {o.timestamp for o in reopened.offsets} == {last.timestamp}
             await _append(appender, stored, 2)
             await wait_for_model(consumer_file, fold(stored))  # each event applied once
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()  # the projection, before its channel closes

@@ -14,10 +14,11 @@ A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol
   decoded, to the runner as `(records, path)`. When the stream breaks (`GrpcUnavailable`: the
   connection refused, reset or closed, a keep-alive ping unanswered, the producer shutting
   down; or a stream silent for longer than `heartbeat_timeout`) it opens it again after the
-  `Reconnect` backoff, resuming after the last query batch it handed over: everything before
-  that is in the runner's channel, and what the runner has not reached it still receives, so
-  nothing is lost, and what comes twice (a live event the query brings again) the runner's
-  offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream id the producer
+  `Reconnect` backoff, resuming after the last query batch (or `QueryProgress`: the
+  producer's query position over what it sent only by LIVE, `_consumer_progress`) it handed
+  over: everything before that is in the runner's channel, and what the runner has not
+  reached it still receives, so nothing is lost, and what comes twice (a live event the
+  query brings again) the runner's offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream id the producer
   does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a TLS handshake that
   fails, a malformed batch) is
   raised as itself: the runner restarts the instance from its stored offsets with the
