@@ -18,11 +18,11 @@ A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol
   producer's query position over what it sent only by LIVE, `_consumer_progress`) it handed
   over: everything before that is in the runner's channel, and what the runner has not
   reached it still receives, so nothing is lost, and what comes twice (a live event the
-  query brings again) the runner's offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream id the producer
-  does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a TLS handshake that
-  fails, a malformed batch) is
-  raised as itself: the runner restarts the instance from its stored offsets with the
-  projection's backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
+  query brings again) the runner's offset tracker drops by seq nr. Any other error
+  (NOT_FOUND for a stream id the producer does not serve, INVALID_ARGUMENT, UNAUTHENTICATED,
+  PERMISSION_DENIED, a TLS handshake that fails, a malformed batch) is raised as itself: the
+  runner restarts the instance from its stored offsets with the projection's backoff, and a
+  producer that keeps refusing ends it with `ProjectionFailed`.
 - The consumer's filter of the stream id (`_consumer_filters`, docs/filters.md) goes in every
   Init; `GrpcConsumer.update_filter` changes it on the open streams, whose receive loop hands
   it the answers (`OpenStream.answered`). A stream id whose filter is or has been non-empty

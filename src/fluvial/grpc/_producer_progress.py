@@ -19,11 +19,11 @@ excluded (which the position does not count: it is the query's position over the
 passed). A copy that differs from the one sent (a placeholder where the other has a payload,
 or the other way round: a filter or transformation that looks at the path) is not left out.
 
-Memory: what was sent by one path and not brought by the other yet, at most `limit` events a
-path (the oldest forgotten beyond that are sent again, as without this). The query follows the
-live path closely, so the LIVE side holds about a `progress_delay` of events; the QUERY side
-forgets what the live path has passed (it brings events in commit order), and while catching
-up, before the live path brings anything, holds the newest `limit` events the query sent.
+Memory: what was sent by one path and not brought by the other yet, the oldest forgotten
+beyond a bound (those are sent again, as without this). The LIVE side holds at most `limit`
+events, about a `follow_delay` and a `progress_delay` of them (the query follows the live
+path closely, and what it passes it forgets); the QUERY side at most the newest 1,000 the
+query sent, and forgets what the live path has passed (it brings events in commit order).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ from fluvial.core.records import EventRecord
 from ._proto.fluvial import v1 as pb
 
 _LIMIT = 100_000
+# The query reads an event ahead of its LIVE copy only while that copy is on its way: a few
+# events, the newest it sent.
+_QUERY_LIMIT = 1_000
 # (persistence id, seq nr) -> (sent as a placeholder, timestamp)
 _Sent = dict[tuple[str, int], tuple[bool, int]]
 
@@ -64,12 +67,10 @@ class SentOnce:
         for record in records:
             if not _sent_as(by_query, record):
                 kept.append(record)
-        if records and by_query:
+        if records:
             # The live path brings events in commit order, which is timestamp order where
             # there is a live path: what the query sent before these it will not bring.
-            newest = records[-1].timestamp
-            while by_query and next(iter(by_query.values()))[1] < newest:
-                del by_query[next(iter(by_query))]
+            _forget_before(by_query, records[-1].timestamp)
         _remember(self._by_live, kept, self.limit)
         return kept
 
@@ -84,10 +85,13 @@ class SentOnce:
             if not _sent_as(by_live, record):
                 kept.append(record)
         self.offset = self.offset.advanced_over(records)
+        # What went LIVE before the query's position that it did not bring (the consumer's
+        # filter changed in between) it will not bring later.
+        _forget_before(by_live, self.offset.timestamp)
         if len(kept) < len(records) and self.due == math.inf:
             self.due = trio.current_time() + self.delay
         # The query may read an event before its LIVE copy reaches this sender.
-        _remember(self._by_query, kept, self.limit)
+        _remember(self._by_query, kept[-_QUERY_LIMIT:], _QUERY_LIMIT)
         return kept
 
     def progress(self) -> pb.StreamEventsResponse:
@@ -103,6 +107,15 @@ def _sent_as(sent: _Sent, record: EventRecord) -> bool:
     """Whether `record` was sent (and is forgotten now), as it is: a placeholder or not."""
     before = sent.pop((record.persistence_id, record.seq_nr), None)
     return before is not None and before[0] is (record.payload is None)
+
+
+def _forget_before(sent: _Sent, timestamp: int) -> None:
+    """Forget the oldest of `sent` (in timestamp order) while they are before `timestamp`."""
+    while sent:
+        oldest = next(iter(sent))
+        if sent[oldest][1] >= timestamp:
+            return
+        del sent[oldest]
 
 
 def _remember(sent: _Sent, records: Sequence[EventRecord], limit: int) -> None:
