@@ -17,13 +17,17 @@ together (every thread)::
 
 The timers of the stream (heartbeats, the producer's batch delay, its query's follow delay,
 its progress delay) run on the wall clock, which valgrind slows by ~50x: the counts include
-what they cost at that pace, the same for both versions compared.
+what they cost at that pace, the same for both versions compared. At that pace the query's
+`follow_delay` (0.05 s) and the `progress_delay` (0.1 s) pass every event or two, where at
+1,000 events/s they gather 50 and 100 events; `--delays SECONDS` sets both (to 60: the
+query's reads and the progress messages of a long run, spread over many events, drop out of
+the count, as they nearly do at full speed).
 """
 
 from __future__ import annotations
 
+import argparse
 import sqlite3
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,9 +38,17 @@ from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import slice_for
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.grpc import ConsumerSettings, EventProducerSource, open_grpc_consumer, serve_producer
+from fluvial.grpc import (
+    ConsumerSettings,
+    EventProducerSource,
+    ProducerSettings,
+    ProducerStreamSettings,
+    open_grpc_consumer,
+    serve_producer,
+)
 from fluvial.journal.sqlite import open_sqlite_journal
 from fluvial.projection import ExactlyOnce, Projection, serve_projection
+from fluvial.projection._source_settings import SourceSettings
 
 
 @attrs.frozen
@@ -52,7 +64,7 @@ def _create(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE model (pid TEXT, seq_nr INTEGER, n INTEGER)")
 
 
-async def main(events: int) -> None:
+async def main(events: int, delays: float | None) -> None:
     handled = 0
     wake = trio.Event()
     token = trio.lowlevel.current_trio_token()
@@ -73,6 +85,12 @@ async def main(events: int) -> None:
         "ticks", "ticks", ExactlyOnce(handle, migrations=(_create,))
     )
     settings = ConsumerSettings(first_sight=FirstSight.QUERY_IN_COMMIT_ORDER)
+    producer = ProducerSettings()
+    if delays is not None:
+        stream = ProducerStreamSettings(
+            progress_delay=delays, source=SourceSettings(follow_delay=delays)
+        )
+        producer = ProducerSettings(stream=stream)
     with tempfile.TemporaryDirectory() as tmp:
         async with (
             open_sqlite_journal(Path(tmp) / "producer.db") as journal,
@@ -81,7 +99,11 @@ async def main(events: int) -> None:
         ):
             port = await nursery.start(
                 lambda task_status: serve_producer(
-                    journal, [source], serializers=REGISTRY, task_status=task_status
+                    journal,
+                    [source],
+                    serializers=REGISTRY,
+                    settings=producer,
+                    task_status=task_status,
                 )
             )
             async with open_grpc_consumer("127.0.0.1", port, settings=settings) as consumer:
@@ -108,4 +130,8 @@ async def main(events: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("events", type=int)
+    parser.add_argument("--delays", type=float, help="follow_delay and progress_delay, seconds")
+    args = parser.parse_args()
+    trio.run(main, args.events, args.delays)
