@@ -660,7 +660,8 @@ class StreamEventsResponse(betterproto2.Message):
     """
     What the producer sends on StreamEvents. A consumer ignores a message with no case set: a
     producer sends a newer kind only to a consumer that asked for it in its StreamInit.
-    Numbers 7..15 are kept for later messages (the firehose, replicated event sourcing).
+    Number 6 is taken by another branch's message (replay_abandoned); numbers 8..15 are kept for
+    later messages (the firehose, replicated event sourcing).
 
     Oneofs:
         - kind:
@@ -687,7 +688,7 @@ class StreamEventsResponse(betterproto2.Message):
     )
 
     query_progress: "QueryProgress | None" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+        7, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
     )
     """
     Only to a consumer whose StreamInit set query_progress.
