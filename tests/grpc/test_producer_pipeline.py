@@ -47,7 +47,8 @@ from producer_fixtures import (
 )
 
 QUERY, LIVE, REPLAY = EnvelopeSource.QUERY, EnvelopeSource.LIVE, EnvelopeSource.REPLAY
-QUIET = ProducerStreamSettings(source=SourceSettings(backtracking_interval=None))
+# The query reads at each commit (no follow_delay): these tests time the batching.
+QUIET = ProducerStreamSettings(source=SourceSettings(backtracking_interval=None, follow_delay=0))
 
 
 @pytest.fixture(params=["sqlite", "memory"])

@@ -7,7 +7,7 @@ after exactly the ones it has seen.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -44,3 +44,17 @@ class TimestampOffset:
                 self.timestamp, {**self.seen, record.persistence_id: record.seq_nr}
             )
         return TimestampOffset(record.timestamp, {record.persistence_id: record.seq_nr})
+
+    def advanced_over(self, records: Sequence[EventRecord]) -> TimestampOffset:
+        """This offset after seeing `records` (in timestamp order, none behind it), as
+        `advanced_to` one record after the other would leave it, in one step."""
+        if not records:
+            return self
+        last = records[-1].timestamp
+        seen = dict(self.seen) if last == self.timestamp else {}
+        tail = len(records)
+        while tail > 0 and records[tail - 1].timestamp == last:
+            tail -= 1
+        for record in records[tail:]:
+            seen[record.persistence_id] = record.seq_nr
+        return TimestampOffset(last, seen)

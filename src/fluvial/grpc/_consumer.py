@@ -14,14 +14,15 @@ A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol
   decoded, to the runner as `(records, path)`. When the stream breaks (`GrpcUnavailable`: the
   connection refused, reset or closed, a keep-alive ping unanswered, the producer shutting
   down; or a stream silent for longer than `heartbeat_timeout`) it opens it again after the
-  `Reconnect` backoff, resuming after the last query batch it handed over: everything before
-  that is in the runner's channel, and what the runner has not reached it still receives, so
-  nothing is lost, and what comes twice (a live event the query brings again) the runner's
-  offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream id the producer
-  does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a TLS handshake that
-  fails, a malformed batch) is
-  raised as itself: the runner restarts the instance from its stored offsets with the
-  projection's backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
+  `Reconnect` backoff, resuming after the last query batch (or `QueryProgress`: the
+  producer's query position over what it sent only by LIVE, `_consumer_progress`) it handed
+  over: everything before that is in the runner's channel, and what the runner has not
+  reached it still receives, so nothing is lost, and what comes twice (a live event the
+  query brings again) the runner's offset tracker drops by seq nr. Any other error
+  (NOT_FOUND for a stream id the producer does not serve, INVALID_ARGUMENT, UNAUTHENTICATED,
+  PERMISSION_DENIED, a TLS handshake that fails, a malformed batch) is raised as itself: the
+  runner restarts the instance from its stored offsets with the projection's backoff, and a
+  producer that keeps refusing ends it with `ProjectionFailed`.
 - The consumer's filter of the stream id (`_consumer_filters`, docs/filters.md) goes in every
   Init; `GrpcConsumer.update_filter` changes it on the open streams, whose receive loop hands
   it the answers (`OpenStream.answered`). A stream id whose filter is or has been non-empty
@@ -59,6 +60,7 @@ from ._batch_codec import decode_events
 from ._channel import Metadata, open_channel
 from ._consumer_filter_wire import wire_criteria
 from ._consumer_filters import ConsumerFilters, OpenStream
+from ._consumer_progress import FollowedLive
 from ._consumer_settings import ConsumerSettings
 from ._consumer_wire import (
     EVENT_TIMESTAMP,
@@ -70,6 +72,7 @@ from ._consumer_wire import (
     batch_of,
     check_slices,
     offset_after,
+    progress_offset,
     stream_init,
 )
 from ._errors import GrpcDeadlineExceeded, GrpcUnavailable, TlsHandshakeFailed
@@ -206,6 +209,8 @@ class GrpcSource:
         self.filters = filters or ConsumerFilters()
         # Where a reopened stream resumes: after the last query batch handed to the runner.
         self.resume_offset = TimestampOffset.start()
+        # The LIVE records handed over that the QUERY position has not passed yet.
+        self.followed = FollowedLive()
         self.reconnects = 0  # streams opened again after one broke, for logs and tests
 
     @property
@@ -231,6 +236,7 @@ class GrpcSource:
                 await self.filters.load(self.stream_id)
                 async with self._open_stream() as stream:
                     opened = self.filters.open(self.stream_id, stream)
+                    self.followed.clear()
                     try:
                         with opened.reopen_scope:
                             await self._await_started(stream, opened)
@@ -307,13 +313,29 @@ class GrpcSource:
                     continue
                 if path is EnvelopeSource.QUERY:
                     offset = offset_after(self.resume_offset, records)
-                    await send.send((records, path))
-                    self.resume_offset = offset  # handed over: a reopened stream goes on after it
+                    await self._query_passed(send, offset, records)
                 else:
                     await send.send((records, path))
+                    if path is EnvelopeSource.LIVE:
+                        self.followed.handed_live(records)
+            elif kind == "query_progress":
+                assert isinstance(message, pb.QueryProgress)
+                await self._query_passed(send, progress_offset(self.resume_offset, message))
             elif kind == "started":
                 raise ProducerProtocolError("the producer sent StreamStarted twice")
             # Heartbeats keep the stream alive; an unknown kind is ignored (producer.proto).
+
+    async def _query_passed(
+        self,
+        send: trio.MemorySendChannel[Batch],
+        offset: TimestampOffset,
+        records: Sequence[EventRecord] = (),
+    ) -> None:
+        """The QUERY position moves to `offset`, over `records` (`_consumer_progress`)."""
+        passed = self.followed.passed(offset, records)
+        if passed:
+            await send.send((passed, EnvelopeSource.QUERY))
+        self.resume_offset = offset  # handed over: a reopened stream goes on after it
 
     async def _receive(
         self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]

@@ -6,7 +6,8 @@ slice of the range, its seen entities each under its own slice (the producer ref
 naming another slice's entity). Inbound, nothing a producer sends is taken on trust:
 `batch_of` decodes an `EventBatch` (`_batch_codec`) and checks that it names a path and that
 its events are of the stream's slices, else `ProducerProtocolError`; `offset_after` is where
-a query batch leaves the stream's resume offset.
+a query batch leaves the stream's resume offset, `progress_offset` where a `QueryProgress`
+does.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def stream_init(
         # path as a placeholder, and loads lazily only what backtracking brings (which the
         # producer sends without payloads anyway).
         omit_payloads=False,
+        # What went LIVE need not come again by QUERY (`_consumer_progress`).
+        query_progress=True,
     )
 
 
@@ -116,10 +119,14 @@ def offset_after(offset: TimestampOffset, records: Sequence[EventRecord]) -> Tim
             f"a query batch ends at timestamp {last}, behind the stream's offset "
             f"{offset.timestamp}: the query is in timestamp order"
         )
-    seen = dict(offset.seen) if last == offset.timestamp else {}
-    tail = len(records)
-    while tail > 0 and records[tail - 1].timestamp == last:
-        tail -= 1
-    for record in records[tail:]:
-        seen[record.persistence_id] = record.seq_nr
-    return TimestampOffset(last, seen)
+    return offset.advanced_over(records)
+
+
+def progress_offset(offset: TimestampOffset, progress: pb.QueryProgress) -> TimestampOffset:
+    """Where a `QueryProgress` moves the stream's resume offset `offset`: to its own."""
+    if progress.timestamp < offset.timestamp:
+        raise ProducerProtocolError(
+            f"a query progress to timestamp {progress.timestamp}, behind the stream's offset "
+            f"{offset.timestamp}: the query is in timestamp order"
+        )
+    return TimestampOffset(progress.timestamp, dict(progress.seen))

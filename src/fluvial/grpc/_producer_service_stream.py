@@ -15,7 +15,10 @@ The call runs three kinds of task in a nursery of its own:
   It applies the consumer's filter (`consumer_passes`) to a batch as it sends it, so that
   every event sent after a `FilterUpdateAck` (which travels through the same channel) follows
   the new filter. Replays answer with every event asked for: the consumer's filter is not
-  applied to them (the producer's is: placeholders).
+  applied to them (the producer's is: placeholders). For a consumer that asked for
+  `QueryProgress` (in its Init), it leaves out of QUERY batches what it sent by LIVE, and
+  sends the query's position instead (`_producer_progress`): being the one writer, it knows
+  what went before.
 
 Backpressure: the sender waits while HTTP/2 flow control says so, the forwarders wait for
 the sender, the pipeline for the forwarders (bounded channels), and the journal query for
@@ -25,6 +28,7 @@ and blocks only its own call.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -46,6 +50,7 @@ from fluvial.nursery_errors import open_service_nursery
 from fluvial.projection.api import Batch
 
 from ._errors import GrpcCallFailed, GrpcError, GrpcInvalidArgument, GrpcNotFound
+from ._producer_progress import SentOnce
 from ._producer_replays import ReplayAnswer, ReplayBatch, StreamReplays
 from ._producer_stream import run_producer_stream
 from ._producer_wire import (
@@ -82,6 +87,12 @@ def error_of(error: RemoteStreamError) -> GrpcError:
     return GrpcCallFailed(details, status=error.status.name, code=error.status.value)
 
 
+def _asks_for_progress(request: pb.StreamEventsRequest | Undecodable) -> bool:
+    """Whether `request` is an Init that asks for QueryProgress (producer.proto)."""
+    init = request.init if isinstance(request, pb.StreamEventsRequest) else None
+    return init is not None and init.query_progress
+
+
 class StreamEventsCall:
     """The producer's side of one `StreamEvents` call (see the module docstring)."""
 
@@ -97,6 +108,9 @@ class StreamEventsCall:
         self._replays: StreamReplays | None = None
         # The criteria of the latest filter update (a refusal names the one at fault).
         self._update: Criteria = ()
+        # Whether the Init asked for QueryProgress; what went LIVE, once streaming.
+        self._query_progress = False
+        self._sent_once: SentOnce | None = None
 
     async def run(self) -> None:
         """Serve the call until the consumer ends it (OK) or the core ends it (its status,
@@ -112,6 +126,8 @@ class StreamEventsCall:
                     if isinstance(message, FilterUpdate):
                         self._update = message.criteria
                     answer = self.stream.receive(message)
+                    if isinstance(answer, ValidInit):
+                        self._query_progress = _asks_for_progress(request)
                 if isinstance(answer, EndStream):
                     if answer.error is not None:
                         raise error_of(answer.error)
@@ -172,6 +188,9 @@ class StreamEventsCall:
                 task_status=task_status,
             )
         )
+        if self._query_progress:
+            delay = settings.stream.progress_delay
+            self._sent_once = SentOnce(init.resume_offset(), delay)
         # The live subscription is open: StreamStarted goes before any batch.
         await self._out.send(_STARTED)
         nursery.start_soon(self._forward_batches, batches_receive)
@@ -201,10 +220,15 @@ class StreamEventsCall:
         max_size = self.producer.max_message_size
         while True:
             outgoing: _Outgoing | None = None
-            with trio.move_on_after(interval):
+            sent_once = self._sent_once
+            progress_due = sent_once.due if sent_once is not None else math.inf
+            with trio.move_on_at(min(trio.current_time() + interval, progress_due)):
                 outgoing = await self._out_receive.receive()
             if outgoing is None:
-                await self.call.send(_HEARTBEAT)
+                if sent_once is not None and sent_once.due <= trio.current_time():
+                    await self.call.send(sent_once.progress())
+                else:
+                    await self.call.send(_HEARTBEAT)
             elif isinstance(outgoing, pb.StreamEventsResponse):
                 await self.call.send(outgoing)
             else:
@@ -212,6 +236,11 @@ class StreamEventsCall:
                 assert filter is not None, "batches come only once the Init was accepted"
                 records, path = outgoing
                 passed = consumer_passes(filter, records)
+                if sent_once is not None:
+                    if path is EnvelopeSource.LIVE:
+                        passed = sent_once.live(passed)
+                    elif path is EnvelopeSource.QUERY:
+                        passed = sent_once.query(passed)
                 # A batch the filter emptied is not sent: what it excludes need not travel.
                 for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
                     await self.call.send(pb.StreamEventsResponse(batch=batch))

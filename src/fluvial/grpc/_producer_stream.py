@@ -48,10 +48,18 @@ QUERY_IN_COMMIT_ORDER = FirstSight.QUERY_IN_COMMIT_ORDER
 class ProducerStreamSettings:
     """How a producer stream reads and batches: at most `batch_size` records a batch; a
     smaller batch waits at most `batch_delay` seconds for more; `source` says how the
-    journal is read (page size, live path and its buffer, backtracking)."""
+    journal is read (page size, live path and its buffer, backtracking, `follow_delay`).
+
+    `progress_delay`: to a consumer that understands it, the query's copy of an event the
+    stream sent by LIVE already is not sent again; the consumer learns how far the query has
+    come from a `QueryProgress`, sent this many seconds after the query read the first
+    event it left out (docs/wire-protocol.md). Longer: fewer messages and fewer offset
+    commits in the consumer; a reconnecting consumer then resumes up to that much further
+    behind (and drops what comes again by seq nr)."""
 
     batch_size: int = attrs.field(default=500, validator=attrs.validators.ge(1))
     batch_delay: float = attrs.field(default=0.001, validator=attrs.validators.ge(0.0))
+    progress_delay: float = attrs.field(default=0.1, validator=attrs.validators.ge(0.0))
     source: SourceSettings = attrs.field(factory=SourceSettings)
 
 

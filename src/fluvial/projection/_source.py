@@ -70,15 +70,17 @@ class LocalJournalSource:
     ) -> None:
         """See `Source.run`."""
         self._query_offset = offset
+        follow_delay = 0.0
         async with open_supervisor() as supervisor:  # errors come out as themselves
             if self.settings.live and isinstance(self.journal, HasLivePath):
                 await supervisor.start(self._live, self.journal, send)
+                follow_delay = self.settings.follow_delay
             if self.settings.backtracking_interval is not None:
                 supervisor.start_soon(
                     self._backtracking, send, self.settings.backtracking_interval, offset.timestamp
                 )
             task_status.started()
-            await supervisor.run(self._query, send)
+            await supervisor.run(self._query, send, follow_delay)
 
     async def replay(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int
@@ -102,7 +104,7 @@ class LocalJournalSource:
         source's entity type and slices."""
         return await self.journal.latest_event_timestamp(self.entity_type, self.slices)
 
-    async def _query(self, send: trio.MemorySendChannel[Batch]) -> None:
+    async def _query(self, send: trio.MemorySendChannel[Batch], follow_delay: float) -> None:
         journal, page_size = self.journal, self.settings.page_size
         behind = _microseconds(self.settings.behind_current_time)
         until: int | None = None  # how far to read, fixed while catching up
@@ -121,6 +123,8 @@ class LocalJournalSource:
                 await send.send((page, EnvelopeSource.QUERY))
             if len(page) < page_size:
                 await journal.wait_for_new_events(seen)
+                if follow_delay:
+                    await trio.sleep(follow_delay)  # the live path delivers them meanwhile
                 until = None
 
     async def _backtracking(

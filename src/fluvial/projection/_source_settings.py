@@ -34,7 +34,13 @@ class SourceSettings:
     An exactly-once handler commits one page per transaction while it catches up, and each
     commit also writes the offsets of every slice the page touched; 4,000 events a page
     amortize that: benchmarks/bench_projection.py measured ~49,000 events/s at 1,000, ~55,000
-    at 2,000 and ~62,000 at 4,000. Events arriving live come in small batches regardless."""
+    at 2,000 and ~62,000 at 4,000. Events arriving live come in small batches regardless.
+
+    `follow_delay`: with the live path on, the query, once it has caught up, waits this many
+    seconds after a commit wakes it before it reads, so that it reads the commits of that
+    time in one page instead of one page per commit (each of which it reads only again: the
+    live path delivered them). The offsets move that much later; an event the live path
+    dropped arrives that much later. 0: it reads at each commit."""
 
     page_size: int = 4000
     backtracking_interval: float | None = 5.0
@@ -43,3 +49,4 @@ class SourceSettings:
     backtracking_behind_current_time: float = 10.0
     live: bool = True
     live_buffer: int = 10_000
+    follow_delay: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))

@@ -23,6 +23,7 @@ __all__ = (
     "LatestEventTimestampResponse",
     "LoadEventRequest",
     "LoadEventResponse",
+    "QueryProgress",
     "Regexes",
     "ReplayPart",
     "ReplayRequest",
@@ -507,6 +508,29 @@ default_message_pool.register_message("fluvial.v1", "LoadEventResponse", LoadEve
 
 
 @dataclass(eq=False, repr=False)
+class QueryProgress(betterproto2.Message):
+    """
+    How far the producer's query has come: the consumer's QUERY position may move to `timestamp`
+    and `seen` (as in a SliceOffset, for every slice of the stream's range). Every event of the
+    range up to there that passes the consumer's filter reached this stream before this message,
+    in a QUERY batch or, left out of those, in a LIVE batch. Sent only to a consumer that asked
+    for it (StreamInit.query_progress), a moment after the query read events it left out; never
+    behind an earlier QueryProgress or QUERY batch of the stream.
+    """
+
+    timestamp: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+
+    seen: "dict[str, int]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+
+
+default_message_pool.register_message("fluvial.v1", "QueryProgress", QueryProgress)
+
+
+@dataclass(eq=False, repr=False)
 class Regexes(betterproto2.Message):
     """
     Regular expressions, matched against the whole entity id, in the syntax common to Python's
@@ -636,7 +660,8 @@ class StreamEventsResponse(betterproto2.Message):
     """
     What the producer sends on StreamEvents. A consumer ignores a message with no case set: a
     producer sends a newer kind only to a consumer that asked for it in its StreamInit.
-    Numbers 6..15 are kept for later messages (the firehose, replicated event sourcing).
+    Number 6 is taken by another branch's message (replay_abandoned); numbers 8..15 are kept for
+    later messages (the firehose, replicated event sourcing).
 
     Oneofs:
         - kind:
@@ -662,6 +687,13 @@ class StreamEventsResponse(betterproto2.Message):
         5, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
     )
 
+    query_progress: "QueryProgress | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    Only to a consumer whose StreamInit set query_progress.
+    """
+
 
 default_message_pool.register_message("fluvial.v1", "StreamEventsResponse", StreamEventsResponse)
 
@@ -673,7 +705,7 @@ class StreamInit(betterproto2.Message):
 
     Kept numbers: 7 for ReplicaInfo (replicated event sourcing: which replica the consumer is, so
     that events that came from it travel back as placeholders), 8 for starting from snapshots
-    (edge roadmap), 9..15 for later stream options.
+    (edge roadmap), 10..15 for later stream options.
     """
 
     stream_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -706,6 +738,14 @@ class StreamInit(betterproto2.Message):
     """
     True: send no payloads (every event as if from BACKTRACKING: the consumer loads those it
     wants with LoadEvent). False, the default: send them.
+    """
+
+    query_progress: "bool" = betterproto2.field(9, betterproto2.TYPE_BOOL)
+    """
+    True: the consumer understands QueryProgress. The producer may then leave out of its QUERY
+    batches the events it sent on this stream by the LIVE path already, and send a
+    QueryProgress instead, so that a followed event travels once. False, the default: every
+    event the query reads travels in a QUERY batch, whether it came by LIVE before or not.
     """
 
 
