@@ -43,10 +43,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
-import betterproto2
 import trio
 
-from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.filters import Filter, FilterCriteriaUpdate
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
@@ -57,38 +55,25 @@ from fluvial.projection.api import Batch, ConsumerFilterStore
 
 from ._batch_codec import decode_events
 from ._channel import Metadata, open_channel
-from ._consumer_filter_wire import wire_criteria
-from ._consumer_filters import ConsumerFilters, OpenStream
+from ._consumer_calls import UnaryCalls
+from ._consumer_filters import ConsumerFilters
+from ._consumer_replays import GapReplays
 from ._consumer_settings import ConsumerSettings
+from ._consumer_stream import EventsStream, Stream, StreamSilent, serve_stream
 from ._consumer_wire import (
     EVENT_TIMESTAMP,
     LATEST_EVENT_TIMESTAMP,
     LOAD_EVENT,
-    REPLAY,
     STREAM_EVENTS,
     ProducerProtocolError,
-    batch_of,
-    check_slices,
-    offset_after,
-    stream_init,
 )
-from ._errors import GrpcDeadlineExceeded, GrpcUnavailable, TlsHandshakeFailed
+from ._errors import GrpcUnavailable, TlsHandshakeFailed
 from ._proto.fluvial import v1 as pb
 
 log = logging.getLogger("fluvial.grpc.consumer")
 
 _Request = TypeVar("_Request")
 _Reply = TypeVar("_Reply")
-_Sent = TypeVar("_Sent", contravariant=True)
-_Received = TypeVar("_Received", covariant=True)
-
-
-class _Stream(Protocol[_Sent, _Received]):
-    """One streaming call (`fluvial.grpc._channel.ClientStream`)."""
-
-    async def send(self, message: _Sent) -> None: ...
-
-    async def receive(self) -> _Received | None: ...
 
 
 class Channel(Protocol):
@@ -108,11 +93,7 @@ class Channel(Protocol):
         reply_type: type[_Reply],
         *,
         metadata: Metadata = (),
-    ) -> AbstractAsyncContextManager[_Stream[_Request, _Reply]]: ...
-
-
-class _StreamSilent(Exception):
-    """Nothing arrived on the stream for the heartbeat timeout: it is dead."""
+    ) -> AbstractAsyncContextManager[Stream[_Request, _Reply]]: ...
 
 
 @asynccontextmanager
@@ -204,6 +185,8 @@ class GrpcSource:
         self.stream_id = stream_id
         self.slices = slices
         self.filters = filters or ConsumerFilters()
+        self.calls = UnaryCalls(channel, settings, stream_id, slices)
+        self.gaps = GapReplays(self.calls)
         # Where a reopened stream resumes: after the last query batch handed to the runner.
         self.resume_offset = TimestampOffset.start()
         self.reconnects = 0  # streams opened again after one broke, for logs and tests
@@ -226,25 +209,37 @@ class GrpcSource:
         self.resume_offset = offset
         started = False
         attempt = 0
+
+        def stream_started() -> None:
+            nonlocal started, attempt
+            attempt = 0
+            if not started:
+                started = True
+                task_status.started()
+
+        def moved(offset: TimestampOffset) -> None:
+            self.resume_offset = offset
+
         while True:
             try:
                 await self.filters.load(self.stream_id)
                 async with self._open_stream() as stream:
-                    opened = self.filters.open(self.stream_id, stream)
-                    try:
-                        with opened.reopen_scope:
-                            await self._await_started(stream, opened)
-                            attempt = 0
-                            if not started:
-                                started = True
-                                task_status.started()
-                            await self._forward(stream, send, opened)
-                    finally:
-                        self.filters.close(self.stream_id, opened)
+                    await serve_stream(
+                        stream,
+                        self.settings,
+                        self.stream_id,
+                        self.slices,
+                        self.filters,
+                        self.gaps,
+                        send,
+                        offset=self.resume_offset,
+                        moved=moved,
+                        started=stream_started,
+                    )
                 # Only a filter update that had to be undone ends a stream here: reopen it at
                 # once, with the current filter in its Init.
                 self.reconnects += 1
-            except (GrpcUnavailable, _StreamSilent) as error:
+            except (GrpcUnavailable, StreamSilent) as error:
                 if isinstance(error, TlsHandshakeFailed):
                     raise  # a certificate waiting does not cure: the runner's restarts show it
                 delay = self.settings.reconnect.delay(attempt, random.random())
@@ -257,16 +252,14 @@ class GrpcSource:
                     error,
                 )
                 attempt += 1
-                if isinstance(error, _StreamSilent):
+                if isinstance(error, StreamSilent):
                     # The connection may be dead without grpclib knowing (keep-alive off, or
                     # slower to tell): a new stream on it would be silent too.
                     await self.channel.drop_connection()
                 await trio.sleep(delay)
                 self.reconnects += 1
 
-    def _open_stream(
-        self,
-    ) -> AbstractAsyncContextManager[_Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]]:
+    def _open_stream(self) -> AbstractAsyncContextManager[EventsStream]:
         return self.channel.open_stream(
             STREAM_EVENTS,
             pb.StreamEventsRequest,
@@ -274,98 +267,12 @@ class GrpcSource:
             metadata=self.settings.metadata,
         )
 
-    async def _await_started(
-        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse], opened: OpenStream
-    ) -> None:
-        criteria = wire_criteria(opened.filter.criteria())
-        init = stream_init(self.stream_id, self.slices, self.resume_offset, criteria)
-        await stream.send(pb.StreamEventsRequest(init=init))
-        opened.init_sent()  # filter updates may follow it now
-        while True:
-            kind, message = await self._receive(stream)
-            if kind == "started":
-                return
-            if kind == "batch":
-                raise ProducerProtocolError("the producer sent an event batch before StreamStarted")
-            # A filter update's answer, a heartbeat, or a kind newer than this consumer.
-            opened.answered(kind, message)
-
-    async def _forward(
-        self,
-        stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse],
-        send: trio.MemorySendChannel[Batch],
-        opened: OpenStream,
-    ) -> None:
-        while True:
-            kind, message = await self._receive(stream)
-            if opened.answered(kind, message):
-                continue
-            if kind == "batch":
-                assert isinstance(message, pb.EventBatch)
-                records, path = batch_of(message, self.slices)
-                if not records:
-                    continue
-                if path is EnvelopeSource.QUERY:
-                    offset = offset_after(self.resume_offset, records)
-                    await send.send((records, path))
-                    self.resume_offset = offset  # handed over: a reopened stream goes on after it
-                else:
-                    await send.send((records, path))
-            elif kind == "started":
-                raise ProducerProtocolError("the producer sent StreamStarted twice")
-            # Heartbeats keep the stream alive; an unknown kind is ignored (producer.proto).
-
-    async def _receive(
-        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]
-    ) -> tuple[str | None, object]:
-        """The next message's kind and value; `_StreamSilent` after the heartbeat timeout,
-        `GrpcUnavailable` if the producer ended the stream (it never does while it serves)."""
-        timeout = self.settings.heartbeat_timeout
-        with trio.move_on_after(timeout):
-            response = await stream.receive()
-            if response is None:
-                raise GrpcUnavailable("the producer ended the stream", method=STREAM_EVENTS)
-            kind, value = betterproto2.which_one_of(response, "kind")
-            return kind or None, value
-        raise _StreamSilent(f"nothing arrived on the stream for {timeout}s (heartbeat_timeout)")
-
     async def replay(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int
     ) -> Sequence[EventRecord]:
-        """See `Source.replay`: the unary `Replay`, asked again after the last event of an
-        answer that is not complete."""
-        replayed: list[EventRecord] = []
-        first = from_seq_nr
-        while first <= to_seq_nr:
-            request = pb.ReplayRequest(
-                stream_id=self.stream_id,
-                persistence_id=persistence_id,
-                from_seq_nr=first,
-                to_seq_nr=to_seq_nr,
-            )
-            reply = await self._unary(REPLAY, request, pb.ReplayResponse)
-            if reply.batch is None:
-                raise ProducerProtocolError(f"a replay of {persistence_id} answered no batch")
-            records = decode_events(reply.batch.events, encoding=int(reply.batch.encoding))
-            check_slices(records, self.slices)
-            for record in records:
-                if record.persistence_id != persistence_id or not (
-                    first <= record.seq_nr <= to_seq_nr
-                ):
-                    raise ProducerProtocolError(
-                        f"a replay of {persistence_id} seq nrs {first}..{to_seq_nr} answered "
-                        f"{record.persistence_id} seq nr {record.seq_nr}"
-                    )
-            replayed.extend(records)
-            if reply.batch.replay is not None and reply.batch.replay.complete:
-                break
-            if not records:
-                raise ProducerProtocolError(
-                    f"a replay of {persistence_id} from seq nr {first} answered no event and "
-                    "is not complete"
-                )
-            first = records[-1].seq_nr + 1
-        return replayed
+        """See `Source.replay`: in-stream on the open stream, else (or for what an in-stream
+        answer did not bring) the unary `Replay` (`_consumer_replays`)."""
+        return await self.gaps.replay(persistence_id, from_seq_nr, to_seq_nr)
 
     async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
         """See `Source.load_event`: the unary `LoadEvent` (a placeholder when the producer's
@@ -373,7 +280,7 @@ class GrpcSource:
         request = pb.LoadEventRequest(
             stream_id=self.stream_id, persistence_id=persistence_id, seq_nr=seq_nr
         )
-        reply = await self._unary(LOAD_EVENT, request, pb.LoadEventResponse)
+        reply = await self.calls.call(LOAD_EVENT, request, pb.LoadEventResponse)
         if not reply.events:
             return None
         records = decode_events(reply.events, encoding=int(reply.encoding))
@@ -392,7 +299,7 @@ class GrpcSource:
         request = pb.EventTimestampRequest(
             stream_id=self.stream_id, persistence_id=persistence_id, seq_nr=seq_nr
         )
-        reply = await self._unary(EVENT_TIMESTAMP, request, pb.EventTimestampResponse)
+        reply = await self.calls.call(EVENT_TIMESTAMP, request, pb.EventTimestampResponse)
         return reply.timestamp
 
     async def latest_event_timestamp(self) -> int | None:
@@ -402,15 +309,7 @@ class GrpcSource:
         request = pb.LatestEventTimestampRequest(
             stream_id=self.stream_id, slice_min=self.slices.min, slice_max=self.slices.max
         )
-        reply = await self._unary(LATEST_EVENT_TIMESTAMP, request, pb.LatestEventTimestampResponse)
-        return reply.timestamp
-
-    async def _unary(self, method: str, request: Any, reply_type: type[_Reply]) -> _Reply:
-        timeout = self.settings.call_timeout
-        with trio.move_on_after(timeout):
-            return await self.channel.unary(
-                method, request, reply_type, metadata=self.settings.metadata
-            )
-        raise GrpcDeadlineExceeded(
-            f"no answer within {timeout}s (ConsumerSettings.call_timeout)", method=method
+        reply = await self.calls.call(
+            LATEST_EVENT_TIMESTAMP, request, pb.LatestEventTimestampResponse
         )
+        return reply.timestamp
