@@ -53,10 +53,15 @@ def _unanswered(request: pb.StreamReplayRequest) -> Sequence[pb.StreamEventsResp
 
 
 def replay_answer(
-    request: pb.StreamReplayRequest, records: Sequence[EventRecord], *, complete: bool = True
+    request: pb.StreamReplayRequest | pb.ReplayRequest,
+    records: Sequence[EventRecord],
+    *,
+    complete: bool = True,
 ) -> pb.StreamEventsResponse:
-    """The REPLAY batch of `records` answering `request`, the last one if `complete`."""
-    part = pb.ReplayPart(request.correlation_id, request.persistence_id, complete)
+    """The REPLAY batch of `records` answering `request` (correlation id 0 for a unary
+    one), the last one if `complete`."""
+    correlation_id = request.correlation_id if isinstance(request, pb.StreamReplayRequest) else 0
+    part = pb.ReplayPart(correlation_id, request.persistence_id, complete)
     return pb.StreamEventsResponse(
         batch=pb.EventBatch(
             path=pb.EventPath.REPLAY,
