@@ -9,29 +9,32 @@ the consumer shares its channel.
 
 A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol.md):
 
-- `run` opens `StreamEvents` with an Init (stream id, slice range, the offset for each slice),
-  reports started once the producer answers `StreamStarted`, and hands each `EventBatch`,
-  decoded, to the runner as `(records, path)`. When the stream breaks (`GrpcUnavailable`: the
-  connection refused, reset or closed, a keep-alive ping unanswered, the producer shutting
-  down; or a stream silent for longer than `heartbeat_timeout`) it opens it again after the
-  `Reconnect` backoff, resuming after the last query batch it handed over: everything before
-  that is in the runner's channel, and what the runner has not reached it still receives, so
-  nothing is lost, and what comes twice (a live event the query brings again) the runner's
-  offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream id the producer
-  does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a TLS handshake that
-  fails, a malformed batch) is
-  raised as itself: the runner restarts the instance from its stored offsets with the
-  projection's backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
+- `run` opens `StreamEvents` (`_consumer_stream`: one sender task for everything the stream
+  carries, a receive loop, the hand-over to the runner) with an Init (stream id, slice range,
+  the offset for each slice), reports started once the producer answers `StreamStarted`, and
+  hands each `EventBatch`, decoded, to the runner as `(records, path)`. When the stream breaks
+  (`GrpcUnavailable`: the connection refused, reset or closed, a keep-alive ping unanswered,
+  the producer shutting down; or a stream silent for longer than `heartbeat_timeout`) it opens
+  it again after the `Reconnect` backoff, resuming after the last query batch it handed over:
+  everything before that is in the runner's channel, and what the runner has not reached it
+  still receives, so nothing is lost, and what comes twice (a live event the query brings
+  again) the runner's offset tracker drops by seq nr. Any other error (NOT_FOUND for a stream
+  id the producer does not serve, INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, a TLS
+  handshake that fails, a malformed batch) is raised as itself: the runner restarts the
+  instance from its stored offsets with the projection's backoff, and a producer that keeps
+  refusing ends it with `ProjectionFailed`.
 - The consumer's filter of the stream id (`_consumer_filters`, docs/filters.md) goes in every
   Init; `GrpcConsumer.update_filter` changes it on the open streams, whose receive loop hands
   it the answers (`OpenStream.answered`). A stream id whose filter is or has been non-empty
   judges first sights by `FirstSight.REPLAY_FROM_FIRST`: its filter may have kept an entity's
-  earlier events from the consumer. REPLAY batches go to the runner as `(records, REPLAY)`,
-  those the producer starts itself (correlation id 0: an update included an entity) too.
-- `replay`, `load_event` and `event_timestamp` are the unary calls `Replay` (asked again from
-  where an answer stopped, until it is complete), `LoadEvent` and `EventTimestamp`, each
-  under the `call_timeout` deadline; `latest_event_timestamp` (not part of `Source`) is
-  `LatestEventTimestamp`, for a projection's lag. Their errors are raised as themselves (the runner
+  earlier events from the consumer. REPLAY batches the producer starts itself (correlation id
+  0: an update included an entity) go to the runner as `(records, REPLAY)`.
+- `replay` asks on the open stream, up to `replay_look_ahead` at once, and by the unary
+  `Replay` otherwise or for the rest of an answer cut short (`_consumer_replays`);
+  `load_event` and `event_timestamp` are the unary calls `LoadEvent` and `EventTimestamp`,
+  and `latest_event_timestamp` (not part of `Source`) is `LatestEventTimestamp`, for a
+  projection's lag. Each unary call is retried while the producer is unavailable, within
+  `call_timeout` (`_consumer_calls`); its errors are raised as themselves (the runner
   restarts the instance).
 """
 
