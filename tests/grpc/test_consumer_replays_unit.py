@@ -175,3 +175,25 @@ async def test_an_unavailable_producer_is_raised_when_the_call_timeout_leaves_no
     # The next wait (4 s, at 7.5) would pass the deadline at 5.0: raised at 3.5.
     assert times == [0.0, 0.5, 1.5, 3.5]
     assert trio.current_time() == 3.5
+
+
+async def test_an_in_stream_replay_of_which_nothing_arrives_is_asked_by_the_unary_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def first_batch_only(request: pb.StreamReplayRequest) -> list[pb.StreamEventsResponse]:
+        return [replay_answer(request, A[:2], complete=False)]  # then the producer is stuck
+
+    channel = FakeChannel(
+        [Serve([STARTED])], unary={REPLAY: unary_a}, stream_replay=first_batch_only
+    )
+    source = GrpcConsumer(channel, ConsumerSettings(call_timeout=3.0)).source("carts", SLICES)
+    send, _receive = trio.open_memory_channel[Batch](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run, TimestampOffset.start(), send)
+        asked = trio.current_time()
+        with trio.fail_after(10):
+            replayed = await source.replay("Cart|a", 1, 5)
+        assert trio.current_time() - asked == 3.0  # the unary call's deadline, then the call
+        nursery.cancel_scope.cancel()
+    assert [r.seq_nr for r in replayed] == [1, 2, 3, 4, 5]
+    assert [(m, r.from_seq_nr) for m, r in channel.calls] == [(REPLAY, 3)]

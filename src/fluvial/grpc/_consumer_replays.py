@@ -10,9 +10,9 @@ The runner fills a gap with `Source.replay(pid, first, last)`; `GapReplays.repla
 - Otherwise (no stream: reconnecting, not started yet; the look-ahead full) the unary `Replay`.
 - An in-stream replay that ends unanswered, because the producer abandons it
   (`StreamReplayAbandoned`: superseded by a newer request of the entity, or its journal read
-  failed) or because the stream breaks, keeps what arrived and asks the unary `Replay` for the
-  rest, from the seq nr after the last event that arrived: nothing is lost, nothing comes
-  twice.
+  failed), because the stream breaks, or because nothing of it arrived for `call_timeout`,
+  keeps what arrived and asks the unary `Replay` for the rest, from the seq nr after the last
+  event that arrived: nothing is lost, nothing comes twice.
 
 A replay counts against the look-ahead until its answer completes or ends, even after its
 caller stopped waiting (cancelled): the producer still works on it, and the bound is what
@@ -52,6 +52,8 @@ class _Outstanding:
     complete: bool = False
     ended_by: str = ""  # why it is over unanswered
     wanted: bool = True  # its caller still waits
+    # When it was asked or its latest batch arrived: the caller's sign of progress.
+    last_arrival: float = attrs.field(factory=trio.current_time)
 
 
 class StreamReplays:
@@ -113,6 +115,7 @@ class StreamReplays:
         outstanding = self._outstanding.get(part.correlation_id)
         if outstanding is None:
             return True  # of a replay over already (abandoned, then its last batch in flight)
+        outstanding.last_arrival = trio.current_time()
         if outstanding.wanted:
             records, _ = batch_of(message, self._slices)
             check_replayed(
@@ -155,13 +158,14 @@ class GapReplays:
         if outstanding is None:
             return await self.calls.replay(persistence_id, first, last)
         try:
-            await outstanding.done.wait()
+            await self._answer(outstanding)
         except BaseException:
             outstanding.wanted = False  # its late batches are dropped (module docstring)
             outstanding.records.clear()
             raise
         if outstanding.complete:
             return outstanding.records
+        outstanding.wanted = False  # what comes of it now is the unary call's
         log.info(
             "in-stream replay of %s seq nrs %d..%d %s after %d event(s); the rest by Replay",
             persistence_id,
@@ -174,3 +178,13 @@ class GapReplays:
         if rest > last:
             return outstanding.records
         return outstanding.records + await self.calls.replay(persistence_id, rest, last)
+
+    async def _answer(self, outstanding: _Outstanding) -> None:
+        """Until `outstanding` is over, or nothing of it arrived for `call_timeout` (the
+        unary call's deadline: a producer stuck reading would keep the runner waiting)."""
+        timeout = self.calls.settings.call_timeout
+        while trio.current_time() < outstanding.last_arrival + timeout:
+            with trio.move_on_at(outstanding.last_arrival + timeout):
+                await outstanding.done.wait()
+                return
+        outstanding.ended_by = f"given up: nothing of it arrived for {timeout}s"
