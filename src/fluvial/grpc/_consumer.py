@@ -62,7 +62,7 @@ from ._consumer_calls import UnaryCalls
 from ._consumer_filters import ConsumerFilters
 from ._consumer_replays import GapReplays
 from ._consumer_settings import ConsumerSettings
-from ._consumer_stream import EventsStream, Stream, StreamSilent, serve_stream
+from ._consumer_stream import EventsStream, Stream, _StreamSilent, serve_stream
 from ._consumer_wire import (
     EVENT_TIMESTAMP,
     LATEST_EVENT_TIMESTAMP,
@@ -242,7 +242,7 @@ class GrpcSource:
                 # Only a filter update that had to be undone ends a stream here: reopen it at
                 # once, with the current filter in its Init.
                 self.reconnects += 1
-            except (GrpcUnavailable, StreamSilent) as error:
+            except (GrpcUnavailable, _StreamSilent) as error:
                 if isinstance(error, TlsHandshakeFailed):
                     raise  # a certificate waiting does not cure: the runner's restarts show it
                 delay = self.settings.reconnect.delay(attempt, random.random())
@@ -255,7 +255,7 @@ class GrpcSource:
                     error,
                 )
                 attempt += 1
-                if isinstance(error, StreamSilent):
+                if isinstance(error, _StreamSilent):
                     # The connection may be dead without grpclib knowing (keep-alive off, or
                     # slower to tell): a new stream on it would be silent too.
                     await self.channel.drop_connection()

@@ -9,7 +9,7 @@ comes out as itself):
 - the receive loop: `StreamStarted`, then each message in turn: a filter update's answer
   (`OpenStream.answered`), a replay's batch or abandonment (`StreamReplays.answered`), an
   event batch for the runner (checked, `batch_of`), a heartbeat. Nothing arrived for
-  `heartbeat_timeout` while it waited for the stream: `StreamSilent`;
+  `heartbeat_timeout` while it waited for the stream: `_StreamSilent`;
 - the hand-over, which gives the runner the batches the receive loop took, in order, and
   moves the source's resume offset past each query batch it gave.
 
@@ -68,8 +68,9 @@ class Stream(Protocol[_Sent, _Received]):
 EventsStream = Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]
 
 
-class StreamSilent(Exception):
-    """Nothing arrived on the stream for the heartbeat timeout: it is dead."""
+class _StreamSilent(Exception):
+    """Nothing arrived on the stream for the heartbeat timeout: it is dead. Private to the
+    consumer: `GrpcSource.run` opens the stream again, so it never reaches a user."""
 
 
 class Outbox:
@@ -152,7 +153,7 @@ async def serve_stream(
     """Run `stream` (see the module docstring) from `offset`; `started` once the producer
     answered `StreamStarted`, `moved` with the resume offset after each query batch the
     runner took. Returns when a filter update that had to be undone reopens the stream;
-    raises `GrpcUnavailable` or `StreamSilent` when it broke, any other error as itself."""
+    raises `GrpcUnavailable` or `_StreamSilent` when it broke, any other error as itself."""
     outbox = Outbox()
     opened = filters.open(stream_id, outbox)
     replays: StreamReplays | None = None
@@ -238,7 +239,7 @@ class _Receiver:
 async def receive_next(
     stream: EventsStream, settings: ConsumerSettings
 ) -> tuple[str | None, object]:
-    """The next message's kind and value; `StreamSilent` after `heartbeat_timeout`,
+    """The next message's kind and value; `_StreamSilent` after `heartbeat_timeout`,
     `GrpcUnavailable` if the producer ended the stream (it never does while it serves)."""
     timeout = settings.heartbeat_timeout
     with trio.move_on_after(timeout):
@@ -247,4 +248,4 @@ async def receive_next(
             raise GrpcUnavailable("the producer ended the stream", method=STREAM_EVENTS)
         kind, value = betterproto2.which_one_of(response, "kind")
         return kind or None, value
-    raise StreamSilent(f"nothing arrived on the stream for {timeout}s (heartbeat_timeout)")
+    raise _StreamSilent(f"nothing arrived on the stream for {timeout}s (heartbeat_timeout)")
