@@ -45,6 +45,32 @@ def batch(path: pb.EventPath, records: Sequence[EventRecord]) -> pb.StreamEvents
 
 STARTED = pb.StreamEventsResponse(started=pb.StreamStarted())
 
+StreamReplayAnswer = Callable[[pb.StreamReplayRequest], Sequence[pb.StreamEventsResponse]]
+
+
+def _unanswered(request: pb.StreamReplayRequest) -> Sequence[pb.StreamEventsResponse]:
+    return ()
+
+
+def replay_answer(
+    request: pb.StreamReplayRequest | pb.ReplayRequest,
+    records: Sequence[EventRecord],
+    *,
+    complete: bool = True,
+) -> pb.StreamEventsResponse:
+    """The REPLAY batch of `records` answering `request` (correlation id 0 for a unary
+    one), the last one if `complete`."""
+    correlation_id = request.correlation_id if isinstance(request, pb.StreamReplayRequest) else 0
+    part = pb.ReplayPart(correlation_id, request.persistence_id, complete)
+    return pb.StreamEventsResponse(
+        batch=pb.EventBatch(
+            path=pb.EventPath.REPLAY,
+            encoding=pb.BatchEncoding(MSGPACK_ROWS_V1),
+            events=encode_events(records),
+            replay=part,
+        )
+    )
+
 
 @attrs.frozen
 class Refuse:
@@ -67,8 +93,15 @@ class FakeStream:
         self.step = step
         self.channel = channel
         self.pending = list(step.messages)
+        self.arrived = trio.lowlevel.ParkingLot()
 
     async def send(self, message: pb.StreamEventsRequest) -> None:
+        await trio.lowlevel.checkpoint()
+        if message.replay is not None:
+            self.channel.stream_replays.append(message.replay)
+            self.pending.extend(self.channel.answer_replay(message.replay))
+            self.arrived.unpark_all()
+            return
         assert message.init is not None
         self.channel.inits.append(message.init)
 
@@ -78,21 +111,27 @@ class FakeStream:
             return self.pending.pop(0)
         if self.step.then == "break":
             raise GrpcUnavailable("the stream was cut")
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
+        while not self.pending:  # silent, but for the answers to the replays it is asked
+            await self.arrived.park()
+        return self.pending.pop(0)
 
 
 class FakeChannel:
     """Plays `script`, one step per `open_stream`; records when each was opened and its Init,
-    when the connection was dropped, and the unary calls, answered by `unary[method]`."""
+    when the connection was dropped, the unary calls, answered by `unary[method]`, and the
+    in-stream replay requests, answered on the stream by `stream_replay` (by default never:
+    their answers would not arrive while the stream lives)."""
 
     def __init__(
         self,
         script: Sequence[Refuse | Serve],
         unary: Mapping[str, Callable[[Any], Any]] | None = None,
+        stream_replay: StreamReplayAnswer | None = None,
     ) -> None:
         self.script = list(script)
         self.answers = dict(unary or {})
+        self.answer_replay = stream_replay or _unanswered
+        self.stream_replays: list[pb.StreamReplayRequest] = []
         self.calls: list[tuple[str, Any]] = []
         self.opened_at: list[float] = []
         self.inits: list[pb.StreamInit] = []

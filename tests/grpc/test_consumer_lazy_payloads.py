@@ -1,6 +1,6 @@
 """Through the projection runner, a gRPC source's records without payload: a backtracking
 event is loaded (`LoadEvent`) only once it is accepted, a backtracking duplicate never; a
-placeholder moves the offset and never reaches the handler; a gap asks `Replay`."""
+placeholder moves the offset and never reaches the handler; a gap is replayed on the stream."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import attrs
 import msgspec
 import trio
 import trio.testing
-from consumer_fakes import STARTED, FakeChannel, Serve, batch, record
+from consumer_fakes import STARTED, FakeChannel, Serve, batch, record, replay_answer
 
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
@@ -59,21 +59,14 @@ async def test_payloads_are_loaded_only_for_accepted_backtracking_events_and_gap
         found_rows = rows(found) if found else rows()
         return pb.LoadEventResponse(encoding=pb.BatchEncoding(MSGPACK_ROWS_V1), events=found_rows)
 
-    def replay(request: pb.ReplayRequest) -> pb.ReplayResponse:
-        found = [
-            r
-            for r in d_events
-            if r.persistence_id == request.persistence_id
-            and request.from_seq_nr <= r.seq_nr <= (request.to_seq_nr or 1 << 62)
+    def replay(request: pb.StreamReplayRequest) -> list[pb.StreamEventsResponse]:
+        last = request.to_seq_nr or 1 << 62
+        found = [r for r in d_events if request.from_seq_nr <= r.seq_nr <= last]
+        assert request.persistence_id == "Cart|d"
+        return [
+            replay_answer(request, found[:1], complete=False),
+            replay_answer(request, found[1:]),
         ]
-        return pb.ReplayResponse(
-            batch=pb.EventBatch(
-                path=pb.EventPath.REPLAY,
-                encoding=pb.BatchEncoding(MSGPACK_ROWS_V1),
-                events=rows(*found),
-                replay=pb.ReplayPart(0, request.persistence_id, True),
-            )
-        )
 
     messages = [
         STARTED,
@@ -82,7 +75,7 @@ async def test_payloads_are_loaded_only_for_accepted_backtracking_events_and_gap
         batch(pb.EventPath.BACKTRACKING, [_bare(a1), _bare(b1)]),
         batch(pb.EventPath.LIVE, [d3]),
     ]
-    channel = FakeChannel([Serve(messages)], unary={LOAD_EVENT: load, REPLAY: replay})
+    channel = FakeChannel([Serve(messages)], unary={LOAD_EVENT: load}, stream_replay=replay)
     settings = ConsumerSettings(first_sight=FirstSight.QUERY_IN_COMMIT_ORDER)
     handled: list[tuple[str, int, int]] = []
     done = trio.Event()
@@ -118,10 +111,12 @@ async def test_payloads_are_loaded_only_for_accepted_backtracking_events_and_gap
     ]
     loads = [(r.persistence_id, r.seq_nr) for m, r in channel.calls if m == LOAD_EVENT]
     assert loads == [("Cart|a", 1)]
+    assert [m for m, _ in channel.calls if m == REPLAY] == []  # in-stream, in two batches
     replays = [
-        (r.persistence_id, r.from_seq_nr, r.to_seq_nr) for m, r in channel.calls if m == REPLAY
+        (r.correlation_id, r.persistence_id, r.from_seq_nr, r.to_seq_nr)
+        for r in channel.stream_replays
     ]
-    assert replays == [("Cart|d", 1, 3)]
+    assert replays == [(1, "Cart|d", 1, 3)]
 
 
 def _bare(record: EventRecord) -> EventRecord:

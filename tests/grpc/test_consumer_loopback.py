@@ -182,11 +182,12 @@ async def test_without_keep_alive_a_stalled_connection_is_found_by_the_heartbeat
         await wait_for_model(world.consumer_file, fold(world.stored))
 
 
-async def test_a_gap_is_replayed_from_the_producer(world: World) -> None:
+async def test_a_gap_is_replayed_from_the_producer_by_the_unary_call(world: World) -> None:
     await world.append(6)
     # Start past most of the history: the first event each entity shows then is a gap
     # (the previous event is recent, by the first-sight rule of concurrent writers, the
-    # default): replayed from seq nr 1 through the unary Replay, in several parts.
+    # default): replayed from seq nr 1, with no look-ahead through the unary Replay, in
+    # several parts (test_consumer_replays_loopback.py has the in-stream replays).
     store = world.consumer_journal.offset_store()
     projection = credits_projection()
     await store.register(projection.name, projection.entity_type)
@@ -195,7 +196,8 @@ async def test_a_gap_is_replayed_from_the_producer(world: World) -> None:
     await world.producer.stop()
     world.producer.settings = attrs.evolve(PRODUCER_SETTINGS, max_replay_events=2)
     await world.producer.start()
-    async with open_grpc_consumer("127.0.0.1", world.producer.port, settings=FAST) as consumer:
+    settings = attrs.evolve(FAST, replay_look_ahead=0)
+    async with open_grpc_consumer("127.0.0.1", world.producer.port, settings=settings) as consumer:
         await world.project(consumer)
         await wait_for_model(world.consumer_file, fold(world.stored))
 

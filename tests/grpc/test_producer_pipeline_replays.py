@@ -1,14 +1,18 @@
 """In-stream replays, run by `StreamReplays` as the real stream core decides: each replay's
 public events in order with its last batch marked, at most 3 at once with the rest started as
-slots free, and a newer request of an entity superseding the running one."""
+slots free, a newer request of an entity superseding the running one, and a replay whose
+journal read fails answered as failed, its slot freed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from fluvial.core.records import EventRecord
 from fluvial.core.replication_stream import AppendedCriteria, ProducerStream
 from fluvial.core.replication_stream_messages import (
     Init,
@@ -19,6 +23,7 @@ from fluvial.core.replication_stream_messages import (
 from fluvial.grpc._producer_replays import (
     ReplayAnswer,
     ReplayBatch,
+    ReplayFailed,
     ReplaySuperseded,
     StreamReplays,
 )
@@ -143,4 +148,35 @@ async def test_a_replay_superseded_as_its_last_batch_is_taken_ends_without_error
     last = answers[-1]
     assert isinstance(last, ReplayBatch)
     assert [r.seq_nr for r in last.records] == [2]
+    assert stream.replays.running == ()
+
+
+async def test_a_replay_whose_read_fails_says_so_and_frees_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journal = MemoryJournal()
+    appender = Appender(journal)
+    for entity in "abcd":
+        await appender.append(entity, 1, 2)
+    read = journal.read_events
+
+    async def failing_for_a(pid: str, first: int, last: int, count: int) -> Sequence[EventRecord]:
+        if pid == "Account|a":
+            raise OSError("the disk is gone")
+        return await read(pid, first, last, count)
+
+    monkeypatch.setattr(journal, "read_events", failing_for_a)
+    stream = open_stream()
+    send, receive = trio.open_memory_channel[ReplayAnswer](0)
+    answers: list[ReplayAnswer] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            replays = StreamReplays(nursery, stream, journal, SOURCE, INTERNAL, send)
+            for i, entity in enumerate("abcd", start=1):  # d waits for a slot
+                await replays.apply(replay(stream, i, entity))
+            while sum(isinstance(a, ReplayBatch) and a.last for a in answers) < 3:
+                answers.append(await receive.receive())
+    failed = [a for a in answers if isinstance(a, ReplayFailed)]
+    assert failed == [ReplayFailed(correlation_id=1, message="OSError('the disk is gone')")]
+    assert {a.correlation_id for a in answers if isinstance(a, ReplayBatch)} == {2, 3, 4}
     assert stream.replays.running == ()

@@ -9,30 +9,33 @@ the consumer shares its channel.
 
 A `GrpcSource` maps the `Source` seam onto the wire protocol (docs/wire-protocol.md):
 
-- `run` opens `StreamEvents` with an Init (stream id, slice range, the offset for each slice),
-  reports started once the producer answers `StreamStarted`, and hands each `EventBatch`,
-  decoded, to the runner as `(records, path)`. When the stream breaks (`GrpcUnavailable`: the
-  connection refused, reset or closed, a keep-alive ping unanswered, the producer shutting
-  down; or a stream silent for longer than `heartbeat_timeout`) it opens it again after the
-  `Reconnect` backoff, resuming after the last query batch (or `QueryProgress`: the
-  producer's query position over what it sent only by LIVE, `_consumer_progress`) it handed
-  over: everything before that is in the runner's channel, and what the runner has not
-  reached it still receives, so nothing is lost, and what comes twice (a live event the
-  query brings again) the runner's offset tracker drops by seq nr. Any other error
-  (NOT_FOUND for a stream id the producer does not serve, INVALID_ARGUMENT, UNAUTHENTICATED,
-  PERMISSION_DENIED, a TLS handshake that fails, a malformed batch) is raised as itself: the
-  runner restarts the instance from its stored offsets with the projection's backoff, and a
-  producer that keeps refusing ends it with `ProjectionFailed`.
+- `run` opens `StreamEvents` (`_consumer_stream`: one sender task for everything the stream
+  carries, a receive loop, the hand-over to the runner) with an Init (stream id, slice range,
+  the offset for each slice), reports started once the producer answers `StreamStarted`, and
+  hands each `EventBatch`, decoded, to the runner as `(records, path)`. When the stream breaks
+  (`GrpcUnavailable`: the connection refused, reset or closed, a keep-alive ping unanswered,
+  the producer shutting down; or a stream silent for longer than `heartbeat_timeout`) it opens
+  it again after the `Reconnect` backoff, resuming after the last query batch (or
+  `QueryProgress`: the producer's query position over what it sent only by LIVE,
+  `_consumer_progress`) it handed over: everything before that is in the runner's channel,
+  and what the runner has not reached it still receives, so nothing is lost, and what comes
+  twice (a live event the query brings again) the runner's offset tracker drops by seq nr.
+  Any other error (NOT_FOUND for a stream id the producer does not serve, INVALID_ARGUMENT,
+  UNAUTHENTICATED, PERMISSION_DENIED, a TLS handshake that fails, a malformed batch) is raised
+  as itself: the runner restarts the instance from its stored offsets with the projection's
+  backoff, and a producer that keeps refusing ends it with `ProjectionFailed`.
 - The consumer's filter of the stream id (`_consumer_filters`, docs/filters.md) goes in every
   Init; `GrpcConsumer.update_filter` changes it on the open streams, whose receive loop hands
   it the answers (`OpenStream.answered`). A stream id whose filter is or has been non-empty
   judges first sights by `FirstSight.REPLAY_FROM_FIRST`: its filter may have kept an entity's
-  earlier events from the consumer. REPLAY batches go to the runner as `(records, REPLAY)`,
-  those the producer starts itself (correlation id 0: an update included an entity) too.
-- `replay`, `load_event` and `event_timestamp` are the unary calls `Replay` (asked again from
-  where an answer stopped, until it is complete), `LoadEvent` and `EventTimestamp`, each
-  under the `call_timeout` deadline; `latest_event_timestamp` (not part of `Source`) is
-  `LatestEventTimestamp`, for a projection's lag. Their errors are raised as themselves (the runner
+  earlier events from the consumer. REPLAY batches the producer starts itself (correlation id
+  0: an update included an entity) go to the runner as `(records, REPLAY)`.
+- `replay` asks on the open stream, up to `replay_look_ahead` at once, and by the unary
+  `Replay` otherwise or for the rest of an answer cut short (`_consumer_replays`);
+  `load_event` and `event_timestamp` are the unary calls `LoadEvent` and `EventTimestamp`,
+  and `latest_event_timestamp` (not part of `Source`) is `LatestEventTimestamp`, for a
+  projection's lag. Each unary call is retried while the producer is unavailable, within
+  `call_timeout` (`_consumer_calls`); its errors are raised as themselves (the runner
   restarts the instance).
 """
 
@@ -44,10 +47,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
-import betterproto2
 import trio
 
-from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.filters import Filter, FilterCriteriaUpdate
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
@@ -58,40 +59,25 @@ from fluvial.projection.api import Batch, ConsumerFilterStore
 
 from ._batch_codec import decode_events
 from ._channel import Metadata, open_channel
-from ._consumer_filter_wire import wire_criteria
-from ._consumer_filters import ConsumerFilters, OpenStream
-from ._consumer_progress import FollowedLive
+from ._consumer_calls import UnaryCalls
+from ._consumer_filters import ConsumerFilters
+from ._consumer_replays import GapReplays
 from ._consumer_settings import ConsumerSettings
+from ._consumer_stream import EventsStream, Stream, _StreamSilent, serve_stream
 from ._consumer_wire import (
     EVENT_TIMESTAMP,
     LATEST_EVENT_TIMESTAMP,
     LOAD_EVENT,
-    REPLAY,
     STREAM_EVENTS,
     ProducerProtocolError,
-    batch_of,
-    check_slices,
-    offset_after,
-    progress_offset,
-    stream_init,
 )
-from ._errors import GrpcDeadlineExceeded, GrpcUnavailable, TlsHandshakeFailed
+from ._errors import GrpcUnavailable, TlsHandshakeFailed
 from ._proto.fluvial import v1 as pb
 
 log = logging.getLogger("fluvial.grpc.consumer")
 
 _Request = TypeVar("_Request")
 _Reply = TypeVar("_Reply")
-_Sent = TypeVar("_Sent", contravariant=True)
-_Received = TypeVar("_Received", covariant=True)
-
-
-class _Stream(Protocol[_Sent, _Received]):
-    """One streaming call (`fluvial.grpc._channel.ClientStream`)."""
-
-    async def send(self, message: _Sent) -> None: ...
-
-    async def receive(self) -> _Received | None: ...
 
 
 class Channel(Protocol):
@@ -111,11 +97,7 @@ class Channel(Protocol):
         reply_type: type[_Reply],
         *,
         metadata: Metadata = (),
-    ) -> AbstractAsyncContextManager[_Stream[_Request, _Reply]]: ...
-
-
-class _StreamSilent(Exception):
-    """Nothing arrived on the stream for the heartbeat timeout: it is dead."""
+    ) -> AbstractAsyncContextManager[Stream[_Request, _Reply]]: ...
 
 
 @asynccontextmanager
@@ -207,10 +189,10 @@ class GrpcSource:
         self.stream_id = stream_id
         self.slices = slices
         self.filters = filters or ConsumerFilters()
+        self.calls = UnaryCalls(channel, settings, stream_id, slices)
+        self.gaps = GapReplays(self.calls)
         # Where a reopened stream resumes: after the last query batch handed to the runner.
         self.resume_offset = TimestampOffset.start()
-        # The LIVE records handed over that the QUERY position has not passed yet.
-        self.followed = FollowedLive()
         self.reconnects = 0  # streams opened again after one broke, for logs and tests
 
     @property
@@ -231,22 +213,33 @@ class GrpcSource:
         self.resume_offset = offset
         started = False
         attempt = 0
+
+        def stream_started() -> None:
+            nonlocal started, attempt
+            attempt = 0
+            if not started:
+                started = True
+                task_status.started()
+
+        def moved(offset: TimestampOffset) -> None:
+            self.resume_offset = offset
+
         while True:
             try:
                 await self.filters.load(self.stream_id)
                 async with self._open_stream() as stream:
-                    opened = self.filters.open(self.stream_id, stream)
-                    self.followed.clear()
-                    try:
-                        with opened.reopen_scope:
-                            await self._await_started(stream, opened)
-                            attempt = 0
-                            if not started:
-                                started = True
-                                task_status.started()
-                            await self._forward(stream, send, opened)
-                    finally:
-                        self.filters.close(self.stream_id, opened)
+                    await serve_stream(
+                        stream,
+                        self.settings,
+                        self.stream_id,
+                        self.slices,
+                        self.filters,
+                        self.gaps,
+                        send,
+                        offset=self.resume_offset,
+                        moved=moved,
+                        started=stream_started,
+                    )
                 # Only a filter update that had to be undone ends a stream here: reopen it at
                 # once, with the current filter in its Init.
                 self.reconnects += 1
@@ -270,9 +263,7 @@ class GrpcSource:
                 await trio.sleep(delay)
                 self.reconnects += 1
 
-    def _open_stream(
-        self,
-    ) -> AbstractAsyncContextManager[_Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]]:
+    def _open_stream(self) -> AbstractAsyncContextManager[EventsStream]:
         return self.channel.open_stream(
             STREAM_EVENTS,
             pb.StreamEventsRequest,
@@ -280,114 +271,12 @@ class GrpcSource:
             metadata=self.settings.metadata,
         )
 
-    async def _await_started(
-        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse], opened: OpenStream
-    ) -> None:
-        criteria = wire_criteria(opened.filter.criteria())
-        init = stream_init(self.stream_id, self.slices, self.resume_offset, criteria)
-        await stream.send(pb.StreamEventsRequest(init=init))
-        opened.init_sent()  # filter updates may follow it now
-        while True:
-            kind, message = await self._receive(stream)
-            if kind == "started":
-                return
-            if kind == "batch":
-                raise ProducerProtocolError("the producer sent an event batch before StreamStarted")
-            # A filter update's answer, a heartbeat, or a kind newer than this consumer.
-            opened.answered(kind, message)
-
-    async def _forward(
-        self,
-        stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse],
-        send: trio.MemorySendChannel[Batch],
-        opened: OpenStream,
-    ) -> None:
-        while True:
-            kind, message = await self._receive(stream)
-            if opened.answered(kind, message):
-                continue
-            if kind == "batch":
-                assert isinstance(message, pb.EventBatch)
-                records, path = batch_of(message, self.slices)
-                if not records:
-                    continue
-                if path is EnvelopeSource.QUERY:
-                    offset = offset_after(self.resume_offset, records)
-                    await self._query_passed(send, offset, records)
-                else:
-                    await send.send((records, path))
-                    if path is EnvelopeSource.LIVE:
-                        self.followed.handed_live(records)
-            elif kind == "query_progress":
-                assert isinstance(message, pb.QueryProgress)
-                await self._query_passed(send, progress_offset(self.resume_offset, message))
-            elif kind == "started":
-                raise ProducerProtocolError("the producer sent StreamStarted twice")
-            # Heartbeats keep the stream alive; an unknown kind is ignored (producer.proto).
-
-    async def _query_passed(
-        self,
-        send: trio.MemorySendChannel[Batch],
-        offset: TimestampOffset,
-        records: Sequence[EventRecord] = (),
-    ) -> None:
-        """The QUERY position moves to `offset`, over `records` (`_consumer_progress`)."""
-        passed = self.followed.passed(offset, records)
-        if passed:
-            await send.send((passed, EnvelopeSource.QUERY))
-        self.resume_offset = offset  # handed over: a reopened stream goes on after it
-
-    async def _receive(
-        self, stream: _Stream[pb.StreamEventsRequest, pb.StreamEventsResponse]
-    ) -> tuple[str | None, object]:
-        """The next message's kind and value; `_StreamSilent` after the heartbeat timeout,
-        `GrpcUnavailable` if the producer ended the stream (it never does while it serves)."""
-        timeout = self.settings.heartbeat_timeout
-        with trio.move_on_after(timeout):
-            response = await stream.receive()
-            if response is None:
-                raise GrpcUnavailable("the producer ended the stream", method=STREAM_EVENTS)
-            kind, value = betterproto2.which_one_of(response, "kind")
-            return kind or None, value
-        raise _StreamSilent(f"nothing arrived on the stream for {timeout}s (heartbeat_timeout)")
-
     async def replay(
         self, persistence_id: str, from_seq_nr: int, to_seq_nr: int
     ) -> Sequence[EventRecord]:
-        """See `Source.replay`: the unary `Replay`, asked again after the last event of an
-        answer that is not complete."""
-        replayed: list[EventRecord] = []
-        first = from_seq_nr
-        while first <= to_seq_nr:
-            request = pb.ReplayRequest(
-                stream_id=self.stream_id,
-                persistence_id=persistence_id,
-                from_seq_nr=first,
-                to_seq_nr=to_seq_nr,
-            )
-            reply = await self._unary(REPLAY, request, pb.ReplayResponse)
-            if reply.batch is None:
-                raise ProducerProtocolError(f"a replay of {persistence_id} answered no batch")
-            records = decode_events(reply.batch.events, encoding=int(reply.batch.encoding))
-            check_slices(records, self.slices)
-            for record in records:
-                if record.persistence_id != persistence_id or not (
-                    first <= record.seq_nr <= to_seq_nr
-                ):
-                    raise ProducerProtocolError(
-                        f"a replay of {persistence_id} seq nrs {first}..{to_seq_nr} answered "
-                        f"{record.persistence_id} seq nr {record.seq_nr}"
-                    )
-            replayed.extend(records)
-            if reply.batch.replay is not None and reply.batch.replay.complete:
-                break
-            if not records:
-                raise ProducerProtocolError(
-                    f"a replay of {persistence_id} from seq nr {first} answered no event and "
-                    "is not complete"
-                )
-            first = records[-1].seq_nr + 1
-        return replayed
+        """See `Source.replay`: in-stream on the open stream, else (or for what an in-stream
+        answer did not bring) the unary `Replay` (`_consumer_replays`)."""
+        return await self.gaps.replay(persistence_id, from_seq_nr, to_seq_nr)
 
     async def load_event(self, persistence_id: str, seq_nr: int) -> EventRecord | None:
         """See `Source.load_event`: the unary `LoadEvent` (a placeholder when the producer's
@@ -395,7 +284,7 @@ class GrpcSource:
         request = pb.LoadEventRequest(
             stream_id=self.stream_id, persistence_id=persistence_id, seq_nr=seq_nr
         )
-        reply = await self._unary(LOAD_EVENT, request, pb.LoadEventResponse)
+        reply = await self.calls.call(LOAD_EVENT, request, pb.LoadEventResponse)
         if not reply.events:
             return None
         records = decode_events(reply.events, encoding=int(reply.encoding))
@@ -414,7 +303,7 @@ class GrpcSource:
         request = pb.EventTimestampRequest(
             stream_id=self.stream_id, persistence_id=persistence_id, seq_nr=seq_nr
         )
-        reply = await self._unary(EVENT_TIMESTAMP, request, pb.EventTimestampResponse)
+        reply = await self.calls.call(EVENT_TIMESTAMP, request, pb.EventTimestampResponse)
         return reply.timestamp
 
     async def latest_event_timestamp(self) -> int | None:
@@ -424,15 +313,7 @@ class GrpcSource:
         request = pb.LatestEventTimestampRequest(
             stream_id=self.stream_id, slice_min=self.slices.min, slice_max=self.slices.max
         )
-        reply = await self._unary(LATEST_EVENT_TIMESTAMP, request, pb.LatestEventTimestampResponse)
-        return reply.timestamp
-
-    async def _unary(self, method: str, request: Any, reply_type: type[_Reply]) -> _Reply:
-        timeout = self.settings.call_timeout
-        with trio.move_on_after(timeout):
-            return await self.channel.unary(
-                method, request, reply_type, metadata=self.settings.metadata
-            )
-        raise GrpcDeadlineExceeded(
-            f"no answer within {timeout}s (ConsumerSettings.call_timeout)", method=method
+        reply = await self.calls.call(
+            LATEST_EVENT_TIMESTAMP, request, pb.LatestEventTimestampResponse
         )
+        return reply.timestamp

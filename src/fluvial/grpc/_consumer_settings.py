@@ -30,6 +30,13 @@ def _at_least_one(instance: object, attribute: attrs.Attribute[float], value: fl
         raise UsageError(f"{type(instance).__name__}.{attribute.name} must be >= 1: {value!r}")
 
 
+def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(
+            f"{type(instance).__name__}.{attribute.name} must be an int >= 0: {value!r}"
+        )
+
+
 def _fraction(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not 0 <= value < 1:
         raise UsageError(
@@ -82,8 +89,10 @@ class ConsumerSettings:
       a few times the producer's heartbeat interval (`ProducerSettings.heartbeat_interval`,
       5 s by default). Time the consumer spends handing batches to a slow projection does
       not count.
-    - `call_timeout`: the deadline of every unary call (replay, lazy payload, timestamp); one
-      that passes raises `GrpcDeadlineExceeded`.
+    - `call_timeout`: the deadline of every unary call (replay, lazy payload, timestamp),
+      within which a call the producer is unavailable for is tried again after the
+      `reconnect` backoff; an unavailable producer then raises `GrpcUnavailable`, a call not
+      answered by the deadline `GrpcDeadlineExceeded`.
     - `first_sight`: how an entity never seen, met above seq nr 1, is judged
       (`fluvial.core.first_sight`). The producer does not say whether its journal has one
       writer, so the default is the rule that is right for every journal,
@@ -91,6 +100,10 @@ class ConsumerSettings:
       before, once per such entity). A consumer of a producer whose journal has one writer
       (SQLite) may set `QUERY_IN_COMMIT_ORDER` and save those calls. A stream id whose
       filter is or has been non-empty uses `REPLAY_FROM_FIRST` instead (docs/filters.md).
+    - `replay_look_ahead`: how many replays of gaps a stream asks for on the stream at most at
+      once (each answered by REPLAY batches on it); a replay beyond it, or one asked while
+      the stream reconnects, is the unary `Replay` call (docs/consumer.md). 0: every replay
+      is the unary call.
     - `metadata`: request metadata sent with every call, e.g. a token for the producer's auth
       hook (`("authorization", "Bearer ...")`).
     """
@@ -100,4 +113,5 @@ class ConsumerSettings:
     heartbeat_timeout: float = attrs.field(default=15.0, validator=_positive)
     call_timeout: float = attrs.field(default=10.0, validator=_positive)
     first_sight: FirstSight = FirstSight.PREVIOUS_OLDER_THAN_WINDOW
+    replay_look_ahead: int = attrs.field(default=8, validator=_count)
     metadata: tuple[tuple[str, str | bytes], ...] = attrs.field(default=(), converter=_metadata)

@@ -7,7 +7,7 @@ naming another slice's entity). Inbound, nothing a producer sends is taken on tr
 `batch_of` decodes an `EventBatch` (`_batch_codec`) and checks that it names a path and that
 its events are of the stream's slices, else `ProducerProtocolError`; `offset_after` is where
 a query batch leaves the stream's resume offset, `progress_offset` where a `QueryProgress`
-does.
+does; `check_replayed` checks a replay's answer.
 """
 
 from __future__ import annotations
@@ -106,6 +106,23 @@ def check_slices(records: Sequence[EventRecord], slices: SliceRange) -> None:
                 f"{record.persistence_id} seq nr {record.seq_nr} is of slice {record.slice}, "
                 f"outside the stream's slice range {slices}"
             )
+
+
+def check_replayed(
+    records: Sequence[EventRecord], persistence_id: str, first: int, last: int
+) -> None:
+    """ProducerProtocolError naming the first of `records` (an answer to a replay of
+    `persistence_id` seq nrs `first..last`) that is of another entity, outside that range, or
+    not after the one before it: an answer adds no event twice and none out of order."""
+    previous = first - 1
+    for record in records:
+        if record.persistence_id != persistence_id or not previous < record.seq_nr <= last:
+            raise ProducerProtocolError(
+                f"a replay of {persistence_id} seq nrs {first}..{last} answered "
+                f"{record.persistence_id} seq nr {record.seq_nr}"
+                + (f" after seq nr {previous}" if previous >= first else "")
+            )
+        previous = record.seq_nr
 
 
 def offset_after(offset: TimestampOffset, records: Sequence[EventRecord]) -> TimestampOffset:

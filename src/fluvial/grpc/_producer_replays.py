@@ -5,12 +5,15 @@ queued, a newer request of an entity replacing its older one) and answers `Repla
 `StreamReplays.apply` carries that out: it starts a task per replay in the caller's nursery,
 cancels the superseded ones, and sends each replay's events (their public form, in seq nr
 order) to a bounded channel as `ReplayBatch`es, the last one marked, or a `ReplaySuperseded`
-for a request a newer one replaced. When a replay has sent its last batch it tells the core,
-and starts what the core answers (the next queued replay).
+for a request a newer one replaced, or a `ReplayFailed` for one whose journal read failed
+(logged; the stream goes on, and the consumer asks again by the unary call). When a replay has
+sent its last batch, or failed, it tells the core, and starts what the core answers (the next
+queued replay).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +27,8 @@ from fluvial.core.serialization import SerializerRegistry
 from fluvial.grpc._producer_lookups import replay_batches
 from fluvial.grpc._producer_source import EventProducerSource
 from fluvial.journal.api import Journal
+
+log = logging.getLogger("fluvial.grpc.producer")
 
 
 @attrs.frozen(kw_only=True)
@@ -45,7 +50,16 @@ class ReplaySuperseded:
     correlation_id: int
 
 
-ReplayAnswer = ReplayBatch | ReplaySuperseded
+@attrs.frozen(kw_only=True)
+class ReplayFailed:
+    """Reading the journal for the replay `correlation_id` failed (`message` says how):
+    nothing more of it comes (what it sent before stays valid)."""
+
+    correlation_id: int
+    message: str
+
+
+ReplayAnswer = ReplayBatch | ReplaySuperseded | ReplayFailed
 
 
 class StreamReplays:
@@ -87,29 +101,39 @@ class StreamReplays:
         with scope:
             answer, pid = replay.correlation_id, replay.persistence_id
             pending: list[EventRecord] | None = None
-            # Each batch goes once the next is read, so the final one can carry `last`.
-            async for batch in replay_batches(
-                self._journal,
-                self._source,
-                self._serializers,
-                replay.persistence_id,
-                replay.from_seq_nr,
-                replay.to_seq_nr,
-                batch_size=self._batch_size,
-                slices=init.slices,
-            ):
-                if pending is not None:
-                    await self._send.send(
-                        ReplayBatch(
-                            correlation_id=answer, persistence_id=pid, records=pending, last=False
+            try:
+                # Each batch goes once the next is read, so the final one can carry `last`.
+                async for batch in replay_batches(
+                    self._journal,
+                    self._source,
+                    self._serializers,
+                    replay.persistence_id,
+                    replay.from_seq_nr,
+                    replay.to_seq_nr,
+                    batch_size=self._batch_size,
+                    slices=init.slices,
+                ):
+                    if pending is not None:
+                        await self._send.send(
+                            ReplayBatch(
+                                correlation_id=answer,
+                                persistence_id=pid,
+                                records=pending,
+                                last=False,
+                            )
                         )
+                    pending = batch
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise  # the call is ending: not the journal's failure
+            except Exception as error:
+                log.warning("replay of %s (correlation id %d) failed: %r", pid, answer, error)
+                await self._send.send(ReplayFailed(correlation_id=answer, message=repr(error)))
+            else:
+                await self._send.send(
+                    ReplayBatch(
+                        correlation_id=answer, persistence_id=pid, records=pending or [], last=True
                     )
-                pending = batch
-            await self._send.send(
-                ReplayBatch(
-                    correlation_id=answer, persistence_id=pid, records=pending or [], last=True
                 )
-            )
             if self._scopes.get(answer) is not scope:
                 # Cancelled once the consumer had taken the last batch (the send had
                 # completed): the core has let this replay go already.

@@ -9,7 +9,8 @@ The call runs three kinds of task in a nursery of its own:
   live subscription is open; `FilterChanged` / `FilterRefused` are acknowledged (and the
   replays a `FilterChanged` started, of the entities it included by id, are run);
   `ReplaysChanged` goes to `StreamReplays`; `EndStream` ends the call with its status;
-- forwarders, which pass on the pipeline's batches and encode the replays' batches;
+- forwarders, which pass on the pipeline's batches and encode the replays' batches (and a
+  `StreamReplayAbandoned` for a consumer's replay superseded or failed);
 - one sender, the only task that writes to the call: it takes the next message or batch from
   a channel of capacity 0, and sends a `Heartbeat` when none came for the heartbeat interval.
   It applies the consumer's filter (`consumer_passes`) to a batch as it sends it, so that
@@ -51,7 +52,13 @@ from fluvial.projection.api import Batch
 
 from ._errors import GrpcCallFailed, GrpcError, GrpcInvalidArgument, GrpcNotFound
 from ._producer_progress import SentOnce
-from ._producer_replays import ReplayAnswer, ReplayBatch, StreamReplays
+from ._producer_replays import (
+    ReplayAnswer,
+    ReplayBatch,
+    ReplayFailed,
+    ReplaySuperseded,
+    StreamReplays,
+)
 from ._producer_stream import run_producer_stream
 from ._producer_wire import (
     Criteria,
@@ -91,6 +98,16 @@ def _asks_for_progress(request: pb.StreamEventsRequest | Undecodable) -> bool:
     """Whether `request` is an Init that asks for QueryProgress (producer.proto)."""
     init = request.init if isinstance(request, pb.StreamEventsRequest) else None
     return init is not None and init.query_progress
+
+
+def abandoned_message(answer: ReplaySuperseded | ReplayFailed) -> pb.StreamEventsResponse:
+    """The `StreamReplayAbandoned` that tells the consumer no more of a replay comes."""
+    if isinstance(answer, ReplaySuperseded):
+        reason, message = pb.ReplayAbandonReason.SUPERSEDED, "a newer request of the entity"
+    else:
+        reason, message = pb.ReplayAbandonReason.FAILED, answer.message
+    abandoned = pb.StreamReplayAbandoned(answer.correlation_id, reason, message)
+    return pb.StreamEventsResponse(replay_abandoned=abandoned)
 
 
 class StreamEventsCall:
@@ -203,9 +220,12 @@ class StreamEventsCall:
     async def _forward_replays(self, receive: trio.MemoryReceiveChannel[ReplayAnswer]) -> None:
         max_size = self.producer.max_message_size
         async for answer in receive:
-            # A superseded replay has no message of its own on the wire: the consumer sent
-            # the request that replaced it, and that one is answered.
             if not isinstance(answer, ReplayBatch):
+                # Said only of the consumer's requests: the stream's own replays (ids below
+                # 0) were asked by no one, and a newer one or the consumer's gap replay of
+                # the entity covers them.
+                if answer.correlation_id > 0:
+                    await self._out.send(abandoned_message(answer))
                 continue
             # The stream's own replays (ids below 0 in its queue) answer correlation id 0.
             correlation_id = max(answer.correlation_id, 0)

@@ -25,6 +25,7 @@ __all__ = (
     "LoadEventResponse",
     "QueryProgress",
     "Regexes",
+    "ReplayAbandonReason",
     "ReplayPart",
     "ReplayRequest",
     "ReplayResponse",
@@ -32,6 +33,7 @@ __all__ = (
     "StreamEventsRequest",
     "StreamEventsResponse",
     "StreamInit",
+    "StreamReplayAbandoned",
     "StreamReplayRequest",
     "StreamStarted",
     "Tags",
@@ -141,6 +143,36 @@ class EventPath(betterproto2.Enum):
             "EVENT_PATH_LIVE": 2,
             "EVENT_PATH_BACKTRACKING": 3,
             "EVENT_PATH_REPLAY": 4,
+        }
+
+
+class ReplayAbandonReason(betterproto2.Enum):
+    UNSPECIFIED = 0
+
+    SUPERSEDED = 1
+    """
+    A newer request of the same entity replaced it (the producer runs one replay per entity).
+    """
+
+    FAILED = 2
+    """
+    Reading the producer's journal failed.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "REPLAY_ABANDON_REASON_UNSPECIFIED",
+            1: "REPLAY_ABANDON_REASON_SUPERSEDED",
+            2: "REPLAY_ABANDON_REASON_FAILED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "REPLAY_ABANDON_REASON_UNSPECIFIED": 0,
+            "REPLAY_ABANDON_REASON_SUPERSEDED": 1,
+            "REPLAY_ABANDON_REASON_FAILED": 2,
         }
 
 
@@ -659,9 +691,9 @@ default_message_pool.register_message("fluvial.v1", "StreamEventsRequest", Strea
 class StreamEventsResponse(betterproto2.Message):
     """
     What the producer sends on StreamEvents. A consumer ignores a message with no case set: a
-    producer sends a newer kind only to a consumer that asked for it in its StreamInit.
-    Number 6 is taken by another branch's message (replay_abandoned); numbers 8..15 are kept for
-    later messages (the firehose, replicated event sourcing).
+    producer sends a newer kind only to a consumer that asked for it in its StreamInit (or, like
+    replay_abandoned, one that answers only a request the consumer sent). Numbers 8..15 are kept
+    for later messages (the firehose, replicated event sourcing).
 
     Oneofs:
         - kind:
@@ -685,6 +717,10 @@ class StreamEventsResponse(betterproto2.Message):
 
     heartbeat: "Heartbeat | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+
+    replay_abandoned: "StreamReplayAbandoned | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
     )
 
     query_progress: "QueryProgress | None" = betterproto2.field(
@@ -750,6 +786,31 @@ class StreamInit(betterproto2.Message):
 
 
 default_message_pool.register_message("fluvial.v1", "StreamInit", StreamInit)
+
+
+@dataclass(eq=False, repr=False)
+class StreamReplayAbandoned(betterproto2.Message):
+    """
+    The replay request of this correlation id will get no more REPLAY batches: the producer
+    gave it up. The batches it sent before stay valid (events are events); the consumer asks for
+    the rest another way (the unary Replay, from the seq nr after the last event it received).
+    Sent only for a consumer's request (correlation id >= 1), never for the replays the producer
+    starts itself.
+    """
+
+    correlation_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    reason: "ReplayAbandonReason" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: ReplayAbandonReason(0)
+    )
+
+    message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Why, for logs (the journal's error for FAILED).
+    """
+
+
+default_message_pool.register_message("fluvial.v1", "StreamReplayAbandoned", StreamReplayAbandoned)
 
 
 @dataclass(eq=False, repr=False)
