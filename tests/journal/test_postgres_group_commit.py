@@ -275,14 +275,21 @@ async def _every_writer_held(
         rival.close()
 
 
-@pytest.mark.parametrize("writers", [1, 3])
+@pytest.mark.parametrize(
+    ("options", "writers"),
+    [
+        ({"writers": 1}, 1),
+        ({"writers": 3}, 3),
+        ({"pool_size": 2}, 2),  # the default: 4, or pool_size if smaller
+    ],
+)
 async def test_each_writer_runs_its_own_transaction_at_the_same_time(
-    postgres_schema: str, writers: int
+    postgres_schema: str, options: dict[str, int], writers: int
 ) -> None:
     """`writers` transactions are in flight at once (each blocked in the server, so they
     overlap for sure), and no more: an append made while all are held waits for one."""
     (free,) = entity_ids("Free", SliceRange.all(), 1)
-    async with open_postgres_journal(DSN, schema=postgres_schema, writers=writers) as journal:
+    async with open_postgres_journal(DSN, schema=postgres_schema, **options) as journal:
         with trio.fail_after(TIMEOUT):
             async with _every_writer_held(journal, postgres_schema, writers) as held:
                 in_transactions = await trio.to_thread.run_sync(_open_transactions, postgres_schema)
@@ -291,7 +298,8 @@ async def test_each_writer_runs_its_own_transaction_at_the_same_time(
                 with trio.move_on_after(0.3) as waited:
                     await journal.append(events(free, 1, 1))
                 assert waited.cancelled_caught
-                assert await read_all(journal, free) == []
+        # (Read once the writers let go: with pool_size 2 they hold every connection.)
+        assert await read_all(journal, free) == []
         assert sorted(r.persistence_id for r in held.stored) == sorted(map(str, held.pids))
         assert [r.seq_nr for r in await journal.append(events(free, 1, 1))] == [1]
 

@@ -48,9 +48,10 @@ from fluvial.journal.queries import by_slices_parameters
 from fluvial.nursery_errors import open_service_nursery
 
 # Group commit (see _group_commit.py): the defaults of `open_postgres_journal`'s transactions
-# of appends in flight at once, and of the appends one may hold (docs/postgres.md, "Speed").
+# of appends in flight at once (fewer if the pool is smaller), and of the appends one may hold
+# (docs/postgres.md, "Choosing writers and the batch").
 WRITERS = 4
-MAX_APPENDS_PER_TRANSACTION = 250
+MAX_APPENDS_PER_TRANSACTION = 500
 
 
 class PostgresJournal:
@@ -285,7 +286,7 @@ def open_postgres_journal(
     poll_interval: float = 0.5,
     connect_timeout: float = 10.0,
     retry_for: float = 10.0,
-    writers: int = WRITERS,
+    writers: int | None = None,
     max_appends_per_transaction: int = MAX_APPENDS_PER_TRANSACTION,
 ) -> AbstractAsyncContextManager[PostgresJournal]:
     """Open the PostgreSQL journal (and snapshot store) in `schema` of the database at `dsn`
@@ -298,8 +299,9 @@ def open_postgres_journal(
     `wait_for_new_events` looks for other processes' commits. A call that loses the server
     retries with backoff for up to `retry_for` seconds, then raises PostgresUnavailable
     (docs/postgres.md, "Faults"). Appends are committed in groups: up to `writers`
-    transactions at once (each on a connection of the pool, so at most `pool_size`), each
-    holding up to `max_appends_per_transaction` appends (docs/postgres.md, "Group commit").
+    transactions at once (each on a connection of the pool, so at most `pool_size`; default
+    4, or `pool_size` if smaller), each holding up to `max_appends_per_transaction` appends
+    (docs/postgres.md, "Group commit").
     Arguments that cannot work raise UsageError here.
     """
     check_schema_name(schema)
@@ -309,6 +311,8 @@ def open_postgres_journal(
         raise UsageError("poll_interval and connect_timeout must be positive seconds")
     if not retry_for >= 0 or retry_for == float("inf"):
         raise UsageError(f"retry_for must be seconds, 0 or more and finite, not {retry_for}")
+    if writers is None:
+        writers = min(WRITERS, pool_size)
     _check_group_commit(writers, max_appends_per_transaction, pool_size)
     pool = ConnectionPool(
         dsn, schema, pool_size, connect_timeout=connect_timeout, retry_for=retry_for
