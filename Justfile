@@ -35,11 +35,13 @@ bench: setup
     {{python}} benchmarks/bench_serializers.py
     {{python}} benchmarks/bench_replication.py
 
-# The PostgreSQL benchmarks (the server at 127.0.0.1:5432, or FLUVIAL_PG_DSN): the drivers, then
-# the journal, each beside the raw driver in the same run.
+# The PostgreSQL benchmarks (the server at 127.0.0.1:5432, or FLUVIAL_PG_DSN): the drivers, the
+# journal, then SQLite and PostgreSQL side by side (appends, 1,000 entities, a projection), each
+# beside the raw driver in the same run.
 bench-postgres: setup
     {{python}} benchmarks/bench_postgres_drivers.py
     {{python}} benchmarks/bench_postgres_journal.py
+    {{python}} benchmarks/bench_backends.py
 
 # (tests/grpc/test_proto_generated.py fails while the committed code is stale: commit it.)
 # Regenerate the protobuf code (src/fluvial/grpc/_proto) from proto/fluvial/v1/*.proto.

@@ -29,19 +29,23 @@ from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.journal.sqlite._schema import migrate
 
 
-async def _sequential(entities: Entities, commands: int) -> float:
-    cart = entities.ref(ShoppingCart, "sequential")
+async def sequential_commands(entities: Entities, commands: int, name: str = "sequential") -> float:
+    """Commands/s of one cart, `name`, one command after the other."""
+    cart = entities.ref(ShoppingCart, name)
     started = time.perf_counter()
     for _ in range(commands):
         await cart.ask(AddItem("apple", 1))
     return commands / (time.perf_counter() - started)
 
 
-async def _concurrent(entities: Entities, entity_count: int, commands: int) -> float:
-    """Every entity is live (recovered) before the clock starts: this measures commands."""
+async def concurrent_commands(
+    entities: Entities, entity_count: int, commands: int, prefix: str = "cart"
+) -> float:
+    """Commands/s of `entity_count` carts at once, `commands` in all. Every entity is live
+    (recovered) before the clock starts: this measures commands."""
 
     async def shop(index: int, count: int) -> None:
-        cart = entities.ref(ShoppingCart, f"cart-{index}")
+        cart = entities.ref(ShoppingCart, f"{prefix}-{index}")
         for _ in range(count):
             await cart.ask(AddItem("apple", 1))
 
@@ -64,14 +68,16 @@ async def _fluvial(
         open_sqlite_journal(path, durability=durability) as journal,
         open_entities(journal, registry, [ShoppingCart], snapshots=journal) as entities,
     ):
-        await _sequential(entities, 200)  # warm up
+        await sequential_commands(entities, 200)  # warm up
         for _ in range(rounds):
-            sequential.append(await _sequential(entities, commands // 4))
-            concurrent.append(await _concurrent(entities, entity_count, commands))
+            sequential.append(await sequential_commands(entities, commands // 4))
+            concurrent.append(await concurrent_commands(entities, entity_count, commands))
     return sequential, concurrent
 
 
-def _raw(path: Path, durability: Durability, rows: int) -> tuple[float, float]:
+def raw_sqlite(path: Path, durability: Durability, rows: int) -> tuple[float, float]:
+    """Raw sqlite3 writing the journal's rows into a fresh file: rows/s one row per
+    transaction (`rows // 4` of them), and `rows` in one executemany transaction."""
     conn = connect(str(path), durability, writer=True)
     migrate(conn, str(path))
     payload = register_cart(SerializerRegistry()).encode(ItemUpdated("apple", 1)).data
@@ -116,7 +122,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="report the median and the best")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        raw_one, raw_batched = _raw(Path(tmp) / "raw.db", args.durability, args.commands)
+        raw_one, raw_batched = raw_sqlite(Path(tmp) / "raw.db", args.durability, args.commands)
         sequential, concurrent = trio.run(
             _fluvial,
             Path(tmp) / "fluvial.db",

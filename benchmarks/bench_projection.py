@@ -14,11 +14,11 @@ Run: .venv/bin/python benchmarks/bench_projection.py [--events 100000] [--rate 1
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 import trio
 from _table import print_table
@@ -35,48 +35,74 @@ from fluvial.examples.shopping_cart import (
     ShoppingCart,
     register_cart,
 )
+from fluvial.journal.api import Journal
 from fluvial.journal.sqlite._database import connect
 from fluvial.journal.sqlite._journal import open_sqlite_journal
 from fluvial.projection._handlers import AtLeastOnce, ExactlyOnce
 from fluvial.projection._runner import Projection, serve_projection
 from fluvial.projection._source_settings import SourceSettings
 
-_CREATE = "CREATE TABLE IF NOT EXISTS item_count (item TEXT PRIMARY KEY, n INTEGER)"
-_UPSERT = "INSERT INTO item_count VALUES (?, ?) ON CONFLICT (item) DO UPDATE SET n = n + excluded.n"
 _CARTS = 1000
+_ITEM_COUNT = "CREATE TABLE IF NOT EXISTS item_count (item TEXT PRIMARY KEY, n INTEGER)"
+# {p}: the driver's placeholder (sqlite3 "?", psycopg "%s").
+_UPSERT = (
+    "INSERT INTO item_count VALUES ({p}, {p}) "
+    "ON CONFLICT (item) DO UPDATE SET n = item_count.n + excluded.n"
+)
+_PAGE = (
+    "SELECT persistence_id, seq_nr, db_timestamp, manifest, ser_version, payload "
+    "FROM event_journal WHERE entity_type = {p} AND db_timestamp > {p} "
+    "ORDER BY db_timestamp LIMIT {p}"
+)
 
 
-async def _prefill(path: Path, registry: SerializerRegistry, events: int) -> None:
-    async with open_sqlite_journal(path) as journal:
-        await journal.database.write(lambda txn: txn.connection.execute(_CREATE))
-        for seq_nr in range(1, events // _CARTS + 1):
-            async with trio.open_nursery() as nursery:
-                for cart in range(_CARTS):
-                    pid = PersistenceId(ENTITY_TYPE, f"cart-{cart}")
-                    record = EventRecord(
-                        persistence_id=str(pid),
-                        seq_nr=seq_nr,
-                        entity_type=ENTITY_TYPE,
-                        slice=pid.slice,
-                        payload=registry.encode(ItemUpdated(f"item-{cart % 50}", 1)),
-                    )
-                    nursery.start_soon(journal.append, [record])
+class Executes(Protocol):
+    """What the read model's writes need of a transaction: sqlite3's and psycopg's
+    connections both have it."""
+
+    def execute(self, query: str, params: tuple[Any, ...], /) -> Any: ...
 
 
-async def _projection_throughput(path: Path, registry: SerializerRegistry, events: int) -> float:
+async def prefill(journal: Journal, registry: SerializerRegistry, events: int) -> int:
+    """`events` (rounded down to whole rounds) of `_CARTS` carts appending at once; how many."""
+    for seq_nr in range(1, events // _CARTS + 1):
+        async with trio.open_nursery() as nursery:
+            for cart in range(_CARTS):
+                pid = PersistenceId(ENTITY_TYPE, f"cart-{cart}")
+                record = EventRecord(
+                    persistence_id=str(pid),
+                    seq_nr=seq_nr,
+                    entity_type=ENTITY_TYPE,
+                    slice=pid.slice,
+                    payload=registry.encode(ItemUpdated(f"item-{cart % 50}", 1)),
+                )
+                nursery.start_soon(journal.append, [record])
+    return events // _CARTS * _CARTS
+
+
+async def projection_throughput(
+    journal: Journal, registry: SerializerRegistry, events: int, placeholder: str
+) -> float:
+    """Events/s of an exactly-once projection (its offsets saved in the handler's transaction)
+    that upserts a read-model row per event, from the journal's first event until `events`
+    were handled."""
     handled = 0
+    upsert = _UPSERT.format(p=placeholder)
 
-    def upsert(conn: sqlite3.Connection, envelope: EventEnvelope[CartEvent]) -> None:
+    def count_item(txn: Executes, envelope: EventEnvelope[CartEvent]) -> None:
         nonlocal handled
         if isinstance(envelope.event, ItemUpdated):
-            conn.execute(_UPSERT, (envelope.event.item_id, envelope.event.quantity))
+            txn.execute(upsert, (envelope.event.item_id, envelope.event.quantity))
         handled += 1
 
-    projection = Projection("bench", ENTITY_TYPE, ExactlyOnce(upsert))
-    async with open_sqlite_journal(path) as journal, trio.open_nursery() as nursery:
+    def create(txn: Executes) -> None:
+        txn.execute(_ITEM_COUNT, ())
+
+    projection = Projection("bench", ENTITY_TYPE, ExactlyOnce(count_item, migrations=[create]))
+    async with trio.open_nursery() as nursery:
         started = time.perf_counter()
         await nursery.start(serve_projection, journal, registry, projection)
-        # The handler runs in the writer thread, so it can only leave a count to poll.
+        # The handler runs in a worker thread, so it can only leave a count to poll.
         while handled < events:  # noqa: ASYNC110
             await trio.sleep(0.001)
         elapsed = time.perf_counter() - started
@@ -84,30 +110,47 @@ async def _projection_throughput(path: Path, registry: SerializerRegistry, event
     return events / elapsed
 
 
-def _raw_throughput(
-    path: Path, registry: SerializerRegistry, page_size: int = SourceSettings().page_size
+def raw_throughput(
+    conn: Executes,
+    registry: SerializerRegistry,
+    placeholder: str,
+    page_size: int = SourceSettings().page_size,
 ) -> float:
-    """Pages of the size fluvial reads, each handled in one transaction."""
-    conn = connect(str(path), "process")
-    conn.execute("DELETE FROM item_count")
+    """The same read model written by the raw driver on `conn` (in autocommit mode): pages of
+    the size fluvial reads, read, decoded and upserted, each page in one transaction."""
+    conn.execute(_ITEM_COUNT, ())
+    conn.execute("DELETE FROM item_count", ())
+    page, upsert = _PAGE.format(p=placeholder), _UPSERT.format(p=placeholder)
     started = time.perf_counter()
     last, count = -1, 0
-    while rows := conn.execute(
-        "SELECT persistence_id, seq_nr, db_timestamp, manifest, ser_version, payload "
-        "FROM event_journal WHERE entity_type = ? AND db_timestamp > ? "
-        "ORDER BY db_timestamp LIMIT ?",
-        (ENTITY_TYPE, last, page_size),
-    ).fetchall():
-        conn.execute("BEGIN IMMEDIATE")
+    while rows := conn.execute(page, (ENTITY_TYPE, last, page_size)).fetchall():
+        conn.execute("BEGIN", ())
         for pid, seq_nr, timestamp, manifest, version, data in rows:
             payload = SerializedPayload(manifest, version, data)
             event = registry.decode(payload, persistence_id=pid, seq_nr=seq_nr)
-            conn.execute(_UPSERT, (event.item_id, event.quantity))
+            conn.execute(upsert, (event.item_id, event.quantity))
             last = timestamp
-        conn.execute("COMMIT")
+        conn.execute("COMMIT", ())
         count += len(rows)
-    conn.close()
     return count / (time.perf_counter() - started)
+
+
+async def _sqlite_throughput(path: Path, registry: SerializerRegistry, events: int) -> float:
+    async with open_sqlite_journal(path) as journal:
+        return await projection_throughput(journal, registry, events, "?")
+
+
+def _sqlite_raw_throughput(path: Path, registry: SerializerRegistry) -> float:
+    conn = connect(str(path), "process")  # autocommit: isolation_level None
+    try:
+        return raw_throughput(conn, registry, "?")
+    finally:
+        conn.close()
+
+
+async def _prefill_sqlite(path: Path, registry: SerializerRegistry, events: int) -> int:
+    async with open_sqlite_journal(path) as journal:
+        return await prefill(journal, registry, events)
 
 
 async def _live_latency(
@@ -153,10 +196,9 @@ def main() -> None:
     registry = register_cart(SerializerRegistry())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "journal.db"
-        trio.run(_prefill, path, registry, args.events)
-        events = args.events // _CARTS * _CARTS
-        raw = _raw_throughput(path, registry)
-        fluvial = trio.run(_projection_throughput, path, registry, events)
+        events = trio.run(_prefill_sqlite, path, registry, args.events)
+        raw = _sqlite_raw_throughput(path, registry)
+        fluvial = trio.run(_sqlite_throughput, path, registry, events)
         latencies = trio.run(
             _live_latency, Path(tmp) / "latency.db", registry, args.rate, args.seconds
         )

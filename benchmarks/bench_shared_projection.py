@@ -8,7 +8,10 @@ runs its node; the parent times from "go" until the projection has caught up
 in which they split the ranges. The handler (`GroupedExactlyOnce`, groups of up to 4,000)
 inserts one row per event into the read model with one executemany per group.
 Raw: psycopg alone, one process: reads the events in timestamp order in pages of 4,000 and
-inserts the same rows, one transaction per page.
+inserts the same rows, one transaction per page. Where the time goes: beside the wall time, the
+CPU seconds of the node processes and of the server backends serving them (/proc, Linux),
+read once the projection has caught up; the rest of the cores' time went to waiting (commits,
+locks, the polls) and to the machine's other work.
 
 Needs PostgreSQL at 127.0.0.1:5432 (or FLUVIAL_PG_DSN) with a database `test`.
 Run: .venv/bin/python benchmarks/bench_shared_projection.py
@@ -95,8 +98,28 @@ async def _prefill() -> int:
     return ENTITIES * EVENTS_PER_ENTITY
 
 
-async def _shared(processes: int) -> float:
-    """Seconds until `processes` nodes have caught up on the journal."""
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process `pid` has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu_seconds() -> float:
+    """CPU seconds of the server's backends serving this schema's journals (the nodes' and
+    the parent's connections, by `application_name`), since they connected. A node opens
+    connections as its work needs them: those opened after "go" count whole, which is right."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        pids = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            (f"fluvial:{SCHEMA}",),
+        ).fetchall()
+    return sum(_cpu_seconds(pid) for (pid,) in pids)
+
+
+async def _shared(processes: int) -> tuple[float, float, float]:
+    """Seconds until `processes` nodes have caught up on the journal; the CPU seconds the
+    nodes used, and those of the server's backends serving them."""
     name = f"p{processes}"
     children = []
     for _ in range(processes):
@@ -111,17 +134,22 @@ async def _shared(processes: int) -> float:
     async with open_postgres_journal(DSN, schema=SCHEMA, poll_interval=0.05) as journal:
         store = journal.offset_store()
         await store.register(name, "Bench")
+        # The CPU the nodes spent starting (imports, opening the journal) is not the work.
+        nodes_before = sum(_cpu_seconds(child.pid) for child in children)
+        server_before = await trio.to_thread.run_sync(_server_cpu_seconds)
         start = time.perf_counter()
         for child in children:
             assert child.stdin is not None
             await child.stdin.send_all(b"go\n")
         await store.wait_until_caught_up(name)
         took = time.perf_counter() - start
+        nodes_cpu = sum(_cpu_seconds(child.pid) for child in children) - nodes_before
+        server_cpu = await trio.to_thread.run_sync(_server_cpu_seconds) - server_before
     for child in children:
         assert child.stdin is not None
         await child.stdin.send_all(b"stop\n")
         await child.wait()
-    return took
+    return took, nodes_cpu, server_cpu
 
 
 def _raw() -> float:
@@ -153,19 +181,33 @@ async def main() -> None:
     events = await _prefill()
     raw = await trio.to_thread.run_sync(_raw)
     rows = []
+    load_before = os.getloadavg()
     for processes in (1, 2, 3):
-        took = await _shared(processes)
+        took, nodes_cpu, server_cpu = await _shared(processes)
         rows.append(
             (
                 f"{processes} process{'es' if processes > 1 else ''}, {RANGES} ranges",
                 events / took,
                 events / raw,
-                raw / took,
+                f"{raw / took:.2f}",
+                f"{took:.2f}",
+                f"{nodes_cpu:.2f}",
+                f"{server_cpu:.2f}",
             )
         )
+    load_after = os.getloadavg()
     print_table(
-        f"An exactly-once projection catching up on {events:,} events (events/s)",
-        ["shape", "serve_shared_projection", "raw psycopg, 1 process", "ratio"],
+        f"An exactly-once projection catching up on {events:,} events (events/s; wall and CPU "
+        f"seconds; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after)",
+        [
+            "shape",
+            "serve_shared_projection",
+            "raw psycopg, 1 process",
+            "ratio",
+            "wall s",
+            "nodes' CPU s",
+            "server's CPU s",
+        ],
         rows,
     )
 

@@ -5,14 +5,16 @@ answered; followers wake; a cancelled append waiting for its turn did nothing.""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import outcome
 import psycopg
 import pytest
 import trio
 
+from fluvial.core.errors import UsageError
 from fluvial.core.ids import PersistenceId, SliceRange
 from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload, SerializerRegistry
@@ -108,7 +110,7 @@ async def test_a_rival_commit_during_the_batch_fails_only_the_append_it_collides
     rivalled, *others = entity_ids("Pg", SliceRange.all(), 6)
     async with open_postgres_journal(DSN, schema=postgres_schema) as journal:
         await journal.append(events(rivalled, 1, 1))
-        rival = await trio.to_thread.run_sync(_hold_seq_nr, postgres_schema, str(rivalled), 2)
+        rival = await trio.to_thread.run_sync(_hold_seq_nr, postgres_schema, [str(rivalled)], 2)
         try:
             batches = [events(pid, 1, 1) for pid in others[:2]]
             batches += [events(rivalled, 2, 2)]
@@ -236,42 +238,120 @@ async def test_a_group_commit_wakes_followers_at_once(postgres_schema: str) -> N
         assert journal.append_count() > seen
 
 
-async def test_an_append_cancelled_while_it_waits_for_a_writer_did_nothing(
-    postgres_schema: str,
-) -> None:
-    """Both writers are held by the server (a rival holds the seq nrs they insert); an append
-    behind them, cancelled, is never stored, and the writers go on once the rival lets go."""
-    first, second, waiting = entity_ids("Pg", SliceRange.all(), 3)
-    async with open_postgres_journal(DSN, schema=postgres_schema) as journal:
-        rival = await trio.to_thread.run_sync(_hold_seq_nr, postgres_schema, str(first), 1)
-        rival.execute(
-            "INSERT INTO event_journal (persistence_id, seq_nr, entity_type, slice, db_timestamp)"
-            " VALUES (%s, 1, 'Pg', 0, 1)",
-            (str(second),),
-        )
-        stored: list[EventRecord] = []
-        try:
-            with trio.fail_after(TIMEOUT):
-                async with trio.open_nursery() as nursery:
+class _Held:
+    """The appends `_every_writer_held` made: their entities, and what they stored."""
 
-                    async def append(pid: object) -> None:
-                        stored.extend(await journal.append(events(pid, 1, 1)))  # type: ignore[arg-type]
+    def __init__(self, writers: int) -> None:
+        self.pids = entity_ids("Held", SliceRange.all(), writers)
+        self.stored: list[EventRecord] = []
 
-                    nursery.start_soon(append, first)
-                    await trio.to_thread.run_sync(_until_a_backend_waits_on_a_lock, postgres_schema)
-                    nursery.start_soon(append, second)
-                    await trio.to_thread.run_sync(
-                        _until_a_backend_waits_on_a_lock, postgres_schema, 2
-                    )
-                    with trio.move_on_after(0.2) as scope:
-                        await journal.append(events(waiting, 1, 1))
-                    assert scope.cancelled_caught
+
+@contextlib.asynccontextmanager
+async def _every_writer_held(
+    journal: PostgresJournal, schema: str, writers: int
+) -> AsyncIterator[_Held]:
+    """Every writer of `journal` held by the server while the block runs: a rival transaction
+    holds seq nr 1 of one entity per writer, and an append of each, made one after the other,
+    is taken by a writer of its own whose transaction waits for the rival's lock (seen in
+    pg_stat_activity). The rival rolls back as the block ends (however it ends, so a failing
+    test does not leave writers stuck); the held appends then commit."""
+    held = _Held(writers)
+    rival = await trio.to_thread.run_sync(_hold_seq_nr, schema, [str(pid) for pid in held.pids], 1)
+
+    async def append(pid: PersistenceId) -> None:
+        held.stored.extend(await journal.append(events(pid, 1, 1)))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                for count, pid in enumerate(held.pids, start=1):
+                    nursery.start_soon(append, pid)
+                    await trio.to_thread.run_sync(_until_a_backend_waits_on_a_lock, schema, count)
+                yield held
+            finally:
+                with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(rival.rollback)
-        finally:
-            rival.close()
-        assert {r.persistence_id for r in stored} == {str(first), str(second)}
+    finally:
+        rival.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "writers"),
+    [
+        ({"writers": 1}, 1),
+        ({"writers": 3}, 3),
+        ({"pool_size": 2}, 2),  # the default: 4, or pool_size if smaller
+    ],
+)
+async def test_each_writer_runs_its_own_transaction_at_the_same_time(
+    postgres_schema: str, options: dict[str, int], writers: int
+) -> None:
+    """`writers` transactions are in flight at once (each blocked in the server, so they
+    overlap for sure), and no more: an append made while all are held waits for one."""
+    (free,) = entity_ids("Free", SliceRange.all(), 1)
+    async with open_postgres_journal(DSN, schema=postgres_schema, **options) as journal:
+        with trio.fail_after(TIMEOUT):
+            async with _every_writer_held(journal, postgres_schema, writers) as held:
+                in_transactions = await trio.to_thread.run_sync(_open_transactions, postgres_schema)
+                assert in_transactions == writers
+                # No writer is free: the append of an entity nobody holds is not taken.
+                with trio.move_on_after(0.3) as waited:
+                    await journal.append(events(free, 1, 1))
+                assert waited.cancelled_caught
+        # (Read once the writers let go: with pool_size 2 they hold every connection.)
+        assert await read_all(journal, free) == []
+        assert sorted(r.persistence_id for r in held.stored) == sorted(map(str, held.pids))
+        assert [r.seq_nr for r in await journal.append(events(free, 1, 1))] == [1]
+
+
+@pytest.mark.parametrize("writers", [1, 2, 4])
+async def test_an_append_cancelled_while_it_waits_for_a_writer_did_nothing(
+    postgres_schema: str, writers: int
+) -> None:
+    """Every writer is held by the server; an append behind them, cancelled, is never stored,
+    and the writers go on once the rival lets go."""
+    (waiting,) = entity_ids("Pg", SliceRange.all(), 1)
+    async with open_postgres_journal(DSN, schema=postgres_schema, writers=writers) as journal:
+        with trio.fail_after(TIMEOUT):
+            async with _every_writer_held(journal, postgres_schema, writers) as held:
+                with trio.move_on_after(0.2) as scope:
+                    await journal.append(events(waiting, 1, 1))
+                assert scope.cancelled_caught
+        assert {r.persistence_id for r in held.stored} == set(map(str, held.pids))
         assert await read_all(journal, waiting) == []
         assert [r.seq_nr for r in await journal.append(events(waiting, 1, 1))] == [1]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"writers": 0}, "writers must be at least 1"),
+        ({"writers": 9}, r"writers \(9\) may not exceed pool_size \(8\)"),
+        ({"writers": 3, "pool_size": 2}, r"writers \(3\) may not exceed pool_size \(2\)"),
+        ({"max_appends_per_transaction": 0}, "max_appends_per_transaction must be at least 1"),
+    ],
+)
+def test_group_commit_settings_that_cannot_work_raise_usage_error(
+    arguments: dict[str, int], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        open_postgres_journal(DSN, **arguments)  # type: ignore[arg-type]
+
+
+async def test_as_many_writers_as_connections_and_one_append_per_transaction_work(
+    postgres_schema: str,
+) -> None:
+    pids = entity_ids("Pg", SliceRange.all(), 6)
+    async with open_postgres_journal(
+        DSN, schema=postgres_schema, pool_size=2, writers=2, max_appends_per_transaction=1
+    ) as journal:
+        answered = _append_all_at_once(journal, [events(pid, 1, 2) for pid in pids])
+        await answered.all()
+        for pid in pids:
+            assert await read_all(journal, pid) == list(answered[f"{pid}#1"].unwrap())
+            assert await journal.highest_seq_nr(str(pid)) == 2
+    transactions = _transactions(postgres_schema)
+    assert len(set(transactions.values())) == len(pids)  # one append per transaction
 
 
 async def test_appends_waiting_when_the_journal_closes_are_committed_and_answered(
@@ -306,14 +386,27 @@ async def test_entities_on_postgres_answer_every_command(postgres_schema: str) -
         assert await journal.highest_seq_nr("ShoppingCart|cart-7") == 3
 
 
-def _hold_seq_nr(schema: str, pid: str, seq_nr: int) -> Connection:
+def _hold_seq_nr(schema: str, pids: Sequence[str], seq_nr: int) -> Connection:
     conn = psycopg.connect(DSN, options=f"-c search_path={schema}")
-    conn.execute(
-        "INSERT INTO event_journal (persistence_id, seq_nr, entity_type, slice, db_timestamp) "
-        "VALUES (%s, %s, 'Pg', 0, 1)",
-        (pid, seq_nr),
-    )
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO event_journal (persistence_id, seq_nr, entity_type, slice, db_timestamp)"
+            " VALUES (%s, %s, 'Pg', 0, 1)",
+            [(pid, seq_nr) for pid in pids],
+        )
     return conn  # its transaction stays open
+
+
+def _open_transactions(schema: str) -> int:
+    """How many of the journal's connections are inside a transaction now."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE xact_start IS NOT NULL "
+            "AND application_name = %s",
+            (f"fluvial:{schema}",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _until_a_backend_waits_on_a_lock(schema: str, count: int = 1) -> None:

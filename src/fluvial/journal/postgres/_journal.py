@@ -47,10 +47,11 @@ from fluvial.journal.postgres._schema import check_schema_name, migrate
 from fluvial.journal.queries import by_slices_parameters
 from fluvial.nursery_errors import open_service_nursery
 
-# Group commit (see _group_commit.py): transactions of appends in flight at once, and the
-# appends one may hold.
-WRITERS = 2
-MAX_APPENDS_PER_TRANSACTION = 2000
+# Group commit (see _group_commit.py): the defaults of `open_postgres_journal`'s transactions
+# of appends in flight at once (fewer if the pool is smaller), and of the appends one may hold
+# (docs/postgres.md, "Choosing writers and the batch").
+WRITERS = 4
+MAX_APPENDS_PER_TRANSACTION = 500
 
 
 class PostgresJournal:
@@ -59,7 +60,15 @@ class PostgresJournal:
     `open_postgres_journal`. Its writers are concurrent (`HasConcurrentWriters`): projections
     read it behind the server's clock and backtrack."""
 
-    def __init__(self, pool: ConnectionPool, poll_interval: float, schema: str) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        poll_interval: float,
+        schema: str,
+        *,
+        writers: int = WRITERS,
+        max_appends_per_transaction: int = MAX_APPENDS_PER_TRANSACTION,
+    ) -> None:
         self._pool = pool
         self._poll_interval = poll_interval
         # Counts this process's appends: followers here wake at once, others poll.
@@ -70,8 +79,8 @@ class PostgresJournal:
         self._group_commit = GroupCommit(
             pool,
             name=schema,
-            writers=WRITERS,
-            max_appends=MAX_APPENDS_PER_TRANSACTION,
+            writers=writers,
+            max_appends=max_appends_per_transaction,
             floor=lambda: self._last_timestamp + 1,
             stamped=self._stamped,
             committed=self._appends.notify,
@@ -277,6 +286,8 @@ def open_postgres_journal(
     poll_interval: float = 0.5,
     connect_timeout: float = 10.0,
     retry_for: float = 10.0,
+    writers: int | None = None,
+    max_appends_per_transaction: int = MAX_APPENDS_PER_TRANSACTION,
 ) -> AbstractAsyncContextManager[PostgresJournal]:
     """Open the PostgreSQL journal (and snapshot store) in `schema` of the database at `dsn`
     (a libpq connection string or URI, such as ``postgresql://user@host:5432/db``).
@@ -287,7 +298,11 @@ def open_postgres_journal(
     At most `pool_size` connections run calls at a time; `poll_interval` is how often
     `wait_for_new_events` looks for other processes' commits. A call that loses the server
     retries with backoff for up to `retry_for` seconds, then raises PostgresUnavailable
-    (docs/postgres.md, "Faults"). Arguments that cannot work raise UsageError here.
+    (docs/postgres.md, "Faults"). Appends are committed in groups: up to `writers`
+    transactions at once (each on a connection of the pool, so at most `pool_size`; default
+    4, or `pool_size` if smaller), each holding up to `max_appends_per_transaction` appends
+    (docs/postgres.md, "Group commit").
+    Arguments that cannot work raise UsageError here.
     """
     check_schema_name(schema)
     if pool_size < 1:
@@ -296,19 +311,48 @@ def open_postgres_journal(
         raise UsageError("poll_interval and connect_timeout must be positive seconds")
     if not retry_for >= 0 or retry_for == float("inf"):
         raise UsageError(f"retry_for must be seconds, 0 or more and finite, not {retry_for}")
+    if writers is None:
+        writers = min(WRITERS, pool_size)
+    _check_group_commit(writers, max_appends_per_transaction, pool_size)
     pool = ConnectionPool(
         dsn, schema, pool_size, connect_timeout=connect_timeout, retry_for=retry_for
     )
-    return _open(pool, schema, poll_interval)
+    return _open(
+        pool,
+        functools.partial(
+            PostgresJournal,
+            poll_interval=poll_interval,
+            schema=schema,
+            writers=writers,
+            max_appends_per_transaction=max_appends_per_transaction,
+        ),
+        schema,
+    )
+
+
+def _check_group_commit(writers: int, max_appends_per_transaction: int, pool_size: int) -> None:
+    if writers < 1:
+        raise UsageError(f"writers must be at least 1, not {writers}")
+    if writers > pool_size:
+        # Each writer's transaction holds a connection of the pool while it runs: more
+        # writers than connections would only queue for them, and leave none for reads.
+        raise UsageError(
+            f"writers ({writers}) may not exceed pool_size ({pool_size}): each writer's "
+            "transaction takes a connection of the pool; raise pool_size or lower writers"
+        )
+    if max_appends_per_transaction < 1:
+        raise UsageError(
+            f"max_appends_per_transaction must be at least 1, not {max_appends_per_transaction}"
+        )
 
 
 @contextlib.asynccontextmanager
 async def _open(
-    pool: ConnectionPool, schema: str, poll_interval: float
+    pool: ConnectionPool, make_journal: Callable[[ConnectionPool], PostgresJournal], schema: str
 ) -> AsyncIterator[PostgresJournal]:
     try:
         await pool.run(functools.partial(migrate, schema=schema), retry=False)
-        journal = PostgresJournal(pool, poll_interval, schema)
+        journal = make_journal(pool)
         async with open_service_nursery() as nursery:
             await nursery.start(journal._group_commit.serve)
             try:
