@@ -14,16 +14,18 @@ from typing import Any
 import attrs
 import trio
 
+from fluvial.core.ids import SliceRange
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
-from fluvial.grpc import EventProducerSource, ProducerSettings, ProducerStreamSettings
+from fluvial.grpc import EventProducerSource, GrpcConsumer, ProducerSettings, ProducerStreamSettings
 from fluvial.grpc._auth import AuthHook
 from fluvial.grpc._producer_service import serve_producer
 from fluvial.journal.api import Journal
+from fluvial.journal.sqlite._journal import SqliteJournal
 from fluvial.projection._handlers import Backoff, ExactlyOnce
-from fluvial.projection._runner import Projection
+from fluvial.projection._runner import Projection, serve_projection
 from fluvial.projection._source_settings import SourceSettings
-from producer_fixtures import INTERNAL, PUBLIC, SOURCE, Credited
+from producer_fixtures import INTERNAL, PUBLIC, SOURCE, Appender, Credited
 
 # Quick heartbeats; backtracking on (its payload-less batches are what a consumer loads
 # lazily), every 0.5 s.
@@ -268,3 +270,53 @@ async def wait_for_model(path: Path, expected: dict[tuple[str, int], tuple[int, 
             await trio.sleep(0.05)
     await trio.sleep(0.3)  # a duplicate applied late would show now
     assert read_credits(path) == expected
+
+
+# The entities `World.append` writes to.
+ENTITIES = [f"e{n}" for n in range(8)]
+
+
+@attrs.define
+class World:
+    """A producer on its own SQLite journal and a consumer's SQLite file, for a test over
+    loopback (the `world` fixture of conftest.py); `stored` is what the test appended."""
+
+    producer_journal: SqliteJournal
+    consumer_journal: SqliteJournal
+    consumer_file: Path
+    appender: Appender
+    producer: RestartableProducer
+    nursery: trio.Nursery
+    stored: list[EventRecord] = attrs.field(factory=list)
+
+    async def append(self, rounds: int, pause: float = 0.0) -> None:
+        """`rounds` events per entity, one entity after the other; every 4th negative (a
+        placeholder on the wire)."""
+        for round_ in range(rounds):
+            for index, entity in enumerate(ENTITIES):
+                amount = -1 if (round_ + index) % 4 == 3 else round_ + index
+                self.stored.extend(await self.appender.append(entity, amount))
+            if pause:
+                await trio.sleep(pause)
+
+    async def project(
+        self,
+        consumer: GrpcConsumer,
+        slices: SliceRange | None = None,
+        name: str = "credits",
+        *,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
+        """Run projection `name` of `consumer`'s events into the consumer's file, in `nursery`
+        (the world's by default: one inside a channel's block stops before it closes)."""
+        store = self.consumer_journal.offset_store()
+        await (nursery or self.nursery).start(
+            lambda task_status: serve_projection(
+                consumer,
+                CONSUMER_REGISTRY,
+                credits_projection(name),
+                slices,
+                offsets=store,
+                task_status=task_status,
+            )
+        )

@@ -5,17 +5,14 @@ shared by several instances."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import attrs
 import pytest
 import trio
 from consumer_helpers import (
-    CONSUMER_REGISTRY,
+    ENTITIES,
     PRODUCER_SETTINGS,
     FaultyProxy,
-    RestartableProducer,
+    World,
     credits_projection,
     fold,
     wait_for_model,
@@ -23,7 +20,6 @@ from consumer_helpers import (
 
 from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
-from fluvial.core.records import EventRecord
 from fluvial.grpc import (
     Allow,
     AuthDecision,
@@ -31,17 +27,14 @@ from fluvial.grpc import (
     ChannelSettings,
     ConsumerSettings,
     Deny,
-    GrpcConsumer,
     GrpcNotFound,
     GrpcUnauthenticated,
     KeepAlive,
     Reconnect,
     open_grpc_consumer,
 )
-from fluvial.journal.sqlite._journal import SqliteJournal, open_sqlite_journal
-from fluvial.projection._runner import serve_projection
 from fluvial.projection.api import Batch
-from producer_fixtures import SOURCE, Appender, public_cents
+from producer_fixtures import SOURCE, public_cents
 
 # Quick to notice a dead connection and to come back.
 FAST = ConsumerSettings(
@@ -50,64 +43,6 @@ FAST = ConsumerSettings(
     heartbeat_timeout=2.0,
     call_timeout=5.0,
 )
-ENTITIES = [f"e{n}" for n in range(8)]
-
-
-@attrs.define
-class World:
-    producer_journal: SqliteJournal
-    consumer_journal: SqliteJournal
-    consumer_file: Path
-    appender: Appender
-    producer: RestartableProducer
-    nursery: trio.Nursery
-    stored: list[EventRecord] = attrs.field(factory=list)
-
-    async def append(self, rounds: int, pause: float = 0.0) -> None:
-        """`rounds` events per entity, one entity after the other; every 4th negative (a
-        placeholder on the wire)."""
-        for round_ in range(rounds):
-            for index, entity in enumerate(ENTITIES):
-                amount = -1 if (round_ + index) % 4 == 3 else round_ + index
-                self.stored.extend(await self.appender.append(entity, amount))
-            if pause:
-                await trio.sleep(pause)
-
-    async def project(
-        self, consumer: GrpcConsumer, slices: SliceRange | None = None, name: str = "credits"
-    ) -> None:
-        store = self.consumer_journal.offset_store()
-        await self.nursery.start(
-            lambda task_status: serve_projection(
-                consumer,
-                CONSUMER_REGISTRY,
-                credits_projection(name),
-                slices,
-                offsets=store,
-                task_status=task_status,
-            )
-        )
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    consumer_file = tmp_path / "consumer.db"
-    async with (
-        open_sqlite_journal(tmp_path / "producer.db") as producer_journal,
-        open_sqlite_journal(consumer_file) as consumer_journal,
-        trio.open_nursery() as nursery,
-    ):
-        producer = RestartableProducer(nursery, producer_journal)
-        await producer.start()
-        yield World(
-            producer_journal,
-            consumer_journal,
-            consumer_file,
-            Appender(producer_journal),
-            producer,
-            nursery,
-        )
-        nursery.cancel_scope.cancel()
 
 
 async def test_an_exactly_once_projection_over_grpc_equals_the_fold_of_the_producers_events(

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,16 +19,13 @@ import trio
 import trio.testing
 from consumer_fakes import NO_JITTER, SLICES, STARTED, FakeChannel, Serve, batch, record
 from consumer_helpers import (
-    CONSUMER_REGISTRY,
     FaultyProxy,
-    RestartableProducer,
-    credits_projection,
+    World,
     fold,
     wait_for_model,
 )
 
 from fluvial.core.envelope_source import EnvelopeSource
-from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.grpc import (
@@ -43,10 +39,7 @@ from fluvial.grpc import (
 from fluvial.grpc._batch_codec import decode_events
 from fluvial.grpc._channel import GrpcChannel, open_channel
 from fluvial.grpc._proto.fluvial import v1 as pb
-from fluvial.journal.sqlite._journal import open_sqlite_journal
-from fluvial.projection._runner import serve_projection
 from fluvial.projection.api import Batch
-from producer_fixtures import Appender
 
 QUERY, LIVE = EnvelopeSource.QUERY, EnvelopeSource.LIVE
 # Back soon after a dropped connection.
@@ -198,11 +191,11 @@ class WireSpy:
         return [r.query_progress for r in self.responses if r.query_progress is not None]
 
 
-async def _append(appender: Appender, stored: list[EventRecord], rounds: int) -> None:
+async def _append(world: World, rounds: int) -> None:
     """`rounds` events per entity, one at a time, followed live."""
     for round_ in range(rounds):
         for index, entity in enumerate(ENTITIES):
-            stored.extend(await appender.append(entity, round_ + index))
+            world.stored.extend(await world.appender.append(entity, round_ + index))
             await trio.sleep(0.002)
 
 
@@ -220,73 +213,40 @@ async def _stored_offsets_reach(store: Any, stored: list[EventRecord]) -> None:
 
 
 async def test_a_followed_event_crosses_the_wire_once_and_the_stored_offsets_still_move(
-    tmp_path: Path,
+    world: World,
 ) -> None:
-    consumer_file = tmp_path / "consumer.db"
-    async with (
-        open_sqlite_journal(tmp_path / "producer.db") as producer_journal,
-        open_sqlite_journal(consumer_file) as consumer_journal,
-        trio.open_nursery() as nursery,
-    ):
-        producer = RestartableProducer(nursery, producer_journal)
-        await producer.start()
-        appender, stored = Appender(producer_journal), list[EventRecord]()
-        stored.extend(await appender.append("caught-up", 1, 2, 3))  # by the query
-        store = consumer_journal.offset_store()
-        async with open_channel("127.0.0.1", producer.port, settings=FAST.channel) as channel:
-            spy = WireSpy(channel)
-            consumer = GrpcConsumer(spy, FAST)
-            await nursery.start(
-                lambda task_status: serve_projection(
-                    consumer,
-                    CONSUMER_REGISTRY,
-                    credits_projection(),
-                    offsets=store,
-                    task_status=task_status,
-                )
-            )
-            await _append(appender, stored, 5)
-            await wait_for_model(consumer_file, fold(stored))
+    stored = world.stored
+    stored.extend(await world.appender.append("caught-up", 1, 2, 3))  # by the query
+    async with open_channel("127.0.0.1", world.producer.port, settings=FAST.channel) as channel:
+        spy = WireSpy(channel)
+        async with trio.open_nursery() as projecting:
+            await world.project(GrpcConsumer(spy, FAST), nursery=projecting)
+            await _append(world, 5)
+            await wait_for_model(world.consumer_file, fold(stored))
             # The runner had the query's copies: each slice's stored offset is at its last
             # event, which only the QUERY path moves.
-            await _stored_offsets_reach(store, stored)
+            await _stored_offsets_reach(world.consumer_journal.offset_store(), stored)
             copies = spy.copies()
             assert set(copies) == {(r.persistence_id, r.seq_nr) for r in stored}
             doubled = {event: n for event, n in copies.items() if n > 1}
             assert doubled == {}
             assert spy.progresses()
-            nursery.cancel_scope.cancel()  # the projection, before its channel closes
+            projecting.cancel_scope.cancel()  # the projection, before its channel closes
 
 
 async def test_a_reopened_stream_resumes_from_the_progress_losing_and_doubling_nothing(
-    tmp_path: Path,
+    world: World,
 ) -> None:
-    consumer_file = tmp_path / "consumer.db"
-    async with (
-        open_sqlite_journal(tmp_path / "producer.db") as producer_journal,
-        open_sqlite_journal(consumer_file) as consumer_journal,
-        trio.open_nursery() as nursery,
-    ):
-        producer = RestartableProducer(nursery, producer_journal)
-        await producer.start()
-        proxy = FaultyProxy(producer.port)
-        await nursery.start(proxy.serve)
-        appender, stored = Appender(producer_journal), list[EventRecord]()
-        async with open_channel("127.0.0.1", proxy.port, settings=FAST.channel) as channel:
-            spy = WireSpy(channel)
-            await nursery.start(
-                lambda task_status: serve_projection(
-                    GrpcConsumer(spy, FAST),
-                    CONSUMER_REGISTRY,
-                    credits_projection(),
-                    SliceRange.all(),
-                    offsets=consumer_journal.offset_store(),
-                    task_status=task_status,
-                )
-            )
+    proxy = FaultyProxy(world.producer.port)
+    await world.nursery.start(proxy.serve)
+    stored = world.stored
+    async with open_channel("127.0.0.1", proxy.port, settings=FAST.channel) as channel:
+        spy = WireSpy(channel)
+        async with trio.open_nursery() as projecting:
+            await world.project(GrpcConsumer(spy, FAST), nursery=projecting)
             for cut in range(2):
-                await _append(appender, stored, 3)  # followed live: progress, no QUERY batch
-                await wait_for_model(consumer_file, fold(stored))
+                await _append(world, 3)  # followed live: progress, no QUERY batch
+                await wait_for_model(world.consumer_file, fold(stored))
                 with trio.fail_after(5):
                     while not spy.progresses() or (  # noqa: ASYNC110 (the producer sends it)
                         spy.progresses()[-1].timestamp < stored[-1].timestamp
@@ -300,6 +260,6 @@ async def test_a_reopened_stream_resumes_from_the_progress_losing_and_doubling_n
                 # From the progress: not from where the stream started.
                 reopened = spy.inits[cut + 1]
                 assert {o.timestamp for o in reopened.offsets} == {last.timestamp}
-            await _append(appender, stored, 2)
-            await wait_for_model(consumer_file, fold(stored))  # each event applied once
-            nursery.cancel_scope.cancel()  # the projection, before its channel closes
+            await _append(world, 2)
+            await wait_for_model(world.consumer_file, fold(stored))  # each event applied once
+            projecting.cancel_scope.cancel()  # the projection, before its channel closes
