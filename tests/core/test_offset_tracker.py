@@ -1,5 +1,6 @@
 """The offset tracker: which envelope is new, a duplicate or a sign of a gap, and what it
-remembers (per slice, per entity) and forgets (entities older than the window)."""
+remembers (per slice, per entity) and forgets (entities older than the window); the slices
+the query passes without events of theirs (`reach`, `move_quiet_slices`)."""
 
 from __future__ import annotations
 
@@ -325,3 +326,67 @@ def test_a_replay_is_judged_against_what_was_handled_a_stream_against_what_was_s
     tracker.fill_placeholder(record("T|a", 2, 200))
     assert (tracker.seq_nr_of("T|a"), tracker.handled_seq_nr_of("T|a")) == (3, 2)
     assert tracker.take_changes().entities == (SeenEntity("T|a", 3, 300, 10, placeholders=1),)
+
+
+def restarted(tracker: OffsetTracker, slices: SliceRange = SLICES) -> OffsetTracker:
+    """A tracker loaded from what `tracker` handed out to save."""
+    return OffsetTracker(slices, slice_offsets=tracker.take_changes().slice_offsets)
+
+
+def test_the_slices_without_events_move_to_the_newest_the_query_delivered() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    handle(tracker, record("T|a", 2, 250, slice_=10))
+    assert restarted(tracker).resume_offset() == TimestampOffset.start()  # 11, 12: none
+
+    handle(tracker, record("T|a", 3, 300, slice_=10))
+    assert tracker.move_quiet_slices() == 2  # 11 and 12; 10 is at 300 already
+    changes = tracker.take_changes()
+    assert changes.slice_offsets == {
+        10: TimestampOffset(300, {"T|a": 3}),
+        11: TimestampOffset(300, {}),
+        12: TimestampOffset(300, {}),
+    }
+    assert OffsetTracker(SLICES, slice_offsets=changes.slice_offsets).resume_offset() == (
+        TimestampOffset(300, {"T|a": 3})
+    )
+
+
+def test_a_slice_left_behind_by_its_last_event_moves_too() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    handle(tracker, record("T|b", 1, 900, slice_=11))
+    handle(tracker, record("T|c", 1, 900, slice_=12))
+    assert tracker.move_quiet_slices() == 1
+    assert tracker.slice_offset(10) == TimestampOffset(900, {})
+    assert tracker.slice_offset(11) == TimestampOffset(900, {"T|b": 1})  # not moved
+    assert tracker.move_quiet_slices() == 0  # nothing more until the query moves on
+
+
+def test_reach_moves_them_without_a_record() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    tracker.reach(5_000)  # what the query read after it, a filter left out
+    tracker.reach(4_000)  # an older position changes nothing
+    assert tracker.move_quiet_slices() == 3
+    assert restarted(tracker).resume_offset() == TimestampOffset(5_000, {})
+
+
+def test_nothing_moves_before_the_query_delivered_anything() -> None:
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100), EnvelopeSource.LIVE)  # not the query's
+    assert tracker.move_quiet_slices() == 0
+    assert tracker.take_changes().slice_offsets == {}
+
+
+def test_a_roll_back_takes_back_where_the_query_came() -> None:
+    """At-least-once, a stop in the handler undoes the admission of the record in hand: the
+    position it brought must not move the quiet slices past it."""
+    tracker = fresh()
+    handle(tracker, record("T|a", 1, 100, slice_=10))
+    late = record("T|b", 1, 700, slice_=11)
+    savepoint = tracker.savepoint(late)
+    handle(tracker, late)
+    tracker.roll_back_to(savepoint)
+    tracker.move_quiet_slices()
+    assert tracker.slice_offset(12) == TimestampOffset(100, {})

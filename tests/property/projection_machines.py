@@ -3,11 +3,13 @@
 A model journal of a few entities over four slices is read the ways projection instances read
 it: the ordered query (in pages, resumed from the stored offsets after a restart), the live
 path (events offered at append, delivered late, out of order, twice, or lost to a full
-buffer), the backtracking query (events the query has passed, again, without payloads) and
-replays by persistence id. Some events commit late, as with concurrent writers on PostgreSQL:
-their timestamp lies up to `BACKTRACKING_SPAN` behind the present, and behind where their
-instance's query is, so the query never delivers them (until a restart resumes it before
-them); the backtracking query finds them, and it keeps within its span behind the query.
+buffer), the query's position without records (`QueryReached`: what a consumer's filter left
+out, up to the next event the query delivers), the backtracking query (events the query has
+passed, again, without payloads) and replays by persistence id. Some events commit late, as
+with concurrent writers on PostgreSQL: their timestamp lies up to `BACKTRACKING_SPAN` behind
+the present, and behind where their instance's query is, so the query never delivers them
+(until a restart resumes it before them); the backtracking query finds them, and it keeps
+within its span behind the query.
 Each run draws the first-sight rule (`fluvial.core.first_sight`): with
 `PREVIOUS_OLDER_THAN_WINDOW` (concurrent writers) an entity's first event may commit late too,
 so a path meets its seq nr 2 first ("late #1 then #2"); with `QUERY_IN_COMMIT_ORDER` (one
@@ -18,6 +20,10 @@ Each arrival goes through the runner's own decision, `fluvial.core.envelope_admi
 gap from the journal, read the timestamp of the event before an entity's first sight (the
 first-sight rule), or load the payload of an accepted record that came without one; the
 machine does only the I/O it asks for, as `fluvial.projection._instance.Instance.admit` does.
+
+Between admissions, the offsets of slices the query passed without events of theirs move to
+where it has come (`OffsetTracker.move_quiet_slices`, which the runner calls every few
+seconds), and are committed with what comes next.
 
 The process crashes at any step: what was not committed is lost, and it restarts with one,
 two or four instances (slice ranges), each rebuilt from what was persisted the way
@@ -377,6 +383,26 @@ class ProjectionMachine(RuleBasedStateMachine):
         del instance.live[data.draw(st.integers(0, len(instance.live) - 1))]
 
     @rule(data=st.data())
+    def query_reaches(self, data: st.DataObject) -> None:
+        """The source tells where its query has come with no record to show for it: at most
+        the timestamp of the next event its query delivers (before it, it delivered all).
+        As for a page, its backtracking delivers first what the query leaves further behind
+        than the span."""
+        instance = data.draw(st.sampled_from(self.instances))
+        page = self.query_page(instance, 1)
+        limit = page[0].timestamp if page else self.clock
+        reached = data.draw(st.integers(limit - BACKTRACKING_SPAN, limit), label="reached")
+        horizon = reached - BACKTRACKING_SPAN
+        self.backtrack(instance, [r for r in instance.backtracking_due if r.timestamp < horizon])
+        instance.tracker.reach(reached)
+        self.coverage.saw("query reached")
+
+    @rule(data=st.data())
+    def move_quiet_slices(self, data: st.DataObject) -> None:
+        if data.draw(st.sampled_from(self.instances)).tracker.move_quiet_slices():
+            self.coverage.saw("quiet slices moved")
+
+    @rule(data=st.data())
     def backtracking(self, data: st.DataObject) -> None:
         instance = data.draw(st.sampled_from(self.instances))
         # What the query passed within the span behind it.
@@ -454,6 +480,8 @@ class ProjectionMachine(RuleBasedStateMachine):
 
 
 EXERCISED = (
+    "quiet slices moved",
+    "query reached",
     "evicted",
     "first sight: timestamp looked up",
     "first sight after a late event",

@@ -15,6 +15,13 @@ Two kinds of position are kept:
   microseconds of event time leave memory; the store keeps them, and the verdict
   `NeedsStoredSeqNr` asks the shell to look one up.
 
+A slice whose events are rare (or all left out by a consumer's filter) would keep an old offset,
+or none, and hold the resume point back to it: after a restart the query would read again all
+the range's events since. The query reads every slice of the range in timestamp order, so where
+it has come (`passed` records, and `reach` for a position without records) is where every slice
+of the range has come: `move_quiet_slices` moves the slices left behind there, a write per
+slice, which the shell calls now and then rather than for every envelope.
+
 Placeholders (events without payload, which keep an entity's seq nrs gapless) are seen but not
 handled until a replay fills them: `fluvial.core.placeholders`. The verdicts are in
 `fluvial.core.offset_verdicts`, what the tracker holds of an entity and the changes it hands
@@ -63,6 +70,7 @@ class Savepoint:
     previous: int | None
     tip: tuple[int, dict[str, int]] | None
     slice_dirty: bool
+    query_reached: int
 
 
 class OffsetTracker:
@@ -108,7 +116,9 @@ class OffsetTracker:
         self._dirty_entities: dict[str, SeenEntity | EventRecord] = {}
         self._previous: dict[str, int] = {}  # of each dirty entity: see OffsetChanges
         self._dirty_slices: set[int] = set()
-        self._query_reached = 0  # the newest timestamp the query delivered since loading
+        # The newest timestamp the query delivered since loading: it has delivered every
+        # event of the range before it.
+        self._query_reached = 0
 
     def resume_offset(self) -> TimestampOffset:
         """Where the query resumes: the earliest of the range's slice offsets, so no slice
@@ -123,6 +133,34 @@ class OffsetTracker:
             if timestamp == earliest:
                 seen.update(seen_at)
         return TimestampOffset(earliest, seen)
+
+    def reach(self, timestamp: int) -> None:
+        """The source's ordered query has delivered every event of the range before
+        `timestamp`, though no record came with it (those between passed the consumer's
+        filter nowhere, or came by another path: `fluvial.projection.api.QueryReached`)."""
+        if timestamp > self._query_reached:
+            self._query_reached = timestamp
+
+    def move_quiet_slices(self) -> int:
+        """Move the offset of every slice the query has passed without an event of it, to
+        where the query has come (`reach`, `passed`): the changes then carry it, and a restart
+        resumes there, not at that slice's last event, or at the start. How many moved.
+
+        Sound because the query reads the whole range in timestamp order: before the newest
+        timestamp it delivered, it delivered every event of every slice, and the tracker has
+        taken them in that order. The offset moved to carries no seen entities, so events at
+        that very timestamp are read again after a restart (duplicates by seq nr)."""
+        reached = self._query_reached
+        if reached == 0:
+            return 0
+        tips, moved = self._slice_tips, 0
+        for slice_ in self.slices:
+            tip = tips.get(slice_)
+            if tip is None or tip[0] < reached:
+                tips[slice_] = (reached, {})
+                self._dirty_slices.add(slice_)
+                moved += 1
+        return moved
 
     def slice_offset(self, slice_: int) -> TimestampOffset | None:
         """Where the query has passed in `slice_` (None: nowhere yet)."""
@@ -257,6 +295,7 @@ class OffsetTracker:
             previous=self._previous.get(pid),
             tip=(tip[0], dict(tip[1])) if tip else None,
             slice_dirty=slice_ in self._dirty_slices,
+            query_reached=self._query_reached,
         )
 
     def roll_back_to(self, savepoint: Savepoint) -> None:
@@ -271,6 +310,7 @@ class OffsetTracker:
             self._dirty_slices.add(slice_)
         else:
             self._dirty_slices.discard(slice_)
+        self._query_reached = savepoint.query_reached
 
     def take_changes(self) -> OffsetChanges:
         """What changed since the last call (the caller persists it); starts afresh."""

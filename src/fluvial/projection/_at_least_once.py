@@ -26,7 +26,7 @@ from fluvial.projection._instance import (
     log_skipped,
     receive_until,
 )
-from fluvial.projection.api import Batch
+from fluvial.projection.api import QueryReached, SourceMessage
 
 log = logging.getLogger("fluvial.projection")
 
@@ -48,7 +48,7 @@ class _Saver:
 
     async def save(self) -> None:
         """Save the offsets of everything admitted so far (all of it handled)."""
-        changes = self.instance.tracker.take_changes()
+        changes = self.instance.take_changes()
         self.unsaved = changes
         await self.instance.store.save(self.instance.name, self.instance.slices, changes)
         self.unsaved = None
@@ -91,7 +91,9 @@ class _Saver:
 
 
 async def consume_at_least_once(
-    instance: Instance[E, Any], receive: trio.MemoryReceiveChannel[Batch], handler: AtLeastOnce[E]
+    instance: Instance[E, Any],
+    receive: trio.MemoryReceiveChannel[SourceMessage],
+    handler: AtLeastOnce[E],
 ) -> None:
     """Hand what `receive` brings to `handler`, an envelope at a time, until cancelled."""
     await _consume(receive, _OneAtATime(instance, handler))
@@ -99,7 +101,7 @@ async def consume_at_least_once(
 
 async def consume_grouped_at_least_once(
     instance: Instance[E, Any],
-    receive: trio.MemoryReceiveChannel[Batch],
+    receive: trio.MemoryReceiveChannel[SourceMessage],
     handler: GroupedAtLeastOnce[E],
 ) -> None:
     """Hand what `receive` brings to `handler` in groups, until cancelled."""
@@ -119,12 +121,18 @@ class _Batching(Protocol):
         """Hand over what waits, and save the offsets."""
 
 
-async def _consume(receive: trio.MemoryReceiveChannel[Batch], batching: _Batching) -> None:
-    due = math.inf
+async def _consume(receive: trio.MemoryReceiveChannel[SourceMessage], batching: _Batching) -> None:
+    instance, due = batching.saver.instance, math.inf
     try:
         while True:
             batch = await receive_until(receive, due)
-            if batch is not None:
+            if isinstance(batch, QueryReached):
+                instance.tracker.reach(batch.timestamp)
+                # With nothing waiting (all saved), the quiet slices' offsets are saved now;
+                # else with what waits.
+                if due == math.inf and instance.move_quiet_slices_if_due():
+                    await batching.saver.save()
+            elif batch is not None:
                 records, source = batch
                 for record in records:
                     if due == math.inf:

@@ -25,7 +25,7 @@ from fluvial.projection._instance import (
     log_skipped,
     receive_until,
 )
-from fluvial.projection.api import Batch
+from fluvial.projection.api import QueryReached, SourceMessage
 
 E = TypeVar("E")
 T = TypeVar("T")
@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 async def consume_exactly_once(
     instance: Instance[E, T],
-    receive: trio.MemoryReceiveChannel[Batch],
+    receive: trio.MemoryReceiveChannel[SourceMessage],
     handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
 ) -> None:
     """Hand what `receive` brings to `handler`, a transaction at a time, until cancelled."""
@@ -47,6 +47,13 @@ async def consume_exactly_once(
     due = math.inf
     while True:
         batch = await receive_until(receive, due)
+        if isinstance(batch, QueryReached):
+            instance.tracker.reach(batch.timestamp)
+            # With nothing waiting, the quiet slices' offsets go in a transaction of their
+            # own; else with what waits.
+            if not arrivals and instance.move_quiet_slices_if_due():
+                await _commit(instance, handler, [], [])
+            continue
         if batch is not None:
             records, source = batch
             arrivals.extend((r, source) for r in records)
@@ -104,7 +111,7 @@ async def _commit(
     recovery, backoff = instance.projection.recovery, instance.projection.backoff
     attempt = 0
     while True:
-        changes = instance.tracker.take_changes()
+        changes = instance.take_changes()
         writes = _Writes(handler, list(plan))
         try:
             await instance.store.commit(instance.name, instance.slices, changes, writes)

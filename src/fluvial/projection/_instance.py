@@ -1,7 +1,9 @@
 """One run of a projection instance: its source, its tracker, and admission of envelopes.
 
 `Instance.run` loads the offsets, starts the source and hands its batches to the handler
-kind's consumer (`_exactly_once.py`, `_at_least_once.py`). Admission is
+kind's consumer (`_exactly_once.py`, `_at_least_once.py`); the consumers take the offsets to
+save from `Instance.take_changes`, which moves the quiet slices' offsets every
+`Projection.quiet_slices_every` seconds. Admission is
 `fluvial.core.envelope_admission`'s decision for each record, and this module's I/O for it,
 all through the `Source` and `OffsetStore` protocols: look up an entity that left memory,
 read the timestamp the first-sight rule asks for, replay a gap from the source, load the
@@ -12,6 +14,7 @@ to hand to the handler.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -36,7 +39,7 @@ from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, PreviousEv
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.projection._supervision import open_supervisor
-from fluvial.projection.api import Batch, OffsetStore, Source
+from fluvial.projection.api import OffsetStore, Source, SourceMessage
 
 if TYPE_CHECKING:
     from fluvial.projection._runner import Projection
@@ -78,17 +81,19 @@ class Instance(Generic[E, T]):
         self.slices = slices
         self.tracker = OffsetTracker(slices, first_sight=source.first_sight)
         self.made_progress = False
+        self._quiet_due = math.inf  # when the quiet slices' offsets move next
 
     async def run(
         self,
         ready: Callable[[], None],
-        consume: Callable[[Instance[E, T], trio.MemoryReceiveChannel[Batch]], Any],
+        consume: Callable[[Instance[E, T], trio.MemoryReceiveChannel[SourceMessage]], Any],
     ) -> None:
         """Load the offsets, start the source, call `ready`, and `consume` its batches until
         cancelled; the first error of the source or the consumer is raised as itself."""
         self.made_progress = False
         await self.reload()
-        send, receive = trio.open_memory_channel[Batch](4)
+        self._quiet_due = trio.current_time() + self.projection.quiet_slices_every
+        send, receive = trio.open_memory_channel[SourceMessage](4)
         async with open_supervisor() as supervisor:
             await supervisor.start(self.source.run, self.tracker.resume_offset(), send)
             ready()
@@ -101,6 +106,21 @@ class Instance(Generic[E, T]):
         )
         # The first-sight rule is the source's (its journal's writers), not the store's.
         self.tracker.first_sight = self.source.first_sight
+
+    def move_quiet_slices_if_due(self) -> bool:
+        """Every `Projection.quiet_slices_every` seconds: move the offsets of the slices the
+        query passed without an event of theirs (`OffsetTracker.move_quiet_slices`). Whether
+        any moved: their changes wait in the tracker. Only between admissions."""
+        now = trio.current_time()
+        if now < self._quiet_due:
+            return False
+        self._quiet_due = now + self.projection.quiet_slices_every
+        return self.tracker.move_quiet_slices() > 0
+
+    def take_changes(self) -> OffsetChanges:
+        """The tracker's changes to save, the quiet slices moved if that is due."""
+        self.move_quiet_slices_if_due()
+        return self.tracker.take_changes()
 
     def committed(self, changes: OffsetChanges) -> None:
         """`changes` are stored."""
@@ -201,8 +221,10 @@ class Instance(Generic[E, T]):
         return [EventEnvelope.of(record, event, source)]
 
 
-async def receive_until(receive: trio.MemoryReceiveChannel[Batch], deadline: float) -> Batch | None:
-    """The next batch, or None at `deadline`."""
+async def receive_until(
+    receive: trio.MemoryReceiveChannel[SourceMessage], deadline: float
+) -> SourceMessage | None:
+    """The next batch (or `QueryReached`), or None at `deadline`."""
     with trio.move_on_at(deadline):
         return await receive.receive()
     return None

@@ -49,10 +49,10 @@ from fluvial.projection._source import LocalJournalSources
 from fluvial.projection._source_settings import SourceSettings
 from fluvial.projection._supervision import open_supervisor
 from fluvial.projection.api import (
-    Batch,
     HasOffsetStore,
     JournalWithOffsetStore,
     OffsetStore,
+    SourceMessage,
     SourceProvider,
 )
 
@@ -82,6 +82,10 @@ class Projection(Generic[E, T_contra]):
     `lease_duration` is how many seconds the lease of a running instance's slice range lasts
     unless renewed (every third of it): a second instance over an overlapping range is
     refused while it lasts, so a killed instance blocks a restart for at most that long.
+    `quiet_slices_every` is how often, in seconds, the offsets of the range's slices without
+    recent events move to where the query has come (a write per slice;
+    `OffsetTracker.move_quiet_slices`): a restart reads again at most about that long's
+    events, more than the busy slices' offsets say.
     """
 
     name: str
@@ -92,6 +96,7 @@ class Projection(Generic[E, T_contra]):
     window: float = 300.0
     source: SourceSettings = attrs.field(factory=SourceSettings)
     lease_duration: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
+    quiet_slices_every: float = attrs.field(default=5.0, validator=attrs.validators.gt(0.0))
 
 
 @overload
@@ -275,7 +280,7 @@ async def _restart_forever(
 
 def _consumer(
     handler: Handler[E, T],
-) -> Callable[[Instance[E, T], trio.MemoryReceiveChannel[Batch]], Awaitable[None]]:
+) -> Callable[[Instance[E, T], trio.MemoryReceiveChannel[SourceMessage]], Awaitable[None]]:
     match handler:
         case ExactlyOnce() | GroupedExactlyOnce():
             return lambda instance, receive: consume_exactly_once(instance, receive, handler)

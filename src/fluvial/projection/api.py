@@ -7,6 +7,9 @@ the SQLite file, memory or PostgreSQL as its `OffsetStore`. docs/seams.md explai
 - `SourceProvider` gives the `Source` of one projection instance: one entity type (or stream)
   and slice range. The source delivers `Batch`es of records, each tagged with the path that
   brought it (query, live, backtracking); the offset tracker drops what two paths both bring.
+  Between batches it may send `QueryReached`: its ordered query has come that far with no
+  record to show for it (a consumer's filter left out what it read), so the offsets of slices
+  without events can move on, and a restart need not read those events again.
   It also replays one entity's events between two seq nrs (to fill a gap), loads one event
   with its payload (records may come without one: backtracking, filtered events) and gives the
   timestamp of one event, and says by which first-sight rule its entities are judged
@@ -25,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
+import attrs
 import trio
 
 from fluvial.core.envelope_source import EnvelopeSource
@@ -45,7 +49,9 @@ __all__ = [
     "HasOffsetStore",
     "JournalWithOffsetStore",
     "OffsetStore",
+    "QueryReached",
     "Source",
+    "SourceMessage",
     "SourceProvider",
 ]
 
@@ -54,6 +60,19 @@ R = TypeVar("R")
 
 # Records in timestamp order from one path of a source.
 Batch = tuple[Sequence[EventRecord], EnvelopeSource]
+
+
+@attrs.frozen
+class QueryReached:
+    """From a source, between batches: its ordered query has delivered every event of the
+    slice range before `timestamp` (microseconds) that the projection is to see, and none
+    since the last QUERY batch (e.g. a consumer's filter left out all it read)."""
+
+    timestamp: int
+
+
+# What a source sends its projection instance.
+SourceMessage = Batch | QueryReached
 
 
 class Source(Protocol):
@@ -70,15 +89,16 @@ class Source(Protocol):
     async def run(
         self,
         offset: TimestampOffset,
-        send: trio.MemorySendChannel[Batch],
+        send: trio.MemorySendChannel[SourceMessage],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Send the events after `offset` to `send`, catching up and then following, until
-        cancelled. Call it with `nursery.start`: it is started once events committed after
-        that will reach `send` (a live subscription is open). A read error ends it, raised as
-        itself (the runner restarts the instance from its stored offsets, calling `run` of
-        the same source again)."""
+        cancelled (a source that sends only `Batch`es may take a channel of those). Call it
+        with `nursery.start`: it is started once events committed after that will reach
+        `send` (a live subscription is open). A read error ends it, raised as itself (the
+        runner restarts the instance from its stored offsets, calling `run` of the same source
+        again)."""
         ...
 
     async def replay(
