@@ -4,7 +4,7 @@ virtual clock and see exactly what it asked."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ from fluvial.core.serialization import SerializedPayload
 from fluvial.grpc import GrpcUnavailable, Reconnect
 from fluvial.grpc._batch_codec import MSGPACK_ROWS_V1, encode_events
 from fluvial.grpc._proto.fluvial import v1 as pb
+from fluvial.projection.api import Batch, QueryReached, SourceMessage
 
 SLICES = SliceRange(0, 1023)
 NO_JITTER = Reconnect(initial=0.5, maximum=4.0, multiplier=2.0, jitter=0.0)
@@ -33,6 +34,11 @@ def record(entity_id: str, seq_nr: int, timestamp: int) -> EventRecord:
         timestamp=timestamp,
         write_timestamp=timestamp,
     )
+
+
+def batches(messages: Iterable[SourceMessage]) -> list[Batch]:
+    """The batches among what a source sent its runner (not the `QueryReached`)."""
+    return [m for m in messages if not isinstance(m, QueryReached)]
 
 
 def batch(path: pb.EventPath, records: Sequence[EventRecord]) -> pb.StreamEventsResponse:

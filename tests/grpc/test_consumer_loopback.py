@@ -33,7 +33,7 @@ from fluvial.grpc import (
     Reconnect,
     open_grpc_consumer,
 )
-from fluvial.projection.api import Batch
+from fluvial.projection.api import SourceMessage
 from producer_fixtures import SOURCE, public_cents
 
 # Quick to notice a dead connection and to come back.
@@ -186,7 +186,7 @@ async def test_instances_of_several_slice_ranges_share_one_connection(world: Wor
 async def test_an_unknown_stream_id_fails_the_source_with_not_found(world: World) -> None:
     async with open_grpc_consumer("127.0.0.1", world.producer.port, settings=FAST) as consumer:
         source = consumer.source("no-such-stream", SliceRange.all())
-        send, _receive = trio.open_memory_channel[Batch](1)
+        send, _receive = trio.open_memory_channel[SourceMessage](1)
         with pytest.raises(GrpcNotFound, match="no-such-stream"), trio.fail_after(5):
             await source.run(TimestampOffset.start(), send)
 
@@ -209,7 +209,7 @@ async def test_the_consumers_metadata_reaches_the_producers_auth_hook(world: Wor
         assert await source.event_timestamp(world.stored[0].persistence_id, 1) is not None
     async with open_grpc_consumer("127.0.0.1", world.producer.port, settings=FAST) as consumer:
         source = consumer.source(SOURCE.stream_id, SliceRange.all())
-        send, _receive = trio.open_memory_channel[Batch](1)
+        send, _receive = trio.open_memory_channel[SourceMessage](1)
         with pytest.raises(GrpcUnauthenticated, match="bearer token"), trio.fail_after(5):
             await source.run(TimestampOffset.start(), send)
         with pytest.raises(GrpcUnauthenticated, match="bearer token"):

@@ -39,7 +39,7 @@ from fluvial.grpc import (
 from fluvial.grpc._batch_codec import decode_events
 from fluvial.grpc._channel import GrpcChannel, open_channel
 from fluvial.grpc._proto.fluvial import v1 as pb
-from fluvial.projection.api import Batch
+from fluvial.projection.api import QueryReached, SourceMessage
 
 QUERY, LIVE = EnvelopeSource.QUERY, EnvelopeSource.LIVE
 # Back soon after a dropped connection.
@@ -59,10 +59,10 @@ def progress(timestamp: int, **seen: int) -> pb.StreamEventsResponse:
     )
 
 
-async def run_source(channel: FakeChannel, *, receive_for: float) -> list[Batch]:
+async def run_source(channel: FakeChannel, *, receive_for: float) -> list[SourceMessage]:
     """What the source hands its runner in `receive_for` virtual seconds."""
     source = GrpcConsumer(channel, ConsumerSettings(reconnect=NO_JITTER)).source("carts", SLICES)
-    send, receive = trio.open_memory_channel[Batch](100)
+    send, receive = trio.open_memory_channel[SourceMessage](100)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run, TimestampOffset.start(), send)
         await trio.sleep(receive_for)
@@ -82,8 +82,9 @@ async def test_a_progress_hands_the_live_copies_it_passed_to_the_runner_as_the_q
         ]
     )
     received = await run_source(channel, receive_for=5)
-    # The QUERY copies of what the progress passed (not a2, after it), each once.
-    assert received == [([a1, b1, a2], LIVE), ([a1, b1], QUERY)]
+    # The QUERY copies of what the progress passed (not a2, after it), each once; then the
+    # position itself, for the offsets of the slices without events (none came of them).
+    assert received == [([a1, b1, a2], LIVE), ([a1, b1], QUERY), QueryReached(200)]
     assert channel.inits[0].query_progress  # the consumer asks for progress messages
     # The reopened stream resumes from the progress, for every slice.
     reopened = channel.inits[1]
@@ -129,7 +130,7 @@ async def test_a_progress_behind_the_query_fails_the_source(
     query = batch(pb.EventPath.QUERY, [record("a", 1, 500)])
     channel = FakeChannel([Serve([STARTED, query, progress(400)])])
     source = GrpcConsumer(channel, ConsumerSettings()).source("carts", SLICES)
-    send, _receive = trio.open_memory_channel[Batch](10)
+    send, _receive = trio.open_memory_channel[SourceMessage](10)
     with pytest.raises(ProducerProtocolError, match="behind the stream's offset 500"):
         await source.run(TimestampOffset.start(), send)
 

@@ -35,7 +35,7 @@ from fluvial.grpc import (
     TlsHandshakeFailed,
 )
 from fluvial.grpc._proto.fluvial import v1 as pb
-from fluvial.projection.api import Batch
+from fluvial.projection.api import SourceMessage
 
 
 async def run_source(
@@ -44,11 +44,11 @@ async def run_source(
     *,
     receive_for: float,
     offset: TimestampOffset | None = None,
-) -> tuple[float, list[Batch]]:
+) -> tuple[float, list[SourceMessage]]:
     """Run the source for `receive_for` virtual seconds after it started: when it started,
     and what it sent."""
     source = GrpcConsumer(channel, settings).source("carts", SLICES)
-    send, receive = trio.open_memory_channel[Batch](100)
+    send, receive = trio.open_memory_channel[SourceMessage](100)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run, offset or TimestampOffset.start(), send)
         started = trio.current_time()
@@ -144,7 +144,7 @@ async def test_time_spent_waiting_for_a_slow_projection_is_not_silence(
     batches = [batch(pb.EventPath.QUERY, [record("a", n, n)]) for n in range(1, 4)]
     channel = FakeChannel([Serve([STARTED, *batches], then="silent")])
     source = GrpcConsumer(channel, ConsumerSettings(heartbeat_timeout=5.0)).source("carts", SLICES)
-    send, receive = trio.open_memory_channel[Batch](0)
+    send, receive = trio.open_memory_channel[SourceMessage](0)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run, TimestampOffset.start(), send)
         for _ in batches:
@@ -167,7 +167,7 @@ async def test_an_error_that_waiting_does_not_cure_fails_the_source_as_itself(
 ) -> None:
     channel = FakeChannel([Refuse(error)])
     source = GrpcConsumer(channel, ConsumerSettings()).source("carts", SLICES)
-    send, _receive = trio.open_memory_channel[Batch](10)
+    send, _receive = trio.open_memory_channel[SourceMessage](10)
     with pytest.raises(type(error)) as raised, trio.fail_after(60):
         await source.run(TimestampOffset.start(), send)
     assert raised.value is error
@@ -189,7 +189,7 @@ async def test_a_producer_that_breaks_the_protocol_fails_the_source(
 ) -> None:
     channel = FakeChannel([Serve(messages)])
     source = GrpcConsumer(channel, ConsumerSettings()).source("carts", SLICES)
-    send, _receive = trio.open_memory_channel[Batch](10)
+    send, _receive = trio.open_memory_channel[SourceMessage](10)
     with pytest.raises(ProducerProtocolError, match=match):
         await source.run(TimestampOffset.start(), send)
 
@@ -201,6 +201,6 @@ async def test_an_event_outside_the_slice_range_fails_the_source(
     slices = SliceRange(0, 0) if outside.slice else SliceRange(1, 1)
     channel = FakeChannel([Serve([STARTED, batch(pb.EventPath.LIVE, [outside])])])
     source = GrpcConsumer(channel, ConsumerSettings()).source("carts", slices)
-    send, _receive = trio.open_memory_channel[Batch](10)
+    send, _receive = trio.open_memory_channel[SourceMessage](10)
     with pytest.raises(ProducerProtocolError, match="outside the stream's slice range"):
         await source.run(TimestampOffset.start(), send)

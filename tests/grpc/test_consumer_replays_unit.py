@@ -19,6 +19,7 @@ from consumer_fakes import (
     Serve,
     StreamReplayAnswer,
     batch,
+    batches,
     record,
     replay_answer,
 )
@@ -28,7 +29,7 @@ from fluvial.core.records import EventRecord
 from fluvial.grpc import ConsumerSettings, GrpcConsumer, GrpcUnavailable, ProducerProtocolError
 from fluvial.grpc._consumer_wire import LOAD_EVENT, REPLAY
 from fluvial.grpc._proto.fluvial import v1 as pb
-from fluvial.projection.api import Batch
+from fluvial.projection.api import SourceMessage
 
 A = [record("a", n, 10 * n) for n in range(1, 6)]
 
@@ -61,7 +62,7 @@ async def test_a_replay_is_answered_while_the_runner_has_not_taken_the_streams_b
     query = [batch(pb.EventPath.QUERY, [record("b", n, 100 + n)]) for n in range(1, 4)]
     channel = FakeChannel([Serve([STARTED, *query])], stream_replay=replaying(A))
     source = GrpcConsumer(channel, ConsumerSettings()).source("carts", SLICES)
-    send, receive = trio.open_memory_channel[Batch](0)
+    send, receive = trio.open_memory_channel[SourceMessage](0)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run, TimestampOffset.start(), send)
         with trio.fail_after(5):
@@ -69,7 +70,7 @@ async def test_a_replay_is_answered_while_the_runner_has_not_taken_the_streams_b
             assert [r.seq_nr for r in replayed] == [2, 3, 4, 5]
             taken = [await receive.receive() for _ in query]  # each batch once, in order
         nursery.cancel_scope.cancel()
-    assert [[r.seq_nr for r in records] for records, _ in taken] == [[1], [2], [3]]
+    assert [[r.seq_nr for r in records] for records, _ in batches(taken)] == [[1], [2], [3]]
     assert channel.calls == []  # no unary call
     assert source.reconnects == 0
 
@@ -82,7 +83,7 @@ async def test_an_answer_of_other_events_than_asked_fails_the_source(
 
     channel = FakeChannel([Serve([STARTED])], unary={REPLAY: unary_a}, stream_replay=wrong)
     source = GrpcConsumer(channel, ConsumerSettings()).source("carts", SLICES)
-    send, _receive = trio.open_memory_channel[Batch](10)
+    send, _receive = trio.open_memory_channel[SourceMessage](10)
 
     async def replay() -> None:
         await trio.sleep(1)  # the stream started
@@ -112,7 +113,7 @@ async def test_a_caller_that_gave_up_keeps_its_place_in_the_look_ahead_until_ans
     channel = FakeChannel([Serve([STARTED])], unary={REPLAY: unary_a}, stream_replay=answer_later)
     settings = ConsumerSettings(replay_look_ahead=1)
     source = GrpcConsumer(channel, settings).source("carts", SLICES)
-    send, _receive = trio.open_memory_channel[Batch](10)
+    send, _receive = trio.open_memory_channel[SourceMessage](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run, TimestampOffset.start(), send)
         with trio.move_on_after(1):
@@ -187,7 +188,7 @@ async def test_an_in_stream_replay_of_which_nothing_arrives_is_asked_by_the_unar
         [Serve([STARTED])], unary={REPLAY: unary_a}, stream_replay=first_batch_only
     )
     source = GrpcConsumer(channel, ConsumerSettings(call_timeout=3.0)).source("carts", SLICES)
-    send, _receive = trio.open_memory_channel[Batch](10)
+    send, _receive = trio.open_memory_channel[SourceMessage](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run, TimestampOffset.start(), send)
         asked = trio.current_time()

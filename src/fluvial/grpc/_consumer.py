@@ -55,7 +55,7 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.projection._source_settings import SourceSettings
-from fluvial.projection.api import Batch, ConsumerFilterStore
+from fluvial.projection.api import ConsumerFilterStore, SourceMessage
 
 from ._batch_codec import decode_events
 from ._channel import Metadata, open_channel
@@ -204,7 +204,7 @@ class GrpcSource:
     async def run(
         self,
         offset: TimestampOffset,
-        send: trio.MemorySendChannel[Batch],
+        send: trio.MemorySendChannel[SourceMessage],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:

@@ -40,7 +40,7 @@ from fluvial.core.ids import SliceRange
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 from fluvial.projection._supervision import open_supervisor
-from fluvial.projection.api import Batch
+from fluvial.projection.api import QueryReached, SourceMessage
 
 from ._consumer_filter_wire import wire_criteria
 from ._consumer_filters import ConsumerFilters, OpenStream
@@ -104,27 +104,26 @@ class Outbox:
 
 
 class _Handover:
-    """The batches the receive loop took, each with the resume offset past it (query
-    batches), given to the runner in order by `serve`; a batch of None only moves the
-    offset (a `QueryProgress` that passed no LIVE record)."""
+    """The batches (and `QueryReached`) the receive loop took, each with the resume offset
+    past it (query batches, progress), given to the runner in order by `serve`."""
 
     def __init__(
         self,
-        send: trio.MemorySendChannel[Batch],
+        send: trio.MemorySendChannel[SourceMessage],
         moved: Callable[[TimestampOffset], None],
         reading_on: Callable[[], bool],
     ) -> None:
         self._send = send
         self._moved = moved
         self._reading_on = reading_on
-        self._pending: deque[tuple[Batch | None, TimestampOffset | None]] = deque()
+        self._pending: deque[tuple[SourceMessage | None, TimestampOffset | None]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
 
     def wake(self) -> None:
         """Something the waiting tasks wait for may have changed."""
         self._lot.unpark_all()
 
-    async def put(self, batch: Batch | None, offset: TimestampOffset | None) -> None:
+    async def put(self, batch: SourceMessage | None, offset: TimestampOffset | None) -> None:
         """Queue `batch`; return once the runner took it, or at once while reading on."""
         self._pending.append((batch, offset))
         self._lot.unpark_all()
@@ -151,7 +150,7 @@ async def serve_stream(
     slices: SliceRange,
     filters: ConsumerFilters,
     gaps: GapReplays,
-    send: trio.MemorySendChannel[Batch],
+    send: trio.MemorySendChannel[SourceMessage],
     *,
     offset: TimestampOffset,
     moved: Callable[[TimestampOffset], None],
@@ -253,9 +252,16 @@ class _Receiver:
     async def _query_passed(
         self, offset: TimestampOffset, records: Sequence[EventRecord] = ()
     ) -> None:
-        """The QUERY position moves to `offset`, over `records` (`_consumer_progress`)."""
+        """The QUERY position moves to `offset`, over `records` (`_consumer_progress`); after
+        a QueryProgress, the runner learns the position too (`QueryReached`): the events up to
+        it that the query's copies do not show were left out by the consumer's filter."""
         passed = self.followed.passed(offset, records)
-        await self.handover.put((passed, EnvelopeSource.QUERY) if passed else None, offset)
+        if records:
+            await self.handover.put((passed, EnvelopeSource.QUERY), offset)
+            return
+        if passed:
+            await self.handover.put((passed, EnvelopeSource.QUERY), None)
+        await self.handover.put(QueryReached(offset.timestamp), offset)
 
 
 async def receive_next(
