@@ -282,3 +282,48 @@ async def test_an_entity_first_met_above_seq_nr_1_under_a_filter_is_replayed_fro
         await world.project(consumer, nursery, E4_SLICE)
         await world.wait_until_applied(e4=4, **{TWIN: 1})
         nursery.cancel_scope.cancel()
+
+
+async def test_offsets_move_over_what_the_filter_leaves_out(world: World) -> None:
+    """While the filter leaves out everything, no event arrives, yet the producer's progress
+    moves every slice's offset to where its query has come: a restart does not read the
+    stream again from the start."""
+    store = world.consumer_journal.offset_store()
+    projection = attrs.evolve(ORDERED_PROJECTION, quiet_slices_every=0.05)
+    for n in range(20):
+        await world.append(f"x{n}", 2)
+    (last,) = await world.appender.append("x0", 1)
+    async with (
+        open_grpc_consumer(
+            "127.0.0.1",
+            world.producer.port,
+            settings=FAST,
+            filters={STREAM: ExcludeRegexEntityIds({"x.*"})},
+            filter_store=store,
+        ) as consumer,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(
+            lambda task_status: serve_projection(
+                consumer,
+                CONSUMER_REGISTRY,
+                projection,
+                offsets=store,
+                task_status=task_status,
+            )
+        )
+
+        async def resume_timestamp() -> int:
+            tracker = await store.load(projection.name, SliceRange.all(), window=1)
+            return tracker.resume_offset().timestamp
+
+        database = world.consumer_journal.database
+        with trio.move_on_after(10):  # re-checked after each commit to the consumer's file
+            while True:
+                seen = database.commit_count()
+                if await resume_timestamp() >= last.timestamp:
+                    break
+                await database.wait_for_commit(seen)
+        assert await resume_timestamp() == last.timestamp
+        nursery.cancel_scope.cancel()
+    assert applied(world.consumer_file) == {}

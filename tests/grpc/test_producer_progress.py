@@ -47,3 +47,20 @@ async def test_a_copy_that_differs_from_the_one_sent_is_sent() -> None:
     assert sent.live([placeholder]) == [placeholder]
     assert sent.query([a1]) == [a1]
     assert sent.due == float("inf")
+
+
+async def test_events_the_consumers_filter_excluded_move_the_progress_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A consumer whose filter leaves out a whole QUERY batch still learns where the query
+    has come: its runner moves the offsets of the slices without events there."""
+    a1, x1, x2 = record("a", 1, 100), record("x", 1, 200), record("x", 2, 300)
+    sent = SentOnce(TimestampOffset.start(), delay=0.1)
+    assert sent.query([a1], read=[a1, x1]) == [a1]
+    assert sent.due == 0.1  # x1 excluded: the batch sent does not say the query read it
+    assert sent.query([], read=[x2]) == []
+    progress = sent.progress().query_progress
+    assert progress is not None
+    assert (progress.timestamp, progress.seen) == (300, {x2.persistence_id: 2})
+    assert sent.query([], read=[]) == []
+    assert sent.due == float("inf")

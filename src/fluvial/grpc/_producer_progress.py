@@ -5,19 +5,22 @@ right after its commit, and again by the query, which wakes at each commit and r
 committed. For a consumer that understands it (`StreamInit.query_progress`), the sender
 remembers what it sent by each path (`SentOnce`) and sends each event once: it leaves out of
 the query's batches what went LIVE and, `progress_delay` seconds after it first left one out,
-sends a `QueryProgress`, the query's position over every event it read that the consumer's
-filter let pass, sent or left out; and it leaves out of a LIVE batch what the query sent
-already (the query can read an event before its LIVE copy reaches the sender). The consumer
-hands its LIVE copies of the events a progress passed to its runner as the query's
-(`_consumer_progress`), so its offsets move as before, while the events cross the wire, and
-are decoded, once.
+sends a `QueryProgress`, the query's position over every event it read, sent or left out; a
+progress falls due too when the consumer's filter excluded events of a QUERY batch, so that
+a consumer whose filter leaves out most of a stream still learns how far the query has come
+(its runner moves the offsets of the slices without events there). And it leaves out of a
+LIVE batch what the query sent already (the query can read an event before its LIVE copy
+reaches the sender). The consumer hands its LIVE copies of the events a progress passed to
+its runner as the query's (`_consumer_progress`), so its offsets move as before, while the
+events cross the wire, and are decoded, once.
 
 Why the progress is true: an event is left out of the query's batches only if this sender
 sent it by LIVE on this stream before, so it is ahead of the progress on the wire; the other
 events up to the position were sent in QUERY batches, or are ones the consumer's filter
-excluded (which the position does not count: it is the query's position over the events that
-passed). A copy that differs from the one sent (a placeholder where the other has a payload,
-or the other way round: a filter or transformation that looks at the path) is not left out.
+excluded, which the consumer is not to see (an update that includes their entity later
+replays its history). A copy that differs from the one sent (a placeholder where the other
+has a payload, or the other way round: a filter or transformation that looks at the path) is
+not left out.
 
 Memory: what was sent by one path and not brought by the other yet, the oldest forgotten
 beyond a bound (those are sent again, as without this). The LIVE side holds at most `limit`
@@ -74,21 +77,24 @@ class SentOnce:
         _remember(self._by_live, kept, self.limit)
         return kept
 
-    def query(self, records: Sequence[EventRecord]) -> list[EventRecord]:
-        """Of a QUERY batch's `records` (those the consumer's filter passes, in the query's
-        order), the ones still to send: those sent by LIVE are left out, and a progress falls
-        due if any was."""
-        if not records:
+    def query(
+        self, records: Sequence[EventRecord], *, read: Sequence[EventRecord] | None = None
+    ) -> list[EventRecord]:
+        """Of a QUERY batch's `records` (those the consumer's filter passes of the `read`
+        ones, in the query's order), the ones still to send: those sent by LIVE are left out,
+        and a progress falls due if any was, or if the filter excluded any."""
+        read = records if read is None else read
+        if not read:
             return []
         by_live, kept = self._by_live, []
         for record in records:
             if not _sent_as(by_live, record):
                 kept.append(record)
-        self.offset = self.offset.advanced_over(records)
+        self.offset = self.offset.advanced_over(read)
         # What went LIVE before the query's position that it did not bring (the consumer's
         # filter changed in between) it will not bring later.
         _forget_before(by_live, self.offset.timestamp)
-        if len(kept) < len(records) and self.due == math.inf:
+        if len(kept) < len(read) and self.due == math.inf:
             self.due = trio.current_time() + self.delay
         # The query may read an event before its LIVE copy reaches this sender.
         _remember(self._by_query, kept[-_QUERY_LIMIT:], _QUERY_LIMIT)

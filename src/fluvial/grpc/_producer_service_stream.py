@@ -260,7 +260,7 @@ class StreamEventsCall:
                     if path is EnvelopeSource.LIVE:
                         passed = sent_once.live(passed)
                     elif path is EnvelopeSource.QUERY:
-                        passed = sent_once.query(passed)
+                        passed = sent_once.query(passed, read=records)
                 # A batch the filter emptied is not sent: what it excludes need not travel.
                 for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
                     await self.call.send(pb.StreamEventsResponse(batch=batch))

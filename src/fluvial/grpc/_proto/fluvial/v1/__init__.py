@@ -545,9 +545,10 @@ class QueryProgress(betterproto2.Message):
     How far the producer's query has come: the consumer's QUERY position may move to `timestamp`
     and `seen` (as in a SliceOffset, for every slice of the stream's range). Every event of the
     range up to there that passes the consumer's filter reached this stream before this message,
-    in a QUERY batch or, left out of those, in a LIVE batch. Sent only to a consumer that asked
-    for it (StreamInit.query_progress), a moment after the query read events it left out; never
-    behind an earlier QueryProgress or QUERY batch of the stream.
+    in a QUERY batch or, left out of those, in a LIVE batch; the others (the filter excluded
+    them) the consumer is not to see. Sent only to a consumer that asked for it
+    (StreamInit.query_progress), a moment after the query read events it left out or the filter
+    excluded; never behind an earlier QueryProgress or QUERY batch of the stream.
     """
 
     timestamp: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
