@@ -119,6 +119,7 @@ class OffsetTracker:
         # The newest timestamp the query delivered since loading: it has delivered every
         # event of the range before it.
         self._query_reached = 0
+        self._quiet_moved_to = 0  # where `move_quiet_slices` last moved them
 
     def resume_offset(self) -> TimestampOffset:
         """Where the query resumes: the earliest of the range's slice offsets, so no slice
@@ -153,6 +154,7 @@ class OffsetTracker:
         reached = self._query_reached
         if reached == 0:
             return 0
+        self._quiet_moved_to = reached
         tips, moved = self._slice_tips, 0
         for slice_ in self.slices:
             tip = tips.get(slice_)
@@ -161,6 +163,11 @@ class OffsetTracker:
                 self._dirty_slices.add(slice_)
                 moved += 1
         return moved
+
+    @property
+    def quiet_slices_behind(self) -> bool:
+        """Whether the query has come further since `move_quiet_slices` last moved them."""
+        return self._query_reached > self._quiet_moved_to
 
     def slice_offset(self, slice_: int) -> TimestampOffset | None:
         """Where the query has passed in `slice_` (None: nowhere yet)."""

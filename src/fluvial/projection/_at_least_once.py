@@ -125,13 +125,11 @@ async def _consume(receive: trio.MemoryReceiveChannel[SourceMessage], batching: 
     instance, due = batching.saver.instance, math.inf
     try:
         while True:
-            batch = await receive_until(receive, due)
+            # Idle (all saved), it wakes when the quiet slices' offsets are due to move.
+            idle = due == math.inf
+            batch = await receive_until(receive, instance.quiet_slices_due() if idle else due)
             if isinstance(batch, QueryReached):
                 instance.tracker.reach(batch.timestamp)
-                # With nothing waiting (all saved), the quiet slices' offsets are saved now;
-                # else with what waits.
-                if due == math.inf and instance.move_quiet_slices_if_due():
-                    await batching.saver.save()
             elif batch is not None:
                 records, source = batch
                 for record in records:
@@ -143,6 +141,8 @@ async def _consume(receive: trio.MemoryReceiveChannel[SourceMessage], batching: 
             if trio.current_time() >= due:
                 await batching.flush()
                 due = math.inf
+            elif due == math.inf and instance.move_quiet_slices_if_due():
+                await batching.saver.save()  # idle: the quiet slices' offsets alone
     except* trio.Cancelled:
         # A group too: a handler that opens a nursery of its own gets the Cancelled of the
         # stop wrapped in an ExceptionGroup.

@@ -46,13 +46,10 @@ async def consume_exactly_once(
     plan: list[EventEnvelope[E]] = []
     due = math.inf
     while True:
-        batch = await receive_until(receive, due)
+        # Idle, it wakes when the quiet slices' offsets are due to move.
+        batch = await receive_until(receive, due if arrivals else instance.quiet_slices_due())
         if isinstance(batch, QueryReached):
             instance.tracker.reach(batch.timestamp)
-            # With nothing waiting, the quiet slices' offsets go in a transaction of their
-            # own; else with what waits.
-            if not arrivals and instance.move_quiet_slices_if_due():
-                await _commit(instance, handler, [], [])
             continue
         if batch is not None:
             records, source = batch
@@ -63,6 +60,9 @@ async def consume_exactly_once(
                 continue
         if arrivals:
             await _commit(instance, handler, arrivals, plan)
+        elif batch is None and instance.move_quiet_slices_if_due():
+            # Idle: the quiet slices' offsets in a transaction of their own.
+            await _commit(instance, handler, [], [])
         arrivals, plan, due = [], [], math.inf
 
 

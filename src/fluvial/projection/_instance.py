@@ -107,6 +107,11 @@ class Instance(Generic[E, T]):
         # The first-sight rule is the source's (its journal's writers), not the store's.
         self.tracker.first_sight = self.source.first_sight
 
+    def quiet_slices_due(self) -> float:
+        """When the quiet slices' offsets move next (inf: the query has not come further
+        since they last moved): an idle instance saves them then, with nothing else."""
+        return self._quiet_due if self.tracker.quiet_slices_behind else math.inf
+
     def move_quiet_slices_if_due(self) -> bool:
         """Every `Projection.quiet_slices_every` seconds: move the offsets of the slices the
         query passed without an event of theirs (`OffsetTracker.move_quiet_slices`). Whether
