@@ -58,7 +58,7 @@ from _table import print_table
 from fluvial import ExcludeRegexEntityIds, Filter, IncludeEntityIds
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.first_sight import FirstSight
-from fluvial.core.ids import SliceRange, slice_for
+from fluvial.core.ids import NUMBER_OF_SLICES, SliceRange, slice_for
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.journal.sqlite import open_sqlite_journal
@@ -209,7 +209,11 @@ async def run_consumer(
         channel=ChannelSettings(tls=tls), first_sight=FirstSight.QUERY_IN_COMMIT_ORDER
     )
     projection = Projection[Tick, sqlite3.Connection](
-        "bench", STREAM_ID, ExactlyOnce(handle, migrations=(_create,)), source=QUIET
+        "bench",
+        STREAM_ID,
+        ExactlyOnce(handle, migrations=(_create,)),
+        source=QUIET,
+        quiet_slices_every=QUIET_SLICES_EVERY,
     )
     async with (
         open_sqlite_journal(db) as local,
@@ -463,6 +467,10 @@ async def producer_messages(path: Path) -> list[bytes]:
 # -- catch-up through a consumer filter that passes 10% of the entities ----------------------
 
 PASSING_SHARE = 10  # the filtered catch-up's filter passes one entity in this many
+# The consumer moves the offsets of slices without events this often (in every run, so the
+# catch-ups compare): a second's catch-up would otherwise end before the default 5 s, and the
+# filtered table's last column says what a restart would read again.
+QUIET_SLICES_EVERY = 0.2
 
 
 def passing_only(included: Sequence[str]) -> dict[str, Filter] | None:
@@ -506,12 +514,20 @@ def check_filtered(records: Sequence[EventRecord], db: Path, included: Sequence[
         raise RuntimeError(f"the filtered consumer handled {len(rows)} events (others: {others})")
     if seen != {pid: max(seq_nrs) for pid, seq_nrs in wanted.items()}:
         raise RuntimeError(f"the filtered consumer's entity offsets are {seen}")
-    if offsets != slice_ends:
-        raise RuntimeError(f"the filtered consumer's slice offsets {offsets} != {slice_ends}")
+    # A slice's offset stands at its last included event, or past it where the consumer
+    # moved the slices the query passed without events of theirs (`quiet_slices_every`).
+    behind = {s: t for s, t in slice_ends.items() if offsets.get(s, 0) < t}
+    if behind:
+        raise RuntimeError(f"the filtered consumer's slice offsets {offsets} are behind {behind}")
     slices = {r.slice for r in records}
+    end = max(r.timestamp for r in records)
+    resume = min(offsets.values()) if len(offsets) == NUMBER_OF_SLICES else 0
+    again = sum(1 for r in records if r.timestamp >= resume)
     return (
         f"{len(rows):,} events of {len(handled)} entities, once, in order; offsets at the last "
-        f"of each; {len(slices) - len(offsets)} of {len(slices)} slices (excluded only) none"
+        f"of each; {len(slices) - len(slice_ends)} of {len(slices)} slices excluded only; a "
+        f"restart reads {again:,} journal events again"
+        + (" (resumes at the end)" if resume == end else "")
     )
 
 
