@@ -5,7 +5,8 @@ ids, repeated entities, bad seq nrs, other entity types and slices), ends, garba
 running replays, and checks after every step that the core answered what the model expects:
 nothing is accepted before an Init, every refusal names the reason the model gives, a bad
 filter update leaves the filter, and replays never exceed the bound, never run one entity
-twice, and start in the order they queued.
+twice, start in the order they queued, and a request that would wait beyond the queue's
+bound is refused alone.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from fluvial.core.replication_stream_messages import (
 
 LOW = SliceRange(0, 511)
 BOUND = 2  # low, so that queues form often (the bound is a parameter of the core)
+QUEUE_BOUND = 1  # with BOUND, below the entities the machine asks for: refusals are common
 
 
 class BadCriteria(UsageError):
@@ -75,7 +77,7 @@ class ProducerStreamMachine(RuleBasedStateMachine):
 
     def open(self) -> None:
         self.stream: ProducerStream[tuple[str, ...], str] = ProducerStream(
-            {"carts": "Cart"}, Strict(), max_replays=BOUND
+            {"carts": "Cart"}, Strict(), max_replays=BOUND, max_queued_replays=QUEUE_BOUND
         )
         self.state = "awaiting"
         self.slices: SliceRange | None = None
@@ -162,19 +164,23 @@ class ProducerStreamMachine(RuleBasedStateMachine):
         started = [(r.correlation_id, r.persistence_id) for r in answer.start]
         superseded = [(r.correlation_id, r.persistence_id) for r in answer.superseded]
         cancelled = [(r.correlation_id, r.persistence_id) for r in answer.cancel]
+        refused = [(r.correlation_id, r.persistence_id) for r in answer.refused]
+        done = (started, cancelled, superseded, refused)
         if (old := next((e for e in self.queued if e[1] == pid), None)) is not None:
             self.queued[self.queued.index(old)] = entry
-            assert (started, cancelled, superseded) == ([], [], [old])
+            assert done == ([], [], [old], [])
         elif (old := next((e for e in self.running if e[1] == pid), None)) is not None:
             self.running.remove(old)
             self.running.append(entry)
-            assert (started, cancelled, superseded) == ([entry], [old], [old])
+            assert done == ([entry], [old], [old], [])
         elif len(self.running) < BOUND:
             self.running.append(entry)
-            assert (started, cancelled, superseded) == ([entry], [], [])
+            assert done == ([entry], [], [], [])
+        elif len(self.queued) >= QUEUE_BOUND:
+            assert done == ([], [], [], [entry])  # refused alone: nothing else changes
         else:
             self.queued.append(entry)
-            assert (started, cancelled, superseded) == ([], [], [])
+            assert done == ([], [], [], [])
 
     @rule(data=st.data())
     def step(self, data: st.DataObject) -> None:
@@ -255,6 +261,7 @@ class ProducerStreamMachine(RuleBasedStateMachine):
         assert sorted(running) == sorted(self.running)
         assert queued == self.queued
         assert len(running) <= BOUND
+        assert len(queued) <= QUEUE_BOUND
         pids = [pid for _, pid in running + queued]
         assert len(pids) == len(set(pids))  # an entity is replayed once at a time
         assert self.stream.filter == (self.filter if self.state == "streaming" else None)

@@ -2,12 +2,14 @@
 (no unary `Replay` asked: the producer's auth hook counts the calls), exactly once and in
 order; the unary call when the look-ahead is full, when the stream breaks mid-replay (asked
 from where the stream's answer stopped, retried while the producer restarts), when the
-producer says it abandoned the replay (superseded by a newer request of the entity, or its
-read failed). The producer's journal reads of one entity (`read_events`: only replays use
-them) can be held or made to fail, so that each case happens when the test says."""
+producer says it abandoned the replay (superseded by a newer request of the entity, refused
+by its full queue, or its read failed). The producer's journal reads of one entity
+(`read_events`: only replays use them) can be held or made to fail, so that each case happens
+when the test says."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -270,3 +272,37 @@ async def test_a_replay_the_producer_failed_to_read_is_asked_again_by_the_unary_
     assert replayed(answer) == world.of(PID, 1, 5)
     assert world.calls["Replay"] == 1
     assert source.reconnects == 0  # the stream went on
+
+
+async def test_a_replay_the_full_queue_refused_is_asked_again_by_the_unary_call(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "fluvial.grpc.consumer")
+    await world.producer.stop()
+    world.producer.settings = attrs.evolve(world.producer.settings, max_queued_replays=0)
+    await world.producer.start()
+    await world.append(entities=4, rounds=5)
+    world.gate.hold = {1, 2, 3}  # the 3 replays the producer runs at once
+    async with open_grpc_consumer("127.0.0.1", world.producer.port, settings=FAST) as consumer:
+        source = consumer.source(SOURCE.stream_id, SliceRange.all())
+        await running(world, source)
+        answers: dict[str, Sequence[EventRecord]] = {}
+
+        async def replay(pid: str) -> None:
+            answers[pid] = await source.replay(pid, 1, 5)
+
+        # Well within call_timeout: the refusal is answered at once, not given up on.
+        with trio.fail_after(FAST.call_timeout / 2):
+            async with trio.open_nursery() as nursery:
+                for n in range(3):
+                    nursery.start_soon(replay, f"Account|e{n}")
+                await world.gate.wait_held(3)
+                await replay("Account|e3")  # in-stream, refused: no place to wait
+                assert world.calls["Replay"] == 1
+                world.gate.released.set()
+    for n in range(4):
+        assert replayed(answers[f"Account|e{n}"]) == world.of(f"Account|e{n}", 1, 5)
+    assert world.calls["Replay"] == 1  # only the refused one
+    assert source.reconnects == 0
+    [refused] = [r.getMessage() for r in caplog.records if "QUEUE_FULL" in r.getMessage()]
+    assert "Account|e3 seq nrs 1..5 abandoned (QUEUE_FULL: 0 replays" in refused

@@ -56,7 +56,11 @@ from fluvial.core.replication_stream_messages import (
     StreamAnswer,
     ValidInit,
 )
-from fluvial.core.replication_stream_replays import MAX_RUNNING_REPLAYS, ReplayQueue
+from fluvial.core.replication_stream_replays import (
+    MAX_QUEUED_REPLAYS,
+    MAX_RUNNING_REPLAYS,
+    ReplayQueue,
+)
 
 F = TypeVar("F")
 U = TypeVar("U")
@@ -132,7 +136,9 @@ class ProducerStream(Generic[F, U]):
     """One replication stream, as the producer sees it.
 
     `entity_types` maps each stream id this producer serves to its entity type; `criteria`
-    folds the consumer's filter criteria; `max_replays` bounds the replays that run at once.
+    folds the consumer's filter criteria; `max_replays` bounds the replays that run at once,
+    `max_queued_replays` those that wait (`ReplayQueue`: a consumer's request beyond it is
+    refused, that request alone).
     `receive` takes each consumer message in order and answers what to do; `replay_finished`
     frees the slot of a replay the shell has finished. Nothing here raises for what the peer
     sent: refusals are answers (`EndStream`, `FilterRefused`) holding a `RemoteStreamError`.
@@ -144,13 +150,14 @@ class ProducerStream(Generic[F, U]):
         criteria: CriteriaFold[F, U],
         *,
         max_replays: int = MAX_RUNNING_REPLAYS,
+        max_queued_replays: int = MAX_QUEUED_REPLAYS,
     ) -> None:
         self.entity_types = dict(entity_types)
         self.criteria = criteria
         self.state = AWAITING_INIT
         self.init: ValidInit[F] | None = None  # set by the accepted Init
         self.ended: EndStream | None = None  # set when the stream ends
-        self.replays = ReplayQueue(max_replays)
+        self.replays = ReplayQueue(max_replays, max_queued_replays)
         # The replays the stream starts itself (a filter update included an entity) answer
         # correlation id 0 on the wire; in the queue each has an id of its own below 0, so
         # that it never meets a consumer's (which are >= 1).
@@ -276,7 +283,7 @@ class ProducerStream(Generic[F, U]):
                 from_seq_nr=from_seq_nr,
                 to_seq_nr=MAX_SEQ_NR,
             )
-            changed = self.replays.request(replay)
+            changed = self.replays.request(replay, own=True)  # never refused
             start += changed.start
             cancel += changed.cancel
             superseded += changed.superseded

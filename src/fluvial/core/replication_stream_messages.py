@@ -152,11 +152,13 @@ class Replay:
 class ReplaysChanged:
     """What to do with replays now: `start` these, `cancel` these running ones, and tell the
     consumer that these requests were `superseded` (a newer replay of the same entity took
-    their place: they will not be answered with events)."""
+    their place: they will not be answered with events) or `refused` (the stream's replay
+    queue was full: they were never admitted, and the stream goes on)."""
 
     start: tuple[Replay, ...] = ()
     cancel: tuple[Replay, ...] = ()
     superseded: tuple[Replay, ...] = ()
+    refused: tuple[Replay, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -1,12 +1,14 @@
 """The in-stream replays of one producer stream, run as the stream core says, without gRPC.
 
 The stream core (`ProducerStream`) decides which replays run (at most 3 at once, the rest
-queued, a newer request of an entity replacing its older one) and answers `ReplaysChanged`;
+queued up to a bound, a newer request of an entity replacing its older one) and answers
+`ReplaysChanged`;
 `StreamReplays.apply` carries that out: it starts a task per replay in the caller's nursery,
 cancels the superseded ones, and sends each replay's events (their public form, in seq nr
 order) to a bounded channel as `ReplayBatch`es, the last one marked, or a `ReplaySuperseded`
-for a request a newer one replaced, or a `ReplayFailed` for one whose journal read failed
-(logged; the stream goes on, and the consumer asks again by the unary call). When a replay has
+for a request a newer one replaced, or a `ReplayRefused` for one the full queue did not admit,
+or a `ReplayFailed` for one whose journal read failed (logged; the stream goes on, and the
+consumer asks again by the unary call). When a replay has
 sent its last batch, or failed, it tells the core, and starts what the core answers (the next
 queued replay).
 """
@@ -51,6 +53,15 @@ class ReplaySuperseded:
 
 
 @attrs.frozen(kw_only=True)
+class ReplayRefused:
+    """The replay `correlation_id` was not admitted: `max_queued` replays of the stream
+    waited already. Nothing of it comes."""
+
+    correlation_id: int
+    max_queued: int
+
+
+@attrs.frozen(kw_only=True)
 class ReplayFailed:
     """Reading the journal for the replay `correlation_id` failed (`message` says how):
     nothing more of it comes (what it sent before stays valid)."""
@@ -59,7 +70,7 @@ class ReplayFailed:
     message: str
 
 
-ReplayAnswer = ReplayBatch | ReplaySuperseded | ReplayFailed
+ReplayAnswer = ReplayBatch | ReplaySuperseded | ReplayRefused | ReplayFailed
 
 
 class StreamReplays:
@@ -86,11 +97,16 @@ class StreamReplays:
         self._scopes: dict[int, trio.CancelScope] = {}  # of the running replays
 
     async def apply(self, change: ReplaysChanged) -> None:
-        """Cancel, answer as superseded and start what `change` names."""
+        """Cancel, answer as superseded or refused, and start what `change` names."""
         for replay in change.cancel:
             self._scopes.pop(replay.correlation_id).cancel()
         for replay in change.superseded:
             await self._send.send(ReplaySuperseded(correlation_id=replay.correlation_id))
+        max_queued = self._stream.replays.max_queued
+        for replay in change.refused:
+            await self._send.send(
+                ReplayRefused(correlation_id=replay.correlation_id, max_queued=max_queued)
+            )
         for replay in change.start:
             scope = self._scopes[replay.correlation_id] = trio.CancelScope()
             self._nursery.start_soon(self._run, replay, scope)

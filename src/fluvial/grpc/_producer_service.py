@@ -22,6 +22,7 @@ from fluvial.core.errors import UsageError
 from fluvial.core.ids import NUMBER_OF_SLICES, SliceRange
 from fluvial.core.records import MAX_SEQ_NR, EventRecord
 from fluvial.core.replication_stream_errors import RemoteStreamError
+from fluvial.core.replication_stream_replays import MAX_QUEUED_REPLAYS
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.journal.api import Journal
 
@@ -49,6 +50,11 @@ def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int)
         raise UsageError(f"ProducerSettings.{attribute.name} must be an int >= 1: {value!r}")
 
 
+def _at_least_zero(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"ProducerSettings.{attribute.name} must be an int >= 0: {value!r}")
+
+
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise UsageError(f"ProducerSettings.{attribute.name} must be positive: {value!r}")
@@ -68,6 +74,11 @@ class ProducerSettings:
       `stream`'s sizes this bounds a stream's memory whatever its consumer does.
     - `max_replay_events`: the most events one `Replay` call answers (it answers
       `complete=False` when it stops early, for this bound or the message size).
+    - `max_queued_replays`: the in-stream replays of a stream that may wait behind the 3
+      that run. A consumer's request that would wait beyond it is answered at once with a
+      `StreamReplayAbandoned` (QUEUE_FULL), and the stream goes on; a replacement of a
+      waiting or running entity's request takes no new place. The stream's own replays (a
+      filter update included entities) take places too but are never refused.
     """
 
     server: ServerSettings = attrs.field(factory=ServerSettings)
@@ -75,6 +86,7 @@ class ProducerSettings:
     heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
     buffered_batches: int = attrs.field(default=1, validator=_at_least_one)
     max_replay_events: int = attrs.field(default=10_000, validator=_at_least_one)
+    max_queued_replays: int = attrs.field(default=MAX_QUEUED_REPLAYS, validator=_at_least_zero)
 
 
 class Producer:

@@ -10,7 +10,8 @@ The call runs three kinds of task in a nursery of its own:
   replays a `FilterChanged` started, of the entities it included by id, are run);
   `ReplaysChanged` goes to `StreamReplays`; `EndStream` ends the call with its status;
 - forwarders, which pass on the pipeline's batches and encode the replays' batches (and a
-  `StreamReplayAbandoned` for a consumer's replay superseded or failed);
+  `StreamReplayAbandoned` for a consumer's replay superseded, refused by the full queue, or
+  failed);
 - one sender, the only task that writes to the call: it takes the next message or batch from
   a channel of capacity 0, and sends a `Heartbeat` when none came for the heartbeat interval.
   It applies the consumer's filter (`consumer_passes`) to a batch as it sends it, so that
@@ -56,6 +57,7 @@ from ._producer_replays import (
     ReplayAnswer,
     ReplayBatch,
     ReplayFailed,
+    ReplayRefused,
     ReplaySuperseded,
     StreamReplays,
 )
@@ -100,12 +102,18 @@ def _asks_for_progress(request: pb.StreamEventsRequest | Undecodable) -> bool:
     return init is not None and init.query_progress
 
 
-def abandoned_message(answer: ReplaySuperseded | ReplayFailed) -> pb.StreamEventsResponse:
+def abandoned_message(
+    answer: ReplaySuperseded | ReplayRefused | ReplayFailed,
+) -> pb.StreamEventsResponse:
     """The `StreamReplayAbandoned` that tells the consumer no more of a replay comes."""
-    if isinstance(answer, ReplaySuperseded):
-        reason, message = pb.ReplayAbandonReason.SUPERSEDED, "a newer request of the entity"
-    else:
-        reason, message = pb.ReplayAbandonReason.FAILED, answer.message
+    match answer:
+        case ReplaySuperseded():
+            reason, message = pb.ReplayAbandonReason.SUPERSEDED, "a newer request of the entity"
+        case ReplayRefused():
+            reason = pb.ReplayAbandonReason.QUEUE_FULL
+            message = f"{answer.max_queued} replays of the stream wait already"
+        case ReplayFailed():
+            reason, message = pb.ReplayAbandonReason.FAILED, answer.message
     abandoned = pb.StreamReplayAbandoned(answer.correlation_id, reason, message)
     return pb.StreamEventsResponse(replay_abandoned=abandoned)
 
@@ -117,7 +125,9 @@ class StreamEventsCall:
         self.producer = producer
         self.call = call
         self.stream: ProducerStream[Filter, Criteria] = ProducerStream(
-            producer.entity_types, WireCriteria()
+            producer.entity_types,
+            WireCriteria(),
+            max_queued_replays=producer.settings.max_queued_replays,
         )
         # What the sender sends next: capacity 0, so what waits is at most one message per
         # task that produces them.

@@ -159,12 +159,19 @@ class ReplayAbandonReason(betterproto2.Enum):
     Reading the producer's journal failed.
     """
 
+    QUEUE_FULL = 3
+    """
+    The stream's replay queue was full: the producer never started the request (it bounds
+    the replays that wait per stream). Sent at once, before any batch of it; the stream goes on.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
             0: "REPLAY_ABANDON_REASON_UNSPECIFIED",
             1: "REPLAY_ABANDON_REASON_SUPERSEDED",
             2: "REPLAY_ABANDON_REASON_FAILED",
+            3: "REPLAY_ABANDON_REASON_QUEUE_FULL",
         }
 
     @classmethod
@@ -173,6 +180,7 @@ class ReplayAbandonReason(betterproto2.Enum):
             "REPLAY_ABANDON_REASON_UNSPECIFIED": 0,
             "REPLAY_ABANDON_REASON_SUPERSEDED": 1,
             "REPLAY_ABANDON_REASON_FAILED": 2,
+            "REPLAY_ABANDON_REASON_QUEUE_FULL": 3,
         }
 
 
@@ -807,7 +815,7 @@ class StreamReplayAbandoned(betterproto2.Message):
 
     message: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    Why, for logs (the journal's error for FAILED).
+    Why, for logs (the journal's error for FAILED, the bound for QUEUE_FULL).
     """
 
 
