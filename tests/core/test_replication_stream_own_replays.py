@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core_criteria import CoreCriteria
 from fluvial.core.filters import Filter
 from fluvial.core.filters_criteria import FilterCriterion, IncludeEntityIds
 from fluvial.core.ids import SliceRange, slice_for
@@ -20,19 +21,6 @@ from fluvial.core.replication_stream_messages import (
 )
 
 SLICES = SliceRange(0, 511)
-
-
-class CoreCriteria:
-    """The `CriteriaFold` of core criteria into a `Filter` (the wire's, without the wire)."""
-
-    def empty(self) -> Filter:
-        return Filter()
-
-    def apply(self, filter: Filter, criteria: Sequence[FilterCriterion]) -> Filter:
-        return filter.updated(criteria)
-
-    def replays(self, filter: Filter, criteria: Sequence[FilterCriterion]) -> list[tuple[str, int]]:
-        return [(r.entity_id, r.from_seq_nr) for r in filter.replays(criteria)]
 
 
 def ids_in(slices: SliceRange, count: int) -> list[str]:

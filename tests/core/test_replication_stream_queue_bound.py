@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from core_criteria import CoreCriteria
 from fluvial.core.errors import UsageError
 from fluvial.core.filters import Filter
 from fluvial.core.filters_criteria import FilterCriterion, IncludeEntityIds
@@ -86,19 +87,6 @@ def test_the_queue_bound_is_an_int_of_at_least_0() -> None:
     for bad in (-1, 1.5, True):
         with pytest.raises(UsageError, match="replays that may wait"):
             ReplayQueue(max_queued=bad)  # type: ignore[arg-type]
-
-
-class CoreCriteria:
-    """The `CriteriaFold` of core criteria into a `Filter` (the wire's, without the wire)."""
-
-    def empty(self) -> Filter:
-        return Filter()
-
-    def apply(self, filter: Filter, criteria: Sequence[FilterCriterion]) -> Filter:
-        return filter.updated(criteria)
-
-    def replays(self, filter: Filter, criteria: Sequence[FilterCriterion]) -> list[tuple[str, int]]:
-        return [(r.entity_id, r.from_seq_nr) for r in filter.replays(criteria)]
 
 
 def test_a_stream_refuses_the_request_beyond_its_bound_and_goes_on() -> None:
