@@ -16,6 +16,10 @@ no asyncio type reaches fluvial's public API and the bridge can be replaced here
   interrupted, as a trio call that raises Cancelled is: a grpclib send cut short this way leaves
   its stream unusable, which is why a stream is reset after a cancelled send). Any other
   exception of the asyncio side comes out as itself.
+- `run_asyncio_eagerly(fn, *args)`: the same, but `fn`'s coroutine runs in the calling trio
+  task until it first has to wait, and only the rest, if any, as an asyncio task: for calls
+  that mostly complete at once (a grpclib server's send within the flow-control window), it
+  saves the task and the two turns of the loop that start it and report its end.
 - `iterate_asyncio(iterator)`: from trio, iterate an asyncio async iterator (a grpclib stream),
   one `run_asyncio` per item, with the same cancellation.
 - `run_trio(fn, *args, **kwargs)`: from asyncio (a grpclib handler), run the trio function
@@ -45,9 +49,9 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
-from typing import Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -170,6 +174,69 @@ async def run_asyncio(fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs:
         coroutine.close()  # never awaited: no "was never awaited" warning
         raise
     return await trio_asyncio.run_aio_future(task)
+
+
+async def run_asyncio_eagerly(
+    fn: Callable[_P, Coroutine[Any, Any, _T]], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """From trio: `await fn(*args, **kwargs)`, its coroutine run in this trio task up to its
+    first wait, and from there (if it waits) as an asyncio task, as `run_asyncio` runs it.
+
+    For asyncio code that needs no current asyncio task (grpclib's client calls do: their
+    cancel wrappers look it up; a server stream's `send_message` does not) and that mostly
+    completes without waiting. Its first step cannot be cancelled midway (it does not wait);
+    a cancel while the rest runs is `run_asyncio`'s. Completing at once, the call is no
+    schedule point: it raises Cancelled first if this task is cancelled, and otherwise runs
+    on (as `trio.lowlevel.checkpoint_if_cancelled`).
+    """
+    loop = _loop()
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if trio.lowlevel.current_task().context.get(trio_asyncio.current_loop) is not loop:
+        # asyncio code run here would not find the loop (trio-asyncio looks it up in the
+        # trio task's context): a task of the loop runs it all.
+        return await run_asyncio(fn, *args, **kwargs)
+    coroutine = fn(*args, **kwargs)
+    try:
+        waits_for = coroutine.send(None)
+    except StopIteration as done:
+        result: _T = done.value
+        return result
+    task = loop.create_task(_resume(coroutine, waits_for), context=_loop_context(loop))
+    return await trio_asyncio.run_aio_future(task)
+
+
+async def _resume(coroutine: Coroutine[Any, Any, _T], waits_for: object) -> _T:
+    return await _Resumed(coroutine, waits_for)
+
+
+class _Resumed(Generic[_T]):
+    """Awaiting it (in an asyncio task) goes on with a coroutine from where it first yielded
+    `waits_for` (the future it waits for), as if the task had run it from its start."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, _T], waits_for: object) -> None:
+        self._coroutine = coroutine
+        self._waits_for = waits_for
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        coroutine, waits_for = self._coroutine, self._waits_for
+        while True:
+            try:
+                sent = yield waits_for
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as error:  # the task's cancel, thrown in: passed on
+                try:
+                    waits_for = coroutine.throw(error)
+                except StopIteration as done:
+                    result: _T = done.value
+                    return result
+            else:
+                try:
+                    waits_for = coroutine.send(sent)
+                except StopIteration as done:
+                    result = done.value
+                    return result
 
 
 def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
