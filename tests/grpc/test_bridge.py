@@ -11,6 +11,7 @@ import trio.lowlevel
 
 from fluvial.grpc._asyncio_bridge import (
     _BRIDGE,
+    AsyncioReader,
     asyncio_bridge_is_open,
     iterate_asyncio,
     open_asyncio_bridge,
@@ -196,6 +197,71 @@ async def test_an_eager_call_from_a_task_that_does_not_see_the_loop_runs_on_the_
             go.set()
             await done.wait()
             assert answers == [_loop_id()]
+
+
+class _Numbers:
+    """An asyncio source of 1, 2, ... `last` (then `after`: an error, or more numbers), each
+    once its gate opens; counts its calls."""
+
+    def __init__(self, last: int, after: BaseException | None = None) -> None:
+        self.last, self.after = last, after
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def next(self) -> int:
+        self.calls += 1
+        await self.gate.wait()
+        await asyncio.sleep(0)
+        if self.calls > self.last and self.after is not None:
+            raise self.after
+        return self.calls
+
+
+async def test_a_reader_reads_in_order_one_ahead_and_repeats_the_last_result() -> None:
+    numbers = _Numbers(last=3)
+    reader = AsyncioReader(numbers.next, lambda n: n == 3)
+    async with open_asyncio_bridge():
+        assert await reader.receive() == 1
+        await trio.sleep(0.05)  # the reader has all the time it wants to read on
+        assert numbers.calls == 2  # 2 read and waiting, nothing more asked
+        assert [await reader.receive() for _ in range(4)] == [2, 3, 3, 3]
+        assert numbers.calls == 3
+        await run_asyncio(reader.stop)
+
+
+async def test_a_cancelled_receive_takes_nothing_and_an_error_comes_out_as_itself() -> None:
+    error = KeyError("the stream broke")
+    numbers = _Numbers(last=2, after=error)
+    reader = AsyncioReader(numbers.next, lambda n: False)
+    async with open_asyncio_bridge():
+        assert await reader.receive() == 1
+        numbers.gate.clear()  # 2 waits for it
+        with trio.move_on_after(0.05) as scope:
+            await reader.receive()
+        assert scope.cancelled_caught
+        numbers.gate.set()
+        assert await reader.receive() == 2  # read after the cancel, not lost
+        for _ in range(2):
+            with pytest.raises(KeyError) as raised:
+                await reader.receive()
+            assert raised.value is error
+
+
+async def test_stopping_a_reader_cancels_its_asyncio_task() -> None:
+    numbers = _Numbers(last=5)
+    reader = AsyncioReader(numbers.next, lambda n: False)
+    async with open_asyncio_bridge():
+        assert await reader.receive() == 1
+        numbers.gate.clear()
+        await trio.sleep(0.01)
+        await run_asyncio(reader.stop)
+        calls = numbers.calls
+        numbers.gate.set()
+        await trio.sleep(0.05)
+        assert numbers.calls == calls  # nothing reads any more
+        with pytest.raises(asyncio.CancelledError):
+            await reader.receive()
 
 
 async def test_iterating_an_asyncio_iterator_from_trio_and_cancelling_it() -> None:

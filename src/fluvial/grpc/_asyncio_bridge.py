@@ -20,6 +20,11 @@ no asyncio type reaches fluvial's public API and the bridge can be replaced here
   task until it first has to wait, and only the rest, if any, as an asyncio task: for calls
   that mostly complete at once (a grpclib server's send within the flow-control window), it
   saves the task and the two turns of the loop that start it and report its end.
+- `AsyncioReader(fn, last)`: from trio, the results of calling the asyncio coroutine function
+  `fn()` again and again (a grpclib stream's next message), called by one asyncio task that
+  reads one result ahead of what trio has taken: one task for a whole stream of messages, and
+  a message that has arrived wakes the trio side at once, instead of a task per message and
+  two turns of the loop to start it and report its end.
 - `iterate_asyncio(iterator)`: from trio, iterate an asyncio async iterator (a grpclib stream),
   one `run_asyncio` per item, with the same cancellation.
 - `run_trio(fn, *args, **kwargs)`: from asyncio (a grpclib handler), run the trio function
@@ -47,8 +52,10 @@ cancel scope. The cost is a thread hop per call (~20-50 µs) instead of a same-t
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -247,6 +254,86 @@ def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
     context = contextvars.copy_context()
     context.run(trio_asyncio.current_loop.set, loop)
     return context
+
+
+class AsyncioReader(Generic[_T]):
+    """From trio: the results of `await fn()`, called again and again by one asyncio task that
+    reads ahead (it calls `fn` for the next result while trio has not yet taken the one
+    before, and holds at most one), until a result for which `last(result)` is true or one
+    that raises; that one is then the answer of every later `receive`.
+
+    The task starts with the first `receive`; `stop` (on the asyncio side: `run_asyncio`)
+    cancels it and waits until it has ended, while no `receive` waits."""
+
+    def __init__(self, fn: Callable[[], Awaitable[_T]], last: Callable[[_T], bool]) -> None:
+        self._fn = fn
+        self._last = last
+        self._task: asyncio.Task[None] | None = None
+        self._ready: deque[_T] = deque()  # read, not yet taken: at most one
+        self._ended: tuple[_T] | BaseException | None = None  # the last result, or the error
+        self._receiver: trio.lowlevel.Task | None = None  # the trio task waiting in `receive`
+        self._room: asyncio.Future[None] | None = None  # what the reader waits on when full
+
+    async def receive(self) -> _T:
+        """The next result, or the last one again (its error raised as itself). Cancelled, it
+        took nothing: the result comes with the next call. With a result read already it is
+        no schedule point (as `trio.lowlevel.checkpoint_if_cancelled`)."""
+        if self._task is None:
+            loop = _loop()
+            self._task = loop.create_task(self._read(), context=_loop_context(loop))
+        if self._ready or self._ended is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            assert self._receiver is None, "two tasks receive from one AsyncioReader"
+            self._receiver = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        if self._ready:
+            result = self._ready.popleft()
+            room, self._room = self._room, None
+            if room is not None and not room.done():
+                room.set_result(None)
+            return result
+        ended = self._ended
+        assert ended is not None, "woken with nothing to take"
+        if isinstance(ended, BaseException):
+            raise ended
+        return ended[0]
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._receiver = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            trio.lowlevel.reschedule(receiver)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                result = await self._fn()
+            except BaseException as error:
+                self._ended = error  # a cancel of the task too: no receive waits forever
+                self._wake()
+                if isinstance(error, Exception):
+                    return
+                raise
+            if self._last(result):
+                self._ended = (result,)
+                self._wake()
+                return
+            self._ready.append(result)
+            self._wake()
+            if self._ready:  # not taken at once: wait until it is
+                self._room = _loop().create_future()
+                await self._room
+
+    async def stop(self) -> None:
+        """(On the asyncio side.) Cancel the reading task; return once it has ended."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
 
 
 class _End:
