@@ -218,13 +218,13 @@ class _Numbers:
         return self.calls
 
 
-async def test_a_reader_reads_in_order_one_ahead_and_repeats_the_last_result() -> None:
+async def test_a_reader_reads_in_order_two_ahead_and_repeats_the_last_result() -> None:
     numbers = _Numbers(last=3)
     reader = AsyncioReader(numbers.next, lambda n: n == 3)
     async with open_asyncio_bridge():
         assert await reader.receive() == 1
         await trio.sleep(0.05)  # the reader has all the time it wants to read on
-        assert numbers.calls == 2  # 2 read and waiting, nothing more asked
+        assert numbers.calls == 3  # 2 and 3 read and waiting, nothing more asked
         assert [await reader.receive() for _ in range(4)] == [2, 3, 3, 3]
         assert numbers.calls == 3
         await run_asyncio(reader.stop)
@@ -232,16 +232,15 @@ async def test_a_reader_reads_in_order_one_ahead_and_repeats_the_last_result() -
 
 async def test_a_cancelled_receive_takes_nothing_and_an_error_comes_out_as_itself() -> None:
     error = KeyError("the stream broke")
-    numbers = _Numbers(last=2, after=error)
+    numbers = _Numbers(last=1, after=error)
     reader = AsyncioReader(numbers.next, lambda n: False)
+    numbers.gate.clear()  # 1 waits for it
     async with open_asyncio_bridge():
-        assert await reader.receive() == 1
-        numbers.gate.clear()  # 2 waits for it
         with trio.move_on_after(0.05) as scope:
             await reader.receive()
         assert scope.cancelled_caught
         numbers.gate.set()
-        assert await reader.receive() == 2  # read after the cancel, not lost
+        assert await reader.receive() == 1  # read after the cancel, not lost
         for _ in range(2):
             with pytest.raises(KeyError) as raised:
                 await reader.receive()
@@ -253,13 +252,11 @@ async def test_stopping_a_reader_cancels_its_asyncio_task() -> None:
     reader = AsyncioReader(numbers.next, lambda n: False)
     async with open_asyncio_bridge():
         assert await reader.receive() == 1
-        numbers.gate.clear()
-        await trio.sleep(0.01)
+        await trio.sleep(0.01)  # 2 and 3 read
         await run_asyncio(reader.stop)
-        calls = numbers.calls
-        numbers.gate.set()
+        assert await reader.receive() == 2  # read before the stop
         await trio.sleep(0.05)
-        assert numbers.calls == calls  # nothing reads any more
+        assert numbers.calls == 3  # nothing reads any more
         with pytest.raises(asyncio.CancelledError):
             await reader.receive()
 

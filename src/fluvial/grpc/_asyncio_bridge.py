@@ -259,8 +259,8 @@ def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
 class AsyncioReader(Generic[_T]):
     """From trio: the results of `await fn()`, called again and again by one asyncio task that
     reads ahead (it calls `fn` for the next result while trio has not yet taken the one
-    before, and holds at most one), until a result for which `last(result)` is true or one
-    that raises; that one is then the answer of every later `receive`.
+    before: at most two read and not taken), until a result for which `last(result)` is true
+    or one that raises; that one is then the answer of every later `receive`.
 
     The task starts with the first `receive`; `stop` (on the asyncio side: `run_asyncio`)
     cancels it and waits until it has ended, while no `receive` waits."""
@@ -269,7 +269,7 @@ class AsyncioReader(Generic[_T]):
         self._fn = fn
         self._last = last
         self._task: asyncio.Task[None] | None = None
-        self._ready: deque[_T] = deque()  # read, not yet taken: at most one
+        self._ready: deque[_T] = deque()  # for `receive` to take: at most one
         self._ended: tuple[_T] | BaseException | None = None  # the last result, or the error
         self._receiver: trio.lowlevel.Task | None = None  # the trio task waiting in `receive`
         self._room: asyncio.Future[None] | None = None  # what the reader waits on when full
@@ -309,24 +309,24 @@ class AsyncioReader(Generic[_T]):
             trio.lowlevel.reschedule(receiver)
 
     async def _read(self) -> None:
-        while True:
-            try:
+        try:
+            while True:
                 result = await self._fn()
-            except BaseException as error:
-                self._ended = error  # a cancel of the task too: no receive waits forever
+                if self._last(result):
+                    self._ended = (result,)
+                    break
+                while self._ready:  # the one before is not taken yet: wait until it is
+                    self._room = _loop().create_future()
+                    await self._room
+                self._ready.append(result)
                 self._wake()
-                if isinstance(error, Exception):
-                    return
-                raise
-            if self._last(result):
-                self._ended = (result,)
-                self._wake()
-                return
-            self._ready.append(result)
+        except Exception as error:
+            self._ended = error
+        except BaseException as error:
+            self._ended = error  # a cancel of the task too: no receive waits forever
+            raise
+        finally:
             self._wake()
-            if self._ready:  # not taken at once: wait until it is
-                self._room = _loop().create_future()
-                await self._room
 
     async def stop(self) -> None:
         """(On the asyncio side.) Cancel the reading task; return once it has ended."""

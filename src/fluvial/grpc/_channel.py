@@ -197,7 +197,7 @@ class ClientStream(Generic[_Request, _Reply]):
 
     `receive()` returns the server's next message, or None once it ended the call OK; an
     error status raises its `GrpcError`. Iterating the stream does the same. One asyncio task
-    reads the messages, one ahead of what `receive` has taken (`AsyncioReader`).
+    reads the messages, up to two ahead of what `receive` has taken (`AsyncioReader`).
     """
 
     def __init__(self, stream: grpclib.client.Stream[_Request, _Reply], method: str) -> None:
