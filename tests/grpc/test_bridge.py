@@ -11,10 +11,12 @@ import trio.lowlevel
 
 from fluvial.grpc._asyncio_bridge import (
     _BRIDGE,
+    AsyncioReader,
     asyncio_bridge_is_open,
     iterate_asyncio,
     open_asyncio_bridge,
     run_asyncio,
+    run_asyncio_eagerly,
     run_trio,
 )
 
@@ -122,6 +124,141 @@ async def test_an_asyncio_exception_comes_out_as_itself() -> None:
         with pytest.raises(KeyError) as raised:
             await run_asyncio(fail)
     assert raised.value is error
+
+
+async def test_an_eager_call_that_need_not_wait_completes_in_the_calling_trio_task() -> None:
+    async def where(label: str) -> tuple[str, trio.lowlevel.Task, int]:
+        return label, trio.lowlevel.current_task(), id(asyncio.get_running_loop())
+
+    async with open_asyncio_bridge():
+        label, task, loop = await run_asyncio_eagerly(where, "here")
+        # Run by the loop, it would see the loop's own trio task.
+        assert (label, task, loop) == ("here", trio.lowlevel.current_task(), _loop_id())
+
+
+async def test_an_eager_call_goes_on_as_an_asyncio_task_once_it_waits() -> None:
+    async def add_later(a: int, b: int) -> tuple[int, trio.lowlevel.Task, trio.lowlevel.Task]:
+        before = trio.lowlevel.current_task()
+        await asyncio.sleep(0)
+        return a + b, before, trio.lowlevel.current_task()
+
+    async with open_asyncio_bridge():
+        total, before, after = await run_asyncio_eagerly(add_later, 2, b=3)
+    assert total == 5
+    assert before is trio.lowlevel.current_task() and after is not before
+
+
+async def test_an_eager_call_is_cancelled_as_run_asyncio_is_and_its_errors_are_themselves() -> None:
+    seen: list[str] = []
+
+    async def wait_long() -> None:
+        seen.append("started")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("asyncio side cancelled")
+            raise
+
+    error = KeyError("from asyncio")
+
+    async def fail(wait: bool) -> None:
+        if wait:
+            await asyncio.sleep(0)
+        raise error
+
+    async with open_asyncio_bridge():
+        with trio.move_on_after(0.05) as scope:
+            await run_asyncio_eagerly(wait_long)
+        assert scope.cancelled_caught and seen == ["started", "asyncio side cancelled"]
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await run_asyncio_eagerly(wait_long)  # cancelled already: nothing runs
+        assert scope.cancelled_caught and seen == ["started", "asyncio side cancelled"]
+        for wait in (False, True):
+            with pytest.raises(KeyError) as raised:
+                await run_asyncio_eagerly(fail, wait)
+            assert raised.value is error
+
+
+async def test_an_eager_call_from_a_task_that_does_not_see_the_loop_runs_on_the_loop() -> None:
+    """trio-asyncio finds the loop in the trio task's context: a task started before the
+    bridge opened has none, so asyncio code run in it would not find the loop."""
+    answers: list[int] = []
+    go, done = trio.Event(), trio.Event()
+
+    async def started_before() -> None:
+        await go.wait()
+        answers.append(await run_asyncio_eagerly(_running_loop_id))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(started_before)
+        async with open_asyncio_bridge():
+            go.set()
+            await done.wait()
+            assert answers == [_loop_id()]
+
+
+class _Numbers:
+    """An asyncio source of 1, 2, ... `last` (then `after`: an error, or more numbers), each
+    once its gate opens; counts its calls."""
+
+    def __init__(self, last: int, after: BaseException | None = None) -> None:
+        self.last, self.after = last, after
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def next(self) -> int:
+        self.calls += 1
+        await self.gate.wait()
+        await asyncio.sleep(0)
+        if self.calls > self.last and self.after is not None:
+            raise self.after
+        return self.calls
+
+
+async def test_a_reader_reads_in_order_two_ahead_and_repeats_the_last_result() -> None:
+    numbers = _Numbers(last=3)
+    reader = AsyncioReader(numbers.next, lambda n: n == 3)
+    async with open_asyncio_bridge():
+        assert await reader.receive() == 1
+        await trio.sleep(0.05)  # the reader has all the time it wants to read on
+        assert numbers.calls == 3  # 2 and 3 read and waiting, nothing more asked
+        assert [await reader.receive() for _ in range(4)] == [2, 3, 3, 3]
+        assert numbers.calls == 3
+        await run_asyncio(reader.stop)
+
+
+async def test_a_cancelled_receive_takes_nothing_and_an_error_comes_out_as_itself() -> None:
+    error = KeyError("the stream broke")
+    numbers = _Numbers(last=1, after=error)
+    reader = AsyncioReader(numbers.next, lambda n: False)
+    numbers.gate.clear()  # 1 waits for it
+    async with open_asyncio_bridge():
+        with trio.move_on_after(0.05) as scope:
+            await reader.receive()
+        assert scope.cancelled_caught
+        numbers.gate.set()
+        assert await reader.receive() == 1  # read after the cancel, not lost
+        for _ in range(2):
+            with pytest.raises(KeyError) as raised:
+                await reader.receive()
+            assert raised.value is error
+
+
+async def test_stopping_a_reader_cancels_its_asyncio_task() -> None:
+    numbers = _Numbers(last=5)
+    reader = AsyncioReader(numbers.next, lambda n: False)
+    async with open_asyncio_bridge():
+        assert await reader.receive() == 1
+        await trio.sleep(0.01)  # 2 and 3 read
+        await run_asyncio(reader.stop)
+        assert await reader.receive() == 2  # read before the stop
+        await trio.sleep(0.05)
+        assert numbers.calls == 3  # nothing reads any more
+        with pytest.raises(asyncio.CancelledError):
+            await reader.receive()
 
 
 async def test_iterating_an_asyncio_iterator_from_trio_and_cancelling_it() -> None:

@@ -16,6 +16,15 @@ no asyncio type reaches fluvial's public API and the bridge can be replaced here
   interrupted, as a trio call that raises Cancelled is: a grpclib send cut short this way leaves
   its stream unusable, which is why a stream is reset after a cancelled send). Any other
   exception of the asyncio side comes out as itself.
+- `run_asyncio_eagerly(fn, *args)`: the same, but `fn`'s coroutine runs in the calling trio
+  task until it first has to wait, and only the rest, if any, as an asyncio task: for calls
+  that mostly complete at once (a grpclib server's send within the flow-control window), it
+  saves the task and the two turns of the loop that start it and report its end.
+- `AsyncioReader(fn, last)`: from trio, the results of calling the asyncio coroutine function
+  `fn()` again and again (a grpclib stream's next message), called by one asyncio task that
+  reads one result ahead of what trio has taken: one task for a whole stream of messages, and
+  a message that has arrived wakes the trio side at once, instead of a task per message and
+  two turns of the loop to start it and report its end.
 - `iterate_asyncio(iterator)`: from trio, iterate an asyncio async iterator (a grpclib stream),
   one `run_asyncio` per item, with the same cancellation.
 - `run_trio(fn, *args, **kwargs)`: from asyncio (a grpclib handler), run the trio function
@@ -43,11 +52,13 @@ cancel scope. The cost is a thread hop per call (~20-50 µs) instead of a same-t
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
-from typing import Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -172,6 +183,69 @@ async def run_asyncio(fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs:
     return await trio_asyncio.run_aio_future(task)
 
 
+async def run_asyncio_eagerly(
+    fn: Callable[_P, Coroutine[Any, Any, _T]], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """From trio: `await fn(*args, **kwargs)`, its coroutine run in this trio task up to its
+    first wait, and from there (if it waits) as an asyncio task, as `run_asyncio` runs it.
+
+    For asyncio code that needs no current asyncio task (grpclib's client calls do: their
+    cancel wrappers look it up; a server stream's `send_message` does not) and that mostly
+    completes without waiting. Its first step cannot be cancelled midway (it does not wait);
+    a cancel while the rest runs is `run_asyncio`'s. Completing at once, the call is no
+    schedule point: it raises Cancelled first if this task is cancelled, and otherwise runs
+    on (as `trio.lowlevel.checkpoint_if_cancelled`).
+    """
+    loop = _loop()
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if trio.lowlevel.current_task().context.get(trio_asyncio.current_loop) is not loop:
+        # asyncio code run here would not find the loop (trio-asyncio looks it up in the
+        # trio task's context): a task of the loop runs it all.
+        return await run_asyncio(fn, *args, **kwargs)
+    coroutine = fn(*args, **kwargs)
+    try:
+        waits_for = coroutine.send(None)
+    except StopIteration as done:
+        result: _T = done.value
+        return result
+    task = loop.create_task(_resume(coroutine, waits_for), context=_loop_context(loop))
+    return await trio_asyncio.run_aio_future(task)
+
+
+async def _resume(coroutine: Coroutine[Any, Any, _T], waits_for: object) -> _T:
+    return await _Resumed(coroutine, waits_for)
+
+
+class _Resumed(Generic[_T]):
+    """Awaiting it (in an asyncio task) goes on with a coroutine from where it first yielded
+    `waits_for` (the future it waits for), as if the task had run it from its start."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, _T], waits_for: object) -> None:
+        self._coroutine = coroutine
+        self._waits_for = waits_for
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        coroutine, waits_for = self._coroutine, self._waits_for
+        while True:
+            try:
+                sent = yield waits_for
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as error:  # the task's cancel, thrown in: passed on
+                try:
+                    waits_for = coroutine.throw(error)
+                except StopIteration as done:
+                    result: _T = done.value
+                    return result
+            else:
+                try:
+                    waits_for = coroutine.send(sent)
+                except StopIteration as done:
+                    result = done.value
+                    return result
+
+
 def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
     # The asyncio task runs in a copy of the caller's context, with trio-asyncio's current loop
     # set: the trio tasks that run its I/O callbacks (a TLS handshake completing in a socket's
@@ -180,6 +254,86 @@ def _loop_context(loop: trio_asyncio.TrioEventLoop) -> contextvars.Context:
     context = contextvars.copy_context()
     context.run(trio_asyncio.current_loop.set, loop)
     return context
+
+
+class AsyncioReader(Generic[_T]):
+    """From trio: the results of `await fn()`, called again and again by one asyncio task that
+    reads ahead (it calls `fn` for the next result while trio has not yet taken the one
+    before: at most two read and not taken), until a result for which `last(result)` is true
+    or one that raises; that one is then the answer of every later `receive`.
+
+    The task starts with the first `receive`; `stop` (on the asyncio side: `run_asyncio`)
+    cancels it and waits until it has ended, while no `receive` waits."""
+
+    def __init__(self, fn: Callable[[], Awaitable[_T]], last: Callable[[_T], bool]) -> None:
+        self._fn = fn
+        self._last = last
+        self._task: asyncio.Task[None] | None = None
+        self._ready: deque[_T] = deque()  # for `receive` to take: at most one
+        self._ended: tuple[_T] | BaseException | None = None  # the last result, or the error
+        self._receiver: trio.lowlevel.Task | None = None  # the trio task waiting in `receive`
+        self._room: asyncio.Future[None] | None = None  # what the reader waits on when full
+
+    async def receive(self) -> _T:
+        """The next result, or the last one again (its error raised as itself). Cancelled, it
+        took nothing: the result comes with the next call. With a result read already it is
+        no schedule point (as `trio.lowlevel.checkpoint_if_cancelled`)."""
+        if self._task is None:
+            loop = _loop()
+            self._task = loop.create_task(self._read(), context=_loop_context(loop))
+        if self._ready or self._ended is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            assert self._receiver is None, "two tasks receive from one AsyncioReader"
+            self._receiver = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        if self._ready:
+            result = self._ready.popleft()
+            room, self._room = self._room, None
+            if room is not None and not room.done():
+                room.set_result(None)
+            return result
+        ended = self._ended
+        assert ended is not None, "woken with nothing to take"
+        if isinstance(ended, BaseException):
+            raise ended
+        return ended[0]
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._receiver = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake(self) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            trio.lowlevel.reschedule(receiver)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                result = await self._fn()
+                if self._last(result):
+                    self._ended = (result,)
+                    break
+                while self._ready:  # the one before is not taken yet: wait until it is
+                    self._room = _loop().create_future()
+                    await self._room
+                self._ready.append(result)
+                self._wake()
+        except Exception as error:
+            self._ended = error
+        except BaseException as error:
+            self._ended = error  # a cancel of the task too: no receive waits forever
+            raise
+        finally:
+            self._wake()
+
+    async def stop(self) -> None:
+        """(On the asyncio side.) Cancel the reading task; return once it has ended."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
 
 
 class _End:

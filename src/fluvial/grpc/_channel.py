@@ -24,7 +24,7 @@ from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import StreamTerminatedError
 
-from ._asyncio_bridge import open_asyncio_bridge, run_asyncio
+from ._asyncio_bridge import AsyncioReader, open_asyncio_bridge, run_asyncio
 from ._errors import GrpcUnavailable, grpc_errors_converted
 from ._limits import SizeLimitedCodec, limit_received_messages
 from ._settings import ChannelSettings, grpclib_configuration
@@ -196,13 +196,15 @@ class ClientStream(Generic[_Request, _Reply]):
     """The trio side of one streaming call: send requests, receive replies.
 
     `receive()` returns the server's next message, or None once it ended the call OK; an
-    error status raises its `GrpcError`. Iterating the stream does the same.
+    error status raises its `GrpcError`. Iterating the stream does the same. One asyncio task
+    reads the messages, up to two ahead of what `receive` has taken (`AsyncioReader`).
     """
 
     def __init__(self, stream: grpclib.client.Stream[_Request, _Reply], method: str) -> None:
         self._stream = stream
         self._exited = False
         self.method = method
+        self._messages = AsyncioReader(self._next_message, lambda message: message is None)
 
     async def send(self, message: _Request) -> None:
         """Send one message (waits while HTTP/2 flow control says so)."""
@@ -215,9 +217,11 @@ class ClientStream(Generic[_Request, _Reply]):
             await run_asyncio(self._guarded, self._stream.end)
 
     async def receive(self) -> _Reply | None:
-        """The server's next message, or None once it ended the call with OK."""
+        """The server's next message, or None once it ended the call with OK (and again at
+        every later call, as its error is). Cancelled, it took no message: the next call
+        returns it. With a message arrived already it is no schedule point."""
         with grpc_errors_converted(self.method):
-            return await run_asyncio(self._guarded, self._receive)
+            return await self._messages.receive()
 
     def __aiter__(self) -> ClientStream[_Request, _Reply]:
         return self
@@ -227,6 +231,9 @@ class ClientStream(Generic[_Request, _Reply]):
         if message is None:
             raise StopAsyncIteration
         return message
+
+    async def _next_message(self) -> _Reply | None:
+        return await self._guarded(self._receive)
 
     async def _receive(self) -> _Reply | None:
         message = await self._stream.recv_message()
@@ -248,6 +255,7 @@ class ClientStream(Generic[_Request, _Reply]):
     async def _finish(self) -> None:
         # Errors here are not the block's: a connection already gone has nothing left to
         # cancel, and the call's outcome was reported by receive() (or not wanted by the block).
+        await self._messages.stop()
         if self._exited:
             return
         self._exited = True
