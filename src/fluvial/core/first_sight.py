@@ -17,7 +17,9 @@ runner; the projection runner imports no backend to choose it:
   `Source.event_timestamp`) and accepts n only if n-1 is older than the tracker's `window`
   behind where the query has passed in the record's slice: that old, n-1 is behind what the
   query and the backtracking query cover (the window must be longer than the backtracking
-  span), so it precedes where this projection started. Otherwise it is a gap to replay
+  span), so it precedes where this projection started (a slice without events of its own has
+  the offset the query's position gave it, `OffsetTracker.move_quiet_slices`: the query did
+  pass it there). Otherwise it is a gap to replay
   (`RejectedSeqNr`, `RejectedBacktracking` from the backtracking query), from seq nr 1.
   A source that does not have n-1 (deleted) accepts n.
 - `FirstSight.REPLAY_FROM_FIRST`, a source that may have left out an entity's earlier events
