@@ -147,24 +147,35 @@ async def model_size(journal: SqliteJournal) -> int:
     return await journal.database.read(query)
 
 
-async def wait_for_model(journal: SqliteJournal, size: int) -> None:
-    """Wait (re-checking after every commit) until the read model holds `size` events."""
-    with trio.fail_after(15):
+async def wait_for_commits_until(
+    journal: SqliteJournal, done: Callable[[], Awaitable[bool]], within: float = 15
+) -> None:
+    """Wait (re-checking after every commit to the journal's file) until `done()`, for at
+    most `within` seconds."""
+    with trio.fail_after(within):
         while True:
             seen = journal.database.commit_count()
-            if await model_size(journal) >= size:
+            if await done():
                 return
             await journal.database.wait_for_commit(seen)
+
+
+async def wait_for_model(journal: SqliteJournal, size: int) -> None:
+    """Wait until the read model holds `size` events."""
+
+    async def done() -> bool:
+        return await model_size(journal) >= size
+
+    await wait_for_commits_until(journal, done)
 
 
 async def wait_for_stored(journal: SqliteJournal, pid: str, seq_nr: int) -> None:
-    """Wait (re-checking after every commit) until `pid` is stored as handled to `seq_nr`."""
-    with trio.fail_after(30):
-        while True:
-            seen = journal.database.commit_count()
-            if await stored_seq_nr(journal, pid) >= seq_nr:
-                return
-            await journal.database.wait_for_commit(seen)
+    """Wait until `pid` is stored as handled to `seq_nr`."""
+
+    async def done() -> bool:
+        return await stored_seq_nr(journal, pid) >= seq_nr
+
+    await wait_for_commits_until(journal, done, within=30)
 
 
 async def assert_model_is_the_fold(journal: SqliteJournal) -> None:

@@ -19,6 +19,7 @@ from projection.projection_helpers import (
     assert_model_is_the_fold,
     projection,
     start,
+    wait_for_commits_until,
     wait_for_model,
 )
 
@@ -29,13 +30,12 @@ async def stored_resume_timestamp(journal: SqliteJournal) -> int:
 
 
 async def wait_for_resume_at(journal: SqliteJournal, timestamp: int) -> None:
-    """Until the stored offsets resume at `timestamp` (re-checked after every commit)."""
-    with trio.move_on_after(10):
-        while True:
-            seen = journal.database.commit_count()
-            if await stored_resume_timestamp(journal) >= timestamp:
-                break
-            await journal.database.wait_for_commit(seen)
+    """Until the stored offsets resume at `timestamp`, and not past it."""
+
+    async def reached() -> bool:
+        return await stored_resume_timestamp(journal) >= timestamp
+
+    await wait_for_commits_until(journal, reached)
     assert await stored_resume_timestamp(journal) == timestamp
 
 
