@@ -213,8 +213,13 @@ async def run_consumer(
         STREAM_ID,
         ExactlyOnce(handle, migrations=(_create,)),
         source=QUIET,
-        quiet_slices_every=QUIET_SLICES_EVERY,
     )
+    if not live:
+        # The catch-ups move quiet slices often (QUIET_SLICES_EVERY). The live path keeps the
+        # default, as a user's projection does: a move rewrites the offsets of every slice the
+        # run leaves quiet (~900 of 1,024 rows here), and at 0.2 s those moves were the live
+        # run's worst 1% (12-14 ms each, every 0.2 s).
+        projection = attrs.evolve(projection, quiet_slices_every=QUIET_SLICES_EVERY)
     async with (
         open_sqlite_journal(db) as local,
         open_grpc_consumer(
