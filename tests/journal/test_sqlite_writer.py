@@ -109,8 +109,9 @@ async def test_append_soon_answers_with_the_stored_events_or_the_conflict(
 async def test_the_writer_checkpoints_the_wal_long_before_sqlites_backstop(
     tmp_path: Path,
 ) -> None:
-    """Between commits the writer copies the WAL back into the file, so the WAL restarts
-    instead of growing to the 16,000 pages (64 MB) of SQLite's automatic checkpoint."""
+    """The WAL is copied back into the file between commits (most of it by the checkpointer
+    thread, beside them), so the WAL restarts instead of growing to the 16,000 pages (64 MB)
+    of SQLite's automatic checkpoint (test_sqlite_checkpoints.py at a lower threshold)."""
     path = tmp_path / "journal.db"
     pids = entity_ids(ENTITY_TYPE, ALL, 500)
     async with open_sqlite_journal(path) as journal:

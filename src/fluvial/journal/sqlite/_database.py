@@ -33,8 +33,8 @@ import trio
 
 from fluvial._wakeup import Signal
 from fluvial.journal.api import JournalClosed, JournalError
+from fluvial.journal.sqlite._checkpoints import WalCheckpoints
 from fluvial.journal.sqlite._errors import JournalFileError, storage_error
-from fluvial.journal.sqlite._file import CHECKPOINT_PAGES as _CHECKPOINT_PAGES
 from fluvial.journal.sqlite._file import (
     DEFAULT_BUSY_TIMEOUT,
     FileOptions,
@@ -97,10 +97,11 @@ class SqliteDatabase:
         )
         self._commits = Signal()
         self._state = WriterState(path)
-        self._pages_since_checkpoint = 0
+        self._checkpoints = WalCheckpoints(path, writer, self._connect_reader)
         self._in_flight: list[PendingWrite[Any]] | None = None  # taken, not yet committed
         self._writer_failure: BaseException | None = None  # why the writer thread died
         self._trio_token = trio.lowlevel.current_trio_token()
+        self._checkpoints.start()
         self._thread.start()
 
     def _check_open(self) -> None:
@@ -215,25 +216,11 @@ class SqliteDatabase:
                 self._committed_batches.put(transaction)
                 self._in_flight = None
                 self._wake_send.send(b"\0")
-                self._pages_since_checkpoint += pages_written(transaction)
-            self._checkpoint_when_idle()
-
-    def _checkpoint_when_idle(self) -> None:
-        """Copy the WAL back into the database file, once it has grown, if no write waits.
-
-        A checkpoint syncs the WAL and the database file (two fsyncs, ~30-50 ms here). Run by
-        SQLite inside the commit that crossed its threshold, it delayed that commit's callers;
-        run here, after they were woken, it overlaps with the trio thread deciding the next
-        commands. In the entity benchmark with 1,000 entities the writer's time per commit
-        fell from ~32 to ~14 ms (benchmark rounds 2 and 3).
-        """
-        if self._pages_since_checkpoint < _CHECKPOINT_PAGES or not self._queue.empty():
-            return
-        self._pages_since_checkpoint = 0
-        try:
-            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception:
-            log.warning("%s: checkpointing the WAL failed", self.path, exc_info=True)
+                self._checkpoints.written(pages_written(transaction))
+            if self._queue.empty():
+                # After the callers were woken, so that what the writer checkpoints itself
+                # overlaps with the trio thread deciding the next commands (_checkpoints.py).
+                self._checkpoints.idle()
 
     @trio.lowlevel.enable_ki_protection  # a Ctrl-C here would strand the batch's callers
     async def _wake_writers(self, task_status: trio.TaskStatus[None]) -> None:
@@ -288,11 +275,17 @@ class SqliteDatabase:
             self._dispatch_committed()
 
     async def _stop_writer(self) -> None:
-        """Refuse new calls, commit what was written so far, and end the writer thread."""
+        """Refuse new calls, commit what was written so far, and end the writer thread, then
+        the checkpointer's (after the pass it may be in)."""
         self._closed = True
         self._hand_over_writes()
         self._queue.put(None)
-        await trio.to_thread.run_sync(self._thread.join)
+
+        def stop() -> None:
+            self._thread.join()
+            self._checkpoints.stop()
+
+        await trio.to_thread.run_sync(stop)
 
     async def read(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """Run `function` with a reader connection in a worker thread.

@@ -27,10 +27,10 @@ Durability = Literal["process", "power-loss"]
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 
-# The writer checkpoints the WAL itself once about this many pages were written since the last
-# checkpoint, when it has nothing else to do (see `SqliteDatabase._checkpoint_when_idle`);
-# SQLite's own automatic checkpoint stays as a backstop at four times that, for a writer that
-# never idles.
+# The WAL is checkpointed once about this many pages were written since the last checkpoint:
+# most of it by a thread of its own, the rest by the writer when it has nothing else to do
+# (_checkpoints.py); SQLite's own automatic checkpoint stays as a backstop at four times that,
+# for a writer that never idles.
 CHECKPOINT_PAGES = 4000
 
 # How long an opening waits before trying again after SQLite refused it as busy without
@@ -114,7 +114,7 @@ def connect(
         # a commit.
         conn.execute("PRAGMA synchronous=" + ("FULL" if durability == "power-loss" else "NORMAL"))
         if writer:
-            # The writer checkpoints when idle (`SqliteDatabase._checkpoint_when_idle`);
+            # The WAL is checkpointed off the path of the commits (_checkpoints.py);
             # SQLite's automatic checkpoint inside a commit is only the backstop.
             conn.execute(f"PRAGMA wal_autocheckpoint={4 * CHECKPOINT_PAGES}")
             # 32 MiB of page cache instead of 2: a commit of 1,000 entities' events updates
