@@ -82,9 +82,12 @@ def save_slice_offsets(
     conn: sqlite3.Connection, projection: str, offsets: Mapping[int, TimestampOffset]
 ) -> None:
     """Store `offsets` of `projection`'s slices, replacing theirs."""
+    # An upsert updates a stored row in place; INSERT OR REPLACE deleted it and inserted it
+    # again (its table and its key's index written twice).
     conn.executemany(
-        "INSERT OR REPLACE INTO projection_offset (projection_name, slice, timestamp, seen) "
-        "VALUES (?,?,?,?)",
+        "INSERT INTO projection_offset (projection_name, slice, timestamp, seen) "
+        "VALUES (?,?,?,?) ON CONFLICT (projection_name, slice) "
+        "DO UPDATE SET timestamp = excluded.timestamp, seen = excluded.seen",
         [
             (projection, slice_, o.timestamp, _encode_seen(dict(o.seen)).decode())
             for slice_, o in offsets.items()
@@ -98,7 +101,9 @@ async def write_in_savepoint(
     """Run `function` in the writer thread, in a savepoint of the writer's transaction, and
     return what it returned; if it raised, its writes are rolled back and its exception is
     raised here as itself (a refusal, a conflict, a user's error). `alone` for a function
-    that runs the user's code: its transaction is its own (`transactions_of`).
+    that runs the user's code: its transaction is its own (`transactions_of`), so it needs
+    no savepoint (two statements fewer per exactly-once commit): if it raised, the whole
+    transaction rolls back and an empty one begins, for the writer to commit.
 
     The exception crosses as a value: one escaping the write would make the writer run its
     whole batch of writes again, `function` included. A storage error that made SQLite roll
@@ -108,6 +113,15 @@ async def write_in_savepoint(
 
     def transaction(txn: WriteTransaction) -> outcome.Outcome[T]:
         conn = txn.connection
+        if alone:
+            try:
+                return outcome.Value(function(conn))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN")  # deferred: takes no lock, so it cannot be busy
+                return outcome.Error(exc)
         conn.execute("SAVEPOINT projection_write")
         try:
             result: outcome.Outcome[T] = outcome.Value(function(conn))
