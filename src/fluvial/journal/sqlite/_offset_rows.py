@@ -34,6 +34,11 @@ _UPDATE_ENTITY = (
     "UPDATE projection_entity SET seq_nr = ?, timestamp = ?, placeholders = ? "
     "WHERE projection_name = ? AND slice = ? AND persistence_id = ? AND seq_nr = ?"
 )
+# The same, only while the projection's generation is the one given: the first update of a
+# save compares it, so that the common save (an event of a known entity) is one statement.
+_UPDATE_ENTITY_OF_GENERATION = (
+    _UPDATE_ENTITY + " AND (SELECT generation FROM projection WHERE projection_name = ?) = ?"
+)
 # The columns of a `SeenEntity`, in its order (`SeenEntity(*row)`).
 SEEN_ENTITY_COLUMNS = "persistence_id, seq_nr, timestamp, slice, placeholders"
 
@@ -43,8 +48,6 @@ def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChan
     generation of `changes.generation` (no management call since) and, per entity, the seq
     nr that `changes.previous` says; False if not (the caller rolls back what was written).
     Raises UnknownProjection if the file does not know `projection`."""
-    if _registration(conn, projection)[1] != changes.generation:
-        return False
     new: list[tuple[str, str, int, int, int, int]] = []
     known: list[tuple[int, int, int, str, int, str, int]] = []
     previous = changes.previous
@@ -66,12 +69,21 @@ def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChan
                     before,
                 )
             )
+    if known:
+        # A stored row of the projection says the file knows it (registrations are never
+        # deleted): its update compares the generation, no query of the registration.
+        first = (*known[0], projection, changes.generation)
+        if conn.execute(_UPDATE_ENTITY_OF_GENERATION, first).rowcount != 1:
+            return False
+        rest = known[1:]
+        if rest and conn.executemany(_UPDATE_ENTITY, rest).rowcount != len(rest):
+            return False
+    elif _registration(conn, projection)[1] != changes.generation:
+        return False
     try:
         if new:
             conn.executemany(_INSERT_ENTITY, new)  # fails if another instance inserted one
     except sqlite3.IntegrityError:
-        return False
-    if known and conn.executemany(_UPDATE_ENTITY, known).rowcount != len(known):
         return False
     if changes.slice_offsets:
         save_slice_offsets(conn, projection, changes.slice_offsets)
