@@ -1,11 +1,14 @@
 """Exactly-once consumption: the handler's writes and the offsets in one transaction.
 
 The transaction is the offset store's (`OffsetStore.commit`), of its type `T`. Ungrouped,
-one transaction per source batch; grouped, per group of up to `max_size` envelopes or
-`max_wait` seconds after the first. The offset store compares the stored offsets with the
-ones this instance read before it runs the handler, so a second instance cannot apply an event
-twice (it gets ProjectionConflict instead). A failing transaction is retried, skipped or fails
-the instance as the recovery strategy says; the handler runs once per attempt.
+a transaction holds a source batch and the batches already waiting behind it (group commit:
+taken without waiting, while it holds fewer than `GROUP_COMMIT_RECORDS` records), so a lone
+batch commits at once and a burst after a stall in a few commits instead of one per batch;
+grouped, a group of up to `max_size` envelopes or `max_wait` seconds after the first. The
+offset store compares the stored offsets with the ones this instance read before it runs the
+handler, so a second instance cannot apply an event twice (it gets ProjectionConflict
+instead). A failing transaction is retried, skipped or fails the instance as the recovery
+strategy says; the handler runs once per attempt.
 """
 
 from __future__ import annotations
@@ -25,10 +28,15 @@ from fluvial.projection._instance import (
     log_skipped,
     receive_until,
 )
-from fluvial.projection.api import QueryReached, SourceMessage
+from fluvial.projection.api import Batch, QueryReached, SourceMessage
 
 E = TypeVar("E")
 T = TypeVar("T")
+
+# Ungrouped, a transaction takes more waiting batches only while it holds fewer records than
+# this: about 25 ms of the consumer's work at ~250 us per record, so a transaction stays short
+# and the batches it waited for are not held back long. A source batch is never split.
+GROUP_COMMIT_RECORDS = 100
 
 
 async def consume_exactly_once(
@@ -42,20 +50,20 @@ async def consume_exactly_once(
         if isinstance(handler, GroupedExactlyOnce)
         else (0, 0.0)
     )
-    arrivals: list[Arrival] = []
+    arrivals: list[Arrival | QueryReached] = []
     plan: list[EventEnvelope[E]] = []
     due = math.inf
     while True:
         # Idle, it wakes when the quiet slices' offsets are due to move.
         batch = await receive_until(receive, due if arrivals else instance.quiet_slices_due())
         if isinstance(batch, QueryReached):
-            instance.tracker.reach(batch.timestamp)
+            _reached(instance, batch, arrivals)
             continue
         if batch is not None:
-            records, source = batch
-            arrivals.extend((r, source) for r in records)
-            plan.extend(await instance.admit(records, source))
-            if plan and len(plan) < max_size:
+            await _take(instance, batch, arrivals, plan)
+            if max_size == 0:
+                await _take_waiting(instance, receive, arrivals, plan)
+            elif plan and len(plan) < max_size:
                 due = min(due, trio.current_time() + max_wait)
                 continue
         if arrivals:
@@ -64,6 +72,48 @@ async def consume_exactly_once(
             # Idle: the quiet slices' offsets in a transaction of their own.
             await _commit(instance, handler, [], [])
         arrivals, plan, due = [], [], math.inf
+
+
+async def _take(
+    instance: Instance[E, T],
+    batch: Batch,
+    arrivals: list[Arrival | QueryReached],
+    plan: list[EventEnvelope[E]],
+) -> None:
+    """Admit `batch` into the transaction in hand."""
+    records, source = batch
+    arrivals.extend((r, source) for r in records)
+    plan.extend(await instance.admit(records, source))
+
+
+def _reached(
+    instance: Instance[E, T], reached: QueryReached, arrivals: list[Arrival | QueryReached]
+) -> None:
+    """Move the tracker to where the query came. Kept among the arrivals, in its place, if a
+    transaction is in hand: a failed attempt reloads the tracker and admits them again in
+    order (a backtracking record moves its slice only once the query has passed it)."""
+    instance.tracker.reach(reached.timestamp)
+    if arrivals:
+        arrivals.append(reached)
+
+
+async def _take_waiting(
+    instance: Instance[E, T],
+    receive: trio.MemoryReceiveChannel[SourceMessage],
+    arrivals: list[Arrival | QueryReached],
+    plan: list[EventEnvelope[E]],
+) -> None:
+    """Add to the transaction in hand the batches already waiting in `receive`, in order,
+    without waiting, while it holds fewer than GROUP_COMMIT_RECORDS records."""
+    while len(arrivals) < GROUP_COMMIT_RECORDS:
+        try:
+            message = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return  # an end of the channel comes out of the next receive, after the commit
+        if isinstance(message, QueryReached):
+            _reached(instance, message, arrivals)
+        else:
+            await _take(instance, message, arrivals, plan)
 
 
 class _Writes(Generic[E, T]):
@@ -105,7 +155,7 @@ class _Writes(Generic[E, T]):
 async def _commit(
     instance: Instance[E, T],
     handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
-    arrivals: list[Arrival],
+    arrivals: list[Arrival | QueryReached],
     plan: list[EventEnvelope[E]],
 ) -> None:
     recovery, backoff = instance.projection.recovery, instance.projection.backoff
@@ -131,12 +181,15 @@ async def _commit(
             continue
         if not recovery.skip:
             raise HandlerFailed(failed_on.persistence_id, failed_on.seq_nr) from error
-        if len(arrivals) > 1 and not isinstance(handler, GroupedExactlyOnce):
+        records = [a for a in arrivals if not isinstance(a, QueryReached)]
+        if len(records) > 1 and not isinstance(handler, GroupedExactlyOnce):
             # Find the envelopes that fail on their own; skip only those.
             await instance.reload()
             for arrival in arrivals:
-                single = await instance.readmit([arrival])
-                await _commit(instance, handler, [arrival], single)
+                if isinstance(arrival, QueryReached):
+                    instance.tracker.reach(arrival.timestamp)
+                else:
+                    await _commit(instance, handler, [arrival], await instance.readmit([arrival]))
             return
         log_skipped(instance.name, plan, error)
         plan = []

@@ -39,7 +39,7 @@ from fluvial.core.offset_tracker import OffsetChanges, OffsetTracker, PreviousEv
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.serialization import SerializerRegistry
 from fluvial.projection._supervision import open_supervisor
-from fluvial.projection.api import OffsetStore, Source, SourceMessage
+from fluvial.projection.api import OffsetStore, QueryReached, Source, SourceMessage
 
 if TYPE_CHECKING:
     from fluvial.projection._runner import Projection
@@ -134,11 +134,15 @@ class Instance(Generic[E, T]):
         if changes.entities:
             self.made_progress = True
 
-    async def readmit(self, arrivals: Sequence[Arrival]) -> list[EventEnvelope[E]]:
-        """Admit `arrivals` again, one at a time, after a reload."""
+    async def readmit(self, arrivals: Sequence[Arrival | QueryReached]) -> list[EventEnvelope[E]]:
+        """Admit `arrivals` again, one at a time, after a reload; a `QueryReached` among them
+        moves the tracker again, in its place."""
         plan: list[EventEnvelope[E]] = []
-        for record, source in arrivals:
-            plan.extend(await self.admit([record], source))
+        for arrival in arrivals:
+            if isinstance(arrival, QueryReached):
+                self.tracker.reach(arrival.timestamp)
+            else:
+                plan.extend(await self.admit([arrival[0]], arrival[1]))
         return plan
 
     async def admit(

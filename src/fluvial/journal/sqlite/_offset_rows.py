@@ -34,6 +34,11 @@ _UPDATE_ENTITY = (
     "UPDATE projection_entity SET seq_nr = ?, timestamp = ?, placeholders = ? "
     "WHERE projection_name = ? AND slice = ? AND persistence_id = ? AND seq_nr = ?"
 )
+# The same, only while the projection's generation is the one given: the first update of a
+# save compares it, so that the common save (an event of a known entity) is one statement.
+_UPDATE_ENTITY_OF_GENERATION = (
+    _UPDATE_ENTITY + " AND (SELECT generation FROM projection WHERE projection_name = ?) = ?"
+)
 # The columns of a `SeenEntity`, in its order (`SeenEntity(*row)`).
 SEEN_ENTITY_COLUMNS = "persistence_id, seq_nr, timestamp, slice, placeholders"
 
@@ -43,8 +48,6 @@ def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChan
     generation of `changes.generation` (no management call since) and, per entity, the seq
     nr that `changes.previous` says; False if not (the caller rolls back what was written).
     Raises UnknownProjection if the file does not know `projection`."""
-    if _registration(conn, projection)[1] != changes.generation:
-        return False
     new: list[tuple[str, str, int, int, int, int]] = []
     known: list[tuple[int, int, int, str, int, str, int]] = []
     previous = changes.previous
@@ -66,12 +69,21 @@ def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChan
                     before,
                 )
             )
+    if known:
+        # A stored row of the projection says the file knows it (registrations are never
+        # deleted): its update compares the generation, no query of the registration.
+        first = (*known[0], projection, changes.generation)
+        if conn.execute(_UPDATE_ENTITY_OF_GENERATION, first).rowcount != 1:
+            return False
+        rest = known[1:]
+        if rest and conn.executemany(_UPDATE_ENTITY, rest).rowcount != len(rest):
+            return False
+    elif _registration(conn, projection)[1] != changes.generation:
+        return False
     try:
         if new:
             conn.executemany(_INSERT_ENTITY, new)  # fails if another instance inserted one
     except sqlite3.IntegrityError:
-        return False
-    if known and conn.executemany(_UPDATE_ENTITY, known).rowcount != len(known):
         return False
     if changes.slice_offsets:
         save_slice_offsets(conn, projection, changes.slice_offsets)
@@ -82,9 +94,12 @@ def save_slice_offsets(
     conn: sqlite3.Connection, projection: str, offsets: Mapping[int, TimestampOffset]
 ) -> None:
     """Store `offsets` of `projection`'s slices, replacing theirs."""
+    # An upsert updates a stored row in place; INSERT OR REPLACE deleted it and inserted it
+    # again (its table and its key's index written twice).
     conn.executemany(
-        "INSERT OR REPLACE INTO projection_offset (projection_name, slice, timestamp, seen) "
-        "VALUES (?,?,?,?)",
+        "INSERT INTO projection_offset (projection_name, slice, timestamp, seen) "
+        "VALUES (?,?,?,?) ON CONFLICT (projection_name, slice) "
+        "DO UPDATE SET timestamp = excluded.timestamp, seen = excluded.seen",
         [
             (projection, slice_, o.timestamp, _encode_seen(dict(o.seen)).decode())
             for slice_, o in offsets.items()
@@ -98,7 +113,9 @@ async def write_in_savepoint(
     """Run `function` in the writer thread, in a savepoint of the writer's transaction, and
     return what it returned; if it raised, its writes are rolled back and its exception is
     raised here as itself (a refusal, a conflict, a user's error). `alone` for a function
-    that runs the user's code: its transaction is its own (`transactions_of`).
+    that runs the user's code: its transaction is its own (`transactions_of`), so it needs
+    no savepoint (two statements fewer per exactly-once commit): if it raised, the whole
+    transaction rolls back and an empty one begins, for the writer to commit.
 
     The exception crosses as a value: one escaping the write would make the writer run its
     whole batch of writes again, `function` included. A storage error that made SQLite roll
@@ -108,6 +125,15 @@ async def write_in_savepoint(
 
     def transaction(txn: WriteTransaction) -> outcome.Outcome[T]:
         conn = txn.connection
+        if alone:
+            try:
+                return outcome.Value(function(conn))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN")  # deferred: takes no lock, so it cannot be busy
+                return outcome.Error(exc)
         conn.execute("SAVEPOINT projection_write")
         try:
             result: outcome.Outcome[T] = outcome.Value(function(conn))
