@@ -1,14 +1,16 @@
-"""The waiting primitives: a task parked on a `SingleWaiter` until woken, and tasks waiting for a
-`Signal`'s count to move (or, polling, at most a given time)."""
+"""The waiting primitives: a task parked on a `SingleWaiter` until woken, tasks waiting for a
+`Signal`'s count to move (or, polling, at most a given time), and `send_eagerly`."""
 
 from __future__ import annotations
 
 import functools
 
+import pytest
 import trio
 import trio.testing
 
-from fluvial._wakeup import Signal, SingleWaiter
+from fluvial._wakeup import Signal, SingleWaiter, send_eagerly
+from schedule_points import assert_no_schedule_points
 
 
 async def test_a_waiter_returns_once_woken_and_waits_no_more() -> None:
@@ -131,3 +133,48 @@ async def test_a_notify_ends_a_polling_wait_before_its_interval(
             await trio.testing.wait_all_tasks_blocked()
             signal.notify()
     assert signal.count == 1
+
+
+async def test_an_eager_send_to_a_waiting_receiver_hands_over_without_a_schedule_point() -> None:
+    send, receive = trio.open_memory_channel[int](0)
+    received: list[int] = []
+
+    async def take() -> None:
+        received.append(await receive.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take)
+        await trio.testing.wait_all_tasks_blocked()
+        with assert_no_schedule_points():
+            await send_eagerly(send, 1)
+    assert received == [1]
+
+
+async def test_an_eager_send_with_no_room_waits_for_it(autojump_clock: trio.abc.Clock) -> None:
+    send, receive = trio.open_memory_channel[int](1)
+    await send_eagerly(send, 1)  # room in the buffer: at once
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_eagerly, send, 2)
+        await trio.sleep(1)
+        assert receive.receive_nowait() == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert receive.receive_nowait() == 2
+
+
+async def test_a_cancelled_eager_send_sent_nothing(autojump_clock: trio.abc.Clock) -> None:
+    send, receive = trio.open_memory_channel[int](1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await send_eagerly(send, 1)  # room in the buffer, but cancelled first
+    send.send_nowait(2)  # the buffer's one place was left free
+    with trio.move_on_after(1):
+        await send_eagerly(send, 3)  # no room: it waits, and is cancelled there
+    send.close()
+    assert [value async for value in receive] == [2]
+
+
+async def test_an_eager_send_to_a_closed_receiver_raises_as_a_send_does() -> None:
+    send, receive = trio.open_memory_channel[int](0)
+    receive.close()
+    with pytest.raises(trio.BrokenResourceError):
+        await send_eagerly(send, 1)

@@ -1,5 +1,6 @@
-"""Waking waiting tasks: `SingleWaiter`, where one task waits until another wakes it, and
-`Signal`, a counter of occurrences (commits, appends) that any number of tasks wait to see move.
+"""Waking waiting tasks: `SingleWaiter`, where one task waits until another wakes it,
+`Signal`, a counter of occurrences (commits, appends) that any number of tasks wait to see move,
+and `send_eagerly`, a memory channel's send that hands over without a schedule point.
 
 A command parks and wakes two tasks (the entity for its mail, the caller for its reply), so
 `SingleWaiter` uses trio's low-level parking directly: a trio Event or memory channel adds a
@@ -11,9 +12,11 @@ test, and its Event exists only while some task waits.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
+
+_T = TypeVar("_T")
 
 
 class SingleWaiter:
@@ -86,3 +89,19 @@ class Signal:
             return
         with trio.move_on_after(at_most):
             await moved.wait()
+
+
+async def send_eagerly(channel: trio.MemorySendChannel[_T], value: _T) -> None:
+    """`await channel.send(value)`, but when `value` can go at once (a task waits to receive
+    it, or the buffer has room) it is no schedule point: it raises Cancelled first if this
+    task is cancelled (as `trio.lowlevel.checkpoint_if_cancelled`), else hands `value` over
+    and runs on. Otherwise it is `channel.send`: cancelled, it sent nothing.
+
+    For a task that hands a value on and then waits for its next one: trio's `send` would
+    give up the CPU in between, a scheduler turn (~30,000 instructions under callgrind) that
+    gains nothing there, since the task's next wait is a schedule point anyway."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        channel.send_nowait(value)
+    except trio.WouldBlock:
+        await channel.send(value)

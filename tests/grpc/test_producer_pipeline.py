@@ -322,6 +322,48 @@ async def test_a_short_batch_waits_the_batch_delay_for_more_of_its_path(
     assert trio.current_time() - start == pytest.approx(1.0)
 
 
+async def test_started_is_awaited_with_the_live_path_open_and_before_any_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The transport sends its StreamStarted in `started`, into the channel the batches take.
+    journal = MemoryJournal()  # no threads: the query's first page is ready at once
+    appender = Appender(journal)
+    await appender.append("a", 1, 2)
+    send, receive = trio.open_memory_channel[Batch](100)
+    sent_during_started: list[Batch] = []
+
+    async def started() -> None:
+        await appender.append("a", 3)  # committed now: it must come by the live path too
+        await trio.sleep(5)  # time for the query and the batcher to send, if they could
+        while True:
+            try:
+                sent_during_started.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+
+    received = Received()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: run_producer_stream(
+                    journal,
+                    SOURCE,
+                    valid_init(SOURCE),
+                    INTERNAL,
+                    send,
+                    settings=QUIET,
+                    started=started,
+                    task_status=task_status,
+                )
+            )
+            await received.collect(receive, 1, path=LIVE)
+            await received.collect(receive, 3, path=QUERY)
+            nursery.cancel_scope.cancel()
+    assert sent_during_started == []
+    assert received.seq_nrs(LIVE) == {"Account|a": [3]}
+    assert received.seq_nrs(QUERY) == {"Account|a": [1, 2, 3]}
+
+
 async def test_an_init_of_another_stream_is_refused(journal: Journal) -> None:
     other: EventProducerSource[Any, Any] = EventProducerSource(
         stream_id="others", entity_type="Other", serializers=PUBLIC

@@ -10,8 +10,9 @@ comes out as itself):
   (`OpenStream.answered`), a replay's batch or abandonment (`StreamReplays.answered`), an
   event batch for the runner (checked, `batch_of`), a heartbeat. Nothing arrived for
   `heartbeat_timeout` while it waited for the stream: `_StreamSilent`;
-- the hand-over, which gives the runner the batches the receive loop took, in order, and
-  moves the source's resume offset past each query batch it gave (and to each
+- the hand-over, which gives the runner the batches the receive loop took, in order (the
+  receive loop gives one itself when none waits before it and the runner's channel has
+  room), and moves the source's resume offset past each query batch it gave (and to each
   `QueryProgress`: the producer's query position over what it sent only by LIVE, whose
   query copies `FollowedLive` makes, `_consumer_progress`).
 
@@ -56,6 +57,7 @@ from ._consumer_wire import (
     stream_init,
 )
 from ._errors import GrpcUnavailable
+from ._idle import handle_until_idle
 from ._proto.fluvial import v1 as pb
 
 _Sent = TypeVar("_Sent", contravariant=True)
@@ -124,7 +126,24 @@ class _Handover:
         self._lot.unpark_all()
 
     async def put(self, batch: SourceMessage | None, offset: TimestampOffset | None) -> None:
-        """Queue `batch`; return once the runner took it, or at once while reading on."""
+        """Queue `batch`; return once the runner took it, or at once while reading on (a put
+        cancelled while it waits leaves `batch` queued, for `serve`).
+
+        With nothing queued before it and room in the runner's channel, `batch` goes there
+        at once, from this task, and this is no schedule point (as
+        `trio.lowlevel.checkpoint_if_cancelled`: cancelled, it sent nothing). `serve` would
+        cost two scheduler turns and trio's `send` a third, per batch."""
+        if not self._pending:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                if batch is not None:
+                    self._send.send_nowait(batch)
+            except trio.WouldBlock:
+                pass  # the runner is busy: `serve` waits for it, and this while not reading on
+            else:
+                if offset is not None:
+                    self._moved(offset)
+                return
         self._pending.append((batch, offset))
         self._lot.unpark_all()
         while self._pending and not self._reading_on():
@@ -182,8 +201,8 @@ async def serve_stream(
                 )
                 gaps.stream = replays
                 supervisor.start_soon(handover.serve)
-                receive = _Receiver(stream, settings, slices, opened, replays, handover)
-                await supervisor.run(receive.forward, offset)
+                receive = _Receiver(stream, settings, slices, opened, replays, handover, offset)
+                await supervisor.run(receive.forward)
     finally:
         gaps.stream = None
         if replays is not None:
@@ -214,6 +233,7 @@ class _Receiver:
         opened: OpenStream,
         replays: StreamReplays,
         handover: _Handover,
+        offset: TimestampOffset,
     ) -> None:
         self.stream = stream
         self.settings = settings
@@ -222,32 +242,39 @@ class _Receiver:
         self.replays = replays
         self.handover = handover
         self.followed = FollowedLive()  # the LIVE records the QUERY position has not passed
+        self.offset = offset  # the resume offset: past the query batches and progress read
 
-    async def forward(self, offset: TimestampOffset) -> None:
-        """Read the stream until it breaks; `offset` is where it started."""
-        while True:
-            kind, message = await receive_next(self.stream, self.settings)
-            if self.opened.answered(kind, message) or self.replays.answered(kind, message):
-                continue
-            if kind == "batch":
-                assert isinstance(message, pb.EventBatch)
-                records, path = batch_of(message, self.slices)
-                if not records:
-                    continue
-                if path is EnvelopeSource.QUERY:
-                    offset = offset_after(offset, records)
-                    await self._query_passed(offset, records)
-                else:
-                    await self.handover.put((records, path), None)
-                    if path is EnvelopeSource.LIVE:
-                        self.followed.handed_live(records)
-            elif kind == "query_progress":
-                assert isinstance(message, pb.QueryProgress)
-                offset = progress_offset(offset, message)
-                await self._query_passed(offset)
-            elif kind == "started":
-                raise ProducerProtocolError("the producer sent StreamStarted twice")
-            # Heartbeats keep the stream alive; an unknown kind is ignored (producer.proto).
+    async def forward(self) -> None:
+        """Read the stream until it breaks."""
+        timeout = self.settings.heartbeat_timeout
+        await handle_until_idle(
+            self.stream.receive, self._take, lambda: trio.current_time() + timeout
+        )
+        raise _silent(timeout)
+
+    async def _take(self, response: pb.StreamEventsResponse | None) -> None:
+        kind, message = kind_of(response)
+        if self.opened.answered(kind, message) or self.replays.answered(kind, message):
+            return
+        if kind == "batch":
+            assert isinstance(message, pb.EventBatch)
+            records, path = batch_of(message, self.slices)
+            if not records:
+                return
+            if path is EnvelopeSource.QUERY:
+                self.offset = offset_after(self.offset, records)
+                await self._query_passed(self.offset, records)
+            else:
+                await self.handover.put((records, path), None)
+                if path is EnvelopeSource.LIVE:
+                    self.followed.handed_live(records)
+        elif kind == "query_progress":
+            assert isinstance(message, pb.QueryProgress)
+            self.offset = progress_offset(self.offset, message)
+            await self._query_passed(self.offset)
+        elif kind == "started":
+            raise ProducerProtocolError("the producer sent StreamStarted twice")
+        # Heartbeats keep the stream alive; an unknown kind is ignored (producer.proto).
 
     async def _query_passed(
         self, offset: TimestampOffset, records: Sequence[EventRecord] = ()
@@ -271,9 +298,17 @@ async def receive_next(
     `GrpcUnavailable` if the producer ended the stream (it never does while it serves)."""
     timeout = settings.heartbeat_timeout
     with trio.move_on_after(timeout):
-        response = await stream.receive()
-        if response is None:
-            raise GrpcUnavailable("the producer ended the stream", method=STREAM_EVENTS)
-        kind, value = betterproto2.which_one_of(response, "kind")
-        return kind or None, value
-    raise _StreamSilent(f"nothing arrived on the stream for {timeout}s (heartbeat_timeout)")
+        return kind_of(await stream.receive())
+    raise _silent(timeout)
+
+
+def kind_of(response: pb.StreamEventsResponse | None) -> tuple[str | None, object]:
+    """A received message's kind and value (`receive_next`)."""
+    if response is None:
+        raise GrpcUnavailable("the producer ended the stream", method=STREAM_EVENTS)
+    kind, value = betterproto2.which_one_of(response, "kind")
+    return kind or None, value
+
+
+def _silent(timeout: float) -> _StreamSilent:
+    return _StreamSilent(f"nothing arrived on the stream for {timeout}s (heartbeat_timeout)")

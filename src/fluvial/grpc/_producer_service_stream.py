@@ -5,15 +5,16 @@ The call runs three kinds of task in a nursery of its own:
 
 - the receiving loop (the call's own task): each request becomes a core message
   (`consumer_message`), `ProducerStream.receive` answers, and the answer is carried out:
-  `ValidInit` starts the pipeline (`run_producer_stream`) and sends `StreamStarted` once its
-  live subscription is open; `FilterChanged` / `FilterRefused` are acknowledged (and the
-  replays a `FilterChanged` started, of the entities it included by id, are run);
-  `ReplaysChanged` goes to `StreamReplays`; `EndStream` ends the call with its status;
-- forwarders, which pass on the pipeline's batches and encode the replays' batches (and a
-  `StreamReplayAbandoned` for a consumer's replay superseded, refused by the full queue, or
-  failed);
+  `ValidInit` starts the pipeline (`run_producer_stream`), which sends `StreamStarted` once
+  its live subscription is open, and then its batches, into the sender's channel;
+  `FilterChanged` / `FilterRefused` are acknowledged (and the replays a `FilterChanged`
+  started, of the entities it included by id, are run); `ReplaysChanged` goes to
+  `StreamReplays`; `EndStream` ends the call with its status;
+- a forwarder, which encodes the replays' batches (and a `StreamReplayAbandoned` for a
+  consumer's replay superseded, refused by the full queue, or failed);
 - one sender, the only task that writes to the call: it takes the next message or batch from
-  a channel of capacity 0, and sends a `Heartbeat` when none came for the heartbeat interval.
+  a channel that holds `buffered_batches - 1` (0 by default: each task that sends to it holds
+  its next one), and sends a `Heartbeat` when none came for the heartbeat interval.
   It applies the consumer's filter (`consumer_passes`) to a batch as it sends it, so that
   every event sent after a `FilterUpdateAck` (which travels through the same channel) follows
   the new filter. Replays answer with every event asked for: the consumer's filter is not
@@ -22,10 +23,10 @@ The call runs three kinds of task in a nursery of its own:
   sends the query's position instead (`_producer_progress`): being the one writer, it knows
   what went before.
 
-Backpressure: the sender waits while HTTP/2 flow control says so, the forwarders wait for
-the sender, the pipeline for the forwarders (bounded channels), and the journal query for
-the pipeline; so a consumer that does not read holds at most a few batches of memory here,
-and blocks only its own call.
+Backpressure: the sender waits while HTTP/2 flow control says so, the pipeline and the
+forwarder wait for the sender (bounded channels), and the journal query for the pipeline; so
+a consumer that does not read holds at most a few batches of memory here, and blocks only its
+own call.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from fluvial.nursery_errors import open_service_nursery
 from fluvial.projection.api import Batch
 
 from ._errors import GrpcCallFailed, GrpcError, GrpcInvalidArgument, GrpcNotFound
+from ._idle import handle_until_idle
 from ._producer_progress import SentOnce
 from ._producer_replays import (
     ReplayAnswer,
@@ -129,9 +131,12 @@ class StreamEventsCall:
             WireCriteria(),
             max_queued_replays=producer.settings.max_queued_replays,
         )
-        # What the sender sends next: capacity 0, so what waits is at most one message per
-        # task that produces them.
-        self._out, self._out_receive = trio.open_memory_channel[_Outgoing](0)
+        # What the sender sends next, from the receiving loop, the pipeline (its batches
+        # straight from its batcher) and the replays' forwarder: what waits is at most the
+        # buffered batches beyond the one each of those tasks holds.
+        self._out, self._out_receive = trio.open_memory_channel[_Outgoing](
+            producer.settings.buffered_batches - 1
+        )
         self._replays: StreamReplays | None = None
         # The criteria of the latest filter update (a refusal names the one at fault).
         self._update: Criteria = ()
@@ -191,7 +196,6 @@ class StreamEventsCall:
         producer = self.producer
         source = producer.sources[init.stream_id]
         settings = producer.settings
-        batches, batches_receive = trio.open_memory_channel[Batch](settings.buffered_batches)
         replayed, replayed_receive = trio.open_memory_channel[ReplayAnswer](
             settings.buffered_batches
         )
@@ -204,28 +208,24 @@ class StreamEventsCall:
             replayed,
             batch_size=settings.stream.batch_size,
         )
+        if self._query_progress:
+            delay = settings.stream.progress_delay
+            self._sent_once = SentOnce(init.resume_offset(), delay)
+        # The pipeline sends StreamStarted once its live subscription is open, before its
+        # first batch, into the channel its batches take: it goes before any of them.
         await nursery.start(
             lambda task_status: run_producer_stream(
                 producer.journal,
                 source,
                 init,
                 producer.serializers,
-                batches,
+                self._out,
                 settings=settings.stream,
+                started=lambda: self._out.send(_STARTED),
                 task_status=task_status,
             )
         )
-        if self._query_progress:
-            delay = settings.stream.progress_delay
-            self._sent_once = SentOnce(init.resume_offset(), delay)
-        # The live subscription is open: StreamStarted goes before any batch.
-        await self._out.send(_STARTED)
-        nursery.start_soon(self._forward_batches, batches_receive)
         nursery.start_soon(self._forward_replays, replayed_receive)
-
-    async def _forward_batches(self, receive: trio.MemoryReceiveChannel[Batch]) -> None:
-        async for batch in receive:
-            await self._out.send(batch)
 
     async def _forward_replays(self, receive: trio.MemoryReceiveChannel[ReplayAnswer]) -> None:
         max_size = self.producer.max_message_size
@@ -247,30 +247,35 @@ class StreamEventsCall:
 
     async def _send_all(self) -> None:
         interval = self.producer.settings.heartbeat_interval
-        max_size = self.producer.max_message_size
-        while True:
-            outgoing: _Outgoing | None = None
+
+        def idle_until() -> float:
             sent_once = self._sent_once
             progress_due = sent_once.due if sent_once is not None else math.inf
-            with trio.move_on_at(min(trio.current_time() + interval, progress_due)):
-                outgoing = await self._out_receive.receive()
-            if outgoing is None:
-                if sent_once is not None and sent_once.due <= trio.current_time():
-                    await self.call.send(sent_once.progress())
-                else:
-                    await self.call.send(_HEARTBEAT)
-            elif isinstance(outgoing, pb.StreamEventsResponse):
-                await self.call.send(outgoing)
+            return min(trio.current_time() + interval, progress_due)
+
+        while True:
+            await handle_until_idle(self._out_receive.receive, self._send, idle_until)
+            sent_once = self._sent_once
+            if sent_once is not None and sent_once.due <= trio.current_time():
+                await self.call.send(sent_once.progress())
             else:
-                filter = self.stream.filter
-                assert filter is not None, "batches come only once the Init was accepted"
-                records, path = outgoing
-                passed = consumer_passes(filter, records)
-                if sent_once is not None:
-                    if path is EnvelopeSource.LIVE:
-                        passed = sent_once.live(passed)
-                    elif path is EnvelopeSource.QUERY:
-                        passed = sent_once.query(passed, read=records)
-                # A batch the filter emptied is not sent: what it excludes need not travel.
-                for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
-                    await self.call.send(pb.StreamEventsResponse(batch=batch))
+                await self.call.send(_HEARTBEAT)
+
+    async def _send(self, outgoing: _Outgoing) -> None:
+        if isinstance(outgoing, pb.StreamEventsResponse):
+            await self.call.send(outgoing)
+            return
+        filter = self.stream.filter
+        assert filter is not None, "batches come only once the Init was accepted"
+        records, path = outgoing
+        passed = consumer_passes(filter, records)
+        sent_once = self._sent_once
+        if sent_once is not None:
+            if path is EnvelopeSource.LIVE:
+                passed = sent_once.live(passed)
+            elif path is EnvelopeSource.QUERY:
+                passed = sent_once.query(passed, read=records)
+        # A batch the filter emptied is not sent: what it excludes need not travel.
+        max_size = self.producer.max_message_size
+        for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
+            await self.call.send(pb.StreamEventsResponse(batch=batch))

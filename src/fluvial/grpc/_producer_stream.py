@@ -21,19 +21,21 @@ batch smaller than that waits at most `batch_delay` seconds for more of the same
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
 import msgspec
 import trio
 
+from fluvial._wakeup import send_eagerly
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.errors import UsageError
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.records import EventEnvelope, EventRecord
 from fluvial.core.replication_stream_messages import ValidInit
 from fluvial.core.serialization import SerializerRegistry
+from fluvial.grpc._idle import handle_until_idle
 from fluvial.grpc._producer_source import EventProducerSource
 from fluvial.journal.api import Journal
 from fluvial.nursery_errors import open_service_nursery
@@ -71,13 +73,16 @@ async def run_producer_stream(
     send: trio.MemorySendChannel[Batch],
     *,
     settings: ProducerStreamSettings | None = None,
+    started: Callable[[], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Send the public form of `source`'s events after `init`'s offsets to `send`, catching
     up and then following, until cancelled (see the module docstring).
 
     `serializers` decodes the stored (internal) events. Start it with `nursery.start`: it is
-    started once events committed after that will reach `send`. A read error, an event that
+    started once events committed after that will reach `send`; `started()`, if given, is
+    awaited then, before that and before any batch goes to `send` (the transport sends its
+    StreamStarted there, into the channel the batches take). A read error, an event that
     cannot be decoded, or an exception of the transformation or the filter ends it, raised
     as itself (a closed `send`: `trio.BrokenResourceError`). UsageError if `init` is not of
     `source`'s stream."""
@@ -103,6 +108,8 @@ async def run_producer_stream(
     records_in, records_out = trio.open_memory_channel[Batch](0)
     async with open_service_nursery() as nursery:
         await nursery.start(local.run, init.resume_offset(), records_in)
+        if started is not None:
+            await started()
         task_status.started()
         await _send_batches(records_out, send, publish, settings)
 
@@ -162,35 +169,57 @@ async def _send_batches(
     publish: Callable[[Sequence[EventRecord], EnvelopeSource], list[EventRecord]],
     settings: ProducerStreamSettings,
 ) -> None:
-    size, delay = settings.batch_size, settings.batch_delay
-    # Per path: the records not sent yet, and when they must go (the paths interleave
-    # while following: the live path and the query bring the same new events).
-    pending: dict[EnvelopeSource, list[EventRecord]] = {}
-    due: dict[EnvelopeSource, float] = {}
+    batches = _Batches(receive, send, publish, settings)
     while True:
-        batch: Batch | None = None
-        # Only the receive is under the deadline: a send cut short would lose its batch.
-        with trio.move_on_at(min(due.values(), default=math.inf)):
-            batch = await receive.receive()
-        if batch is None:  # the delay of a short batch ran out
-            now = trio.current_time()
-            for path in [path for path, at in due.items() if at <= now]:
-                del due[path]
-                await send.send((pending.pop(path), path))
-            continue
+        await handle_until_idle(receive.receive, batches.take, batches.next_due)
+        await batches.send_due()  # the delay of a short batch ran out
+
+
+class _Batches:
+    """The records of each path not sent yet, and when they must go (the paths interleave
+    while following: the live path and the query bring the same new events)."""
+
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[Batch],
+        send: trio.MemorySendChannel[Batch],
+        publish: Callable[[Sequence[EventRecord], EnvelopeSource], list[EventRecord]],
+        settings: ProducerStreamSettings,
+    ) -> None:
+        self.receive = receive
+        self.send = send
+        self.publish = publish
+        self.size, self.delay = settings.batch_size, settings.batch_delay
+        self.pending: dict[EnvelopeSource, list[EventRecord]] = {}
+        self.due: dict[EnvelopeSource, float] = {}
+
+    def next_due(self) -> float:
+        """When the first short batch must go (inf: none waits)."""
+        return min(self.due.values(), default=math.inf)
+
+    async def take(self, batch: Batch) -> None:
+        """Add `batch` and whatever waits already; send every full batch."""
+        size, pending, due = self.size, self.pending, self.due
         while True:
             records, path = batch
             waiting = pending.setdefault(path, [])
-            waiting.extend(publish(records, path))
+            waiting.extend(self.publish(records, path))
             while len(waiting) >= size:
-                await send.send((waiting[:size], path))
+                await send_eagerly(self.send, (waiting[:size], path))
                 del waiting[:size]
             if not waiting:
                 del pending[path]
                 due.pop(path, None)
             elif path not in due:
-                due[path] = trio.current_time() + delay
+                due[path] = trio.current_time() + self.delay
             try:  # what already waits joins these batches without delay
-                batch = receive.receive_nowait()
+                batch = self.receive.receive_nowait()
             except trio.WouldBlock:
-                break
+                return
+
+    async def send_due(self) -> None:
+        """Send the short batches whose delay ran out."""
+        now = trio.current_time()
+        for path in [path for path, at in self.due.items() if at <= now]:
+            del self.due[path]
+            await send_eagerly(self.send, (self.pending.pop(path), path))

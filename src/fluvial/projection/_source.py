@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import trio
 
+from fluvial._wakeup import send_eagerly
 from fluvial.core.envelope_source import EnvelopeSource
 from fluvial.core.first_sight import FirstSight
 from fluvial.core.ids import SliceRange
@@ -180,7 +181,8 @@ class LocalJournalSource:
             task_status.started()
             while True:
                 batch = await subscription.receive_batch()
-                await send.send((batch, EnvelopeSource.LIVE))
+                # Eagerly: its next receive is a schedule point anyway.
+                await send_eagerly(send, (batch, EnvelopeSource.LIVE))
 
 
 class LocalJournalSources:
