@@ -1,8 +1,9 @@
 """Group commit of an (ungrouped) exactly-once projection: the batches already waiting behind a
 source batch commit in its transaction, up to GROUP_COMMIT_RECORDS records, so that a burst
 after a stall drains in a few transactions; a lone batch commits at once. Every envelope is
-still applied exactly once and in seq nr order per entity, and a handler failure on one
-envelope of such a transaction is retried with all of it, or skipped for that envelope only.
+still applied exactly once and in seq nr order per entity, and a handler failure in such a
+transaction falls back to a transaction per batch: the batches before it commit, and the
+recovery strategy retries, skips or fails the failing batch as without group commit.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fluvial.journal.sqlite._journal import SqliteJournal
 from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
 from fluvial.projection._exactly_once import GROUP_COMMIT_RECORDS, consume_exactly_once
 from fluvial.projection._handlers import ExactlyOnce, RecoveryStrategy
-from fluvial.projection._instance import Instance
+from fluvial.projection._instance import HandlerFailed, Instance
 from fluvial.projection._runner import serve_projection
 from fluvial.projection.api import QueryReached, SourceMessage
 from projection.projection_helpers import (
@@ -244,20 +245,46 @@ async def test_a_lone_batch_commits_without_waiting_for_the_next(
     assert store.transactions == [keys([first]), keys([second])]
 
 
-async def test_a_transient_failure_in_a_group_retries_the_group_once_for_all(
+async def test_a_failure_in_a_group_commits_each_batch_alone_as_without_group_commit(
     journal: SqliteJournal, virtual_clock: trio.testing.MockClock
 ) -> None:
+    # The handler fails once on the fifth envelope: the batches before it commit, and its
+    # own batch is retried (here it succeeds), as if each batch had been a transaction.
     burst = one_event_batches(10)
     poisoned = keys(burst)[4]
     store = await consume_waiting(
         journal,
         burst,
         fails=lambda e, attempt: (e.persistence_id, e.seq_nr) == poisoned and attempt == 0,
-        recovery=RecoveryStrategy.retry_and_fail(1),
+        recovery=RecoveryStrategy.fail(),
     )
-    # The failed attempt committed nothing; the retry commits all ten together.
-    assert store.transactions == [keys(burst)]
+    assert store.transactions == [[key] for key in keys(burst)]
     await assert_applied_once_in_order(journal, keys(burst))
+
+
+async def test_under_fail_the_batches_before_the_failing_one_of_a_group_commit(
+    journal: SqliteJournal, virtual_clock: trio.testing.MockClock
+) -> None:
+    burst = one_event_batches(10)
+    poisoned = keys(burst)[4]
+    store = CountingStore(journal)
+    await store.register(NAME, ENTITY_TYPE)
+    handler = store.handler(lambda e, attempt: (e.persistence_id, e.seq_nr) == poisoned)
+    instance: Instance[Added, sqlite3.Connection] = Instance(
+        NoSource(),  # type: ignore[arg-type]
+        REGISTRY,
+        store,
+        projection(handler),
+        ALL,
+    )
+    await instance.reload()
+    send, receive = trio.open_memory_channel[SourceMessage](len(burst))
+    for message in burst:
+        send.send_nowait(message)
+    with pytest.raises(HandlerFailed) as failed:
+        await consume_exactly_once(instance, receive, handler)
+    assert (failed.value.persistence_id, failed.value.seq_nr) == poisoned
+    assert store.transactions == [[key] for key in keys(burst)[:4]]
 
 
 async def test_skipping_in_a_group_skips_only_the_envelope_that_fails_alone(
@@ -306,7 +333,7 @@ async def test_a_query_reached_taken_with_a_group_counts_again_after_a_failed_at
         fails=lambda e, attempt: e.persistence_id == b and attempt == 0,
         recovery=RecoveryStrategy.retry_and_fail(1),
     )
-    assert store.transactions == [[(a, 1), (b, 1)]]
+    assert store.transactions == [[(a, 1)], [(b, 1)]]
     offsets = await store.offsets(NAME)
     assert offsets[slice_for(a)] == TimestampOffset(10, {a: 1})
     assert offsets[slice_for(b)] == TimestampOffset(20, {b: 1})

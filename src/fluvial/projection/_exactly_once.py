@@ -8,12 +8,14 @@ grouped, a group of up to `max_size` envelopes or `max_wait` seconds after the f
 offset store compares the stored offsets with the ones this instance read before it runs the
 handler, so a second instance cannot apply an event twice (it gets ProjectionConflict
 instead). A failing transaction is retried, skipped or fails the instance as the recovery
-strategy says; the handler runs once per attempt.
+strategy says; the handler runs once per attempt. A group commit that fails commits each of
+its batches alone instead, so that the strategy sees each batch as without group commit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 import trio
@@ -51,43 +53,50 @@ async def consume_exactly_once(
         else (0, 0.0)
     )
     arrivals: list[Arrival | QueryReached] = []
+    batches: list[list[Arrival] | QueryReached] = []  # the same, by source batch
     plan: list[EventEnvelope[E]] = []
     due = math.inf
     while True:
         # Idle, it wakes when the quiet slices' offsets are due to move.
         batch = await receive_until(receive, due if arrivals else instance.quiet_slices_due())
         if isinstance(batch, QueryReached):
-            _reached(instance, batch, arrivals)
+            _reached(instance, batch, arrivals, batches)
             continue
         if batch is not None:
-            await _take(instance, batch, arrivals, plan)
+            await _take(instance, batch, arrivals, batches, plan)
             if max_size == 0:
-                await _take_waiting(instance, receive, arrivals, plan)
+                await _take_waiting(instance, receive, arrivals, batches, plan)
             elif plan and len(plan) < max_size:
                 due = min(due, trio.current_time() + max_wait)
                 continue
         if arrivals:
-            await _commit(instance, handler, arrivals, plan)
+            await _commit(instance, handler, arrivals, plan, batches if max_size == 0 else ())
         elif batch is None and instance.move_quiet_slices_if_due():
             # Idle: the quiet slices' offsets in a transaction of their own.
             await _commit(instance, handler, [], [])
-        arrivals, plan, due = [], [], math.inf
+        arrivals, batches, plan, due = [], [], [], math.inf
 
 
 async def _take(
     instance: Instance[E, T],
     batch: Batch,
     arrivals: list[Arrival | QueryReached],
+    batches: list[list[Arrival] | QueryReached],
     plan: list[EventEnvelope[E]],
 ) -> None:
     """Admit `batch` into the transaction in hand."""
     records, source = batch
-    arrivals.extend((r, source) for r in records)
+    taken = [(r, source) for r in records]
+    arrivals.extend(taken)
+    batches.append(taken)
     plan.extend(await instance.admit(records, source))
 
 
 def _reached(
-    instance: Instance[E, T], reached: QueryReached, arrivals: list[Arrival | QueryReached]
+    instance: Instance[E, T],
+    reached: QueryReached,
+    arrivals: list[Arrival | QueryReached],
+    batches: list[list[Arrival] | QueryReached],
 ) -> None:
     """Move the tracker to where the query came. Kept among the arrivals, in its place, if a
     transaction is in hand: a failed attempt reloads the tracker and admits them again in
@@ -95,12 +104,14 @@ def _reached(
     instance.tracker.reach(reached.timestamp)
     if arrivals:
         arrivals.append(reached)
+        batches.append(reached)
 
 
 async def _take_waiting(
     instance: Instance[E, T],
     receive: trio.MemoryReceiveChannel[SourceMessage],
     arrivals: list[Arrival | QueryReached],
+    batches: list[list[Arrival] | QueryReached],
     plan: list[EventEnvelope[E]],
 ) -> None:
     """Add to the transaction in hand the batches already waiting in `receive`, in order,
@@ -111,9 +122,9 @@ async def _take_waiting(
         except (trio.WouldBlock, trio.EndOfChannel):
             return  # an end of the channel comes out of the next receive, after the commit
         if isinstance(message, QueryReached):
-            _reached(instance, message, arrivals)
+            _reached(instance, message, arrivals, batches)
         else:
-            await _take(instance, message, arrivals, plan)
+            await _take(instance, message, arrivals, batches, plan)
 
 
 class _Writes(Generic[E, T]):
@@ -157,7 +168,10 @@ async def _commit(
     handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
     arrivals: list[Arrival | QueryReached],
     plan: list[EventEnvelope[E]],
+    batches: Sequence[list[Arrival] | QueryReached] = (),
 ) -> None:
+    """Commit `plan` (admitted from `arrivals`) with its offsets, as the recovery strategy
+    says when the handler fails. `batches`: the source batches of a group commit."""
     recovery, backoff = instance.projection.recovery, instance.projection.backoff
     attempt = 0
     while True:
@@ -173,6 +187,16 @@ async def _commit(
             error, failed_on = exc, writes.current
         # Nothing of it was committed: start again from what the store says.
         await instance.reload()
+        if sum(not isinstance(b, QueryReached) for b in batches) > 1:
+            # A group commit failed: each source batch in a transaction of its own, as
+            # without it, so the batches before the failing one commit and the recovery
+            # strategy sees each batch as before (the failing envelope ran once more).
+            for taken in batches:
+                if isinstance(taken, QueryReached):
+                    instance.tracker.reach(taken.timestamp)
+                else:
+                    await _commit(instance, handler, list(taken), await instance.readmit(taken))
+            return
         plan = await instance.readmit(arrivals)
         if attempt < recovery.retries:
             log_retry(instance.name, attempt, error)
