@@ -72,18 +72,18 @@ from ._producer_wire import (
     refused_criterion,
 )
 from ._proto.fluvial import v1 as pb
+from ._response_wire import HEARTBEAT, Encoded, EncodedResponse, batch_response
 from ._server import ServerCall
 
 if TYPE_CHECKING:
     from ._producer_service import Producer
 
 STREAM_EVENTS: Final = "/fluvial.v1.EventProducerService/StreamEvents"
-_HEARTBEAT: Final = pb.StreamEventsResponse(heartbeat=pb.Heartbeat())
 _STARTED: Final = pb.StreamEventsResponse(started=pb.StreamStarted())
 
-Call = ServerCall[pb.StreamEventsRequest | Undecodable, pb.StreamEventsResponse]
+Call = ServerCall[pb.StreamEventsRequest | Undecodable, pb.StreamEventsResponse | EncodedResponse]
 # What the sender takes: a message as it is, or a batch of the pipeline to filter and encode.
-_Outgoing = pb.StreamEventsResponse | Batch
+_Outgoing = pb.StreamEventsResponse | EncodedResponse | Batch
 
 
 def error_of(error: RemoteStreamError) -> GrpcError:
@@ -243,7 +243,7 @@ class StreamEventsCall:
             for batch in batch_messages(
                 answer.records, EnvelopeSource.REPLAY, max_size=max_size, replay=part
             ):
-                await self._out.send(pb.StreamEventsResponse(batch=batch))
+                await self._out.send(batch_response(batch))
 
     async def _send_all(self) -> None:
         interval = self.producer.settings.heartbeat_interval
@@ -258,8 +258,8 @@ class StreamEventsCall:
                 if sent_once is not None and sent_once.due <= trio.current_time():
                     await self.call.send(sent_once.progress())
                 else:
-                    await self.call.send(_HEARTBEAT)
-            elif isinstance(outgoing, pb.StreamEventsResponse):
+                    await self.call.send(HEARTBEAT)
+            elif isinstance(outgoing, pb.StreamEventsResponse | Encoded):
                 await self.call.send(outgoing)
             else:
                 filter = self.stream.filter
@@ -273,4 +273,4 @@ class StreamEventsCall:
                         passed = sent_once.query(passed, read=records)
                 # A batch the filter emptied is not sent: what it excludes need not travel.
                 for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
-                    await self.call.send(pb.StreamEventsResponse(batch=batch))
+                    await self.call.send(batch_response(batch))
