@@ -5,8 +5,9 @@ producer).
 Each way turns a batch of `EventRecord`s (100-byte payloads, two tags) into the bytes of one
 protobuf message and back into records, conversions included, as producer and consumer do:
 
-- fluvial: `encode_events` into an `EventBatch` (one bytes field, msgpack rows), serialized,
-  parsed, `decode_events` (what fluvial sends);
+- fluvial: `encode_events` into an `EventBatch` (one bytes field, msgpack rows), serialized
+  and parsed as a `StreamEventsResponse` by `_response_wire`, `decode_events` (what fluvial
+  sends);
 - betterproto2, one message per event: each event its own `Event` message, serialized and
   parsed (DESIGN.md's first baseline);
 - betterproto2, `repeated Event`: all events as messages in one `repeated` field of one message.
@@ -31,6 +32,7 @@ from fluvial.core.records import EventRecord
 from fluvial.core.serialization import SerializedPayload
 from fluvial.grpc._batch_codec import MSGPACK_ROWS_V1, decode_events, encode_events
 from fluvial.grpc._proto.fluvial import v1 as pb
+from fluvial.grpc._response_wire import batch_response, parse_batch_response
 
 BATCH_SIZES = (100, 500)
 # Each measurement runs for at least this much CPU time. CPU time, not wall time: one thread
@@ -87,8 +89,9 @@ def _fluvial(records: Sequence[EventRecord]) -> list[EventRecord]:
         encoding=pb.BatchEncoding.MSGPACK_ROWS_V1,
         events=encode_events(records),
     )
-    parsed = pb.EventBatch.parse(bytes(message))
-    return decode_events(parsed.events, encoding=parsed.encoding)
+    parsed = parse_batch_response(batch_response(message).data)
+    assert parsed is not None and parsed.batch is not None
+    return decode_events(parsed.batch.events, encoding=parsed.batch.encoding)
 
 
 def _to_message(r: EventRecord) -> EventMessage:

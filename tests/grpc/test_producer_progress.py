@@ -11,6 +11,7 @@ from consumer_fakes import record
 
 from fluvial.core.offsets import TimestampOffset
 from fluvial.grpc._producer_progress import SentOnce
+from fluvial.grpc._proto.fluvial import v1 as pb
 
 
 async def test_the_query_leaves_out_what_went_live_and_a_progress_falls_due(
@@ -24,7 +25,7 @@ async def test_the_query_leaves_out_what_went_live_and_a_progress_falls_due(
     await trio.sleep(0.05)
     assert sent.query([c1]) == []
     assert sent.due == 0.1  # the first left out sets it
-    progress = sent.progress().query_progress
+    progress = pb.StreamEventsResponse.parse(sent.progress().data).query_progress
     assert progress is not None
     assert (progress.timestamp, progress.seen) == (200, {c1.persistence_id: 1})
     assert sent.due == float("inf")
@@ -59,7 +60,7 @@ async def test_events_the_consumers_filter_excluded_move_the_progress_too(
     assert sent.query([a1], read=[a1, x1]) == [a1]
     assert sent.due == 0.1  # x1 excluded: the batch sent does not say the query read it
     assert sent.query([], read=[x2]) == []
-    progress = sent.progress().query_progress
+    progress = pb.StreamEventsResponse.parse(sent.progress().data).query_progress
     assert progress is not None
     assert (progress.timestamp, progress.seen) == (300, {x2.persistence_id: 2})
     assert sent.query([], read=[]) == []

@@ -73,6 +73,7 @@ from ._consumer_wire import (
 )
 from ._errors import GrpcUnavailable, TlsHandshakeFailed
 from ._proto.fluvial import v1 as pb
+from ._response_wire import ConsumerCodec
 
 log = logging.getLogger("fluvial.grpc.consumer")
 
@@ -123,7 +124,8 @@ async def open_grpc_consumer(
     """
     settings = settings or ConsumerSettings()
     consumer_filters = ConsumerFilters(filters, filter_store)
-    async with open_channel(host, port, settings=settings.channel) as channel:
+    codec = ConsumerCodec()
+    async with open_channel(host, port, settings=settings.channel, codec=codec) as channel:
         yield GrpcConsumer(channel, settings, filters=consumer_filters)
 
 

@@ -39,7 +39,7 @@ import trio
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
 
-from ._proto.fluvial import v1 as pb
+from ._response_wire import EncodedResponse, progress_response
 
 _LIMIT = 100_000
 # The query reads an event ahead of its LIVE copy only while that copy is on its way: a few
@@ -100,13 +100,10 @@ class SentOnce:
         _remember(self._by_query, kept[-_QUERY_LIMIT:], _QUERY_LIMIT)
         return kept
 
-    def progress(self) -> pb.StreamEventsResponse:
-        """The QueryProgress to send now (none is due after it)."""
+    def progress(self) -> EncodedResponse:
+        """The QueryProgress to send now, encoded (none is due after it)."""
         self.due = math.inf
-        offset = self.offset
-        return pb.StreamEventsResponse(
-            query_progress=pb.QueryProgress(timestamp=offset.timestamp, seen=dict(offset.seen))
-        )
+        return progress_response(self.offset.timestamp, self.offset.seen)
 
 
 def _sent_as(sent: _Sent, record: EventRecord) -> bool:

@@ -74,18 +74,18 @@ from ._producer_wire import (
     refused_criterion,
 )
 from ._proto.fluvial import v1 as pb
+from ._response_wire import HEARTBEAT, Encoded, EncodedResponse, batch_response
 from ._server import ServerCall
 
 if TYPE_CHECKING:
     from ._producer_service import Producer
 
 STREAM_EVENTS: Final = "/fluvial.v1.EventProducerService/StreamEvents"
-_HEARTBEAT: Final = pb.StreamEventsResponse(heartbeat=pb.Heartbeat())
 _STARTED: Final = pb.StreamEventsResponse(started=pb.StreamStarted())
 
-Call = ServerCall[pb.StreamEventsRequest | Undecodable, pb.StreamEventsResponse]
+Call = ServerCall[pb.StreamEventsRequest | Undecodable, pb.StreamEventsResponse | EncodedResponse]
 # What the sender takes: a message as it is, or a batch of the pipeline to filter and encode.
-_Outgoing = pb.StreamEventsResponse | Batch
+_Outgoing = pb.StreamEventsResponse | EncodedResponse | Batch
 
 
 def error_of(error: RemoteStreamError) -> GrpcError:
@@ -243,7 +243,7 @@ class StreamEventsCall:
             for batch in batch_messages(
                 answer.records, EnvelopeSource.REPLAY, max_size=max_size, replay=part
             ):
-                await self._out.send(pb.StreamEventsResponse(batch=batch))
+                await self._out.send(batch_response(batch))
 
     async def _send_all(self) -> None:
         interval = self.producer.settings.heartbeat_interval
@@ -259,10 +259,10 @@ class StreamEventsCall:
             if sent_once is not None and sent_once.due <= trio.current_time():
                 await self.call.send(sent_once.progress())
             else:
-                await self.call.send(_HEARTBEAT)
+                await self.call.send(HEARTBEAT)
 
     async def _send(self, outgoing: _Outgoing) -> None:
-        if isinstance(outgoing, pb.StreamEventsResponse):
+        if isinstance(outgoing, pb.StreamEventsResponse | Encoded):
             await self.call.send(outgoing)
             return
         filter = self.stream.filter
@@ -278,4 +278,4 @@ class StreamEventsCall:
         # A batch the filter emptied is not sent: what it excludes need not travel.
         max_size = self.producer.max_message_size
         for batch in batch_messages(passed, path, max_size=max_size) if passed else ():
-            await self.call.send(pb.StreamEventsResponse(batch=batch))
+            await self.call.send(batch_response(batch))

@@ -56,6 +56,7 @@ from fluvial.core.replication_stream_messages import (
 from ._batch_codec import MSGPACK_ROWS_V1, encode_events
 from ._errors import GrpcUnimplemented, MessageTooLarge
 from ._proto.fluvial import v1 as pb
+from ._response_wire import Encoded
 
 Criteria = tuple[pb.FilterCriterion, ...]
 """One update of a consumer's filter, as the wire carries it: criteria in order."""
@@ -80,13 +81,16 @@ class Undecodable:
 
 
 class ProducerCodec(CodecBase):
-    """protobuf for betterproto2 messages; a received message that cannot be read decodes to
-    `Undecodable` rather than raising inside grpclib, so that the service ends that call with
-    INVALID_ARGUMENT and a message saying what was wrong."""
+    """protobuf for betterproto2 messages and `Encoded` ones (of the call's reply type); a
+    received message that cannot be read decodes to `Undecodable` rather than raising inside
+    grpclib, so that the service ends that call with INVALID_ARGUMENT and a message saying
+    what was wrong."""
 
     __content_subtype__ = "proto"
 
     def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, Encoded) and message.message_type is message_type:
+            return message.data
         if not isinstance(message, message_type):
             raise TypeError(f"a {message_type.__name__} was expected, not {message!r}")
         return bytes(message)
