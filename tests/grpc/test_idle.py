@@ -83,3 +83,21 @@ async def test_errors_come_out_as_themselves() -> None:
         assert error.args == (1,)
     else:
         raise AssertionError("no KeyError")
+
+
+async def test_a_deadline_that_passed_while_handling_goes_before_values_that_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # As a short batch that is due goes before query batches ready behind it.
+    send, receive = trio.open_memory_channel[int](10)
+    for value in range(5):
+        send.send_nowait(value)
+    handled: list[int] = []
+
+    async def handle(value: int) -> None:
+        await trio.sleep(3)
+        handled.append(value)
+
+    await handle_until_idle(receive.receive, handle, lambda: 5.0)  # an absolute deadline
+    assert handled == [0, 1]  # the second ended at 6, past it
+    assert trio.current_time() == 6

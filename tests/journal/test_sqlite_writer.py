@@ -216,3 +216,17 @@ async def test_a_failing_write_in_a_group_commit_loses_none_of_the_others(
             loaded = await journal.load_snapshot(str(pid))
             assert loaded is not None
             assert loaded.seq_nr == seq_nr
+
+
+async def test_an_opening_cancelled_at_any_point_leaves_no_thread_running(tmp_path: Path) -> None:
+    # A cancel can come while the journal starts its tasks, before its body: its writer and
+    # checkpointer threads run by then, and are stopped all the same.
+    path = tmp_path / "journal.db"
+    async with open_sqlite_journal(path):
+        pass  # the file made once, so that every opening below gets as far as it can
+    for step in range(40):
+        with trio.move_on_after(0.0002 * step):
+            async with open_sqlite_journal(path):
+                await trio.sleep_forever()
+    left = [t.name for t in threading.enumerate() if str(path) in t.name]
+    assert left == []

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -23,6 +24,7 @@ from fluvial.core.ids import SliceRange, slice_for
 from fluvial.core.offset_tracker import OffsetChanges
 from fluvial.core.offsets import TimestampOffset
 from fluvial.core.records import EventRecord
+from fluvial.core.serialization import SerializedPayload
 from fluvial.journal.sqlite._journal import SqliteJournal
 from fluvial.journal.sqlite._offset_store import SqliteOffsetStore
 from fluvial.projection._exactly_once import GROUP_COMMIT_RECORDS, consume_exactly_once
@@ -337,3 +339,33 @@ async def test_a_query_reached_taken_with_a_group_counts_again_after_a_failed_at
     offsets = await store.offsets(NAME)
     assert offsets[slice_for(a)] == TimestampOffset(10, {a: 1})
     assert offsets[slice_for(b)] == TimestampOffset(20, {b: 1})
+
+
+async def test_under_fail_the_batches_taken_before_one_that_cannot_be_admitted_commit(
+    journal: SqliteJournal,
+) -> None:
+    # Admission fails on the fifth waiting batch (its event cannot be decoded, under fail()):
+    # the four taken before it commit, each alone as without group commit, before the error.
+    burst = one_event_batches(10)
+    records, source = burst[4]  # type: ignore[misc]  # a batch, not a QueryReached
+    corrupt = SerializedPayload("test.Added", 1, b"\xc1 not msgpack")
+    burst[4] = ([msgspec.structs.replace(records[0], payload=corrupt)], source)
+    store = CountingStore(journal)
+    await store.register(NAME, ENTITY_TYPE)
+    handler = store.handler()
+    instance: Instance[Added, sqlite3.Connection] = Instance(
+        NoSource(),  # type: ignore[arg-type]
+        REGISTRY,
+        store,
+        projection(handler),
+        ALL,
+    )
+    await instance.reload()
+    send, receive = trio.open_memory_channel[SourceMessage](len(burst))
+    for message in burst:
+        send.send_nowait(message)
+    with pytest.raises(HandlerFailed) as failed:
+        await consume_exactly_once(instance, receive, handler)
+    assert (failed.value.persistence_id, failed.value.seq_nr) == keys(burst)[4]
+    assert store.transactions == [[key] for key in keys(burst)[:4]]
+    await assert_applied_once_in_order(journal, keys(burst)[:4])

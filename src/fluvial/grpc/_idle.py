@@ -28,13 +28,20 @@ async def handle_until_idle(
 
     Only the receive is under the deadline: `handle` is never cut short by it (a send cut
     short would lose what it sent, or break its call), and a value that comes just as the
-    deadline passes is handled before this returns. Errors of either come out as themselves.
+    deadline passes is handled before this returns. A deadline that passed while `handle`
+    ran goes before a value that waits already, as under a new `move_on_at`. Errors of either
+    come out as themselves.
     """
     while True:
         with trio.CancelScope() as waiting:
             while True:
+                at = deadline()
+                if at <= trio.current_time():
+                    # An open scope's deadline set in the past cancels only at the next
+                    # scheduler turn: a value waiting already would be received first.
+                    return
                 # Set only when it changes: a set costs about a quarter of a new scope.
-                if (at := deadline()) != waiting.deadline:
+                if at != waiting.deadline:
                     waiting.deadline = at
                 value = await receive()
                 # The deadline may have passed after the value came and before this task ran

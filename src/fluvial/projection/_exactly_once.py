@@ -65,7 +65,7 @@ async def consume_exactly_once(
         if batch is not None:
             await _take(instance, batch, arrivals, batches, plan)
             if max_size == 0:
-                await _take_waiting(instance, receive, arrivals, batches, plan)
+                await _take_waiting(instance, handler, receive, arrivals, batches, plan)
             elif plan and len(plan) < max_size:
                 due = min(due, trio.current_time() + max_wait)
                 continue
@@ -109,13 +109,18 @@ def _reached(
 
 async def _take_waiting(
     instance: Instance[E, T],
+    handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
     receive: trio.MemoryReceiveChannel[SourceMessage],
     arrivals: list[Arrival | QueryReached],
     batches: list[list[Arrival] | QueryReached],
     plan: list[EventEnvelope[E]],
 ) -> None:
     """Add to the transaction in hand the batches already waiting in `receive`, in order,
-    without waiting, while it holds fewer than GROUP_COMMIT_RECORDS records."""
+    without waiting, while it holds fewer than GROUP_COMMIT_RECORDS records.
+
+    If admitting one fails (an undecodable event under `fail()`, the source's I/O), the
+    batches taken before it commit first, each alone, as they did before it was admitted
+    without group commit; then the error comes out as itself."""
     while len(arrivals) < GROUP_COMMIT_RECORDS:
         try:
             message = receive.receive_nowait()
@@ -123,8 +128,13 @@ async def _take_waiting(
             return  # an end of the channel comes out of the next receive, after the commit
         if isinstance(message, QueryReached):
             _reached(instance, message, arrivals, batches)
-        else:
+            continue
+        try:
             await _take(instance, message, arrivals, batches, plan)
+        except Exception:
+            await instance.reload()  # the failed admission moved the tracker halfway
+            await _commit_each(instance, handler, batches[:-1])
+            raise
 
 
 class _Writes(Generic[E, T]):
@@ -191,11 +201,7 @@ async def _commit(
             # A group commit failed: each source batch in a transaction of its own, as
             # without it, so the batches before the failing one commit and the recovery
             # strategy sees each batch as before (the failing envelope ran once more).
-            for taken in batches:
-                if isinstance(taken, QueryReached):
-                    instance.tracker.reach(taken.timestamp)
-                else:
-                    await _commit(instance, handler, list(taken), await instance.readmit(taken))
+            await _commit_each(instance, handler, batches)
             return
         plan = await instance.readmit(arrivals)
         if attempt < recovery.retries:
@@ -209,11 +215,22 @@ async def _commit(
         if len(records) > 1 and not isinstance(handler, GroupedExactlyOnce):
             # Find the envelopes that fail on their own; skip only those.
             await instance.reload()
-            for arrival in arrivals:
-                if isinstance(arrival, QueryReached):
-                    instance.tracker.reach(arrival.timestamp)
-                else:
-                    await _commit(instance, handler, [arrival], await instance.readmit([arrival]))
+            parts = [a if isinstance(a, QueryReached) else [a] for a in arrivals]
+            await _commit_each(instance, handler, parts)
             return
         log_skipped(instance.name, plan, error)
         plan = []
+
+
+async def _commit_each(
+    instance: Instance[E, T],
+    handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
+    parts: Sequence[Sequence[Arrival] | QueryReached],
+) -> None:
+    """After a reload: commit each of `parts` in a transaction of its own, in order, as the
+    recovery strategy says; a `QueryReached` among them moves the tracker in its place."""
+    for part in parts:
+        if isinstance(part, QueryReached):
+            instance.tracker.reach(part.timestamp)
+        else:
+            await _commit(instance, handler, list(part), await instance.readmit(part))

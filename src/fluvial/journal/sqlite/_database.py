@@ -100,6 +100,7 @@ class SqliteDatabase:
         self._checkpoints = WalCheckpoints(path, writer, self._connect_reader)
         self._in_flight: list[PendingWrite[Any]] | None = None  # taken, not yet committed
         self._writer_failure: BaseException | None = None  # why the writer thread died
+        self._writer_stopped = False
         self._trio_token = trio.lowlevel.current_trio_token()
         self._checkpoints.start()
         self._thread.start()
@@ -276,7 +277,10 @@ class SqliteDatabase:
 
     async def _stop_writer(self) -> None:
         """Refuse new calls, commit what was written so far, and end the writer thread, then
-        the checkpointer's (after the pass it may be in)."""
+        the checkpointer's (after the pass it may be in). Once: a second call does nothing."""
+        if self._writer_stopped:
+            return
+        self._writer_stopped = True
         self._closed = True
         self._hand_over_writes()
         self._queue.put(None)
@@ -374,4 +378,7 @@ async def _open_sqlite_database(path: str, options: FileOptions) -> AsyncIterato
                 database._fail_stranded_writes()
                 nursery.cancel_scope.cancel()
     finally:
+        # Also if the opening was cancelled before the body: the threads run already.
+        with trio.CancelScope(shield=True):
+            await database._stop_writer()
         database._close_connections()

@@ -47,7 +47,9 @@ def write_changes(conn: sqlite3.Connection, projection: str, changes: OffsetChan
     """Write `changes` with `conn` if the store still holds what they were made from: the
     generation of `changes.generation` (no management call since) and, per entity, the seq
     nr that `changes.previous` says; False if not (the caller rolls back what was written).
-    Raises UnknownProjection if the file does not know `projection`."""
+    Raises UnknownProjection if the file does not know `projection`; a save with a known
+    entity checks the registration in that entity's update instead, where a file that lost
+    it would read as False (no file does: registrations are never deleted)."""
     new: list[tuple[str, str, int, int, int, int]] = []
     known: list[tuple[int, int, int, str, int, str, int]] = []
     previous = changes.previous
