@@ -135,6 +135,49 @@ class NoSource:
         raise AssertionError("no first sight above seq nr 1")
 
 
+class Waiting:
+    """An exactly-once consumer's instance, its handler and offset store, and a channel in
+    which all of `messages` already wait."""
+
+    def __init__(
+        self,
+        store: CountingStore,
+        messages: Sequence[SourceMessage],
+        fails: Callable[[Envelope, int], bool] | None,
+        recovery: RecoveryStrategy | None,
+    ) -> None:
+        self.store = store
+        self.handler = store.handler(fails)
+        self.instance: Instance[Added, sqlite3.Connection] = Instance(
+            NoSource(),  # type: ignore[arg-type]  # admission needs no more of it
+            REGISTRY,
+            store,
+            projection(self.handler, recovery=recovery),
+            ALL,
+        )
+        send, self.receive = trio.open_memory_channel[SourceMessage](len(messages))
+        for message in messages:
+            send.send_nowait(message)
+
+    @classmethod
+    async def open(
+        cls,
+        journal: SqliteJournal,
+        messages: Sequence[SourceMessage],
+        *,
+        fails: Callable[[Envelope, int], bool] | None = None,
+        recovery: RecoveryStrategy | None = None,
+    ) -> Waiting:
+        store = CountingStore(journal)
+        await store.register(NAME, ENTITY_TYPE)
+        waiting = cls(store, messages, fails, recovery)
+        await waiting.instance.reload()
+        return waiting
+
+    async def consume(self) -> None:
+        await consume_exactly_once(self.instance, self.receive, self.handler)
+
+
 async def consume_waiting(
     journal: SqliteJournal,
     messages: Sequence[SourceMessage],
@@ -144,20 +187,7 @@ async def consume_waiting(
 ) -> CountingStore:
     """Run an exactly-once consumer over a channel in which all of `messages` already wait,
     until every entity's last event is stored as handled."""
-    store = CountingStore(journal)
-    await store.register(NAME, ENTITY_TYPE)
-    handler = store.handler(fails)
-    instance: Instance[Added, sqlite3.Connection] = Instance(
-        NoSource(),  # type: ignore[arg-type]  # admission needs no more of it
-        REGISTRY,
-        store,
-        projection(handler, recovery=recovery),
-        ALL,
-    )
-    await instance.reload()
-    send, receive = trio.open_memory_channel[SourceMessage](len(messages))
-    for message in messages:
-        send.send_nowait(message)
+    waiting = await Waiting.open(journal, messages, fails=fails, recovery=recovery)
     last: dict[str, int] = {}
     for pid, seq_nr in keys(messages):
         last[pid] = max(last.get(pid, 0), seq_nr)
@@ -166,10 +196,10 @@ async def consume_waiting(
         return all([await stored_seq_nr(journal, pid) == n for pid, n in last.items()])
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume_exactly_once, instance, receive, handler)
+        nursery.start_soon(waiting.consume)
         await wait_for_commits_until(journal, done)
         nursery.cancel_scope.cancel()
-    return store
+    return waiting.store
 
 
 async def assert_applied_once_in_order(journal: SqliteJournal, expected: list[Key]) -> None:
@@ -269,24 +299,13 @@ async def test_under_fail_the_batches_before_the_failing_one_of_a_group_commit(
 ) -> None:
     burst = one_event_batches(10)
     poisoned = keys(burst)[4]
-    store = CountingStore(journal)
-    await store.register(NAME, ENTITY_TYPE)
-    handler = store.handler(lambda e, attempt: (e.persistence_id, e.seq_nr) == poisoned)
-    instance: Instance[Added, sqlite3.Connection] = Instance(
-        NoSource(),  # type: ignore[arg-type]
-        REGISTRY,
-        store,
-        projection(handler),
-        ALL,
+    waiting = await Waiting.open(
+        journal, burst, fails=lambda e, attempt: (e.persistence_id, e.seq_nr) == poisoned
     )
-    await instance.reload()
-    send, receive = trio.open_memory_channel[SourceMessage](len(burst))
-    for message in burst:
-        send.send_nowait(message)
     with pytest.raises(HandlerFailed) as failed:
-        await consume_exactly_once(instance, receive, handler)
+        await waiting.consume()
     assert (failed.value.persistence_id, failed.value.seq_nr) == poisoned
-    assert store.transactions == [[key] for key in keys(burst)[:4]]
+    assert waiting.store.transactions == [[key] for key in keys(burst)[:4]]
 
 
 async def test_skipping_in_a_group_skips_only_the_envelope_that_fails_alone(
@@ -350,22 +369,9 @@ async def test_under_fail_the_batches_taken_before_one_that_cannot_be_admitted_c
     records, source = burst[4]  # type: ignore[misc]  # a batch, not a QueryReached
     corrupt = SerializedPayload("test.Added", 1, b"\xc1 not msgpack")
     burst[4] = ([msgspec.structs.replace(records[0], payload=corrupt)], source)
-    store = CountingStore(journal)
-    await store.register(NAME, ENTITY_TYPE)
-    handler = store.handler()
-    instance: Instance[Added, sqlite3.Connection] = Instance(
-        NoSource(),  # type: ignore[arg-type]
-        REGISTRY,
-        store,
-        projection(handler),
-        ALL,
-    )
-    await instance.reload()
-    send, receive = trio.open_memory_channel[SourceMessage](len(burst))
-    for message in burst:
-        send.send_nowait(message)
+    waiting = await Waiting.open(journal, burst)
     with pytest.raises(HandlerFailed) as failed:
-        await consume_exactly_once(instance, receive, handler)
+        await waiting.consume()
     assert (failed.value.persistence_id, failed.value.seq_nr) == keys(burst)[4]
-    assert store.transactions == [[key] for key in keys(burst)[:4]]
+    assert waiting.store.transactions == [[key] for key in keys(burst)[:4]]
     await assert_applied_once_in_order(journal, keys(burst)[:4])
