@@ -56,7 +56,7 @@ from fluvial.core.replication_stream_messages import (
 from ._batch_codec import MSGPACK_ROWS_V1, encode_events
 from ._errors import GrpcUnimplemented, MessageTooLarge
 from ._proto.fluvial import v1 as pb
-from ._response_wire import Encoded
+from ._response_wire import encode_message
 
 Criteria = tuple[pb.FilterCriterion, ...]
 """One update of a consumer's filter, as the wire carries it: criteria in order."""
@@ -89,11 +89,7 @@ class ProducerCodec(CodecBase):
     __content_subtype__ = "proto"
 
     def encode(self, message: Any, message_type: Any) -> bytes:
-        if isinstance(message, Encoded) and message.message_type is message_type:
-            return message.data
-        if not isinstance(message, message_type):
-            raise TypeError(f"a {message_type.__name__} was expected, not {message!r}")
-        return bytes(message)
+        return encode_message(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         name = getattr(message_type, "__name__", repr(message_type))

@@ -191,6 +191,16 @@ def parse_batch_response(data: bytes) -> pb.StreamEventsResponse | None:
     return pb.StreamEventsResponse(batch=pb.EventBatch(path, encoding, events, replay))
 
 
+def encode_message(message: Any, message_type: Any) -> bytes:
+    """The bytes a codec sends for `message`: an `Encoded` of `message_type` as they are, a
+    betterproto2 message of that type encoded; TypeError for anything else."""
+    if isinstance(message, Encoded) and message.message_type is message_type:
+        return message.data
+    if not isinstance(message, message_type):
+        raise TypeError(f"a {message_type.__name__} was expected, not {message!r}")
+    return bytes(message)
+
+
 class ConsumerCodec(CodecBase):
     """protobuf for betterproto2 messages, with a received `StreamEventsResponse` of the
     batch kind read by `parse_batch_response`."""
@@ -198,9 +208,7 @@ class ConsumerCodec(CodecBase):
     __content_subtype__ = "proto"
 
     def encode(self, message: Any, message_type: Any) -> bytes:
-        if not isinstance(message, message_type):
-            raise TypeError(f"a {message_type.__name__} was expected, not {message!r}")
-        return bytes(message)
+        return encode_message(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if message_type is pb.StreamEventsResponse:
