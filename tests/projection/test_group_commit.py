@@ -288,7 +288,7 @@ async def test_a_failure_in_a_group_commits_each_batch_alone_as_without_group_co
         journal,
         burst,
         fails=lambda e, attempt: (e.persistence_id, e.seq_nr) == poisoned and attempt == 0,
-        recovery=RecoveryStrategy.fail(),
+        recovery=RecoveryStrategy.retry_and_fail(1),
     )
     assert store.transactions == [[key] for key in keys(burst)]
     await assert_applied_once_in_order(journal, keys(burst))
@@ -305,6 +305,30 @@ async def test_under_fail_the_batches_before_the_failing_one_of_a_group_commit(
     with pytest.raises(HandlerFailed) as failed:
         await waiting.consume()
     assert (failed.value.persistence_id, failed.value.seq_nr) == poisoned
+    assert waiting.store.transactions == [[key] for key in keys(burst)[:4]]
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_a_batch_that_fails_in_a_group_has_the_attempts_it_has_alone(
+    journal: SqliteJournal, virtual_clock: trio.testing.MockClock, retries: int
+) -> None:
+    # The group's failure is the failing batch's first attempt: under retry_and_fail(n) the
+    # handler runs on the failing envelope n + 1 times in all, as without group commit.
+    burst = one_event_batches(10)
+    poisoned = keys(burst)[4]
+    attempts: list[int] = []
+
+    def fails(envelope: Envelope, attempt: int) -> bool:
+        if (envelope.persistence_id, envelope.seq_nr) != poisoned:
+            return False
+        attempts.append(attempt)
+        return True
+
+    recovery = RecoveryStrategy.retry_and_fail(retries)
+    waiting = await Waiting.open(journal, burst, fails=fails, recovery=recovery)
+    with pytest.raises(HandlerFailed):
+        await waiting.consume()
+    assert attempts == list(range(retries + 1))
     assert waiting.store.transactions == [[key] for key in keys(burst)[:4]]
 
 

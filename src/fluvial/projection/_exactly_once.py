@@ -9,7 +9,8 @@ offset store compares the stored offsets with the ones this instance read before
 handler, so a second instance cannot apply an event twice (it gets ProjectionConflict
 instead). A failing transaction is retried, skipped or fails the instance as the recovery
 strategy says; the handler runs once per attempt. A group commit that fails commits each of
-its batches alone instead, so that the strategy sees each batch as without group commit.
+its batches alone instead, so that the strategy sees each batch as without group commit: the
+group's failure counts as the first attempt of the batch that failed in it.
 """
 
 from __future__ import annotations
@@ -173,37 +174,47 @@ class _Writes(Generic[E, T]):
             raise
 
 
+# The handler's error and the envelope it failed on.
+_Failure = tuple[Exception, EventEnvelope[E]]
+
+
 async def _commit(
     instance: Instance[E, T],
     handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
     arrivals: list[Arrival | QueryReached],
     plan: list[EventEnvelope[E]],
     batches: Sequence[list[Arrival] | QueryReached] = (),
+    failed: _Failure[E] | None = None,
 ) -> None:
     """Commit `plan` (admitted from `arrivals`) with its offsets, as the recovery strategy
-    says when the handler fails. `batches`: the source batches of a group commit."""
+    says when the handler fails. `batches`: the source batches of a group commit. `failed`:
+    the first attempt at `arrivals` was made, in a group commit that failed on them."""
     recovery, backoff = instance.projection.recovery, instance.projection.backoff
     attempt = 0
     while True:
-        changes = instance.take_changes()
-        writes = _Writes(handler, list(plan))
-        try:
-            await instance.store.commit(instance.name, instance.slices, changes, writes)
-            instance.committed(changes)
-            return
-        except Exception as exc:
-            if exc is not writes.error or writes.current is None:
-                raise  # not the handler's: a conflict or a storage error
-            error, failed_on = exc, writes.current
-        # Nothing of it was committed: start again from what the store says.
-        await instance.reload()
-        if sum(not isinstance(b, QueryReached) for b in batches) > 1:
-            # A group commit failed: each source batch in a transaction of its own, as
-            # without it, so the batches before the failing one commit and the recovery
-            # strategy sees each batch as before (the failing envelope ran once more).
-            await _commit_each(instance, handler, batches)
-            return
-        plan = await instance.readmit(arrivals)
+        if failed is not None:
+            (error, failed_on), failed = failed, None
+        else:
+            changes = instance.take_changes()
+            writes = _Writes(handler, list(plan))
+            try:
+                await instance.store.commit(instance.name, instance.slices, changes, writes)
+                instance.committed(changes)
+                return
+            except Exception as exc:
+                if exc is not writes.error or writes.current is None:
+                    raise  # not the handler's: a conflict or a storage error
+                error, failed_on = exc, writes.current
+            # Nothing of it was committed: start again from what the store says.
+            await instance.reload()
+            if sum(not isinstance(b, QueryReached) for b in batches) > 1:
+                # A group commit failed: each source batch in a transaction of its own, as
+                # without it, so the batches before the failing one commit; the failing
+                # batch has had its first attempt, the one its handler would have seen
+                # alone (it saw the batches before it, uncommitted, in the same state).
+                await _commit_each(instance, handler, batches, (error, failed_on))
+                return
+            plan = await instance.readmit(arrivals)
         if attempt < recovery.retries:
             log_retry(instance.name, attempt, error)
             await trio.sleep(backoff.delay(attempt))
@@ -226,11 +237,18 @@ async def _commit_each(
     instance: Instance[E, T],
     handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
     parts: Sequence[Sequence[Arrival] | QueryReached],
+    failed: _Failure[E] | None = None,
 ) -> None:
     """After a reload: commit each of `parts` in a transaction of its own, in order, as the
-    recovery strategy says; a `QueryReached` among them moves the tracker in its place."""
+    recovery strategy says; a `QueryReached` among them moves the tracker in its place.
+    `failed`: the attempt of them all together failed there, the first of that part."""
     for part in parts:
         if isinstance(part, QueryReached):
             instance.tracker.reach(part.timestamp)
-        else:
-            await _commit(instance, handler, list(part), await instance.readmit(part))
+            continue
+        plan = await instance.readmit(part)
+        holds = failed is not None and any(
+            (r.persistence_id, r.seq_nr) == (failed[1].persistence_id, failed[1].seq_nr)
+            for r, _ in part
+        )
+        await _commit(instance, handler, list(part), plan, failed=failed if holds else None)
