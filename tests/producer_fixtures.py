@@ -91,6 +91,7 @@ class Appender:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.seq_nrs: dict[str, int] = defaultdict(int)
+        self.commits = 0  # its appends: all the journal's, where only the test writes
 
     async def append(self, entity_id: str, *amounts: int) -> list[EventRecord]:
         pid = f"{ENTITY_TYPE}|{entity_id}"
@@ -101,6 +102,7 @@ class Appender:
         ]
         stored = await self.journal.append(records)
         self.seq_nrs[pid] += len(records)
+        self.commits += 1
         return list(stored)
 
 
