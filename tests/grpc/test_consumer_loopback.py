@@ -1,9 +1,11 @@
 """The gRPC consumer against the real producer over loopback: a projection in the consumer's
 own SQLite file of a producer's SQLite journal, exactly once, through a producer restart and a
-proxy that drops, stalls and resets connections; gaps replayed; lazy payloads; one channel
-shared by several instances."""
+proxy that drops, stalls and resets connections; gaps replayed; lazy payloads; a deadline on
+every unary call; one channel shared by several instances."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import attrs
 import pytest
@@ -27,11 +29,19 @@ from fluvial.grpc import (
     ChannelSettings,
     ConsumerSettings,
     Deny,
+    GrpcDeadlineExceeded,
     GrpcNotFound,
+    GrpcSource,
     GrpcUnauthenticated,
     KeepAlive,
     Reconnect,
     open_grpc_consumer,
+)
+from fluvial.grpc._consumer_wire import (
+    EVENT_TIMESTAMP,
+    LATEST_EVENT_TIMESTAMP,
+    LOAD_EVENT,
+    REPLAY,
 )
 from fluvial.projection.api import SourceMessage
 from producer_fixtures import SOURCE, public_cents
@@ -167,6 +177,47 @@ async def test_a_replay_in_parts_lazy_payloads_and_timestamps_come_from_the_prod
         unknown = consumer.source("no-such-stream", SliceRange.all())
         with pytest.raises(GrpcNotFound, match="no-such-stream"):
             await unknown.load_event(pid, 1)
+
+
+UNARY_CALLS: list[tuple[str, Callable[[GrpcSource, str], Awaitable[object]]]] = [
+    (LOAD_EVENT, lambda source, pid: source.load_event(pid, 1)),
+    (EVENT_TIMESTAMP, lambda source, pid: source.event_timestamp(pid, 1)),
+    (LATEST_EVENT_TIMESTAMP, lambda source, pid: source.latest_event_timestamp()),
+    (REPLAY, lambda source, pid: source.replay(pid, 1, 2)),  # no stream open: the unary call
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "call"), UNARY_CALLS, ids=[m.rsplit("/", 1)[1] for m, _ in UNARY_CALLS]
+)
+async def test_a_unary_call_the_producer_never_answers_fails_at_the_call_timeout(
+    world: World, method: str, call: Callable[[GrpcSource, str], Awaitable[object]]
+) -> None:
+    proxy = FaultyProxy(world.producer.port)
+    await world.nursery.start(proxy.serve)
+    await world.append(1)
+    pid = world.stored[0].persistence_id
+    # No keep-alive: only the call's own deadline can end a call on the stalled connection.
+    settings = attrs.evolve(FAST, channel=ChannelSettings(keepalive=None), call_timeout=0.3)
+    with trio.fail_after(settings.call_timeout + 4):
+        async with open_grpc_consumer("127.0.0.1", proxy.port, settings=settings) as consumer:
+            source = consumer.source(SOURCE.stream_id, SliceRange.all())
+            await call(source, pid)  # answered: the connection is up
+            proxy.stall()  # the producer's answers (and the request) go nowhere now
+            asked = trio.current_time()
+            with (
+                trio.fail_after(settings.call_timeout + 2),
+                pytest.raises(GrpcDeadlineExceeded) as raised,
+            ):
+                await call(source, pid)
+            assert trio.current_time() - asked >= settings.call_timeout
+            assert raised.value.method == method
+            assert "call_timeout" in str(raised.value)
+            # Nothing of the abandoned call holds the consumer: once the dead connection is
+            # gone, the same call is answered on a new one.
+            proxy.drop()
+            await call(source, pid)
+            assert proxy.opened == 2
 
 
 async def test_instances_of_several_slice_ranges_share_one_connection(world: World) -> None:

@@ -1,6 +1,7 @@
 """What the server does with peers that misbehave at the connection level: a connection
 dropped or a stream reset in the middle of a call (the handler is cancelled, however it ends,
-and nothing is logged as an error but a real error), a connection that never finishes its
+and nothing is logged as an error but a real error), a peer that stops answering the server's
+keep-alive pings (closed, its handler cancelled), a connection that never finishes its
 HTTP/2 preface (closed after the handshake timeout), and a call to a method the server does
 not serve (UNIMPLEMENTED naming it, after the auth hook)."""
 
@@ -27,7 +28,14 @@ from grpc_transport_helpers import (
 )
 
 from fluvial.core.errors import UsageError
-from fluvial.grpc import CallInfo, Deny, GrpcUnauthenticated, GrpcUnimplemented, ServerSettings
+from fluvial.grpc import (
+    CallInfo,
+    Deny,
+    GrpcUnauthenticated,
+    GrpcUnimplemented,
+    KeepAlive,
+    ServerSettings,
+)
 from fluvial.grpc._channel import open_channel
 
 TIMEOUT = 10.0
@@ -168,6 +176,35 @@ async def test_a_connection_dropped_while_the_handler_sends_logs_no_error(
                 await state.flood_ended.wait()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [(r.getMessage(), r.exc_info) for r in errors]
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed_by_the_servers_keep_alive() -> None:
+    # A consumer that hung (or whose NAT forgot it) with a stream open: without the server's
+    # pings its handler would wait for it forever.
+    state = EchoState()
+    keepalive = KeepAlive(interval=0.2, timeout=0.3)
+    with trio.fail_after(TIMEOUT):
+        async with echo_server(settings=ServerSettings(keepalive=keepalive), state=state) as port:
+            connecting = trio.current_time()  # before the server's accept, which starts its timer
+            sock, connection, _ = await _open_stream(port)
+            # From now on the peer is dead: what comes is read, nothing is answered (h2 queues
+            # each PING's ACK; it is never sent).
+            pings = 0
+            bound = keepalive.interval + keepalive.timeout + 2
+            with trio.move_on_after(bound) as waiting:
+                while data := await sock.receive_some(65536):
+                    events = connection.receive_data(data)
+                    pings += sum(isinstance(e, h2.events.PingReceived) for e in events)
+            closed_after = trio.current_time() - connecting
+            await sock.aclose()
+            assert not waiting.cancelled_caught, f"still open after {closed_after:.1f}s"
+            assert pings >= 1
+            assert closed_after >= keepalive.interval + keepalive.timeout
+            await state.stream_cancelled.wait()
+            assert state.cancelled == [STREAM]
+            # The server goes on serving.
+            async with open_channel("127.0.0.1", port, codec=RawCodec()) as channel:
+                assert await channel.unary(UNARY, b"still here", bytes) == b"still here"
 
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
