@@ -60,7 +60,9 @@ class TlsHandshakeFailed(GrpcUnavailable):
 
 
 class GrpcDeadlineExceeded(GrpcError):
-    """The server answered DEADLINE_EXCEEDED: the call's deadline passed on its side."""
+    """A call's deadline passed: the server answered DEADLINE_EXCEEDED, or no answer came
+    within a deadline fluvial sets itself (a consumer's unary call within
+    `ConsumerSettings.call_timeout`; `method` names the call)."""
 
     status = "DEADLINE_EXCEEDED"
     code = 4
