@@ -332,6 +332,29 @@ async def test_a_batch_that_fails_in_a_group_has_the_attempts_it_has_alone(
     assert waiting.store.transactions == [[key] for key in keys(burst)[:4]]
 
 
+async def test_a_duplicate_of_the_failing_event_later_in_the_group_is_not_a_failed_attempt(
+    journal: SqliteJournal,
+    virtual_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The fifth event fails once, in the group; alone, its batch's retry succeeds. The same
+    # event comes again three batches later (the query after the live path): that batch's
+    # first attempt is its own, with the event dropped as a duplicate, and nothing retries it.
+    burst = one_event_batches(10)
+    poisoned = keys(burst)[4]
+    with_duplicate = [*burst[:8], burst[4], *burst[8:]]
+    store = await consume_waiting(
+        journal,
+        with_duplicate,
+        fails=lambda e, attempt: (e.persistence_id, e.seq_nr) == poisoned and attempt == 0,
+        recovery=RecoveryStrategy.retry_and_fail(1),
+    )
+    await assert_applied_once_in_order(journal, keys(burst))
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 1, retries
+    assert store.transactions[4] == [poisoned]
+
+
 async def test_skipping_in_a_group_skips_only_the_envelope_that_fails_alone(
     journal: SqliteJournal,
     virtual_clock: trio.testing.MockClock,

@@ -241,14 +241,19 @@ async def _commit_each(
 ) -> None:
     """After a reload: commit each of `parts` in a transaction of its own, in order, as the
     recovery strategy says; a `QueryReached` among them moves the tracker in its place.
-    `failed`: the attempt of them all together failed there, the first of that part."""
+    `failed`: the attempt of them all together failed there: the first attempt of the part
+    whose plan holds the envelope it failed on (a replayed one too; a duplicate of it in a
+    later part is dropped by then, handled or skipped)."""
     for part in parts:
         if isinstance(part, QueryReached):
             instance.tracker.reach(part.timestamp)
             continue
         plan = await instance.readmit(part)
-        holds = failed is not None and any(
-            (r.persistence_id, r.seq_nr) == (failed[1].persistence_id, failed[1].seq_nr)
-            for r, _ in part
-        )
-        await _commit(instance, handler, list(part), plan, failed=failed if holds else None)
+        first_failed = None
+        if failed is not None and any(_same_event(e, failed[1]) for e in plan):
+            first_failed, failed = failed, None
+        await _commit(instance, handler, list(part), plan, failed=first_failed)
+
+
+def _same_event(a: EventEnvelope[E], b: EventEnvelope[E]) -> bool:
+    return a.persistence_id == b.persistence_id and a.seq_nr == b.seq_nr
