@@ -227,6 +227,7 @@ class StallingProxy:
     target_port: int
     stalled: bool = False
     port: int = 0
+    forwarded: int = 0  # bytes, both ways
 
     def stall(self) -> None:
         self.stalled = True
@@ -254,6 +255,7 @@ class StallingProxy:
                 if self.stalled:
                     await trio.sleep_forever()
                 await sink.send_all(data)
+                self.forwarded += len(data)
         except trio.BrokenResourceError:
             pass
         scope.cancel()

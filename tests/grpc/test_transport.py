@@ -234,6 +234,36 @@ async def test_a_stalled_connection_is_found_dead_by_keep_alive_pings() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_an_idle_stream_whose_peers_answer_pings_stays_open() -> None:
+    # Both sides ping every 0.1 s and the server's handshake timeout is 0.3 s: over 2 s idle
+    # (20 ping intervals) the pings and their answers flow, and nothing closes the connection
+    # (an answer has 1 s: a busy machine's late one is no false alarm here).
+    keepalive = KeepAlive(interval=0.1, timeout=1.0)
+    server = ServerSettings(keepalive=keepalive, handshake_timeout=0.3)
+    async with echo_server(settings=server) as port, trio.open_nursery() as nursery:
+        proxy = StallingProxy(port)
+        proxy_port = await nursery.start(proxy.serve)
+        async with (
+            open_channel(
+                "127.0.0.1",
+                proxy_port,
+                settings=ChannelSettings(keepalive=keepalive),
+                codec=RawCodec(),
+            ) as ch,
+            ch.open_stream(STREAM, bytes, bytes) as stream,
+        ):
+            await stream.send(b"before")
+            assert await stream.receive() == b"before"
+            before = proxy.forwarded
+            await trio.sleep(2.0)
+            # PING frames are 17 bytes; each side's, and each answer, at least every 0.2 s.
+            assert proxy.forwarded - before >= 4 * 17 * 5
+            with trio.fail_after(5):
+                await stream.send(b"after")
+                assert await stream.receive() == b"after"
+        nursery.cancel_scope.cancel()
+
+
 async def test_without_keep_alive_a_stalled_connection_is_not_noticed() -> None:
     settings = ChannelSettings(keepalive=None)
     async with echo_server() as port, trio.open_nursery() as nursery:
