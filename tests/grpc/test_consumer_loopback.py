@@ -198,7 +198,8 @@ async def test_a_unary_call_the_producer_never_answers_fails_at_the_call_timeout
     await world.append(1)
     pid = world.stored[0].persistence_id
     # No keep-alive: only the call's own deadline can end a call on the stalled connection.
-    settings = attrs.evolve(FAST, channel=ChannelSettings(keepalive=None), call_timeout=0.3)
+    # 1 s: the calls meant to be answered (a connection made, one made again) have it too.
+    settings = attrs.evolve(FAST, channel=ChannelSettings(keepalive=None), call_timeout=1.0)
     with trio.fail_after(settings.call_timeout + 4):
         async with open_grpc_consumer("127.0.0.1", proxy.port, settings=settings) as consumer:
             source = consumer.source(SOURCE.stream_id, SliceRange.all())

@@ -145,11 +145,12 @@ class Waiting:
         messages: Sequence[SourceMessage],
         fails: Callable[[Envelope, int], bool] | None,
         recovery: RecoveryStrategy | None,
+        source: NoSource | None = None,
     ) -> None:
         self.store = store
         self.handler = store.handler(fails)
         self.instance: Instance[Added, sqlite3.Connection] = Instance(
-            NoSource(),  # type: ignore[arg-type]  # admission needs no more of it
+            source or NoSource(),  # type: ignore[arg-type]  # admission needs no more of it
             REGISTRY,
             store,
             projection(self.handler, recovery=recovery),
@@ -167,10 +168,11 @@ class Waiting:
         *,
         fails: Callable[[Envelope, int], bool] | None = None,
         recovery: RecoveryStrategy | None = None,
+        source: NoSource | None = None,
     ) -> Waiting:
         store = CountingStore(journal)
         await store.register(NAME, ENTITY_TYPE)
-        waiting = cls(store, messages, fails, recovery)
+        waiting = cls(store, messages, fails, recovery, source)
         await waiting.instance.reload()
         return waiting
 
@@ -330,6 +332,58 @@ async def test_a_batch_that_fails_in_a_group_has_the_attempts_it_has_alone(
         await waiting.consume()
     assert attempts == list(range(retries + 1))
     assert waiting.store.transactions == [[key] for key in keys(burst)[:4]]
+
+
+class Replaying(NoSource):
+    """A source whose replays answer from `records`."""
+
+    def __init__(self, records: Sequence[EventRecord]) -> None:
+        self.records = records
+
+    async def replay(
+        self, persistence_id: str, from_seq_nr: int, to_seq_nr: int
+    ) -> list[EventRecord]:
+        return [
+            r
+            for r in self.records
+            if r.persistence_id == persistence_id and from_seq_nr <= r.seq_nr <= to_seq_nr
+        ]
+
+
+async def test_a_replayed_event_that_fails_in_a_group_has_the_attempts_it_has_alone(
+    journal: SqliteJournal, virtual_clock: trio.testing.MockClock
+) -> None:
+    # The third batch holds a#3 and a gap: a#2 is replayed into its plan, and fails always.
+    # The group's attempt is the first of that batch, whose records do not hold a#2.
+    a, b, _ = PIDS
+    journal_records = [
+        EventRecord(
+            pid, seq_nr, ENTITY_TYPE, slice_for(pid), REGISTRY.encode(Added(n)), timestamp=n
+        )
+        for n, (pid, seq_nr) in enumerate([(a, 1), (b, 1), (a, 2), (a, 3)], start=1)
+    ]
+    delivered = [journal_records[i] for i in (0, 1, 3)]
+    poisoned = (a, 2)
+    attempts: list[int] = []
+
+    def fails(envelope: Envelope, attempt: int) -> bool:
+        if (envelope.persistence_id, envelope.seq_nr) != poisoned:
+            return False
+        attempts.append(attempt)
+        return True
+
+    waiting = await Waiting.open(
+        journal,
+        [([r], EnvelopeSource.QUERY) for r in delivered],
+        fails=fails,
+        recovery=RecoveryStrategy.retry_and_fail(1),
+        source=Replaying(journal_records),
+    )
+    with pytest.raises(HandlerFailed) as failed:
+        await waiting.consume()
+    assert (failed.value.persistence_id, failed.value.seq_nr) == poisoned
+    assert attempts == [0, 1]
+    assert waiting.store.transactions == [[(a, 1)], [(b, 1)]]
 
 
 async def test_a_duplicate_of_the_failing_event_later_in_the_group_is_not_a_failed_attempt(
