@@ -118,6 +118,18 @@ class CountingStore(SqliteOffsetStore):
         return ExactlyOnce(handle)
 
 
+def failing_on(key: Key, attempts: list[int]) -> Callable[[Envelope, int], bool]:
+    """A `fails` for the handler: always on the envelope `key`, noting each attempt at it."""
+
+    def fails(envelope: Envelope, attempt: int) -> bool:
+        if (envelope.persistence_id, envelope.seq_nr) != key:
+            return False
+        attempts.append(attempt)
+        return True
+
+    return fails
+
+
 class NoSource:
     """What admission asks of a source, for records that never need it."""
 
@@ -319,12 +331,7 @@ async def test_a_batch_that_fails_in_a_group_has_the_attempts_it_has_alone(
     burst = one_event_batches(10)
     poisoned = keys(burst)[4]
     attempts: list[int] = []
-
-    def fails(envelope: Envelope, attempt: int) -> bool:
-        if (envelope.persistence_id, envelope.seq_nr) != poisoned:
-            return False
-        attempts.append(attempt)
-        return True
+    fails = failing_on(poisoned, attempts)
 
     recovery = RecoveryStrategy.retry_and_fail(retries)
     waiting = await Waiting.open(journal, burst, fails=fails, recovery=recovery)
@@ -365,12 +372,7 @@ async def test_a_replayed_event_that_fails_in_a_group_has_the_attempts_it_has_al
     delivered = [journal_records[i] for i in (0, 1, 3)]
     poisoned = (a, 2)
     attempts: list[int] = []
-
-    def fails(envelope: Envelope, attempt: int) -> bool:
-        if (envelope.persistence_id, envelope.seq_nr) != poisoned:
-            return False
-        attempts.append(attempt)
-        return True
+    fails = failing_on(poisoned, attempts)
 
     waiting = await Waiting.open(
         journal,
