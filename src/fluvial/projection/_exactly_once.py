@@ -53,68 +53,66 @@ async def consume_exactly_once(
         if isinstance(handler, GroupedExactlyOnce)
         else (0, 0.0)
     )
-    arrivals: list[Arrival | QueryReached] = []
-    batches: list[list[Arrival] | QueryReached] = []  # the same, by source batch
-    plan: list[EventEnvelope[E]] = []
+    held = _InHand[E]()
     due = math.inf
     while True:
         # Idle, it wakes when the quiet slices' offsets are due to move.
-        batch = await receive_until(receive, due if arrivals else instance.quiet_slices_due())
+        batch = await receive_until(receive, due if held.records else instance.quiet_slices_due())
         if isinstance(batch, QueryReached):
-            _reached(instance, batch, arrivals, batches)
+            held.reached(instance, batch)
             continue
         if batch is not None:
-            await _take(instance, batch, arrivals, batches, plan)
+            await held.take(instance, batch)
             if max_size == 0:
-                await _take_waiting(instance, handler, receive, arrivals, batches, plan)
-            elif plan and len(plan) < max_size:
+                await _take_waiting(instance, handler, receive, held)
+            elif held.plan and len(held.plan) < max_size:
                 due = min(due, trio.current_time() + max_wait)
                 continue
-        if arrivals:
-            await _commit(instance, handler, arrivals, plan, batches if max_size == 0 else ())
+        if held.records:
+            batches = held.batches if max_size == 0 else ()
+            await _commit(instance, handler, held.arrivals(), held.plan, batches)
         elif batch is None and instance.move_quiet_slices_if_due():
             # Idle: the quiet slices' offsets in a transaction of their own.
             await _commit(instance, handler, [], [])
-        arrivals, batches, plan, due = [], [], [], math.inf
+        held, due = _InHand[E](), math.inf
 
 
-async def _take(
-    instance: Instance[E, T],
-    batch: Batch,
-    arrivals: list[Arrival | QueryReached],
-    batches: list[list[Arrival] | QueryReached],
-    plan: list[EventEnvelope[E]],
-) -> None:
-    """Admit `batch` into the transaction in hand."""
-    records, source = batch
-    taken = [(r, source) for r in records]
-    arrivals.extend(taken)
-    batches.append(taken)
-    plan.extend(await instance.admit(records, source))
+class _InHand(Generic[E]):
+    """What the transaction in hand holds: the source batches taken (each as arrivals) and
+    the `QueryReached` between them, how many records, and the envelopes admitted."""
 
+    def __init__(self) -> None:
+        self.batches: list[list[Arrival] | QueryReached] = []
+        self.records = 0
+        self.plan: list[EventEnvelope[E]] = []
 
-def _reached(
-    instance: Instance[E, T],
-    reached: QueryReached,
-    arrivals: list[Arrival | QueryReached],
-    batches: list[list[Arrival] | QueryReached],
-) -> None:
-    """Move the tracker to where the query came. Kept among the arrivals, in its place, if a
-    transaction is in hand: a failed attempt reloads the tracker and admits them again in
-    order (a backtracking record moves its slice only once the query has passed it)."""
-    instance.tracker.reach(reached.timestamp)
-    if arrivals:
-        arrivals.append(reached)
-        batches.append(reached)
+    def arrivals(self) -> list[Arrival | QueryReached]:
+        """The batches' arrivals and the `QueryReached` between them, in order."""
+        return [a for b in self.batches for a in ((b,) if isinstance(b, QueryReached) else b)]
+
+    async def take(self, instance: Instance[E, T], batch: Batch) -> None:
+        """Admit `batch` into the transaction. It is kept before it is admitted: a failed
+        admission leaves it last, for `_take_waiting` to leave out."""
+        records, source = batch
+        self.batches.append([(r, source) for r in records])
+        self.records += len(records)
+        self.plan.extend(await instance.admit(records, source))
+
+    def reached(self, instance: Instance[E, T], reached: QueryReached) -> None:
+        """Move the tracker to where the query came. Kept among the batches, in its place,
+        if records are in hand: a failed attempt reloads the tracker and admits them again
+        in order (a backtracking record moves its slice only once the query has passed
+        it)."""
+        instance.tracker.reach(reached.timestamp)
+        if self.records:
+            self.batches.append(reached)
 
 
 async def _take_waiting(
     instance: Instance[E, T],
     handler: ExactlyOnce[E, T] | GroupedExactlyOnce[E, T],
     receive: trio.MemoryReceiveChannel[SourceMessage],
-    arrivals: list[Arrival | QueryReached],
-    batches: list[list[Arrival] | QueryReached],
-    plan: list[EventEnvelope[E]],
+    held: _InHand[E],
 ) -> None:
     """Add to the transaction in hand the batches already waiting in `receive`, in order,
     without waiting, while it holds fewer than GROUP_COMMIT_RECORDS records.
@@ -122,19 +120,19 @@ async def _take_waiting(
     If admitting one fails (an undecodable event under `fail()`, the source's I/O), the
     batches taken before it commit first, each alone, as they did before it was admitted
     without group commit; then the error comes out as itself."""
-    while len(arrivals) < GROUP_COMMIT_RECORDS:
+    while held.records < GROUP_COMMIT_RECORDS:
         try:
             message = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return  # an end of the channel comes out of the next receive, after the commit
         if isinstance(message, QueryReached):
-            _reached(instance, message, arrivals, batches)
+            held.reached(instance, message)
             continue
         try:
-            await _take(instance, message, arrivals, batches, plan)
+            await held.take(instance, message)
         except Exception:
             await instance.reload()  # the failed admission moved the tracker halfway
-            await _commit_each(instance, handler, batches[:-1])
+            await _commit_each(instance, handler, held.batches[:-1])
             raise
 
 
