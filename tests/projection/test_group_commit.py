@@ -331,10 +331,10 @@ async def test_a_batch_that_fails_in_a_group_has_the_attempts_it_has_alone(
     burst = one_event_batches(10)
     poisoned = keys(burst)[4]
     attempts: list[int] = []
-    fails = failing_on(poisoned, attempts)
-
     recovery = RecoveryStrategy.retry_and_fail(retries)
-    waiting = await Waiting.open(journal, burst, fails=fails, recovery=recovery)
+    waiting = await Waiting.open(
+        journal, burst, fails=failing_on(poisoned, attempts), recovery=recovery
+    )
     with pytest.raises(HandlerFailed):
         await waiting.consume()
     assert attempts == list(range(retries + 1))
@@ -372,12 +372,10 @@ async def test_a_replayed_event_that_fails_in_a_group_has_the_attempts_it_has_al
     delivered = [journal_records[i] for i in (0, 1, 3)]
     poisoned = (a, 2)
     attempts: list[int] = []
-    fails = failing_on(poisoned, attempts)
-
     waiting = await Waiting.open(
         journal,
         [([r], EnvelopeSource.QUERY) for r in delivered],
-        fails=fails,
+        fails=failing_on(poisoned, attempts),
         recovery=RecoveryStrategy.retry_and_fail(1),
         source=Replaying(journal_records),
     )
